@@ -1,0 +1,1 @@
+"""Acquisition: live LSL inlets and real-time replay of recorded biosignals (no torch)."""

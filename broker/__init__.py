@@ -1,0 +1,1 @@
+"""Broker side: embedded Kafka-protocol broker, topics, wire formats, client config (no torch)."""

@@ -1,0 +1,5 @@
+"""Allow ``python -m dropstream``."""
+
+from dropstream.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""One module per ``dropstream`` subcommand (see :mod:`dropstream.cli`)."""

@@ -1,0 +1,1 @@
+"""Server side: split model training, GPU/CPU inference service and alerting (torch)."""

@@ -1,0 +1,235 @@
+"""The model bundle: one file holding the device part (numpy) and the server head (torch).
+
+A bundle is a zip archive (suffix ``.dsb``) with three members:
+
+``manifest.json``
+    model id and version, window/stream settings, preprocessing, the head's configuration, and
+    the SHA-256 of the two other members.
+``device.npz``
+    first-layer ``weight`` (m, C*T) and ``bias`` (m,), and the normalisation ``norm_mean`` and
+    ``norm_std`` (per channel, applied after filtering).
+``head.pt``
+    the server part as a torch ``state_dict`` (read by :mod:`inference`, never on the device).
+
+Reading the device part needs only numpy and the standard library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dropstream.errors import DropstreamError
+from local_encoder.first_layer import FirstLayer, check_keep
+
+BUNDLE_FORMAT = 1
+
+
+class BundleError(DropstreamError):
+    """A bundle that cannot be read, fails its checksum, or does not fit the stream."""
+
+
+@dataclass(frozen=True)
+class DeviceBundle:
+    """Everything the device needs to turn a stream into activation messages.
+
+    Attributes
+    ----------
+    model_id, model_version : str, int
+        Identify the model; the server rejects windows for another model.
+    layer : FirstLayer
+        First-layer weights and activation.
+    keep : int
+        Units kept per window (``K``).
+    sfreq : float
+        Sample rate the model expects, in Hz.
+    window_samples, hop_samples : int
+        Window length and hop, in samples at ``sfreq``.
+    channel_names, channel_types : tuple of str
+        Channels in model order; a stream must provide all of them.
+    preprocessing : dict
+        Causal filter settings, e.g. ``{"l_freq": 1.0, "h_freq": 40.0, "notch": None,
+        "order": 4}`` (frequencies in Hz; ``None`` disables a stage).
+    norm_mean, norm_std : numpy.ndarray, shape (C,)
+        Per-channel normalisation applied after filtering, in the stream's units.
+    classes : tuple of str
+        Output labels of the head (for an anomaly model: ``("normal", "anomaly")``).
+    head_config : dict
+        Architecture of the server head, used by :mod:`inference` to rebuild it.
+    checksum : str
+        SHA-256 over the device and head members, as stored in the manifest.
+    """
+
+    model_id: str
+    model_version: int
+    layer: FirstLayer
+    keep: int
+    sfreq: float
+    window_samples: int
+    hop_samples: int
+    channel_names: tuple[str, ...]
+    channel_types: tuple[str, ...]
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    norm_mean: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    norm_std: np.ndarray = field(default_factory=lambda: np.ones(0, np.float32))
+    classes: tuple[str, ...] = ("normal", "anomaly")
+    head_config: dict[str, Any] = field(default_factory=dict)
+    checksum: str = ""
+
+    @property
+    def n_channels(self) -> int:
+        """Number of channels ``C``."""
+        return len(self.channel_names)
+
+    def check_privacy(self) -> None:
+        """Raise :class:`~local_encoder.first_layer.PrivacyGuardError` if invertible."""
+        n_inputs = self.n_channels * self.window_samples
+        overlapping = self.hop_samples < self.window_samples
+        hop_inputs = self.n_channels * self.hop_samples if overlapping else None
+        check_keep(self.keep, self.layer.width, n_inputs, hop_inputs)
+
+    def check_stream(self, channel_names: Sequence[str], sfreq: float) -> list[int]:
+        """Check a stream against the bundle and return the stream's index of each model channel.
+
+        Raises
+        ------
+        BundleError
+            If the sample rate differs or a model channel is missing from the stream.
+        """
+        if not np.isclose(float(sfreq), self.sfreq, rtol=1e-6):
+            raise BundleError(
+                f"stream runs at {sfreq} Hz but model {self.model_id} expects {self.sfreq} Hz; "
+                "pick a stream at that rate or train a model for it"
+            )
+        lookup = {name.lower(): i for i, name in enumerate(channel_names)}
+        missing = [n for n in self.channel_names if n.lower() not in lookup]
+        if missing:
+            raise BundleError(
+                f"stream lacks channels {missing} required by model {self.model_id}; "
+                f"it has {list(channel_names)}"
+            )
+        return [lookup[n.lower()] for n in self.channel_names]
+
+
+def _sha256(*chunks: bytes) -> str:
+    h = hashlib.sha256()
+    for chunk in chunks:
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def write_bundle(path: str | Path, device: DeviceBundle, head_state: bytes) -> str:
+    """Write a bundle file and return its checksum.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination, conventionally with suffix ``.dsb``.
+    device : DeviceBundle
+        The device part (its ``checksum`` field is ignored and recomputed).
+    head_state : bytes
+        The head's ``state_dict`` serialised with ``torch.save``.
+    """
+    device.check_privacy()
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        weight=device.layer.weight.astype(np.float32),
+        bias=device.layer.bias.astype(np.float32),
+        norm_mean=np.asarray(device.norm_mean, np.float32),
+        norm_std=np.asarray(device.norm_std, np.float32),
+    )
+    device_bytes = buf.getvalue()
+    checksum = _sha256(device_bytes, head_state)
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "model_id": device.model_id,
+        "model_version": device.model_version,
+        "activation": device.layer.activation,
+        "negative_slope": device.layer.negative_slope,
+        "keep": device.keep,
+        "sfreq": device.sfreq,
+        "window_samples": device.window_samples,
+        "hop_samples": device.hop_samples,
+        "channel_names": list(device.channel_names),
+        "channel_types": list(device.channel_types),
+        "preprocessing": device.preprocessing,
+        "classes": list(device.classes),
+        "head_config": device.head_config,
+        "sha256": checksum,
+    }
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("manifest.json", json.dumps(manifest, indent=2))
+        zf.writestr("device.npz", device_bytes)
+        zf.writestr("head.pt", head_state)
+    return checksum
+
+
+def read_bundle_members(path: str | Path) -> tuple[dict[str, Any], bytes, bytes]:
+    """Read and verify a bundle; returns ``(manifest, device_bytes, head_bytes)``."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            manifest = json.loads(zf.read("manifest.json"))
+            device_bytes = zf.read("device.npz")
+            head_bytes = zf.read("head.pt")
+    except FileNotFoundError as exc:
+        raise BundleError(f"bundle {path} does not exist") from exc
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError) as exc:
+        raise BundleError(
+            f"{path} is not a dropstream bundle ({exc}); train one with 'dropstream train'"
+        ) from exc
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(
+            f"bundle format {manifest.get('format')!r} is not supported "
+            f"(this dropstream reads format {BUNDLE_FORMAT})"
+        )
+    if _sha256(device_bytes, head_bytes) != manifest.get("sha256"):
+        raise BundleError(f"bundle {path} fails its checksum: the file is corrupt or was edited")
+    return manifest, device_bytes, head_bytes
+
+
+def load_device_bundle(path: str | Path) -> DeviceBundle:
+    """Load the device part of a bundle with numpy alone and check its privacy settings."""
+    m, device_bytes, _ = read_bundle_members(path)
+    try:
+        arrays = np.load(io.BytesIO(device_bytes), allow_pickle=False)
+        layer = FirstLayer(
+            weight=arrays["weight"],
+            bias=arrays["bias"],
+            activation=m["activation"],
+            negative_slope=float(m.get("negative_slope", 0.01)),
+        )
+        bundle = DeviceBundle(
+            model_id=str(m["model_id"]),
+            model_version=int(m["model_version"]),
+            layer=layer,
+            keep=int(m["keep"]),
+            sfreq=float(m["sfreq"]),
+            window_samples=int(m["window_samples"]),
+            hop_samples=int(m["hop_samples"]),
+            channel_names=tuple(m["channel_names"]),
+            channel_types=tuple(m["channel_types"]),
+            preprocessing=dict(m.get("preprocessing", {})),
+            norm_mean=arrays["norm_mean"],
+            norm_std=arrays["norm_std"],
+            classes=tuple(m.get("classes", ())),
+            head_config=dict(m.get("head_config", {})),
+            checksum=str(m["sha256"]),
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise BundleError(f"bundle {path} is incomplete: {exc!r}") from exc
+    if layer.n_inputs != bundle.n_channels * bundle.window_samples:
+        raise BundleError(
+            f"bundle {path}: weight has {layer.n_inputs} inputs but "
+            f"{bundle.n_channels} channels x {bundle.window_samples} samples"
+        )
+    bundle.check_privacy()
+    return bundle
