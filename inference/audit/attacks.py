@@ -1,0 +1,428 @@
+"""Reconstruction attacks on dropped first-layer activations (numpy / scipy).
+
+The attacker is the server (or anyone reading the topic). It knows the first layer (``W``, ``b``,
+activation), ``K`` and every message: per window the sorted kept unit indices and their values
+(float16 on the wire by default). It does not know the window ``x`` (``C * T`` numbers,
+channel-major). Each kept value ``v_i = f(w_i . x + b_i)`` becomes a constraint on the
+pre-activation ``z_i = w_i . x + b_i``:
+
+* an *equality* ``z_i = f^{-1}(v_i)`` where ``f`` is invertible at ``v_i`` (ReLU with
+  ``v_i > 0``, leaky ReLU, tanh / sigmoid away from saturation), with the float16 rounding
+  error carried through ``f^{-1}`` as per-unit noise;
+* a one-sided *bound* where it is not: a ReLU zero says only ``z_i <= 0``; a saturated tanh /
+  sigmoid says ``z_i >= f^{-1}(v_max)`` (or ``<=``).
+
+Attacks (see :data:`ATTACKS`):
+
+``naive``
+    Treats dropped units as zeros and fits all ``m`` equations (what a server that ignores the
+    mask does; the comparison point of published attacks).
+``ridge``
+    Mask-aware: the kept units only, equalities and bounds, minimum-norm (ridge) solution; bounds
+    are enforced exactly by a small non-negative least-squares dual.
+``prior``
+    As ``ridge`` but with a Gaussian prior on the window (mean and a separable
+    channel x time covariance estimated on *other* recordings): the MAP / Wiener estimate. This
+    is the best *linear-Gaussian* attacker and exploits that EEG is smooth and correlated.
+``joint``
+    All windows of one stream at once: windows that overlap share samples, so the equations of
+    every window are stacked over the stream's unknowns (ridge + squared-hinge penalty for the
+    bounds, solved with L-BFGS).
+
+The learned decoder (torch) lives in :mod:`inference.audit.decoder`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize
+
+from local_encoder.first_layer import FirstLayer, draw_kept_units
+
+#: Names of the numpy attacks in this module, strongest assumptions last.
+ATTACKS = ("naive", "ridge", "prior", "joint")
+
+
+@dataclass(frozen=True)
+class Messages:
+    """What the server sees of ``N`` windows.
+
+    Attributes
+    ----------
+    indices : numpy.ndarray, shape (N, K), int64
+        Sorted kept unit indices per window.
+    values : numpy.ndarray, shape (N, K), float32
+        Kept activation values as received (already rounded to the wire dtype).
+    width : int
+        Layer width ``m``.
+    value_dtype : str
+        Wire dtype of the values (``"float16"`` or ``"float32"``), for the rounding model.
+    """
+
+    indices: np.ndarray
+    values: np.ndarray
+    width: int
+    value_dtype: str = "float16"
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def dense(self, fill: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """Values scattered to ``(N, m)`` (``fill`` at dropped units) and the 0/1 mask."""
+        n = len(self)
+        dense = np.full((n, self.width), fill, np.float32)
+        mask = np.zeros((n, self.width), np.float32)
+        rows = np.arange(n)[:, None]
+        dense[rows, self.indices] = self.values
+        mask[rows, self.indices] = 1.0
+        return dense, mask
+
+
+def observe(
+    layer: FirstLayer,
+    windows: np.ndarray,
+    keep: int,
+    rng: np.random.Generator,
+    value_dtype: str = "float16",
+) -> Messages:
+    """Run the device side on windows ``(N, C, T)``: forward, keep ``K`` random units, round.
+
+    ``keep`` equal to the width sends everything (no dropping). The guard is not consulted: the
+    audit must be able to measure the settings the guard forbids.
+    """
+    act = layer.forward(np.asarray(windows, np.float32))
+    act = act.reshape(-1, layer.width)
+    n = act.shape[0]
+    idx = np.stack([draw_kept_units(rng, layer.width, keep).astype(np.int64) for _ in range(n)])
+    vals = np.take_along_axis(act, idx, axis=1)
+    vals = vals.astype(np.dtype(value_dtype)).astype(np.float32)
+    return Messages(indices=idx, values=vals, width=layer.width, value_dtype=value_dtype)
+
+
+def preactivation_bounds(
+    values: np.ndarray, layer: FirstLayer, value_dtype: str = "float16"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Invert the activation of received values into bounds on the pre-activation.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        Received activation values (any shape).
+    layer : FirstLayer
+        For the activation and the leaky slope.
+    value_dtype : str
+        Wire dtype; its rounding step sets the noise of each inverted value.
+
+    Returns
+    -------
+    lo, hi : numpy.ndarray
+        Bounds ``lo <= z <= hi`` (``-inf`` / ``inf`` where open); ``lo == hi`` is an equality.
+    var : numpy.ndarray
+        Variance of the inverted value from rounding (uniform error of half a step, propagated
+        through ``f^{-1}``); meaningful where ``lo == hi``.
+    """
+    v = np.asarray(values, np.float64)
+    dt = np.dtype(value_dtype)
+    ulp = np.spacing(np.abs(v).astype(dt)).astype(np.float64)
+    lo = np.full(v.shape, -np.inf)
+    hi = np.full(v.shape, np.inf)
+    act = layer.activation
+    if act == "relu":
+        pos = v > 0
+        lo[pos] = hi[pos] = v[pos]
+        hi[~pos] = 0.0
+        deriv = np.ones_like(v)
+    elif act == "leaky_relu":
+        s = float(layer.negative_slope)
+        z = np.where(v >= 0, v, v / s)
+        lo[:] = hi[:] = z
+        deriv = np.where(v >= 0, 1.0, 1.0 / s)
+    elif act == "tanh":
+        top = 1.0 - np.spacing(np.asarray(1.0, dt)).astype(np.float64)
+        sat_hi = v >= top
+        sat_lo = v <= -top
+        ok = ~(sat_hi | sat_lo)
+        z = np.arctanh(np.clip(v, -top, top))
+        lo[ok] = hi[ok] = z[ok]
+        lo[sat_hi] = np.arctanh(top)
+        hi[sat_lo] = -np.arctanh(top)
+        deriv = 1.0 / np.maximum(1.0 - v * v, 1e-12)
+    else:  # sigmoid
+        tiny = float(np.finfo(dt).smallest_subnormal)
+        top = 1.0 - np.spacing(np.asarray(1.0, dt)).astype(np.float64)
+        sat_hi = v >= top
+        sat_lo = v <= tiny
+        ok = ~(sat_hi | sat_lo)
+        vc = np.clip(v, tiny, top)
+        z = np.log(vc) - np.log1p(-vc)
+        lo[ok] = hi[ok] = z[ok]
+        lo[sat_hi] = np.log(top) - np.log1p(-top)
+        hi[sat_lo] = np.log(tiny) - np.log1p(-tiny)
+        deriv = 1.0 / np.maximum(vc * (1.0 - vc), 1e-12)
+    var = (deriv * ulp / 2.0) ** 2 / 3.0
+    return lo, hi, var
+
+
+@dataclass(frozen=True)
+class GaussianPrior:
+    """A Gaussian prior on the flattened window: ``x ~ N(mean, kron(spatial, temporal))``.
+
+    Attributes
+    ----------
+    mean : numpy.ndarray, shape (C,)
+        Per-channel mean of the (normalised) signal.
+    spatial : numpy.ndarray, shape (C, C)
+        Channel covariance (per sample).
+    temporal : numpy.ndarray, shape (T, T)
+        Stationary temporal correlation (Toeplitz, unit diagonal).
+    """
+
+    mean: np.ndarray
+    spatial: np.ndarray
+    temporal: np.ndarray
+
+    @classmethod
+    def identity(cls, n_channels: int, n_samples: int, scale: float = 1.0) -> GaussianPrior:
+        """White prior (plain ridge): zero mean, ``scale`` times the identity."""
+        return cls(
+            mean=np.zeros(n_channels),
+            spatial=scale * np.eye(n_channels),
+            temporal=np.eye(n_samples),
+        )
+
+    @classmethod
+    def fit(cls, windows: np.ndarray, shrinkage: float = 0.05) -> GaussianPrior:
+        """Estimate a separable stationary prior from training windows ``(N, C, T)``.
+
+        The temporal part is the biased autocorrelation (so positive semi-definite) averaged
+        over windows and channels; the spatial part is the sample channel covariance, shrunk
+        towards its diagonal by ``shrinkage``.
+        """
+        x = np.asarray(windows, np.float64)
+        _, c, t = x.shape
+        mean = x.mean(axis=(0, 2))
+        xc = x - mean[None, :, None]
+        spec = np.abs(np.fft.rfft(xc, n=2 * t, axis=-1)) ** 2
+        acf = np.fft.irfft(spec.mean(axis=(0, 1)), n=2 * t)[:t]
+        acf = acf / acf[0]
+        lags = np.abs(np.arange(t)[:, None] - np.arange(t)[None, :])
+        temporal = acf[lags]
+        spatial = np.einsum("nct,ndt->cd", xc, xc) / (x.shape[0] * t)
+        spatial = (1.0 - shrinkage) * spatial + shrinkage * np.diag(np.diag(spatial))
+        return cls(mean=mean, spatial=spatial, temporal=temporal)
+
+    def flat_mean(self) -> np.ndarray:
+        """Prior mean of the flattened window ``(C*T,)``."""
+        return np.repeat(self.mean, self.temporal.shape[0])
+
+    def times_weights(self, weight: np.ndarray) -> np.ndarray:
+        """``Sigma @ W.T`` for a weight ``(m, C*T)``, returned ``(C*T, m)``."""
+        c, t = self.spatial.shape[0], self.temporal.shape[0]
+        w = np.asarray(weight, np.float64).reshape(-1, c, t)
+        sw = np.einsum("cd,mdt,ts->mcs", self.spatial, w, self.temporal)
+        return sw.reshape(w.shape[0], c * t).T
+
+
+class WindowAttack:
+    """Per-window MAP reconstruction under a Gaussian prior with exact bound constraints.
+
+    For each window with equality set ``E`` (targets ``y``) and bound set ``U`` the estimate is
+    ``argmin (z_E - y)' N^-1 (z_E - y) + (x - mu)' Sigma^-1 (x - mu)`` subject to the bounds,
+    where ``N`` is the rounding noise plus a small jitter. The unconstrained part is the
+    closed-form Gaussian posterior mean; the bounds are then imposed exactly through the dual,
+    a non-negative least-squares problem of size ``|U|`` (Cholesky of the posterior covariance
+    of the bounded pre-activations).
+
+    Parameters
+    ----------
+    layer : FirstLayer
+    prior : GaussianPrior
+        :meth:`GaussianPrior.identity` gives the plain ridge (minimum-norm) attacker.
+    use_bounds : bool
+        Use the one-sided constraints (ReLU zeros, saturation) or ignore them.
+    jitter : float
+        Relative ridge added to the equation noise, times the mean prior variance of ``z``.
+    """
+
+    def __init__(
+        self,
+        layer: FirstLayer,
+        prior: GaussianPrior,
+        use_bounds: bool = True,
+        jitter: float = 1e-6,
+    ) -> None:
+        self.layer = layer
+        self.use_bounds = use_bounds
+        w = np.asarray(layer.weight, np.float64)
+        self.bias = np.asarray(layer.bias, np.float64)
+        self.mu = prior.flat_mean()
+        self.sw = prior.times_weights(w)  # (n, m) = Sigma W'
+        self.wsw = w @ self.sw  # (m, m)
+        self.wsw = 0.5 * (self.wsw + self.wsw.T)
+        self.z_mu = w @ self.mu + self.bias  # prior mean of z
+        self.floor = jitter * float(np.mean(np.diag(self.wsw)))
+
+    def solve(self, idx: np.ndarray, lo: np.ndarray, hi: np.ndarray, var: np.ndarray) -> np.ndarray:
+        """Reconstruct one flattened window from the bounds on units ``idx``."""
+        eq = np.isfinite(lo) & np.isfinite(hi) & (lo == hi)
+        e = idx[eq]
+        x = self.mu.copy()
+        if e.size:
+            m_ee = self.wsw[np.ix_(e, e)] + np.diag(var[eq] + self.floor)
+            chol = np.linalg.cholesky(m_ee)
+            resid = lo[eq] - self.z_mu[e]
+            alpha = _chol_solve(chol, resid)
+            x += self.sw[:, e] @ alpha
+        if not self.use_bounds:
+            return x
+        upper = ~eq & np.isfinite(hi)
+        lower = ~eq & np.isfinite(lo)
+        u = np.concatenate([idx[upper], idx[lower]])
+        if not u.size:
+            return x
+        sign = np.concatenate([np.ones(upper.sum()), -np.ones(lower.sum())])
+        h = np.concatenate([hi[upper], -lo[lower]])
+        # posterior covariance of z_U (and Sigma W_U' projected) given the equalities
+        s_u = self.sw[:, u].copy()
+        q = self.wsw[np.ix_(u, u)].copy()
+        if e.size:
+            p_eu = self.wsw[np.ix_(e, u)]
+            g = _chol_solve(chol, p_eu)
+            s_u -= self.sw[:, e] @ g
+            q -= p_eu.T @ g
+        s_u *= sign[None, :]
+        q *= np.outer(sign, sign)
+        z_now = sign * (self.layer.weight[u].astype(np.float64) @ x + self.bias[u])
+        c = z_now - h  # constraint values minus bounds: violated where > 0
+        if not np.any(c > 0):
+            return x
+        # dual: min_{lam >= 0} 1/2 lam' Q lam - lam' c  <=>  nnls(L', L^-1 c)
+        q = 0.5 * (q + q.T) + np.eye(u.size) * (self.floor + 1e-12)
+        lq = np.linalg.cholesky(q)
+        rhs = np.linalg.solve(lq, c)
+        lam, _ = optimize.nnls(lq.T, rhs, maxiter=50 * u.size)
+        return x - s_u @ lam
+
+    def reconstruct(self, messages: Messages, n_channels: int) -> np.ndarray:
+        """Reconstruct every window of ``messages``; returns ``(N, C, T)`` float32."""
+        lo, hi, var = preactivation_bounds(messages.values, self.layer, messages.value_dtype)
+        out = np.empty((len(messages), self.layer.n_inputs), np.float64)
+        for i in range(len(messages)):
+            out[i] = self.solve(messages.indices[i], lo[i], hi[i], var[i])
+        return out.reshape(len(messages), n_channels, -1).astype(np.float32)
+
+
+def _chol_solve(chol: np.ndarray, b: np.ndarray) -> np.ndarray:
+    from scipy.linalg import solve_triangular
+
+    y = solve_triangular(chol, b, lower=True)
+    return solve_triangular(chol.T, y, lower=False)
+
+
+def naive_attack(layer: FirstLayer, messages: Messages, n_channels: int) -> np.ndarray:
+    """The mask-blind attacker: dropped units read as activation 0, all ``m`` units fitted.
+
+    Every unit, dropped or not, becomes the equality ``z_i = f^{-1}(v_i)`` (a ReLU zero is read
+    as ``z_i = 0``), solved by minimum-norm least squares. Returns ``(N, C, T)``.
+    """
+    dense, _ = messages.dense(fill=0.0)
+    lo, hi, var = preactivation_bounds(dense, layer, messages.value_dtype)
+    z = np.where(lo == hi, lo, np.where(np.isfinite(hi), hi, lo))
+    w = np.asarray(layer.weight, np.float64)
+    target = z - np.asarray(layer.bias, np.float64)[None, :]
+    x, *_ = np.linalg.lstsq(w, target.T, rcond=1e-6)
+    return x.T.reshape(len(messages), n_channels, -1).astype(np.float32)
+
+
+def window_starts(n_samples: int, window: int, hop: int) -> np.ndarray:
+    """Start sample of every full window of a stream (the device's framing)."""
+    if n_samples < window:
+        return np.zeros(0, np.int64)
+    return np.arange(0, n_samples - window + 1, hop, dtype=np.int64)
+
+
+def stream_windows(stream: np.ndarray, window: int, hop: int) -> np.ndarray:
+    """Cut a stream ``(C, L)`` into windows ``(N, C, T)`` at :func:`window_starts`."""
+    starts = window_starts(stream.shape[1], window, hop)
+    return (
+        np.stack([stream[:, s : s + window] for s in starts])
+        if starts.size
+        else (np.zeros((0, stream.shape[0], window), stream.dtype))
+    )
+
+
+def joint_attack(
+    layer: FirstLayer,
+    messages: Messages,
+    n_channels: int,
+    n_samples: int,
+    hop: int,
+    ridge: float = 1e-3,
+    penalty: float = 1.0,
+    use_bounds: bool = True,
+    max_iter: int = 400,
+) -> np.ndarray:
+    """Reconstruct a whole stream from the messages of all its (overlapping) windows.
+
+    Unknown: the stream ``(C, L)``. Window ``j`` covers samples ``[j*hop, j*hop + T)`` and gives
+    its kept equalities and bounds. Minimises, over the stream,
+    ``sum_eq (z - y)^2 / s_z^2 + ridge * |x|^2 + penalty * sum_bounds hinge(z)^2 / s_z^2``
+    (``s_z^2`` the mean pre-activation scale) with L-BFGS, starting from zero.
+
+    Returns
+    -------
+    numpy.ndarray, shape (C, L)
+        The reconstructed stream; samples no window covers stay 0.
+    """
+    w = np.asarray(layer.weight, np.float64)
+    b = np.asarray(layer.bias, np.float64)
+    t = layer.n_inputs // n_channels
+    starts = window_starts(n_samples, t, hop)
+    if starts.size != len(messages):
+        raise ValueError(
+            f"{len(messages)} messages but a stream of {n_samples} samples has {starts.size} "
+            f"windows of {t} samples at hop {hop}"
+        )
+    lo, hi, _ = preactivation_bounds(messages.values, layer, messages.value_dtype)
+    rows = np.arange(len(messages))[:, None]
+    eq = np.isfinite(lo) & (lo == hi)
+    up = ~eq & np.isfinite(hi)
+    dn = ~eq & np.isfinite(lo)
+    scale = float(np.mean(np.sum(w * w, axis=1)))
+    gather = starts[:, None] + np.arange(t)[None, :]  # (N, T)
+
+    def windows_of(xs: np.ndarray) -> np.ndarray:
+        return xs[:, gather].transpose(1, 0, 2).reshape(len(starts), -1)
+
+    def objective(flat: np.ndarray) -> tuple[float, np.ndarray]:
+        xs = flat.reshape(n_channels, n_samples)
+        xw = windows_of(xs)
+        z_all = xw @ w.T + b  # (N, m)
+        z = z_all[rows, messages.indices]  # (N, K)
+        r = np.zeros_like(z)
+        r[eq] = z[eq] - lo[eq]
+        if use_bounds:
+            r[up] = np.maximum(z[up] - hi[up], 0.0) * np.sqrt(penalty)
+            r[dn] = np.minimum(z[dn] - lo[dn], 0.0) * np.sqrt(penalty)
+        f = float((r * r).sum()) / scale + ridge * float(flat @ flat)
+        if use_bounds:
+            r[up] *= np.sqrt(penalty)
+            r[dn] *= np.sqrt(penalty)
+        g_z = np.zeros_like(z_all)
+        g_z[rows, messages.indices] = 2.0 * r / scale
+        g_w = (g_z @ w).reshape(len(starts), n_channels, t)
+        g = np.zeros((n_channels, n_samples))
+        for j, s in enumerate(starts):
+            g[:, s : s + t] += g_w[j]
+        return f, g.ravel() + 2.0 * ridge * flat
+
+    res = optimize.minimize(
+        objective,
+        np.zeros(n_channels * n_samples),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": max_iter, "maxcor": 20},
+    )
+    return res.x.reshape(n_channels, n_samples).astype(np.float32)
