@@ -1,18 +1,190 @@
-"""``dropstream train``: not available yet."""
+"""``dropstream train``: train a split model with dropping and write its bundle.
+
+Examples::
+
+    # supervised, UEA problem with its official TRAIN split (TEST is only reported)
+    dropstream train --uea SelfRegulationSCP1 -o scp1.dsb
+
+    # supervised, continuous recordings whose annotations label the windows
+    dropstream train --recording a.fif --recording b.fif --window 1.0 --hop 1.0 -o m.dsb
+
+    # unsupervised novelty model from baseline recordings (no labels needed)
+    dropstream train --novelty --recording baseline.fif --window 1.0 --l-freq 1 --h-freq 40 \\
+        -o normal.dsb
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
-from dropstream.errors import NotAvailableError
+from dropstream.errors import DropstreamError
 
-HELP = "train (not available yet)"
+HELP = "train a split model with activation dropping and write its bundle (.dsb)"
+
+DEFAULT_UEA_DIR = Path("../shared/data/uea")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Register the arguments of ``dropstream train``."""
+    src = parser.add_argument_group("data")
+    src.add_argument("--uea", metavar="PROBLEM", help="UEA problem name, e.g. SelfRegulationSCP1")
+    src.add_argument(
+        "--uea-dir", type=Path, default=DEFAULT_UEA_DIR, help="folder of the .ts files"
+    )
+    src.add_argument(
+        "--recording",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="continuous recording (.fif, .edf, ...); repeat for several",
+    )
+    src.add_argument("--window", type=float, default=1.0, help="window length in s (recordings)")
+    src.add_argument("--hop", type=float, default=None, help="hop in s (default: the window)")
+    src.add_argument(
+        "--default-label",
+        default="normal",
+        help="label of windows outside every annotation ('' skips them)",
+    )
+    src.add_argument(
+        "--label-map",
+        action="append",
+        default=[],
+        metavar="DESC=LABEL",
+        help="map an annotation description to a label ('DESC=' ignores it)",
+    )
+    src.add_argument("--channels", nargs="+", default=None, help="channels to use, in order")
+    src.add_argument(
+        "--novelty",
+        action="store_true",
+        help="unsupervised: learn normal from baseline windows (label --normal-label) and "
+        "score novelty",
+    )
+    src.add_argument(
+        "--normal-label", default="normal", help="label of the windows that are normal"
+    )
+
+    mdl = parser.add_argument_group("model")
+    mdl.add_argument("--width", type=int, default=256, help="first-layer units m")
+    mdl.add_argument("--keep", type=int, default=None, help="units kept per window K")
+    mdl.add_argument(
+        "--keep-fraction", type=float, default=0.25, help="K/m when --keep is not given"
+    )
+    mdl.add_argument("--first-layer", choices=("dense", "conv"), default="dense")
+    mdl.add_argument(
+        "--activation", choices=("relu", "leaky_relu", "tanh", "sigmoid"), default="relu"
+    )
+    mdl.add_argument("--l-freq", type=float, default=None, help="causal high-pass edge, Hz")
+    mdl.add_argument("--h-freq", type=float, default=None, help="causal low-pass edge, Hz")
+    mdl.add_argument("--notch", type=float, default=None, help="mains notch, Hz")
+    mdl.add_argument("--demean", action="store_true", help="subtract each window's mean")
+    mdl.add_argument("--epochs", type=int, default=200)
+    mdl.add_argument("--lr", type=float, default=1e-3)
+    mdl.add_argument("--weight-decay", type=float, default=1e-2)
+    mdl.add_argument("--n-masks", type=int, default=4, help="keep masks per window per step")
+    mdl.add_argument("--seed", type=int, default=0)
+    mdl.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("-o", "--output", type=Path, required=True, help="bundle path (.dsb)")
+    out.add_argument("--model-id", default=None, help="model id (default: output file stem)")
+    out.add_argument("--model-version", type=int, default=1)
+    out.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _label_map(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        desc, sep, label = item.partition("=")
+        if not sep:
+            raise DropstreamError(f"--label-map {item!r} must look like DESC=LABEL")
+        out[desc] = label
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``dropstream train``."""
-    raise NotAvailableError("'dropstream train' is not available in this version yet")
+    import numpy as np
+
+    from inference.datasets import load_uea, windows_from_recordings
+    from inference.training import TrainConfig, train_classifier, train_novelty
+
+    if bool(args.uea) == bool(args.recording):
+        raise DropstreamError("give either --uea PROBLEM or one or more --recording PATH")
+    preprocessing = {
+        "l_freq": args.l_freq,
+        "h_freq": args.h_freq,
+        "notch": args.notch,
+        "window_demean": bool(args.demean),
+    }
+    config = TrainConfig(
+        width=args.width,
+        keep=args.keep,
+        keep_fraction=args.keep_fraction,
+        first_layer=args.first_layer,
+        activation=args.activation,
+        epochs=args.epochs,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        n_masks=args.n_masks,
+        preprocessing=preprocessing,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    test = None
+    if args.uea:
+        train, test = load_uea(args.uea, args.uea_dir)
+    else:
+        hop = args.hop if args.hop is not None else args.window
+        train = windows_from_recordings(
+            args.recording,
+            window_s=args.window,
+            hop_s=hop,
+            preprocessing=preprocessing,
+            default_label=args.default_label or None,
+            label_map=_label_map(args.label_map),
+            channels=args.channels,
+        )
+    common = {
+        "sfreq": train.sfreq,
+        "channel_names": train.channel_names,
+        "channel_types": train.channel_types,
+        "hop_samples": train.hop_samples,
+        "prefiltered": train.filtered,
+    }
+    report: dict[str, object] = {"windows": int(train.X.shape[0])}
+    if args.novelty:
+        normal = train.y == args.normal_label
+        if not normal.any():
+            raise DropstreamError(
+                f"no windows labelled {args.normal_label!r}; labels are {list(train.classes)}"
+            )
+        model = train_novelty(train.X[normal], config, **common)
+        report["normal_windows"] = int(normal.sum())
+        report["calibration"] = model.head_config["calibration"]
+        if (~normal).any():
+            scores = model.score(train.X[~normal], prefiltered=train.filtered)
+            thr = model.head_config["calibration"]["threshold"]
+            report["other_windows_over_threshold"] = float(np.mean(scores > thr))
+    else:
+        model = train_classifier(train.X, train.y, config, **common)
+        report["classes"] = list(model.classes)
+        if test is not None:
+            acc = float(np.mean(model.predict(test.X) == test.y))
+            report["test_accuracy"] = round(acc, 4)
+    model_id = args.model_id or args.output.stem
+    checksum = model.save(args.output, model_id=model_id, model_version=args.model_version)
+    report.update(
+        {
+            "bundle": str(args.output),
+            "model_id": model_id,
+            "model_version": args.model_version,
+            "width": model.width,
+            "keep": model.keep,
+            "sha256": checksum,
+        }
+    )
+    print(json.dumps(report, indent=2))
+    return 0

@@ -1,0 +1,296 @@
+"""Training data: UEA ``.ts`` problems and labelled windows from continuous recordings.
+
+Two sources feed :mod:`inference.training`:
+
+* UEA/UCR multivariate problems in the sktime ``.ts`` text format (official TRAIN/TEST splits),
+  read by a small parser here (no aeon or sktime at runtime).
+* Continuous recordings (anything :func:`mne.io.read_raw` opens: ``.fif``, ``.edf``, ...) whose
+  annotations give labels: the recording is filtered causally as one stream (exactly as the device
+  filters it), cut into windows, and each window takes the label of the annotation it overlaps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dropstream.errors import DropstreamError
+from local_encoder.preprocessing import filter_signal
+
+
+class DatasetError(DropstreamError):
+    """A data file that cannot be parsed or gives no usable windows."""
+
+
+#: Sample rates (Hz) of the UEA EEG problems shipped in ``../shared/data/uea``.
+UEA_SFREQ: dict[str, float] = {
+    "SelfRegulationSCP1": 256.0,
+    "SelfRegulationSCP2": 256.0,
+    "FingerMovements": 100.0,
+    "EyesOpenShut": 128.0,
+    "MotorImagery": 1000.0,
+}
+
+
+@dataclass
+class WindowSet:
+    """Windows with labels, ready for training.
+
+    Attributes
+    ----------
+    X : numpy.ndarray, shape (N, C, T), float32
+        Windows; for recordings these are already causally filtered.
+    y : numpy.ndarray, shape (N,), str
+        Label of each window.
+    sfreq : float
+        Sample rate in Hz.
+    channel_names, channel_types : tuple of str
+    filtered : bool
+        Whether ``X`` went through the model's causal filter already (recordings) or still has
+        to be filtered window by window (trial datasets).
+    preprocessing : dict
+        The filter settings applied when ``filtered`` is true.
+    hop_samples : int
+        Hop between windows (== window length for trial datasets).
+    meta : dict
+        Source description (file names, problem name, ...).
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    sfreq: float
+    channel_names: tuple[str, ...]
+    channel_types: tuple[str, ...]
+    filtered: bool = False
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    hop_samples: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Sorted distinct labels."""
+        return tuple(sorted(set(self.y.tolist())))
+
+
+def load_ts(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Parse an equal-length multivariate sktime ``.ts`` file.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.ts`` file.
+
+    Returns
+    -------
+    X : numpy.ndarray, shape (N, C, T), float32
+    y : numpy.ndarray, shape (N,), str
+    header : dict
+        The ``@`` header fields (lower-case keys, string values).
+
+    Raises
+    ------
+    DatasetError
+        On unequal lengths, missing labels, or text that is not a number.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path} does not exist")
+    header: dict[str, Any] = {}
+    rows: list[np.ndarray] = []
+    labels: list[str] = []
+    in_data = False
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            if not in_data:
+                if line.lower().startswith("@data"):
+                    in_data = True
+                elif line.startswith("@"):
+                    key, _, value = line[1:].partition(" ")
+                    header[key.lower()] = value.strip()
+                continue
+            parts = line.split(":")
+            if len(parts) < 2:
+                raise DatasetError(f"{path}:{lineno}: expected 'dim1:dim2:...:label'")
+            labels.append(parts[-1].strip())
+            try:
+                dims = [np.array(p.split(","), dtype=np.float64) for p in parts[:-1]]
+            except ValueError as exc:
+                raise DatasetError(f"{path}:{lineno}: not a number ({exc})") from exc
+            lengths = {len(d) for d in dims}
+            if len(lengths) != 1:
+                raise DatasetError(
+                    f"{path}:{lineno}: dimensions of unequal length {sorted(lengths)}; "
+                    "only equal-length problems are supported"
+                )
+            rows.append(np.stack(dims))
+    if not rows:
+        raise DatasetError(f"{path} has no data rows")
+    shapes = {r.shape for r in rows}
+    if len(shapes) != 1:
+        raise DatasetError(f"{path}: cases differ in shape {sorted(shapes)}")
+    X = np.stack(rows).astype(np.float32)
+    if not np.all(np.isfinite(X)):
+        raise DatasetError(f"{path} holds missing or non-finite values; not supported")
+    return X, np.array(labels), header
+
+
+def load_uea(
+    problem: str, root: str | Path, sfreq: float | None = None
+) -> tuple[WindowSet, WindowSet]:
+    """Load the official TRAIN and TEST splits of a UEA problem.
+
+    Parameters
+    ----------
+    problem : str
+        Problem name, e.g. ``"SelfRegulationSCP1"``.
+    root : path-like
+        Folder holding ``<problem>_TRAIN.ts`` and ``<problem>_TEST.ts``.
+    sfreq : float, optional
+        Sample rate in Hz; defaults to the known rate in :data:`UEA_SFREQ`.
+    """
+    root = Path(root)
+    if sfreq is None:
+        if problem not in UEA_SFREQ:
+            raise DatasetError(
+                f"sample rate of UEA problem {problem!r} is not known; pass sfreq explicitly"
+            )
+        sfreq = UEA_SFREQ[problem]
+    out = []
+    for split in ("TRAIN", "TEST"):
+        X, y, header = load_ts(root / f"{problem}_{split}.ts")
+        names = tuple(f"ch{i}" for i in range(X.shape[1]))
+        out.append(
+            WindowSet(
+                X=X,
+                y=y,
+                sfreq=float(sfreq),
+                channel_names=names,
+                channel_types=("eeg",) * len(names),
+                filtered=False,
+                hop_samples=X.shape[2],
+                meta={"source": "uea", "problem": problem, "split": split, "header": header},
+            )
+        )
+    return out[0], out[1]
+
+
+def _read_raw(path: str | Path) -> Any:
+    import mne
+
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"recording {path} does not exist")
+    try:
+        return mne.io.read_raw(path, preload=True, verbose="error")
+    except Exception as exc:  # mne raises many types for unreadable files
+        raise DatasetError(f"cannot read recording {path}: {exc}") from exc
+
+
+def windows_from_recordings(
+    paths: Sequence[str | Path],
+    window_s: float,
+    hop_s: float,
+    preprocessing: Mapping[str, Any] | None = None,
+    default_label: str | None = "normal",
+    label_map: Mapping[str, str] | None = None,
+    channels: Sequence[str] | None = None,
+) -> WindowSet:
+    """Cut causally filtered recordings into labelled windows.
+
+    Each recording is filtered as one continuous stream with
+    :func:`local_encoder.preprocessing.filter_signal` (what the device does), then cut into
+    windows of ``window_s`` seconds every ``hop_s`` seconds. A window takes the description of the
+    annotation it overlaps most (mapped through ``label_map``); a window overlapping no annotation
+    gets ``default_label``, or is skipped when that is ``None``.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        Recordings; all must share sample rate and channels (in ``channels`` order).
+    window_s, hop_s : float
+        Window length and hop in seconds.
+    preprocessing : mapping, optional
+        Causal filter settings (see :mod:`local_encoder.preprocessing`).
+    default_label : str or None
+        Label of windows outside every annotation.
+    label_map : mapping, optional
+        Annotation description -> label; descriptions not in it keep their name. Map to ``""``
+        to ignore an annotation (e.g. ``{"BAD_acq_skip": ""}``).
+    channels : sequence of str, optional
+        Channels to use (default: all data channels of the first recording).
+    """
+    if not paths:
+        raise DatasetError("no recordings given")
+    if window_s <= 0 or hop_s <= 0:
+        raise DatasetError(f"window ({window_s} s) and hop ({hop_s} s) must be positive")
+    label_map = dict(label_map or {})
+    Xs: list[np.ndarray] = []
+    ys: list[str] = []
+    sfreq: float | None = None
+    names: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+    for path in paths:
+        raw = _read_raw(path)
+        if channels is not None:
+            missing = [c for c in channels if c not in raw.ch_names]
+            if missing:
+                raise DatasetError(f"{path} lacks channels {missing}; it has {raw.ch_names}")
+            raw.pick(list(channels))
+        if sfreq is None:
+            sfreq = float(raw.info["sfreq"])
+            names = tuple(raw.ch_names)
+            types = tuple(raw.get_channel_types())
+        elif float(raw.info["sfreq"]) != sfreq or tuple(raw.ch_names) != names:
+            raise DatasetError(
+                f"{path} has {raw.info['sfreq']} Hz and channels {raw.ch_names}, unlike the "
+                f"first recording ({sfreq} Hz, {list(names)}); pass matching recordings"
+            )
+        win = int(round(window_s * sfreq))
+        hop = int(round(hop_s * sfreq))
+        if win < 2 or hop < 1:
+            raise DatasetError(f"window {window_s} s / hop {hop_s} s too short at {sfreq} Hz")
+        data = filter_signal(raw.get_data(), sfreq, preprocessing)
+        spans = []
+        t0 = raw.first_samp / sfreq
+        for ann in raw.annotations:
+            label = label_map.get(ann["description"], ann["description"])
+            if label == "":
+                continue
+            onset = float(ann["onset"]) - (t0 if raw.annotations.orig_time is not None else 0.0)
+            spans.append((onset, onset + float(ann["duration"]), label))
+        n = data.shape[1]
+        for start in range(0, n - win + 1, hop):
+            a, b = start / sfreq, (start + win) / sfreq
+            best, best_overlap = default_label, 0.0
+            for s0, s1, label in spans:
+                overlap = min(b, max(s1, s0 + 1.0 / sfreq)) - max(a, s0)
+                if overlap > best_overlap:
+                    best, best_overlap = label, overlap
+            if best is None:
+                continue
+            Xs.append(data[:, start : start + win])
+            ys.append(best)
+    if not Xs:
+        raise DatasetError(
+            f"no windows of {window_s} s in {[str(p) for p in paths]}: recordings too short, "
+            "or no annotation and default_label=None"
+        )
+    assert sfreq is not None
+    return WindowSet(
+        X=np.stack(Xs).astype(np.float32),
+        y=np.array(ys),
+        sfreq=sfreq,
+        channel_names=names,
+        channel_types=types,
+        filtered=True,
+        preprocessing=dict(preprocessing or {}),
+        hop_samples=int(round(hop_s * sfreq)),
+        meta={"source": "recordings", "paths": [str(p) for p in paths]},
+    )

@@ -1,0 +1,253 @@
+"""Causal preprocessing shared by training and the device: filtering and normalisation.
+
+The same code runs in :mod:`inference.training` (on whole recordings) and on the device (chunk by
+chunk as samples arrive), so what the model was trained on is exactly what it is served. Only
+numpy and scipy are used; torch is never imported here.
+
+The preprocessing of a model is a plain dict stored in the bundle's manifest
+(:attr:`local_encoder.bundle.DeviceBundle.preprocessing`)::
+
+    {"l_freq": 1.0,        # high-pass edge in Hz, or None
+     "h_freq": 40.0,       # low-pass edge in Hz, or None
+     "notch": 50.0,        # mains notch in Hz, or None
+     "order": 4,           # Butterworth order of the band-pass
+     "window_demean": False}  # subtract each window's per-channel mean before normalising
+
+The filter is a causal IIR (Butterworth band-pass, optional notch) in second-order sections. Its
+state is carried across chunks, and it starts in the steady state of the first sample seen, so a
+large DC offset does not ring through the first seconds. Filtering a whole signal at once and
+filtering it in any split into chunks give identical output.
+
+After filtering, each window is (optionally) demeaned per channel and then normalised with the
+per-channel ``norm_mean`` and ``norm_std`` stored in the bundle (stream units, e.g. volts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from scipy import signal
+
+from dropstream.errors import DropstreamError
+
+#: Keys a preprocessing dict may hold, with their defaults (no filtering, no demeaning).
+DEFAULT_PREPROCESSING: dict[str, Any] = {
+    "l_freq": None,
+    "h_freq": None,
+    "notch": None,
+    "order": 4,
+    "window_demean": False,
+}
+
+
+class PreprocessingError(DropstreamError):
+    """Preprocessing settings that cannot be realised, or input of the wrong shape."""
+
+
+def complete_preprocessing(preprocessing: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Fill in defaults and reject unknown keys.
+
+    Parameters
+    ----------
+    preprocessing : mapping or None
+        Partial settings; ``None`` means no filtering and no demeaning.
+
+    Returns
+    -------
+    dict
+        A complete preprocessing dict (see the module docstring).
+    """
+    out = dict(DEFAULT_PREPROCESSING)
+    if preprocessing:
+        unknown = set(preprocessing) - set(DEFAULT_PREPROCESSING)
+        if unknown:
+            raise PreprocessingError(
+                f"unknown preprocessing keys {sorted(unknown)}; "
+                f"allowed are {sorted(DEFAULT_PREPROCESSING)}"
+            )
+        out.update(preprocessing)
+    return out
+
+
+def design_filter(sfreq: float, preprocessing: Mapping[str, Any] | None) -> np.ndarray | None:
+    """Second-order sections of the causal filter, or ``None`` when no filtering is asked for.
+
+    Parameters
+    ----------
+    sfreq : float
+        Sample rate in Hz.
+    preprocessing : mapping or None
+        Settings with ``l_freq``, ``h_freq``, ``notch`` (Hz) and ``order``.
+
+    Returns
+    -------
+    numpy.ndarray of shape (n_sections, 6) or None
+    """
+    p = complete_preprocessing(preprocessing)
+    nyq = sfreq / 2.0
+    l_freq, h_freq, notch = p["l_freq"], p["h_freq"], p["notch"]
+    order = int(p["order"])
+    for name, f in (("l_freq", l_freq), ("h_freq", h_freq), ("notch", notch)):
+        if f is not None and not 0.0 < float(f) < nyq:
+            raise PreprocessingError(
+                f"{name}={f} Hz must lie strictly between 0 and Nyquist {nyq} Hz at "
+                f"{sfreq} Hz; change the model's preprocessing"
+            )
+    if l_freq is not None and h_freq is not None and float(l_freq) >= float(h_freq):
+        raise PreprocessingError(f"l_freq={l_freq} Hz must be below h_freq={h_freq} Hz")
+    if order < 1:
+        raise PreprocessingError(f"filter order must be >= 1, got {order}")
+    sections = []
+    if l_freq is not None and h_freq is not None:
+        sections.append(
+            signal.butter(order, [l_freq, h_freq], btype="bandpass", fs=sfreq, output="sos")
+        )
+    elif l_freq is not None:
+        sections.append(signal.butter(order, l_freq, btype="highpass", fs=sfreq, output="sos"))
+    elif h_freq is not None:
+        sections.append(signal.butter(order, h_freq, btype="lowpass", fs=sfreq, output="sos"))
+    if notch is not None:
+        b, a = signal.iirnotch(float(notch), Q=30.0, fs=sfreq)
+        sections.append(signal.tf2sos(b, a))
+    if not sections:
+        return None
+    return np.concatenate(sections, axis=0)
+
+
+class CausalFilter:
+    """A causal IIR filter over ``C`` channels whose state is carried across chunks.
+
+    Parameters
+    ----------
+    sfreq : float
+        Sample rate in Hz.
+    n_channels : int
+        Number of channels ``C``.
+    preprocessing : mapping or None
+        Filter settings (see the module docstring); no filtering passes samples through.
+
+    Examples
+    --------
+    >>> f = CausalFilter(256.0, 2, {"l_freq": 1.0, "h_freq": 40.0})
+    >>> y1 = f.process(np.zeros((2, 100)))  # chunks of any length, shape (C, n)
+    """
+
+    def __init__(
+        self, sfreq: float, n_channels: int, preprocessing: Mapping[str, Any] | None = None
+    ) -> None:
+        self.sfreq = float(sfreq)
+        self.n_channels = int(n_channels)
+        self.sos = design_filter(self.sfreq, preprocessing)
+        self._zi_unit = None if self.sos is None else signal.sosfilt_zi(self.sos)
+        self._state: np.ndarray | None = None
+
+    def reset(self) -> None:
+        """Forget the state; the next chunk starts the filter afresh (e.g. after a gap)."""
+        self._state = None
+
+    def process(self, chunk: np.ndarray) -> np.ndarray:
+        """Filter the next chunk ``(C, n)`` of samples; returns float64 ``(C, n)``."""
+        x = np.asarray(chunk, dtype=np.float64)
+        if x.ndim != 2 or x.shape[0] != self.n_channels:
+            raise PreprocessingError(
+                f"chunk must have shape (channels={self.n_channels}, samples); got {x.shape}"
+            )
+        if self.sos is None or x.shape[1] == 0:
+            return x.copy()
+        if self._state is None:
+            # steady state for a signal that has been constant at its first sample
+            self._state = self._zi_unit[:, None, :] * x[None, :, 0:1]
+        y, self._state = signal.sosfilt(self.sos, x, axis=1, zi=self._state)
+        return y
+
+
+def filter_signal(
+    x: np.ndarray, sfreq: float, preprocessing: Mapping[str, Any] | None
+) -> np.ndarray:
+    """Filter a whole signal ``(C, n)``; identical to :meth:`CausalFilter.process` in chunks."""
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise PreprocessingError(f"signal must have shape (channels, samples); got {x.shape}")
+    return CausalFilter(sfreq, x.shape[0], preprocessing).process(x)
+
+
+def filter_windows(
+    windows: np.ndarray, sfreq: float, preprocessing: Mapping[str, Any] | None
+) -> np.ndarray:
+    """Filter each window ``(N, C, T)`` on its own, as if each were a stream starting there.
+
+    Used for trial datasets (UEA problems) that are not continuous recordings.
+    """
+    w = np.asarray(windows, dtype=np.float64)
+    if w.ndim != 3:
+        raise PreprocessingError(f"windows must have shape (N, C, T); got {w.shape}")
+    sos = design_filter(sfreq, preprocessing)
+    if sos is None:
+        return w.copy()
+    zi = signal.sosfilt_zi(sos)[:, None, None, :] * w[None, :, :, 0:1]
+    y, _ = signal.sosfilt(sos, w, axis=2, zi=zi)
+    return y
+
+
+def normalise(window: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Per-channel normalisation ``(x - mean) / std`` of a window ``(C, T)`` or batch ``(N, C, T)``.
+
+    Parameters
+    ----------
+    window : numpy.ndarray
+        Filtered samples, channels on axis -2.
+    mean, std : numpy.ndarray, shape (C,)
+        Per-channel statistics in the stream's units; ``std`` must be positive.
+
+    Returns
+    -------
+    numpy.ndarray, float32, same shape as ``window``
+    """
+    x = np.asarray(window, dtype=np.float64)
+    mean = np.asarray(mean, dtype=np.float64)
+    std = np.asarray(std, dtype=np.float64)
+    if x.ndim < 2 or mean.shape != (x.shape[-2],) or std.shape != mean.shape:
+        raise PreprocessingError(
+            f"normalise needs a window (..., C, T) and mean/std of shape (C,); got {x.shape}, "
+            f"{mean.shape} and {std.shape}"
+        )
+    if np.any(~np.isfinite(std)) or np.any(std <= 0):
+        raise PreprocessingError("normalisation std must be finite and positive per channel")
+    return ((x - mean[:, None]) / std[:, None]).astype(np.float32)
+
+
+def prepare_window(
+    window: np.ndarray,
+    preprocessing: Mapping[str, Any] | None,
+    mean: np.ndarray,
+    std: np.ndarray,
+) -> np.ndarray:
+    """Turn an already filtered window ``(C, T)`` (or batch) into the first layer's input.
+
+    Applies the optional per-window demeaning, then :func:`normalise`. The result, flattened
+    channel-major, is what :meth:`local_encoder.first_layer.FirstLayer.forward` expects.
+    """
+    p = complete_preprocessing(preprocessing)
+    x = np.asarray(window, dtype=np.float64)
+    if p["window_demean"]:
+        x = x - x.mean(axis=-1, keepdims=True)
+    return normalise(x, mean, std)
+
+
+def fit_normalisation(
+    windows: np.ndarray, preprocessing: Mapping[str, Any] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of filtered training windows ``(N, C, T)`` (after demeaning).
+
+    A channel with zero spread gets std 1 so that normalisation stays finite.
+    """
+    p = complete_preprocessing(preprocessing)
+    x = np.asarray(windows, dtype=np.float64)
+    if p["window_demean"]:
+        x = x - x.mean(axis=-1, keepdims=True)
+    mean = x.mean(axis=(0, 2))
+    std = x.std(axis=(0, 2))
+    std = np.where(std > 0, std, 1.0)
+    return mean.astype(np.float32), std.astype(np.float32)
