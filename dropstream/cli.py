@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -54,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """Turn SIGTERM into KeyboardInterrupt so every command shuts down cleanly."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dropstream`` command; returns the process exit code."""
     parser = build_parser()
@@ -63,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

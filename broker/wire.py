@@ -1,0 +1,294 @@
+"""Binary wire format of activation messages (schema version 1).
+
+One Kafka message carries the kept first-layer activations of one window. Layout, little-endian::
+
+    offset size  field
+    0      4     magic b"DSAM"
+    4      1     schema version (1)
+    5      1     flags: bit 0 set = values are float32, clear = float16; other bits must be 0
+    6      4     model version (uint32)
+    10     8     sequence number of the window in its stream (uint64)
+    18     8     window start on the LSL clock, seconds (float64)
+    26     8     window start on the wall clock, Unix seconds (float64)
+    34     8     sample rate, Hz (float64)
+    42     4     window length, samples (uint32)
+    46     4     hop, samples (uint32)
+    50     4     first-layer width m (uint32)
+    54     4     number of kept units K (uint32)
+    58     1+1+1 byte lengths of model id, device id, stream id (each 1..255)
+    61     ...   model id, device id, stream id (UTF-8)
+    ...    K*i   kept unit indices, strictly increasing, < m (uint16 if m <= 65536, else uint32)
+    ...    K*v   their activation values (float16 or float32, finite)
+
+The message key is the device id, so one device's windows stay ordered in one partition.
+:func:`decode_activation` validates every field and raises :class:`WireFormatError` on anything
+malformed; it never raises anything else.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dropstream.errors import DropstreamError
+
+MAGIC = b"DSAM"
+SCHEMA_VERSION = 1
+FLAG_FLOAT32 = 0x01
+#: Largest message accepted, in bytes (a 1 MiB message would be ~130k kept units).
+MAX_MESSAGE_BYTES = 1 << 20
+#: Largest first-layer width accepted.
+MAX_WIDTH = 1 << 20
+
+_HEADER = struct.Struct("<4sBBIQdddIIIIBBB")
+HEADER_BYTES = _HEADER.size
+
+
+class WireFormatError(DropstreamError):
+    """A message that is malformed, truncated, oversized, of another version or inconsistent."""
+
+
+@dataclass(eq=False)
+class ActivationMessage:
+    """The kept activations of one window, as sent from a device to the server.
+
+    Attributes
+    ----------
+    model_id : str
+        Model that produced the activations (1..255 UTF-8 bytes).
+    model_version : int
+    device_id : str
+        The device (also the Kafka key).
+    stream_id : str
+        The LSL stream the window was cut from (its source id).
+    sequence : int
+        Window number within the stream, starting at 0; gaps show lost windows.
+    lsl_time : float
+        Start of the window on the device's LSL clock, seconds.
+    wall_time : float
+        Start of the window on the wall clock, Unix seconds.
+    sfreq : float
+        Sample rate of the window, Hz.
+    window_samples, hop_samples : int
+        Window length and hop, samples.
+    width : int
+        First-layer width ``m``.
+    indices : numpy.ndarray of uint, shape (K,)
+        Kept unit indices, strictly increasing.
+    values : numpy.ndarray of float, shape (K,)
+        Activations of the kept units.
+    """
+
+    model_id: str
+    model_version: int
+    device_id: str
+    stream_id: str
+    sequence: int
+    lsl_time: float
+    wall_time: float
+    sfreq: float
+    window_samples: int
+    hop_samples: int
+    width: int
+    indices: np.ndarray = field(repr=False)
+    values: np.ndarray = field(repr=False)
+
+    @property
+    def keep(self) -> int:
+        """Number of kept units ``K``."""
+        return int(self.indices.shape[0])
+
+    @property
+    def window_end_lsl(self) -> float:
+        """Time of the window's last sample on the LSL clock, seconds."""
+        return self.lsl_time + (self.window_samples - 1) / self.sfreq
+
+    def dense(self) -> np.ndarray:
+        """The width-``m`` activation vector with dropped units as zeros (float32)."""
+        out = np.zeros(self.width, np.float32)
+        out[self.indices] = self.values
+        return out
+
+
+def _index_dtype(width: int) -> np.dtype:
+    return np.dtype("<u2") if width <= 65536 else np.dtype("<u4")
+
+
+def _check_text(name: str, raw: bytes) -> str:
+    if not 1 <= len(raw) <= 255:
+        raise WireFormatError(f"{name} must be 1..255 UTF-8 bytes, got {len(raw)}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WireFormatError(f"{name} is not valid UTF-8") from exc
+    if not text.isprintable():
+        raise WireFormatError(f"{name} contains control characters")
+    return text
+
+
+def _check_fields(
+    model_version: int,
+    sequence: int,
+    lsl_time: float,
+    wall_time: float,
+    sfreq: float,
+    window: int,
+    hop: int,
+    width: int,
+    keep: int,
+) -> None:
+    if not (math.isfinite(lsl_time) and math.isfinite(wall_time)):
+        raise WireFormatError("window start times must be finite")
+    if not (math.isfinite(sfreq) and 0.0 < sfreq <= 1e6):
+        raise WireFormatError(f"sample rate must be in (0, 1e6] Hz, got {sfreq}")
+    if window < 1 or hop < 1:
+        raise WireFormatError(f"window ({window}) and hop ({hop}) must be >= 1 sample")
+    if not 1 <= width <= MAX_WIDTH:
+        raise WireFormatError(f"first-layer width must be in 1..{MAX_WIDTH}, got {width}")
+    if not 1 <= keep <= width:
+        raise WireFormatError(f"kept units K={keep} must be in 1..width ({width})")
+    if not (0 <= model_version < 2**32 and 0 <= sequence < 2**64):
+        raise WireFormatError("model version or sequence number out of range")
+
+
+def _check_arrays(indices: np.ndarray, values: np.ndarray, width: int) -> None:
+    if indices.size and (indices[-1] >= width or np.any(np.diff(indices.astype(np.int64)) <= 0)):
+        raise WireFormatError(f"kept indices must be strictly increasing and < width ({width})")
+    if not np.all(np.isfinite(values)):
+        raise WireFormatError("activation values must be finite")
+
+
+def encode_activation(msg: ActivationMessage, value_dtype: str = "float16") -> bytes:
+    """Serialise an :class:`ActivationMessage`.
+
+    Parameters
+    ----------
+    msg : ActivationMessage
+    value_dtype : {"float16", "float32"}
+        Precision of the values on the wire; float16 halves the bytes and is the default.
+
+    Raises
+    ------
+    WireFormatError
+        If a field is out of range, or a value does not fit ``value_dtype`` (use float32).
+    """
+    if value_dtype not in ("float16", "float32"):
+        raise WireFormatError(f"value_dtype must be float16 or float32, not {value_dtype!r}")
+    indices = np.asarray(msg.indices)
+    values = np.asarray(msg.values)
+    if indices.ndim != 1 or values.shape != indices.shape:
+        raise WireFormatError("indices and values must be 1-D arrays of the same length")
+    _check_fields(
+        msg.model_version,
+        msg.sequence,
+        msg.lsl_time,
+        msg.wall_time,
+        msg.sfreq,
+        msg.window_samples,
+        msg.hop_samples,
+        msg.width,
+        indices.size,
+    )
+    if indices.size and (indices.min() < 0):
+        raise WireFormatError("kept indices must be non-negative")
+    wire_idx = indices.astype(_index_dtype(msg.width))
+    with np.errstate(over="ignore", invalid="ignore"):
+        wire_val = values.astype("<f2" if value_dtype == "float16" else "<f4")
+    _check_arrays(wire_idx, values, msg.width)
+    if not np.all(np.isfinite(wire_val)):
+        raise WireFormatError("a value overflows float16; encode with value_dtype='float32'")
+    texts = [s.encode("utf-8") for s in (msg.model_id, msg.device_id, msg.stream_id)]
+    for name, raw in zip(("model id", "device id", "stream id"), texts, strict=True):
+        _check_text(name, raw)
+    header = _HEADER.pack(
+        MAGIC,
+        SCHEMA_VERSION,
+        FLAG_FLOAT32 if value_dtype == "float32" else 0,
+        msg.model_version,
+        msg.sequence,
+        msg.lsl_time,
+        msg.wall_time,
+        msg.sfreq,
+        msg.window_samples,
+        msg.hop_samples,
+        msg.width,
+        indices.size,
+        *map(len, texts),
+    )
+    return b"".join([header, *texts, wire_idx.tobytes(), wire_val.tobytes()])
+
+
+def decode_activation(data: bytes) -> ActivationMessage:
+    """Parse and validate one activation message.
+
+    Raises
+    ------
+    WireFormatError
+        On any malformed, truncated, oversized, wrong-version or inconsistent input.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise WireFormatError(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise WireFormatError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    if len(data) < HEADER_BYTES:
+        raise WireFormatError(f"truncated: {len(data)} bytes, the header alone is {HEADER_BYTES}")
+    (
+        magic,
+        version,
+        flags,
+        model_version,
+        sequence,
+        lsl_time,
+        wall_time,
+        sfreq,
+        window,
+        hop,
+        width,
+        keep,
+        n_model,
+        n_device,
+        n_stream,
+    ) = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise WireFormatError("not a dropstream activation message (bad magic)")
+    if version != SCHEMA_VERSION:
+        raise WireFormatError(
+            f"schema version {version} is not supported (this reader speaks {SCHEMA_VERSION}); "
+            "upgrade dropstream on the server"
+        )
+    if flags & ~FLAG_FLOAT32:
+        raise WireFormatError(f"unknown flags 0x{flags:02x}")
+    _check_fields(model_version, sequence, lsl_time, wall_time, sfreq, window, hop, width, keep)
+    if 0 in (n_model, n_device, n_stream):
+        raise WireFormatError("model id, device id and stream id must be non-empty")
+    idx_dtype = _index_dtype(width)
+    val_dtype = np.dtype("<f4" if flags & FLAG_FLOAT32 else "<f2")
+    pos = HEADER_BYTES + n_model + n_device + n_stream
+    expected = pos + keep * (idx_dtype.itemsize + val_dtype.itemsize)
+    if len(data) != expected:
+        raise WireFormatError(f"length {len(data)} bytes does not match its header ({expected})")
+    model_id = _check_text("model id", data[HEADER_BYTES : HEADER_BYTES + n_model])
+    device_id = _check_text("device id", data[HEADER_BYTES + n_model : pos - n_stream])
+    stream_id = _check_text("stream id", data[pos - n_stream : pos])
+    indices = np.frombuffer(data, idx_dtype, keep, pos)
+    values = np.frombuffer(data, val_dtype, keep, pos + keep * idx_dtype.itemsize)
+    _check_arrays(indices, values, width)
+    return ActivationMessage(
+        model_id=model_id,
+        model_version=model_version,
+        device_id=device_id,
+        stream_id=stream_id,
+        sequence=sequence,
+        lsl_time=lsl_time,
+        wall_time=wall_time,
+        sfreq=sfreq,
+        window_samples=window,
+        hop_samples=hop,
+        width=width,
+        indices=indices,
+        values=values,
+    )

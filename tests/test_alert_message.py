@@ -1,0 +1,89 @@
+"""Alert JSON schema: round trip, deterministic ids, typed errors on malformed input."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broker.alert_message import AlertMessage, decode_alert, make_alert_id
+from broker.wire import WireFormatError
+
+
+def _alert(**changes: object) -> AlertMessage:
+    base = dict(
+        alert_id=make_alert_id("dev-1", "ecg", 17),
+        status="closed",
+        device_id="dev-1",
+        stream_id="ecg",
+        kind="anomaly",
+        label="anomaly",
+        onset_time=12.5,
+        offset_time=14.0,
+        onset_sequence=17,
+        offset_sequence=20,
+        score=3.2,
+        threshold=1.5,
+        model_id="ecg-novelty",
+        model_version=1,
+        produced_at=1.79e9,
+        detection_latency_s=0.042,
+    )
+    base.update(changes)
+    return AlertMessage(**base)  # type: ignore[arg-type]
+
+
+def test_round_trip_and_schema_fields() -> None:
+    alert = _alert()
+    body = json.loads(alert.to_json())
+    assert body["schema"] == "dropstream.alert" and body["version"] == 1
+    assert decode_alert(alert.to_json()) == alert
+    opened = _alert(status="open", offset_time=None, offset_sequence=None)
+    assert decode_alert(opened.to_json()) == opened
+
+
+def test_alert_id_is_deterministic() -> None:
+    assert make_alert_id("a", "s", 3) == make_alert_id("a", "s", 3)
+    assert (
+        len(
+            {
+                make_alert_id("a", "s", 3),
+                make_alert_id("a", "s", 4),
+                make_alert_id("b", "s", 3),
+                make_alert_id("a", "t", 3),
+            }
+        )
+        == 4
+    )
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda b: b.pop("score"), "differ from the schema"),
+        (lambda b: b.update(extra=1), "differ from the schema"),
+        (lambda b: b.update(version=2), "version"),
+        (lambda b: b.update(schema="other"), "not a dropstream.alert"),
+        (lambda b: b.update(status="maybe"), "status"),
+        (lambda b: b.update(score="high"), "finite number"),
+        (lambda b: b.update(score=True), "finite number"),
+        (lambda b: b.update(onset_sequence=-1), "non-negative integer"),
+        (lambda b: b.update(device_id=""), "non-empty string"),
+        (lambda b: b.update(offset_time=None), "closed alert needs"),
+    ],
+)
+def test_malformed_alerts_raise_typed_error(mutate, reason: str) -> None:  # type: ignore[no-untyped-def]
+    body = json.loads(_alert().to_json())
+    mutate(body)
+    with pytest.raises(WireFormatError, match=reason):
+        decode_alert(json.dumps(body).encode())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_random_bytes_only_raise_typed_error(data: bytes) -> None:
+    with contextlib.suppress(WireFormatError):
+        decode_alert(data)

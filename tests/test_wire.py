@@ -1,0 +1,202 @@
+"""Activation wire format: round trips, and every malformed input raises WireFormatError."""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broker.wire import (
+    HEADER_BYTES,
+    MAX_MESSAGE_BYTES,
+    ActivationMessage,
+    WireFormatError,
+    decode_activation,
+    encode_activation,
+)
+
+ident = st.text(
+    st.characters(codec="utf-8", categories=("L", "N", "P", "S")), min_size=1, max_size=40
+)
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> ActivationMessage:
+    width = draw(st.integers(1, 70_000))
+    keep = draw(st.integers(1, min(width, 300)))
+    idx = np.array(
+        sorted(draw(st.sets(st.integers(0, width - 1), min_size=keep, max_size=keep))),
+        dtype=np.int64,
+    )
+    values = np.array(
+        draw(st.lists(st.floats(-60000, 60000, width=16), min_size=keep, max_size=keep)),
+        dtype=np.float32,
+    )
+    return ActivationMessage(
+        model_id=draw(ident),
+        model_version=draw(st.integers(0, 2**32 - 1)),
+        device_id=draw(ident),
+        stream_id=draw(ident),
+        sequence=draw(st.integers(0, 2**64 - 1)),
+        lsl_time=draw(st.floats(-1e9, 1e9)),
+        wall_time=draw(st.floats(0, 4e9)),
+        sfreq=draw(st.floats(0.001, 1e6)),
+        window_samples=draw(st.integers(1, 2**32 - 1)),
+        hop_samples=draw(st.integers(1, 2**32 - 1)),
+        width=width,
+        indices=idx,
+        values=values,
+    )
+
+
+def _fields(m: ActivationMessage) -> tuple:
+    return (
+        m.model_id,
+        m.model_version,
+        m.device_id,
+        m.stream_id,
+        m.sequence,
+        m.lsl_time,
+        m.wall_time,
+        m.sfreq,
+        m.window_samples,
+        m.hop_samples,
+        m.width,
+    )
+
+
+def _example(**changes: object) -> ActivationMessage:
+    base = dict(
+        model_id="eeg-anomaly",
+        model_version=2,
+        device_id="clinic-7/cap-3",
+        stream_id="EEG-S001",
+        sequence=41,
+        lsl_time=5123.25,
+        wall_time=1.79e9,
+        sfreq=160.0,
+        window_samples=160,
+        hop_samples=80,
+        width=256,
+        indices=np.arange(0, 256, 4),
+        values=np.linspace(-2, 2, 64),
+    )
+    base.update(changes)
+    return ActivationMessage(**base)  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(messages(), st.sampled_from(["float16", "float32"]))
+def test_round_trip(msg: ActivationMessage, dtype: str) -> None:
+    data = encode_activation(msg, value_dtype=dtype)
+    back = decode_activation(data)
+    assert _fields(back) == _fields(msg)
+    np.testing.assert_array_equal(back.indices, msg.indices)
+    np.testing.assert_array_equal(back.values, msg.values.astype(dtype))
+    assert encode_activation(back, value_dtype=dtype) == data  # canonical bytes
+
+
+def test_default_message_size_and_dense() -> None:
+    msg = _example()
+    data = encode_activation(msg)
+    # 64 kept of 256: 64 uint16 indices + 64 float16 values = 256 bytes of payload
+    assert len(data) == HEADER_BYTES + len("eeg-anomaly") + len("clinic-7/cap-3") + 8 + 256
+    dense = decode_activation(data).dense()
+    assert dense.shape == (256,)
+    assert np.count_nonzero(dense[1::4]) == 0
+    np.testing.assert_allclose(dense[::4], msg.values, atol=1e-3)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=600))
+def test_random_bytes_only_raise_wire_format_error(data: bytes) -> None:
+    with contextlib.suppress(WireFormatError):
+        decode_activation(data)
+
+
+@settings(max_examples=500, deadline=None)
+@given(messages(), st.data())
+def test_mutated_bytes_only_raise_wire_format_error(
+    msg: ActivationMessage, data: st.DataObject
+) -> None:
+    raw = bytearray(encode_activation(msg))
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(0, len(raw) - 1))
+        raw[pos] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(raw)))
+    for candidate in (bytes(raw), bytes(raw[:cut]), bytes(raw) + b"\x00"):
+        try:
+            decoded = decode_activation(candidate)
+        except WireFormatError:
+            continue
+        # whatever decodes must be internally consistent
+        assert np.all(np.diff(decoded.indices.astype(np.int64)) > 0)
+        assert np.all(np.isfinite(decoded.values))
+
+
+def _patch(data: bytes, offset: int, fmt: str, value: object) -> bytes:
+    raw = bytearray(data)
+    struct.pack_into(fmt, raw, offset, value)
+    return bytes(raw)
+
+
+GOOD = encode_activation(_example())
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (b"", "truncated"),
+        (GOOD[: HEADER_BYTES - 1], "truncated"),
+        (GOOD[:-1], "does not match"),
+        (GOOD + b"\x00", "does not match"),
+        (b"XXXX" + GOOD[4:], "bad magic"),
+        (_patch(GOOD, 4, "<B", 2), "version 2 is not supported"),
+        (_patch(GOOD, 5, "<B", 0x80), "unknown flags"),
+        (_patch(GOOD, 34, "<d", float("nan")), "sample rate"),
+        (_patch(GOOD, 34, "<d", -160.0), "sample rate"),
+        (_patch(GOOD, 18, "<d", float("inf")), "finite"),
+        (_patch(GOOD, 42, "<I", 0), "window"),
+        (_patch(GOOD, 50, "<I", 0), "width"),
+        (_patch(GOOD, 50, "<I", 100), "strictly increasing and < width"),
+        (_patch(GOOD, 54, "<I", 0), "kept units"),
+        (_patch(GOOD, 54, "<I", 65), "does not match"),
+        (_patch(GOOD, 58, "<B", 0), "non-empty"),
+        (_patch(GOOD, HEADER_BYTES, "<B", 0xFF), "UTF-8"),
+        (_patch(GOOD, HEADER_BYTES, "<B", 0x07), "control characters"),
+        (_patch(GOOD, len(GOOD) - 256 + 2, "<H", 0), "strictly increasing"),
+        (_patch(GOOD, len(GOOD) - 2, "<H", 0x7C00), "finite"),  # float16 +inf
+        (b"\x00" * (MAX_MESSAGE_BYTES + 1), "exceeds"),
+    ],
+)
+def test_malformed_inputs_name_the_problem(bad: bytes, reason: str) -> None:
+    with pytest.raises(WireFormatError, match=reason):
+        decode_activation(bad)
+
+
+def test_decoder_rejects_non_bytes() -> None:
+    with pytest.raises(WireFormatError, match="expected bytes"):
+        decode_activation("not bytes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"values": np.full(64, 1e6)}, "overflows float16"),
+        ({"values": np.full(64, np.nan)}, "finite"),
+        ({"indices": np.arange(64)[::-1].copy()}, "strictly increasing"),
+        ({"indices": np.arange(200, 264)}, "< width"),
+        ({"indices": np.arange(-1, 63)}, "non-negative"),
+        ({"device_id": ""}, "device id"),
+        ({"model_id": "x" * 256}, "model id"),
+        ({"sfreq": 0.0}, "sample rate"),
+        ({"values": np.zeros(3)}, "same length"),
+    ],
+)
+def test_encoder_refuses_inconsistent_messages(changes: dict, reason: str) -> None:
+    with pytest.raises(WireFormatError, match=reason):
+        encode_activation(_example(**changes))
