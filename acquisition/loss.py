@@ -180,7 +180,7 @@ class SampleTimeline:
                     duration = float(raw[j] - due)
                     if duration > 0:
                         lost = max(1, round(duration * self.sfreq))
-                        gap = Gap(due, duration, lost, reconnected and j == 0)
+                        gap = Gap(due, duration, lost, bool(reconnected and j == 0))
                         gaps.append(gap)
                         self.gaps.append(gap)
                         self.total_lost += lost

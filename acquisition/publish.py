@@ -165,6 +165,7 @@ class Publisher:
         self._lock = threading.Lock()
         self._paused_at: float | None = None
         self.error: BaseException | None = None
+        self._final_sent: dict[str, int] = {}
 
     # -- control ---------------------------------------------------------------------------
 
@@ -218,6 +219,7 @@ class Publisher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self._final_sent = self.samples_sent()
         for lane in self._lanes:
             lane.outlet = None  # type: ignore[assignment]
             lane.marker_outlet = None
@@ -230,14 +232,18 @@ class Publisher:
         self.stop()
 
     def samples_sent(self) -> dict[str, int]:
-        """Samples pushed so far per stream name."""
+        """Samples pushed so far per stream name (kept after :meth:`stop`)."""
+        if not self._lanes:
+            return dict(self._final_sent)
         return {lane.track.info.name: lane.sent for lane in self._lanes}
 
     def file_index(self, name: str, played: np.ndarray | int) -> np.ndarray | int:
         """Index in the track's data of the ``played``-th published sample of stream ``name``."""
-        for lane in self._lanes:
-            if lane.track.info.name == name:
-                return lane.first + (np.asarray(played) % lane.played_len)
+        for track in self.tracks:
+            if track.info.name == name:
+                n = track.data.shape[0]
+                first = min(int(round(self.start_offset * track.info.sfreq)), n)
+                return first + (np.asarray(played) % max(1, n - first))
         raise KeyError(name)
 
     # -- worker ----------------------------------------------------------------------------
