@@ -136,7 +136,7 @@ def train_decoder(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(b)
+            total += float(loss.detach()) * len(b)
         sched.step()
         done = epoch + 1
         log.info("decoder epoch %d: train MSE %.4f", done, total / n)
