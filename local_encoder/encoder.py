@@ -1,0 +1,96 @@
+"""Turn one preprocessed window into the message that leaves the device.
+
+:class:`WindowEncoder` runs the bundle's first layer and activation in numpy, draws a fresh set of
+``K`` kept units for every window from a generator seeded by the operating system's entropy, and
+builds a :class:`broker.wire.ActivationMessage` holding only the kept activations. The raw window
+never leaves this function: nothing else of it is put into the message.
+
+The generator must be unpredictable to the server: if the server could predict the kept set it
+would still only see ``K < C*hop`` equations per window, but a fresh, secret mask per window is
+what the paper's analysis assumes. An explicit ``seed`` exists for tests only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from broker.wire import ActivationMessage, WireFormatError, encode_activation
+from local_encoder.bundle import DeviceBundle
+from local_encoder.first_layer import draw_kept_units
+from local_encoder.windowing import Window
+
+
+class WindowEncoder:
+    """First layer, activation and dropping for the windows of one stream.
+
+    Parameters
+    ----------
+    bundle : DeviceBundle
+        The model's device part; its privacy settings are checked here again.
+    device_id : str
+        Identifies the device; the Kafka key of every message.
+    stream_id : str
+        Identifies the stream (its LSL source id).
+    seed : int | None
+        ``None`` (always, outside tests) seeds the mask generator from the OS entropy.
+
+    Raises
+    ------
+    local_encoder.first_layer.PrivacyGuardError
+        If the bundle keeps so many units that the server could invert the windows.
+    """
+
+    def __init__(
+        self, bundle: DeviceBundle, device_id: str, stream_id: str, seed: int | None = None
+    ) -> None:
+        bundle.check_privacy()
+        self.bundle = bundle
+        self.device_id = device_id
+        self.stream_id = stream_id
+        self._rng = np.random.default_rng(seed)
+        layer = bundle.layer
+        self._weight_t = np.ascontiguousarray(layer.weight.T, dtype=np.float32)  # (C*T, m)
+        self._bias = np.asarray(layer.bias, dtype=np.float32)
+
+    def activations(self, window: np.ndarray) -> np.ndarray:
+        """All ``m`` first-layer activations of a preprocessed window ``(C, T)`` (float32)."""
+        x = np.asarray(window, dtype=np.float32).reshape(1, -1)
+        return self.bundle.layer.activate(x @ self._weight_t + self._bias)[0]
+
+    def encode(self, window: Window, sequence: int, wall_time: float) -> ActivationMessage:
+        """The message for one window: kept unit indices and their activations.
+
+        Parameters
+        ----------
+        window : Window
+            A window from :class:`~local_encoder.windowing.WindowBuffer`.
+        sequence : int
+            Window number in this stream, from 0.
+        wall_time : float
+            Wall-clock time (Unix seconds) of the window's first sample.
+        """
+        b = self.bundle
+        a = self.activations(window.data)
+        kept = draw_kept_units(self._rng, b.layer.width, b.keep)
+        return ActivationMessage(
+            model_id=b.model_id,
+            model_version=b.model_version,
+            device_id=self.device_id,
+            stream_id=self.stream_id,
+            sequence=int(sequence),
+            lsl_time=float(window.lsl_time),
+            wall_time=float(wall_time),
+            sfreq=float(b.sfreq),
+            window_samples=int(b.window_samples),
+            hop_samples=int(b.hop_samples),
+            width=b.layer.width,
+            indices=kept,
+            values=a[kept],
+        )
+
+    def to_bytes(self, message: ActivationMessage) -> bytes:
+        """Serialise with float16 values, or float32 when a value overflows float16."""
+        try:
+            return encode_activation(message, "float16")
+        except WireFormatError:
+            return encode_activation(message, "float32")

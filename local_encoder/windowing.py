@@ -1,0 +1,198 @@
+"""Cut a live stream into the model's windows, preprocessed exactly as in training.
+
+:class:`WindowBuffer` takes chunks as the inlet delivers them (samples x stream channels, any
+length, timestamps on the LSL clock), picks the bundle's channels in model order, runs the causal
+filter of :mod:`local_encoder.preprocessing` with its state carried across chunks, keeps the
+filtered samples in a ring buffer and cuts a window of ``window_samples`` every ``hop_samples``.
+Each window is then normalised with the bundle's per-channel statistics. Chunk boundaries change
+nothing: the windows equal those cut from the whole signal filtered causally at once.
+
+Samples that cannot be used break the stream into segments: a gap reported by the inlet, or a
+sample with a NaN/infinite value (it would poison the filter state forever). At a break the
+unfinished window is discarded, the filter restarts and the next window starts at the first good
+sample after the break. Missing and non-finite samples are counted in
+:attr:`WindowBuffer.lost_samples`, the samples of the discarded unfinished window in
+:attr:`WindowBuffer.discarded_samples`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from local_encoder.bundle import DeviceBundle
+from local_encoder.preprocessing import CausalFilter, PreprocessingError, prepare_window
+
+
+@dataclass(frozen=True)
+class Window:
+    """One window, ready for the first layer.
+
+    Attributes
+    ----------
+    data : numpy.ndarray, shape (C, T), float32
+        Filtered and normalised samples, channels in model order.
+    lsl_time : float
+        Timestamp of the window's first sample on the local LSL clock, seconds.
+    index : int
+        Number of the window since the buffer was created (counts every cut window).
+    """
+
+    data: np.ndarray
+    lsl_time: float
+    index: int
+
+
+class WindowBuffer:
+    """Per-stream ring buffer cutting preprocessed windows of a bundle's length and hop.
+
+    Parameters
+    ----------
+    bundle : DeviceBundle
+        Gives window length, hop, channels, sample rate, preprocessing and normalisation.
+    stream_channels : sequence of str
+        Channel names of the stream, in stream order (matched case-insensitively).
+    sfreq : float
+        Nominal sample rate of the stream in Hz; must equal the bundle's.
+
+    Raises
+    ------
+    local_encoder.bundle.BundleError
+        If the stream's rate differs or it lacks a model channel.
+    """
+
+    def __init__(self, bundle: DeviceBundle, stream_channels: Sequence[str], sfreq: float) -> None:
+        self.bundle = bundle
+        self.channel_index = np.asarray(bundle.check_stream(stream_channels, sfreq), dtype=np.intp)
+        self.n_stream_channels = len(stream_channels)
+        self.window = int(bundle.window_samples)
+        self.hop = int(bundle.hop_samples)
+        self.n_channels = bundle.n_channels
+        self._filter = CausalFilter(bundle.sfreq, self.n_channels, bundle.preprocessing)
+        self._capacity = max(4 * self.window, self.window + 4096)
+        self._buf = np.zeros((self.n_channels, self._capacity), dtype=np.float64)
+        self._stamps = np.zeros(self._capacity, dtype=np.float64)
+        self._start = 0  # first buffered sample (start of the next window)
+        self._end = 0  # one past the last buffered sample
+        self._skip = 0  # samples still to skip before the next window starts (hop > window)
+        #: Windows cut so far.
+        self.windows_cut = 0
+        #: Samples lost before reaching the buffer: inlet gaps and non-finite samples.
+        self.lost_samples = 0
+        #: Buffered samples thrown away with an unfinished window at a break.
+        self.discarded_samples = 0
+
+    @property
+    def buffered(self) -> int:
+        """Filtered samples waiting for the next window."""
+        return self._end - self._start
+
+    def reset(self) -> None:
+        """Break the stream: discard the unfinished window and restart the filter."""
+        self.discarded_samples += self.buffered
+        self._start = self._end = 0
+        self._skip = 0
+        self._filter.reset()
+
+    def note_lost(self, n_samples: int) -> None:
+        """Account for samples the inlet reports lost (a gap), and break the stream there."""
+        self.lost_samples += int(n_samples)
+        self.reset()
+
+    def push(
+        self,
+        data: np.ndarray,
+        timestamps: np.ndarray,
+        breaks: Sequence[tuple[int, int]] = (),
+    ) -> list[Window]:
+        """Add a chunk and return the windows it completes, oldest first.
+
+        Parameters
+        ----------
+        data : numpy.ndarray, shape (n, stream channels)
+            Samples as delivered by the inlet.
+        timestamps : numpy.ndarray, shape (n,)
+            LSL clock time of each sample, seconds.
+        breaks : sequence of (int, int)
+            ``(index, lost_samples)``: the stream breaks before sample ``index`` of the chunk
+            because ``lost_samples`` samples went missing there (inlet gaps).
+        """
+        x = np.asarray(data, dtype=np.float64)
+        t = np.asarray(timestamps, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.n_stream_channels or t.shape != (x.shape[0],):
+            raise PreprocessingError(
+                f"chunk must be (n, {self.n_stream_channels}) samples with n timestamps; "
+                f"got {x.shape} and {t.shape}"
+            )
+        x = x[:, self.channel_index]
+        # split points: inlet gaps and non-finite samples
+        cuts: dict[int, int] = {}
+        for index, lost in breaks:
+            i = int(min(max(index, 0), x.shape[0]))
+            cuts[i] = cuts.get(i, 0) + int(lost)
+        bad = ~np.isfinite(x).all(axis=1)
+        windows: list[Window] = []
+        pos = 0
+        for i in sorted(set(cuts) | set(np.flatnonzero(bad).tolist()) | {x.shape[0]}):
+            if i > pos:
+                windows.extend(self._push_clean(x[pos:i], t[pos:i]))
+            if i >= x.shape[0]:
+                break
+            if i in cuts:
+                self.note_lost(cuts[i])
+            pos = i
+            if bad[i]:
+                self.reset()
+                self.lost_samples += 1
+                pos = i + 1
+        return windows
+
+    def _push_clean(self, x: np.ndarray, t: np.ndarray) -> list[Window]:
+        """Filter finite samples ``(n, C)`` and cut every window they complete."""
+        y = self._filter.process(x.T)
+        out: list[Window] = []
+        pos = 0
+        n = y.shape[1]
+        while pos < n:
+            if self._skip:
+                k = min(self._skip, n - pos)
+                self._skip -= k
+                pos += k
+                continue
+            if self._end == self._capacity:
+                self._compact()
+            k = min(n - pos, self._capacity - self._end)
+            self._buf[:, self._end : self._end + k] = y[:, pos : pos + k]
+            self._stamps[self._end : self._end + k] = t[pos : pos + k]
+            self._end += k
+            pos += k
+            while self._end - self._start >= self.window:
+                out.append(self._cut())
+        return out
+
+    def _cut(self) -> Window:
+        s = self._start
+        raw = self._buf[:, s : s + self.window]
+        data = prepare_window(
+            raw, self.bundle.preprocessing, self.bundle.norm_mean, self.bundle.norm_std
+        )
+        w = Window(data=data, lsl_time=float(self._stamps[s]), index=self.windows_cut)
+        self.windows_cut += 1
+        nxt = s + self.hop
+        if nxt <= self._end:
+            self._start = nxt
+        else:  # hop longer than what is buffered: skip the samples still to come
+            self._skip = nxt - self._end
+            self._start = self._end
+        if self._start == self._end:
+            self._start = self._end = 0
+        return w
+
+    def _compact(self) -> None:
+        """Move the buffered samples to the front of the ring."""
+        n = self._end - self._start
+        self._buf[:, :n] = self._buf[:, self._start : self._end]
+        self._stamps[:n] = self._stamps[self._start : self._end]
+        self._start, self._end = 0, n
