@@ -1,18 +1,134 @@
-"""``dropstream alerts``: not available yet."""
+"""``dropstream alerts``: follow the alert topic as a readable table or JSON lines."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
+import json
+import sys
+from typing import TYPE_CHECKING
 
-from dropstream.errors import NotAvailableError
+if TYPE_CHECKING:
+    from broker.alert_message import AlertMessage
 
-HELP = "alerts (not available yet)"
+HELP = "follow the alert topic (a table, or --json lines; --device filters)"
+
+_COLUMNS = "{:<19} {:<6} {:<24} {:<16} {:<12} {:>12} {:>12} {:>9} {:>9} {:>8}"
+
+
+def table_header() -> str:
+    """Column titles of :func:`format_alert`."""
+    return _COLUMNS.format(
+        "produced",
+        "status",
+        "alert id",
+        "device",
+        "stream",
+        "onset (LSL)",
+        "offset (LSL)",
+        "score",
+        "threshold",
+        "lat. ms",
+    )
+
+
+def format_alert(msg: AlertMessage) -> str:
+    """One table row for an alert update."""
+    produced = _dt.datetime.fromtimestamp(msg.produced_at).strftime("%Y-%m-%d %H:%M:%S")
+    offset = "" if msg.offset_time is None else f"{msg.offset_time:.2f}"
+    return _COLUMNS.format(
+        produced,
+        msg.status,
+        msg.alert_id,
+        msg.device_id[:16],
+        msg.stream_id[:12],
+        f"{msg.onset_time:.2f}",
+        offset,
+        f"{msg.score:.4g}",
+        f"{msg.threshold:.4g}",
+        f"{1000 * msg.detection_latency_s:.0f}",
+    )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Register the arguments of ``dropstream alerts``."""
+    from broker.config import add_client_arguments
+
+    parser.add_argument("--json", action="store_true", help="print one JSON object per line")
+    parser.add_argument("--device", action="append", help="only this device (repeatable)")
+    parser.add_argument(
+        "--from-beginning", action="store_true", help="print past alerts too (default: new only)"
+    )
+    parser.add_argument(
+        "--max-seconds", type=float, help="stop after this long (default: follow until Ctrl-C)"
+    )
+    parser.add_argument(
+        "--all-updates",
+        action="store_true",
+        help="also print repeated updates (same alert id and status, e.g. after a service crash)",
+    )
+    add_client_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``dropstream alerts``."""
-    raise NotAvailableError("'dropstream alerts' is not available in this version yet")
+    """Follow the alert topic until Ctrl-C (or ``--max-seconds``)."""
+    import time
+
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+
+    from broker.alert_message import decode_alert
+    from broker.clients import KafkaClientError
+    from broker.config import ClientConfig
+    from broker.wire import WireFormatError
+
+    config = ClientConfig.from_args(args)
+    try:
+        consumer = KafkaConsumer(**config.common_kwargs(), enable_auto_commit=False)
+        parts = consumer.partitions_for_topic(config.alerts_topic)
+    except KafkaError as exc:
+        raise KafkaClientError(f"cannot reach Kafka at {config.bootstrap}: {exc!r}") from exc
+    if not parts:
+        consumer.close()
+        raise KafkaClientError(
+            f"topic {config.alerts_topic} does not exist on {config.bootstrap}; start "
+            "'dropstream serve' (or 'dropstream broker') first, or check --alerts-topic"
+        )
+    tps = [TopicPartition(config.alerts_topic, p) for p in sorted(parts)]
+    consumer.assign(tps)
+    if args.from_beginning:
+        consumer.seek_to_beginning()
+    else:
+        consumer.seek_to_end()
+    devices = set(args.device or [])
+    seen: set[tuple[str, str]] = set()
+    if not args.json:
+        print(table_header(), flush=True)
+    deadline = None if args.max_seconds is None else time.monotonic() + args.max_seconds
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=200).values():
+                for rec in records:
+                    try:
+                        msg = decode_alert(rec.value)
+                    except WireFormatError as exc:
+                        print(
+                            f"skipping a malformed alert at offset {rec.offset}: {exc}",
+                            file=sys.stderr,
+                        )
+                        continue
+                    if devices and msg.device_id not in devices:
+                        continue
+                    if not args.all_updates:
+                        if (msg.alert_id, msg.status) in seen:
+                            continue
+                        seen.add((msg.alert_id, msg.status))
+                    if args.json:
+                        print(json.dumps(json.loads(msg.to_json())), flush=True)
+                    else:
+                        print(format_alert(msg), flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    return 0

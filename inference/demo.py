@@ -1,0 +1,379 @@
+"""The end-to-end demo behind ``dropstream demo``, offline on one machine.
+
+What runs, all in this process except the broker (a tansu subprocess):
+
+1. an embedded Kafka-protocol broker (:class:`broker.embedded.EmbeddedBroker`) and the three
+   topics;
+2. the inference service (:class:`inference.service.InferenceService`) in a thread, with the
+   shipped pre-trained bundle ``demo_data/ecg_novelty.dsb``;
+3. the shipped recording ``demo_data/ecg_artefacts.fif`` (30 s of real ECG with two real
+   artefacts added at known times, see ``demo_data/README.md``) replayed over LSL at real-time
+   pace (:class:`acquisition.replay.RecordingReplay`);
+4. the device-side agent (:class:`local_encoder.agent.EncoderAgent`) reading that LSL stream,
+   running the first layer, dropping units and sending the kept activations to Kafka;
+5. a follower of the alert topic that prints each alert as it arrives.
+
+The closing summary compares the alerts with the known anomaly spans (hits, misses, false
+alerts), gives the detection delay (anomaly onset -> alert received, LSL clock) and the service's
+own latency (last sample of the deciding window -> alert produced), and the bytes sent over Kafka
+against the raw samples.
+
+:func:`encode_recording` is also used by the tests and benchmarks as a simulated device.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from broker.alert_message import AlertMessage, decode_alert
+from broker.wire import ActivationMessage, encode_activation
+from dropstream.errors import DropstreamError
+from local_encoder.bundle import DeviceBundle
+from local_encoder.first_layer import draw_kept_units
+from local_encoder.preprocessing import filter_signal, prepare_window
+
+log = logging.getLogger(__name__)
+
+DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
+DEMO_RECORDING = DEMO_DATA / "ecg_artefacts.fif"
+DEMO_BUNDLE = DEMO_DATA / "ecg_novelty.dsb"
+DEMO_DEVICE = "demo-patch-1"
+#: Alert settings of the demo (the service defaults, spelled out).
+DEMO_ALERTS = {"min_duration_s": 0.5, "merge_gap_s": 1.0, "refractory_s": 2.0}
+
+
+class DemoError(DropstreamError):
+    """The demo could not run (missing shipped data, broker or LSL trouble)."""
+
+
+# --------------------------------------------------------------------------- simulated device
+def read_recording(path: str | Path) -> tuple[np.ndarray, float, list[tuple[float, float]]]:
+    """Samples ``(C, n)`` in microvolts, rate (Hz) and ``anomaly`` spans (s) of a FIF file."""
+    import mne
+
+    raw = mne.io.read_raw_fif(path, preload=True, verbose="error")
+    spans = [
+        (float(a["onset"]), float(a["onset"] + a["duration"]))
+        for a in raw.annotations
+        if a["description"] == "anomaly"
+    ]
+    return raw.get_data() * 1e6, float(raw.info["sfreq"]), spans
+
+
+def encode_recording(
+    bundle: DeviceBundle,
+    samples: np.ndarray,
+    device_id: str,
+    stream_id: str = "stream",
+    seed: int = 0,
+    lsl_start: float = 0.0,
+    value_dtype: str = "float16",
+) -> list[tuple[ActivationMessage, bytes]]:
+    """Encode a whole recording as a device would (causal filter, windows, first layer, keep).
+
+    Parameters
+    ----------
+    bundle : DeviceBundle
+    samples : numpy.ndarray, shape (C, n)
+        The stream in the units the bundle was trained on (microvolts for voltages).
+    device_id, stream_id : str
+    seed : int
+        Seed of the keep masks (a simulated device; real devices use OS entropy).
+    lsl_start : float
+        LSL-clock time of the first sample, seconds.
+
+    Returns
+    -------
+    list of (ActivationMessage, bytes)
+        One message per window, sequence numbers from 0.
+    """
+    xf = filter_signal(samples, bundle.sfreq, bundle.preprocessing)
+    win, hop = bundle.window_samples, bundle.hop_samples
+    starts = np.arange(0, xf.shape[1] - win + 1, hop)
+    windows = np.stack([xf[:, s : s + win] for s in starts])
+    acts = bundle.layer.forward(
+        prepare_window(windows, bundle.preprocessing, bundle.norm_mean, bundle.norm_std)
+    )
+    rng = np.random.default_rng(seed)
+    out = []
+    for seq, (start, a) in enumerate(zip(starts, acts, strict=True)):
+        idx = draw_kept_units(rng, bundle.layer.width, bundle.keep)
+        msg = ActivationMessage(
+            model_id=bundle.model_id,
+            model_version=bundle.model_version,
+            device_id=device_id,
+            stream_id=stream_id,
+            sequence=seq,
+            lsl_time=lsl_start + start / bundle.sfreq,
+            wall_time=time.time(),
+            sfreq=bundle.sfreq,
+            window_samples=win,
+            hop_samples=hop,
+            width=bundle.layer.width,
+            indices=idx,
+            values=a[idx].astype(np.float32),
+        )
+        out.append((msg, encode_activation(msg, value_dtype)))
+    return out
+
+
+# --------------------------------------------------------------------------- summary
+@dataclass
+class AnomalyResult:
+    """One known anomaly and what the pipeline made of it."""
+
+    onset_s: float
+    offset_s: float
+    alert_id: str | None = None
+    detection_delay_s: float | None = None  # anomaly onset -> alert received (LSL clock)
+    service_latency_s: float | None = None  # deciding window's last sample -> alert produced
+
+
+@dataclass
+class DemoSummary:
+    """Outcome of :func:`run_demo`."""
+
+    anomalies: list[AnomalyResult]
+    alerts: dict[str, dict[str, AlertMessage]]  # alert_id -> status -> message
+    false_alerts: list[str]
+    windows_sent: int
+    bytes_sent: int
+    raw_bytes: int
+    duration_s: float
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def detected(self) -> int:
+        """Known anomalies with an alert."""
+        return sum(a.alert_id is not None for a in self.anomalies)
+
+    @property
+    def ok(self) -> bool:
+        """Every anomaly detected, no false alert, every alert closed."""
+        closed = all("closed" in v for v in self.alerts.values())
+        return self.detected == len(self.anomalies) and not self.false_alerts and closed
+
+
+def _match(
+    spans_lsl: list[tuple[float, float]],
+    alerts: dict[str, dict[str, AlertMessage]],
+    received: dict[str, float],
+    tolerance_s: float,
+) -> tuple[list[AnomalyResult], list[str]]:
+    results = [AnomalyResult(a, b) for a, b in spans_lsl]
+    used: set[str] = set()
+    for res in results:
+        for aid, versions in sorted(
+            alerts.items(), key=lambda kv: kv[1]["open"].onset_time if "open" in kv[1] else 0.0
+        ):
+            msg = versions.get("closed") or versions.get("open")
+            assert msg is not None
+            end = msg.offset_time if msg.offset_time is not None else msg.onset_time
+            if msg.onset_time <= res.offset_s + tolerance_s and end >= res.onset_s - tolerance_s:
+                if res.alert_id is None:
+                    res.alert_id = aid
+                    opened = versions.get("open", msg)
+                    res.detection_delay_s = received.get(aid, float("nan")) - res.onset_s
+                    res.service_latency_s = opened.detection_latency_s
+                used.add(aid)
+    return results, sorted(set(alerts) - used)
+
+
+# --------------------------------------------------------------------------- the demo
+def run_demo(
+    speed: float = 1.0,
+    emit: Callable[[str], None] = print,
+    recording: str | Path = DEMO_RECORDING,
+    bundle_path: str | Path = DEMO_BUNDLE,
+    tolerance_s: float = 1.0,
+) -> DemoSummary:
+    """Run the whole pipeline offline and return its summary (see the module docstring).
+
+    Parameters
+    ----------
+    speed : float
+        Replay speed (1.0 = real time; the recording lasts 30 s).
+    emit : callable
+        Receives each output line (alerts as they come, then the summary).
+    recording, bundle_path : path-like
+        The shipped demo data by default.
+    tolerance_s : float
+        An alert within this many seconds of an anomaly span counts as detecting it.
+    """
+    import pylsl
+    from kafka import KafkaConsumer, TopicPartition
+
+    from acquisition.inlet import LiveStream
+    from acquisition.replay import RecordingReplay
+    from broker.config import ClientConfig
+    from broker.embedded import EmbeddedBroker
+    from broker.topics import ensure_topics
+    from dropstream.commands.alerts import format_alert, table_header
+    from inference.service import InferenceService, ServiceSettings
+    from local_encoder.agent import EncoderAgent
+    from local_encoder.bundle import load_device_bundle
+    from local_encoder.spool import Spool
+
+    for path in (recording, bundle_path):
+        if not Path(path).exists():
+            raise DemoError(f"demo file {path} is missing; reinstall dropstream")
+    t_start = time.monotonic()
+    samples, sfreq, spans = read_recording(recording)
+    device_bundle = load_device_bundle(bundle_path)
+    tag = uuid.uuid4().hex[:8]
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+        config = ClientConfig(
+            bootstrap=broker.bootstrap,
+            partitions=2,
+            group_id=f"demo-{tag}",
+            session_timeout_ms=2000,
+            fetch_max_wait_ms=10,
+        )
+        ensure_topics(config)
+        emit(
+            f"broker {broker.bootstrap} (embedded tansu); topics {config.activations_topic}, "
+            f"{config.alerts_topic}, {config.dead_letter_topic}"
+        )
+        settings = ServiceSettings(max_wait_ms=10.0, log_interval_s=60.0, **DEMO_ALERTS)
+        service = InferenceService(config, bundle_path, settings)
+        serve_thread = threading.Thread(target=service.run, name="demo-serve", daemon=True)
+        serve_thread.start()
+
+        alerts: dict[str, dict[str, AlertMessage]] = {}
+        received: dict[str, float] = {}
+        stop_follow = threading.Event()
+        follower = KafkaConsumer(
+            **config.common_kwargs(), enable_auto_commit=False, fetch_max_wait_ms=10
+        )
+        alert_tp = [TopicPartition(config.alerts_topic, p) for p in range(config.partitions)]
+        follower.assign(alert_tp)
+        follower.seek_to_beginning()
+
+        def follow() -> None:
+            emit(table_header())
+            while not stop_follow.is_set():
+                for recs in follower.poll(timeout_ms=100).values():
+                    for rec in recs:
+                        msg = decode_alert(rec.value)
+                        versions = alerts.setdefault(msg.alert_id, {})
+                        if msg.status in versions:
+                            continue  # a duplicate after a replay: same id, already shown
+                        versions[msg.status] = msg
+                        if msg.status == "open":
+                            received[msg.alert_id] = pylsl.local_clock()
+                        emit(format_alert(msg))
+
+        follow_thread = threading.Thread(target=follow, name="demo-alerts", daemon=True)
+        follow_thread.start()
+        if not service.ready.wait(30):
+            raise DemoError("the inference service did not join its consumer group in 30 s")
+
+        source_id = f"dropstream-demo-{tag}"
+        replay = RecordingReplay([recording], speed=speed, source_id=source_id).start()
+        inlet = LiveStream.connect(source_id=source_id, timeout=10.0)
+        spool = Spool(Path(tmp) / "spool")
+        agent = EncoderAgent(device_bundle, inlet, config, spool, device_id=DEMO_DEVICE)
+        agent.start()
+        emit(
+            f"replaying {Path(recording).name} ({samples.shape[1] / sfreq:.0f} s, "
+            f"{sfreq:g} Hz, {samples.shape[0]} ch) over LSL at {speed:g}x; device "
+            f"{DEMO_DEVICE} encodes m={device_bundle.layer.width}, keeps "
+            f"K={device_bundle.keep} per window"
+        )
+        try:
+            replay.wait_started(10)
+            t0 = replay.t0
+            duration = samples.shape[1] / sfreq / speed
+            replay.wait(duration + 30)
+            time.sleep(0.5)  # the last chunk reaches the inlet
+            stats = agent.stop(flush_timeout=10.0)
+            # let the service score the last windows and the follower read the last alerts
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and service.metrics.windows < stats.windows_sent:
+                time.sleep(0.05)
+            time.sleep(0.5)
+        finally:
+            if agent.running:
+                agent.stop(flush_timeout=1.0)
+            inlet.close()
+            replay.stop()
+            spool.close()
+            service.stop()
+            serve_thread.join(15)
+            stop_follow.set()
+            follow_thread.join(5)
+            follower.close()
+        bytes_sent = _topic_bytes(config)
+    assert t0 is not None
+    spans_lsl = [(t0 + a / speed, t0 + b / speed) for a, b in spans]
+    results, false_alerts = _match(spans_lsl, alerts, received, tolerance_s)
+    summary = DemoSummary(
+        anomalies=results,
+        alerts=alerts,
+        false_alerts=false_alerts,
+        windows_sent=stats.windows_sent,
+        bytes_sent=bytes_sent,
+        raw_bytes=int(samples.size * 4),
+        duration_s=time.monotonic() - t_start,
+    )
+    for line in summary_lines(summary, spans, service.metrics.windows):
+        summary.lines.append(line)
+        emit(line)
+    return summary
+
+
+def _topic_bytes(config) -> int:  # noqa: ANN001 - ClientConfig, imported lazily
+    """Key + value bytes of every message on the activations topic."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(**config.common_kwargs(), enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(config.activations_topic, p) for p in range(config.partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning()
+        ends = consumer.end_offsets(tps)
+        total, deadline = 0, time.monotonic() + 10
+        while time.monotonic() < deadline and any(consumer.position(tp) < ends[tp] for tp in tps):
+            for recs in consumer.poll(timeout_ms=200).values():
+                total += sum(len(r.value or b"") + len(r.key or b"") for r in recs)
+        return total
+    finally:
+        consumer.close()
+
+
+def summary_lines(summary: DemoSummary, spans: list[tuple[float, float]], scored: int) -> list[str]:
+    """The closing summary as text lines."""
+    lines = ["", "summary"]
+    for res, (a, b) in zip(summary.anomalies, spans, strict=True):
+        if res.alert_id is None:
+            lines.append(f"  anomaly {a:5.1f}-{b:5.1f} s: MISSED")
+        else:
+            lines.append(
+                f"  anomaly {a:5.1f}-{b:5.1f} s: alert {res.alert_id}, detected "
+                f"{res.detection_delay_s:.2f} s after onset (service latency "
+                f"{1000 * (res.service_latency_s or 0):.0f} ms after the deciding window)"
+            )
+    lines.append(
+        f"  false alerts: {len(summary.false_alerts)}"
+        + (f" ({', '.join(summary.false_alerts)})" if summary.false_alerts else "")
+    )
+    ratio = summary.bytes_sent / max(summary.raw_bytes, 1)
+    lines.append(
+        f"  windows sent {summary.windows_sent}, scored {scored}; bytes sent "
+        f"{summary.bytes_sent:,} vs raw float32 samples {summary.raw_bytes:,} ({ratio:.0%}; the "
+        "raw signal never left the device)"
+    )
+    lines.append(
+        f"  result: {'OK' if summary.ok else 'NOT OK'} - {summary.detected}/"
+        f"{len(summary.anomalies)} anomalies detected in {summary.duration_s:.0f} s"
+    )
+    return lines
