@@ -85,8 +85,8 @@ class AgentStats:
     resends : int
         Messages handed to a fresh producer again after a failed send.
     broker_ok : bool
-        False after a failed send until the next acknowledgement, and while the oldest
-        message handed to the producer has waited more than 5 s for its acknowledgement.
+        False after a failed send until the next acknowledgement, and while spooled messages
+        have waited more than 5 s without any acknowledgement.
     next_sequence : int
         Sequence number of the next window.
     """
@@ -106,7 +106,7 @@ class AgentStats:
         """One status line for a terminal."""
         lat = "-" if self.send_latency_s is None else f"{self.send_latency_s * 1e3:.0f} ms"
         return (
-            f"windows sent {self.windows_sent}/{self.windows_made}  spool {self.spool_depth} "
+            f"windows sent {self.windows_sent} made {self.windows_made}  spool {self.spool_depth} "
             f"({self.spool_bytes / 1024:.0f} KiB)  latency {lat}  lost samples "
             f"{self.lost_samples}  dropped {self.windows_dropped}  "
             f"broker {'ok' if self.broker_ok else 'UNREACHABLE'}"
@@ -191,7 +191,7 @@ class EncoderAgent:
         self._latency: float | None = None
         self._resends = 0
         self._broker_ok = True
-        self._head_since = float("inf")  # monotonic time the oldest unacknowledged send began
+        self._waiting_since = float("inf")  # monotonic time since the spool waits for an ack
         self._stop_acq = threading.Event()
         self._stop_send = threading.Event()
         self._wake = threading.Event()
@@ -216,7 +216,7 @@ class EncoderAgent:
                 send_latency_s=self._latency,
                 lost_samples=self.buffer.lost_samples,
                 resends=self._resends,
-                broker_ok=self._broker_ok and time.monotonic() - self._head_since < 5.0,
+                broker_ok=self._broker_ok and time.monotonic() - self._waiting_since < 5.0,
                 next_sequence=self._seq,
             )
 
@@ -360,7 +360,10 @@ class EncoderAgent:
                     inflight.popleft()
                     acked.append(item.id)
                     latency = time.time() - item.created
-                self._head_since = inflight[0][2] if inflight else float("inf")
+                if acked or self.spool.depth == 0:
+                    self._waiting_since = time.monotonic() if self.spool.depth else float("inf")
+                elif self._waiting_since == float("inf"):
+                    self._waiting_since = time.monotonic()
                 if acked:
                     self.spool.remove(acked)
                     with self._lock:
