@@ -62,6 +62,9 @@ class EmbeddedBroker:
         Loopback address to listen on.
     log_path : path-like | None
         Where to write the broker's log; a temporary file when ``None``.
+    advertised : str | None
+        ``host:port`` the broker tells clients to connect to (default: where it listens); set it
+        when clients reach the broker through a proxy.
 
     Examples
     --------
@@ -75,6 +78,7 @@ class EmbeddedBroker:
         port: int | None = None,
         host: str = "127.0.0.1",
         log_path: str | Path | None = None,
+        advertised: str | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
@@ -83,6 +87,7 @@ class EmbeddedBroker:
             os.close(fd)
             log_path = name
         self.log_path = Path(log_path)
+        self.advertised = advertised
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -104,13 +109,14 @@ class EmbeddedBroker:
         if self.running:
             return self
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.advertised}" if self.advertised else url
         cmd = [
             tansu_binary(),
             "broker",
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            advertised,
             "--storage-engine",
             "memory://tansu/",
         ]
