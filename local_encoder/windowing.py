@@ -77,6 +77,13 @@ class WindowBuffer:
         self._start = 0  # first buffered sample (start of the next window)
         self._end = 0  # one past the last buffered sample
         self._skip = 0  # samples still to skip before the next window starts (hop > window)
+        # unfiltered samples held until they complete a window: one filter call per window
+        # rather than per chunk (the filter is causal, so the output is the same)
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending_n = 0
+        # chunks as received, not yet checked (checked and filtered once a window is complete)
+        self._raw: list[tuple[np.ndarray, np.ndarray]] = []
+        self._raw_n = 0
         #: Windows cut so far.
         self.windows_cut = 0
         #: Samples lost before reaching the buffer: inlet gaps and non-finite samples.
@@ -86,12 +93,16 @@ class WindowBuffer:
 
     @property
     def buffered(self) -> int:
-        """Filtered samples waiting for the next window."""
-        return self._end - self._start
+        """Samples waiting for the next window."""
+        return self._end - self._start + self._pending_n + self._raw_n
 
     def reset(self) -> None:
         """Break the stream: discard the unfinished window and restart the filter."""
         self.discarded_samples += self.buffered
+        self._pending.clear()
+        self._pending_n = 0
+        self._raw.clear()
+        self._raw_n = 0
         self._start = self._end = 0
         self._skip = 0
         self._filter.reset()
@@ -126,13 +137,47 @@ class WindowBuffer:
                 f"chunk must be (n, {self.n_stream_channels}) samples with n timestamps; "
                 f"got {x.shape} and {t.shape}"
             )
+        if not breaks:  # the usual case: hold the chunk until a window can be completed
+            self._raw.append((x, t))
+            self._raw_n += x.shape[0]
+            if self._raw_n < self._needed():
+                return []
+            x, t, breaks = *self._take_raw(), ()
+        elif self._raw:
+            held = self._raw_n
+            rx, rt = self._take_raw()
+            x, t = np.concatenate([rx, x]), np.concatenate([rt, t])
+            breaks = [(held + max(int(i), 0), lost) for i, lost in breaks]
+        return self._process(x, t, breaks)
+
+    def _needed(self) -> int:
+        """Samples still needed to complete the next window."""
+        return self._skip + self.window - (self._end - self._start) - self._pending_n
+
+    def _take_raw(self) -> tuple[np.ndarray, np.ndarray]:
+        if len(self._raw) == 1:
+            x, t = self._raw[0]
+        else:
+            x = np.concatenate([r[0] for r in self._raw])
+            t = np.concatenate([r[1] for r in self._raw])
+        self._raw.clear()
+        self._raw_n = 0
+        return x, t
+
+    def _process(
+        self, x: np.ndarray, t: np.ndarray, breaks: Sequence[tuple[int, int]]
+    ) -> list[Window]:
+        """Check, split at breaks, filter and cut a run of received samples."""
         x = x[:, self.channel_index]
+        finite = np.isfinite(x)
+        if not breaks and finite.all():
+            return self._push_clean(x, t) if x.shape[0] else []
         # split points: inlet gaps and non-finite samples
         cuts: dict[int, int] = {}
         for index, lost in breaks:
             i = int(min(max(index, 0), x.shape[0]))
             cuts[i] = cuts.get(i, 0) + int(lost)
-        bad = ~np.isfinite(x).all(axis=1)
+        bad = ~finite.all(axis=1)
         windows: list[Window] = []
         pos = 0
         for i in sorted(set(cuts) | set(np.flatnonzero(bad).tolist()) | {x.shape[0]}):
@@ -150,7 +195,18 @@ class WindowBuffer:
         return windows
 
     def _push_clean(self, x: np.ndarray, t: np.ndarray) -> list[Window]:
-        """Filter finite samples ``(n, C)`` and cut every window they complete."""
+        """Take finite samples ``(n, C)``; filter and cut once they complete a window."""
+        self._pending.append((x, t))
+        self._pending_n += x.shape[0]
+        if self._pending_n < self._skip + self.window - (self._end - self._start):
+            return []
+        if len(self._pending) == 1:
+            x, t = self._pending[0]
+        else:
+            x = np.concatenate([p[0] for p in self._pending])
+            t = np.concatenate([p[1] for p in self._pending])
+        self._pending.clear()
+        self._pending_n = 0
         y = self._filter.process(x.T)
         out: list[Window] = []
         pos = 0

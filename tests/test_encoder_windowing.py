@@ -113,3 +113,20 @@ def test_gap_and_nonfinite_samples_break_the_stream(eeg):
     assert all(np.isfinite(w.data).all() for w in got)
     assert buf.lost_samples == 38
     assert got[-1].lsl_time >= stamps[2501]
+
+
+def test_a_gap_after_held_chunks_breaks_at_the_right_sample(eeg):
+    data, sfreq, names = eeg
+    bundle = make_bundle(data, sfreq, names, check=False)
+    stamps = np.arange(data.shape[0]) / sfreq
+    buf = WindowBuffer(bundle, names, sfreq)
+    for s in range(0, 100, 7):  # held: not enough for a window yet
+        assert buf.push(data[s : min(s + 7, 100)], stamps[s : min(s + 7, 100)]) == []
+    assert buf.buffered == 100
+    got = buf.push(data[137:1200], stamps[137:1200], breaks=[(0, 37)])
+    assert buf.lost_samples == 37 and buf.discarded_samples == 100
+    ref = reference_windows(bundle, data[137:1200])
+    assert len(got) == len(ref)
+    for w, r in zip(got, ref, strict=True):
+        np.testing.assert_allclose(w.data, r, rtol=1e-5, atol=1e-5)
+    assert got[0].lsl_time == pytest.approx(stamps[137])
