@@ -126,6 +126,38 @@ def encode_recording(
     return out
 
 
+def reference_alerts(
+    model_path: str | Path,
+    messages: list[bytes],
+    policy_kw: dict | None = None,
+) -> list[tuple[str, str]]:
+    """The ``(alert_id, status)`` updates the service must produce for ``messages`` (all of one
+    or several streams, each in sequence order), computed offline with the same head and
+    :class:`~inference.alerting.EventDetector` - the reference for the service tests."""
+    from broker.alert_message import make_alert_id
+    from broker.wire import decode_activation
+    from inference.alerting import EventDetector
+    from inference.head import ServerModel
+    from inference.service import ServiceSettings, policy_for
+
+    model = ServerModel.load(model_path)
+    policy = policy_for(model, ServiceSettings(**(policy_kw or {})))
+    decoded = [decode_activation(m) for m in messages]
+    idx = np.stack([d.indices for d in decoded])
+    val = np.stack([d.values.astype(np.float32) for d in decoded])
+    scores = model.score(idx, val)
+    detectors: dict[tuple[str, str], EventDetector] = {}
+    out = []
+    for d, score in zip(decoded, scores, strict=True):
+        det = detectors.setdefault(
+            (d.device_id, d.stream_id), EventDetector(d.device_id, d.stream_id, policy)
+        )
+        hop_s = d.hop_samples / d.sfreq
+        for ev in det.update(d.sequence, float(score), d.lsl_time, d.window_end_lsl, hop_s):
+            out.append((make_alert_id(ev.device_id, ev.stream_id, ev.onset_sequence), ev.status))
+    return out
+
+
 # --------------------------------------------------------------------------- summary
 @dataclass
 class AnomalyResult:

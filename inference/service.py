@@ -91,7 +91,7 @@ class ServiceSettings:
     threshold_level: float | None = None
     hysteresis_level: float | None = 0.95
     class_threshold: float = 0.5
-    min_duration_s: float = 0.0
+    min_duration_s: float = 0.5
     merge_gap_s: float = 1.0
     refractory_s: float = 2.0
     adapt_windows: int = 0
@@ -157,6 +157,29 @@ class Scorer:
         return score.cpu().numpy(), proba.argmax(dim=1).cpu().numpy()
 
 
+def policy_for(model: ServerModel, settings: ServiceSettings) -> AlertPolicy:
+    """The alert policy of ``model`` under ``settings`` (calibrated thresholds, timing)."""
+    s = settings
+    timing = {
+        "min_duration_s": s.min_duration_s,
+        "merge_gap_s": s.merge_gap_s,
+        "refractory_s": s.refractory_s,
+        "adapt_windows": s.adapt_windows,
+        "adapt_level": s.adapt_level,
+    }
+    if model.kind == "classifier":
+        return AlertPolicy(
+            high=s.class_threshold, low=s.class_threshold, kind="class", label="class", **timing
+        )
+    cal = model.device.head_config.get("calibration")
+    if not cal:
+        raise ServiceError(
+            f"novelty bundle {model.device.model_id} has no calibration; retrain it "
+            "with 'dropstream train' (it stores the calibration)"
+        )
+    return AlertPolicy.from_calibration(cal, s.threshold_level, s.hysteresis_level, **timing)
+
+
 class InferenceService:
     """One serve process: consumer group member, micro-batching scorer, alert producer.
 
@@ -205,25 +228,7 @@ class InferenceService:
 
     # ------------------------------------------------------------------ setup
     def _policy(self) -> AlertPolicy:
-        s = self.settings
-        timing = {
-            "min_duration_s": s.min_duration_s,
-            "merge_gap_s": s.merge_gap_s,
-            "refractory_s": s.refractory_s,
-            "adapt_windows": s.adapt_windows,
-            "adapt_level": s.adapt_level,
-        }
-        if self.model.kind == "classifier":
-            return AlertPolicy(
-                high=s.class_threshold, low=s.class_threshold, kind="class", label="class", **timing
-            )
-        cal = self.model.device.head_config.get("calibration")
-        if not cal:
-            raise ServiceError(
-                f"novelty bundle {self.model.device.model_id} has no calibration; retrain it "
-                "with 'dropstream train' (it stores the calibration)"
-            )
-        return AlertPolicy.from_calibration(cal, s.threshold_level, s.hysteresis_level, **timing)
+        return policy_for(self.model, self.settings)
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish its current batch, commit and return."""

@@ -42,7 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="calibration quantile for the lower threshold an event must stay above",
     )
     a.add_argument("--class-threshold", type=float, default=0.5, help="classifier: 1-P(normal)")
-    a.add_argument("--min-duration-s", type=float, default=0.0, help="shortest reported event")
+    a.add_argument("--min-duration-s", type=float, default=0.5, help="shortest reported event")
     a.add_argument("--merge-gap-s", type=float, default=1.0, help="quiet time joining 2 bursts")
     a.add_argument("--refractory-s", type=float, default=2.0, help="quiet time after an event")
     a.add_argument(

@@ -1,0 +1,126 @@
+"""Event semantics of inference.alerting: hysteresis, minimum duration, merge gap, refractory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inference.alerting import AlertPolicy, AlertPolicyError, EventDetector
+
+HOP = 0.25  # seconds per window
+
+
+def run(scores, policy, sequences=None):
+    det = EventDetector("dev", "stm", policy)
+    seqs = range(len(scores)) if sequences is None else sequences
+    out = []
+    for seq, s in zip(seqs, scores, strict=True):
+        out += det.update(seq, float(s), seq * HOP, seq * HOP + 1.0, HOP)
+    return [(e.status, e.onset_sequence, e.offset_sequence) for e in out], det
+
+
+def policy(**kw):
+    base = {"high": 1.0, "low": 0.5, "min_duration_s": 0.0, "merge_gap_s": 0.0}
+    return AlertPolicy(**(base | kw))
+
+
+def test_single_event_has_onset_and_offset():
+    events, det = run([0, 0, 2, 2, 0.7, 0, 0], policy())
+    # hysteresis: 0.7 >= low keeps the event going; 0 ends it
+    assert events == [("open", 2, None), ("closed", 2, 4)]
+    assert det.clean
+
+
+def test_below_high_never_starts_an_event():
+    events, _ = run([0.9, 0.9, 0.7, 0.99], policy())
+    assert events == []
+
+
+def test_minimum_duration_drops_short_bursts():
+    p = policy(min_duration_s=0.5)  # 2 windows
+    assert run([0, 2, 0, 0], p)[0] == []
+    events, _ = run([0, 2, 0.6, 0, 0], p)
+    assert events == [("open", 1, None), ("closed", 1, 2)]
+
+
+def test_merge_gap_joins_bursts_and_closes_after_it():
+    p = policy(merge_gap_s=0.5)  # 2 quiet windows allowed
+    events, _ = run([2, 0, 0, 2, 0, 0, 0, 0], p)
+    assert events == [("open", 0, None), ("closed", 0, 3)]
+    # a gap of 3 quiet windows splits them
+    events, _ = run([2, 0, 0, 0, 2, 0, 0, 0], p)
+    assert events == [("open", 0, None), ("closed", 0, 0), ("open", 4, None), ("closed", 4, 4)]
+
+
+def test_inside_merge_gap_low_scores_do_not_resume():
+    p = policy(merge_gap_s=0.5)
+    events, _ = run([2, 0, 0.7, 0, 0], p)  # 0.7 is above low but below high: still quiet
+    assert events == [("open", 0, None), ("closed", 0, 0)]
+
+
+def test_refractory_period_suppresses_new_onsets():
+    p = policy(refractory_s=1.0)  # 4 windows after the event closes
+    events, det = run([2, 0, 2, 2, 0, 0, 0, 2, 0], p)
+    assert events == [("open", 0, None), ("closed", 0, 0), ("open", 7, None), ("closed", 7, 7)]
+    assert not det.clean  # still in the refractory period after the second event
+
+
+def test_lost_windows_count_as_quiet():
+    p = policy(merge_gap_s=0.5)
+    events, _ = run([2, 2, 2], p, sequences=[0, 1, 10])
+    assert events[:2] == [("open", 0, None), ("closed", 0, 1)]
+    assert events[2] == ("open", 10, None)
+    # a lost window breaks a candidate run too
+    events, _ = run([2, 2, 0], policy(min_duration_s=0.5), sequences=[0, 2, 3])
+    assert events == []
+
+
+def test_clean_only_when_nothing_is_in_progress():
+    p = policy(merge_gap_s=0.5, refractory_s=0.5)
+    det = EventDetector("d", "s", p)
+    states = []
+    for seq, s in enumerate([0, 2, 0, 0, 0, 0, 0, 0]):
+        det.update(seq, s, 0.0, 1.0, HOP)
+        states.append(det.clean)
+    # open at 1, quiet 2-3 (gap), closed at 4, refractory until 2 windows after 1 -> seq 4
+    assert states == [True, False, False, False, True, True, True, True]
+
+
+def test_replay_from_a_clean_point_gives_the_same_events():
+    rng = np.random.default_rng(3)
+    scores = np.where(rng.random(400) < 0.08, 3.0, rng.random(400) * 0.8)
+    p = policy(min_duration_s=0.25, merge_gap_s=0.5, refractory_s=0.75)
+    full, _ = run(scores, p)
+    det = EventDetector("dev", "stm", p)
+    clean_points = []
+    for seq, s in enumerate(scores):
+        det.update(seq, float(s), 0.0, 1.0, HOP)
+        if det.clean:
+            clean_points.append(seq + 1)
+    assert len(clean_points) > 10 and full
+    for start in clean_points[::7]:
+        tail, _ = run(scores[start:], p, sequences=range(start, len(scores)))
+        assert tail == [e for e in full if e[1] >= start]
+
+
+def test_thresholds_from_calibration_and_adaptation():
+    cal = {"levels": [0.5, 0.95, 0.99], "quantiles": [0.1, 0.5, 1.0], "threshold": 1.0}
+    p = AlertPolicy.from_calibration(cal, hysteresis_level=0.95)
+    assert (p.high, p.low) == (1.0, 0.5)
+    assert AlertPolicy.from_calibration(cal, level=0.95, hysteresis_level=None).high == 0.5
+    # a device whose normal scores sit higher gets its own threshold after 20 windows
+    adapt = AlertPolicy.from_calibration(cal, adapt_windows=20, adapt_level=0.99)
+    det = EventDetector("d", "s", adapt)
+    for seq in range(20):
+        det.update(seq, 1.5 + 0.01 * seq, 0.0, 1.0, HOP)
+    assert det.high == pytest.approx(np.quantile(1.5 + 0.01 * np.arange(20), 0.99))
+    assert det.low == pytest.approx(det.high * 0.5)
+
+
+def test_bad_policies_are_refused():
+    with pytest.raises(AlertPolicyError, match="hysteresis"):
+        AlertPolicy(high=1.0, low=2.0)
+    with pytest.raises(AlertPolicyError):
+        AlertPolicy(high=1.0, low=0.5, merge_gap_s=-1)
+    with pytest.raises(AlertPolicyError, match="incomplete"):
+        AlertPolicy.from_calibration({"levels": [0.5]})

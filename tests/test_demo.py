@@ -1,0 +1,33 @@
+"""``dropstream demo`` end to end: shipped recording, LSL replay, agent, service, alerts."""
+
+from __future__ import annotations
+
+import pytest
+
+from inference.demo import DEMO_BUNDLE, DEMO_DATA, DEMO_RECORDING, run_demo
+
+
+def test_demo_ships_small_files():
+    shipped = [p for p in DEMO_DATA.iterdir() if p.is_file()]
+    assert DEMO_RECORDING in shipped and DEMO_BUNDLE in shipped
+    assert sum(p.stat().st_size for p in shipped) < 2 * 1024 * 1024
+
+
+@pytest.mark.slow
+def test_demo_alerts_line_up_with_the_known_anomalies():
+    lines: list[str] = []
+    summary = run_demo(emit=lines.append)
+    assert len(summary.anomalies) == 2
+    for anomaly in summary.anomalies:
+        assert anomaly.alert_id is not None, "\n".join(lines)
+        assert anomaly.alert_id in summary.alerts
+        assert set(summary.alerts[anomaly.alert_id]) == {"open", "closed"}
+        # the alert opens within the anomaly (plus the 1 s window it needs to see it)
+        assert -0.5 < anomaly.detection_delay_s < 4.0
+        assert anomaly.service_latency_s is not None and anomaly.service_latency_s < 5.0
+    assert summary.false_alerts == [], "\n".join(lines)
+    assert summary.ok
+    # every window the device made was sent and scored; only kept activations travelled
+    assert summary.windows_sent >= 110
+    assert 0 < summary.bytes_sent < summary.raw_bytes
+    assert any(line.startswith("  result: OK") for line in lines)

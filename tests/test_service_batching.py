@@ -1,0 +1,117 @@
+"""Batch decoding: same verdicts as the reference decoder, dense scatter without loops."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broker.wire import ActivationMessage, WireFormatError, decode_activation, encode_activation
+from inference.batching import BatchDecoder, decode_batch, scatter_dense
+
+
+def message(seq: int = 0, width: int = 64, keep: int = 16, device: str = "dev-1", **kw):
+    rng = np.random.default_rng(seq)
+    idx = np.sort(rng.choice(width, keep, replace=False))
+    fields = {
+        "model_id": "m",
+        "model_version": 1,
+        "device_id": device,
+        "stream_id": "s",
+        "sequence": seq,
+        "lsl_time": 100.0 + seq,
+        "wall_time": 1.7e9,
+        "sfreq": 250.0,
+        "window_samples": 250,
+        "hop_samples": 50,
+        "width": width,
+        "indices": idx,
+        "values": rng.standard_normal(keep).astype(np.float32),
+    }
+    return ActivationMessage(**(fields | kw))
+
+
+def test_batch_matches_reference_decoder_and_dense():
+    msgs = [message(i, device=f"dev-{i % 3}") for i in range(50)]
+    raw = [encode_activation(m, "float32" if i % 2 else "float16") for i, m in enumerate(msgs)]
+    out = decode_batch(raw)
+    assert not out.rejected
+    # float16 and float32 messages are two layouts
+    assert sorted(len(g) for g in out.groups) == [25, 25]
+    for g in out.groups:
+        dense = g.dense()
+        for j, row in enumerate(g.rows.tolist()):
+            ref = decode_activation(raw[row])
+            np.testing.assert_array_equal(dense[j], ref.dense())
+            assert (g.device_id[j], g.stream_id[j], int(g.sequence[j])) == (
+                ref.device_id,
+                ref.stream_id,
+                ref.sequence,
+            )
+            assert g.window_end_lsl[j] == ref.window_end_lsl
+            assert g.window_start_lsl[j] == ref.lsl_time
+            assert g.hop_s[j] == ref.hop_samples / ref.sfreq
+
+
+def test_rejects_carry_the_reference_reason_and_keep_the_rest():
+    good = encode_activation(message(1))
+    truncated = good[:-3]
+    bad_magic = b"XXXX" + good[4:]
+    wrong_version = good[:4] + b"\x09" + good[5:]
+    out = decode_batch([good, truncated, None, bad_magic, good, wrong_version])
+    assert [row for row, _ in out.rejected] == [1, 2, 3, 5]
+    reasons = dict(out.rejected)
+    assert "does not match its header" in reasons[1]
+    assert "bad magic" in reasons[3]
+    assert "schema version 9" in reasons[5]
+    assert out.n_windows == 2
+
+
+def test_non_finite_and_unsorted_arrays_are_rejected_in_batch():
+    m = message(2, keep=4, width=8)
+    raw = bytearray(encode_activation(m, "float32"))
+    nan = bytearray(raw)
+    nan[-4:] = np.float32(np.nan).tobytes()
+    unsorted = bytearray(raw)
+    k0 = len(raw) - 4 * 4 - 4 * 2  # start of the indices
+    unsorted[k0 : k0 + 4] = np.array([3, 1], "<u2").tobytes()
+    out = decode_batch([bytes(raw), bytes(nan), bytes(unsorted)])
+    assert [r for r, _ in out.rejected] == [1, 2]
+    assert "finite" in out.rejected[0][1]
+    assert "strictly increasing" in out.rejected[1][1]
+
+
+def test_scatter_dense():
+    idx = np.array([[0, 2], [1, 3]])
+    val = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    np.testing.assert_array_equal(scatter_dense(idx, val, 4), [[1, 0, 2, 0], [0, 3, 0, 4]])
+
+
+GOOD = encode_activation(message(7, width=16, keep=4))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, len(GOOD) - 1), st.integers(0, 255)), max_size=4),
+    st.integers(0, len(GOOD)),
+)
+def test_fast_path_agrees_with_reference_on_mutated_bytes(flips, cut):
+    data = bytearray(GOOD)
+    for pos, byte in flips:
+        data[pos] = byte
+    data = bytes(data[: max(cut, 1)]) if cut < len(GOOD) else bytes(data)
+    try:
+        decode_activation(data)
+        reference_ok = True
+    except WireFormatError:
+        reference_ok = False
+    out = BatchDecoder().decode([data])
+    assert (out.n_windows == 1) == reference_ok
+    assert (len(out.rejected) == 1) == (not reference_ok)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=200))
+def test_random_bytes_never_crash(data):
+    out = decode_batch([data, GOOD])
+    assert out.n_windows + len(out.rejected) == 2

@@ -1,0 +1,60 @@
+"""``dropstream alerts`` follows the alert topic: table, JSON lines, device filter."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from broker.alert_message import AlertMessage, decode_alert, make_alert_id
+from broker.clients import make_producer
+
+
+def alert(device: str, status: str, onset: int = 3) -> AlertMessage:
+    return AlertMessage(
+        alert_id=make_alert_id(device, "s", onset),
+        status=status,
+        device_id=device,
+        stream_id="s",
+        kind="anomaly",
+        label="anomaly",
+        onset_time=10.0,
+        offset_time=None if status == "open" else 12.0,
+        onset_sequence=onset,
+        offset_sequence=None if status == "open" else onset + 4,
+        score=0.5,
+        threshold=0.1,
+        model_id="m",
+        model_version=1,
+        produced_at=time.time(),
+        detection_latency_s=0.02,
+    )
+
+
+def alerts_cli(config, *extra: str) -> str:
+    cmd = [
+        sys.executable, "-m", "dropstream", "alerts", "--bootstrap", config.bootstrap,
+        "--alerts-topic", config.alerts_topic, "--from-beginning", "--max-seconds", "3", *extra,
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_alerts_table_json_and_device_filter(kafka_config):
+    producer = make_producer(kafka_config)
+    sent = [alert("dev-a", "open"), alert("dev-b", "open"), alert("dev-a", "closed")]
+    for msg in [*sent, sent[0]]:  # the last one is a duplicate (same id and status)
+        producer.send(kafka_config.alerts_topic, key=msg.device_id.encode(), value=msg.to_json())
+    producer.flush()
+    producer.close()
+
+    lines = alerts_cli(kafka_config, "--json", "--device", "dev-a").splitlines()
+    got = [decode_alert(json.dumps(json.loads(line)).encode()) for line in lines]
+    assert [(a.device_id, a.status) for a in got] == [("dev-a", "open"), ("dev-a", "closed")]
+
+    table = alerts_cli(kafka_config).splitlines()
+    assert table[0].split()[:3] == ["produced", "status", "alert"]
+    assert len(table) == 4  # header + 3 distinct updates (the duplicate is shown once)
+    assert sum(sent[0].alert_id in row for row in table) == 2
