@@ -175,7 +175,13 @@ class EncoderAgent:
         self.encoder = WindowEncoder(bundle, device_id, self.stream_id, seed)
         self.poll_interval = float(poll_interval)
         self.max_in_flight = int(max_in_flight)
-        self.producer_overrides = {"max_block_ms": 2000} | dict(producer_overrides or {})
+        # short bootstrap/metadata waits keep the sender responsive (and stop() quick) while the
+        # broker is away; topics are created explicitly (dropstream broker / serve), never here
+        self.producer_overrides = {
+            "max_block_ms": 2000,
+            "bootstrap_timeout_ms": 2000,
+            "allow_auto_create_topics": False,
+        } | dict(producer_overrides or {})
         if clock is None:
             import pylsl
 

@@ -171,3 +171,45 @@ def test_broker_down_10s_mid_stream_loses_no_window(eeg, tmp_path):
     assert after == sorted(after) and len(set(after)) == len(after)  # order kept, no repeats
     assert sorted(set(before) | set(after)) == list(range(n))  # 0 windows lost
     assert stats.windows_made == n and stats.lost_samples == 0 and stats.windows_dropped == 0
+
+
+def test_broker_unreachable_spools_everything_then_a_restart_drains_it(eeg, kafka_config, tmp_path):
+    data, sfreq, names = eeg
+    data = data[: int(8 * sfreq)]
+    bundle = make_bundle(data, sfreq, names)
+    src = unique_source()
+    dead = kafka_config.replace(bootstrap=f"127.0.0.1:{free_port()}")
+    pub = start_replay(eeg_track(data, sfreq, names, src), speed=SPEED)
+    inlet = LiveStream.connect(source_id=src, timeout=10.0)
+    n = expected_windows(len(data))
+    try:
+        with Spool(tmp_path / "spool") as spool:
+            agent = EncoderAgent(bundle, inlet, dead, spool, "device-C").start()
+            assert pub.wait(15.0)
+            assert wait_until(lambda: agent.stats.windows_made == n, 5.0), agent.stats
+            assert wait_until(lambda: not agent.stats.broker_ok, 10.0), agent.stats
+            t0 = time.monotonic()
+            stats = agent.stop(flush_timeout=1.0)
+            assert time.monotonic() - t0 < 8.0  # a clean, prompt shutdown
+            assert stats.windows_sent == 0 and stats.spool_depth == n
+    finally:
+        inlet.close()
+        pub.stop()
+    # a new agent on the same spool with the broker reachable: it drains, in order
+    pub = start_replay(eeg_track(data[: int(2 * sfreq)], sfreq, names, src), speed=SPEED)
+    inlet = LiveStream.connect(source_id=src, timeout=10.0)
+    try:
+        with Spool(tmp_path / "spool") as spool:
+            agent = EncoderAgent(bundle, inlet, kafka_config, spool, "device-C")
+            assert agent.stats.next_sequence == n  # numbering continues
+            agent.start()
+            assert pub.wait(10.0)
+            m = n + expected_windows(int(2 * sfreq))
+            assert wait_until(lambda: agent.stats.windows_sent == m, 10.0), agent.stats
+            stats = agent.stop()
+    finally:
+        inlet.close()
+        pub.stop()
+    assert stats.spool_depth == 0
+    got = [msg.sequence for msg, _, _ in consume_all(kafka_config, expected=m)]
+    assert got == list(range(m))
