@@ -89,6 +89,8 @@ class AgentStats:
         have waited more than 5 s without any acknowledgement.
     next_sequence : int
         Sequence number of the next window.
+    stream_ok : bool
+        False while the inlet reports the stream lost (it reconnects by itself).
     """
 
     windows_made: int
@@ -101,6 +103,7 @@ class AgentStats:
     resends: int
     broker_ok: bool
     next_sequence: int
+    stream_ok: bool = True
 
     def line(self) -> str:
         """One status line for a terminal."""
@@ -110,6 +113,7 @@ class AgentStats:
             f"({self.spool_bytes / 1024:.0f} KiB)  latency {lat}  lost samples "
             f"{self.lost_samples}  dropped {self.windows_dropped}  "
             f"broker {'ok' if self.broker_ok else 'UNREACHABLE'}"
+            + ("" if self.stream_ok else "  stream LOST")
         )
 
 
@@ -198,6 +202,8 @@ class EncoderAgent:
         self._resends = 0
         self._broker_ok = True
         self._waiting_since = float("inf")  # monotonic time since the spool waits for an ack
+        self._last_warning = -float("inf")
+        self._stream_lost = False
         self._stop_acq = threading.Event()
         self._stop_send = threading.Event()
         self._wake = threading.Event()
@@ -224,6 +230,7 @@ class EncoderAgent:
                 resends=self._resends,
                 broker_ok=self._broker_ok and time.monotonic() - self._waiting_since < 5.0,
                 next_sequence=self._seq,
+                stream_ok=not self._stream_lost,
             )
 
     @property
@@ -264,6 +271,7 @@ class EncoderAgent:
     def poll_once(self) -> int:
         """Poll the inlet once, encode and spool every completed window; returns their number."""
         chunk = self.inlet.poll()
+        self._stream_lost = bool(getattr(chunk, "stream_lost", False))
         ts = np.asarray(chunk.timestamps, dtype=np.float64)
         breaks = [
             (int(np.searchsorted(ts, gap.start, side="left")), int(gap.lost_samples))
@@ -339,7 +347,7 @@ class EncoderAgent:
                         producer = self._make_producer()
                     except DropstreamError as exc:
                         self._set_broker(False)
-                        log.warning("cannot reach Kafka (%s); spooling, retrying", exc)
+                        self._warn(f"cannot reach Kafka ({exc}); spooling, retrying")
                         self._wake.wait(backoff)
                         self._wake.clear()
                         backoff = min(backoff * 2, 2.0)
@@ -378,11 +386,10 @@ class EncoderAgent:
                         self._broker_ok = True
                     backoff = 0.1
                 if failure is not None:
-                    log.warning(
-                        "send failed (%r); resending %d unacknowledged window(s) with a new "
-                        "producer",
-                        failure,
-                        self.spool.depth,
+                    self._warn(
+                        f"send failed ({failure!r}): is {self.config.bootstrap} reachable and "
+                        f"does topic {topic!r} exist? {self.spool.depth} window(s) spooled; "
+                        "resending them with a new producer"
                     )
                     with self._lock:
                         self._resends += len(inflight)
@@ -401,6 +408,13 @@ class EncoderAgent:
         finally:
             if producer is not None:
                 self._close_producer(producer)
+
+    def _warn(self, text: str) -> None:
+        """Log a broker problem at most every 30 s (the status line shows it meanwhile)."""
+        now = time.monotonic()
+        if now - self._last_warning >= 30.0:
+            self._last_warning = now
+            log.warning(text)
 
     def _close_producer(self, producer: Any) -> None:
         with contextlib.suppress(Exception):
