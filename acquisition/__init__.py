@@ -9,6 +9,8 @@ Public API (what the on-device encoder consumes):
 * :class:`StreamInfo` - name, type, source id, rate, channel names/types/units.
 * :func:`resolve_stream`, :func:`find_streams`, :func:`available_streams` - find streams.
 * :class:`Gap` - a run of lost samples.
+* :class:`RecordingReplay` - ``dropstream replay`` in-process (background thread);
+  :class:`Publisher` / :class:`Track` - publish in-memory signals on one clock.
 
 Voltage channels are delivered in microvolts (:mod:`acquisition.units`).
 """
@@ -28,25 +30,31 @@ from acquisition.group import StreamGroup
 from acquisition.info import StreamInfo
 from acquisition.inlet import Chunk, LiveStream, Marker, MarkerStream
 from acquisition.loss import Gap, SampleTimeline
+from acquisition.publish import Annotation, Publisher, Track
+from acquisition.replay import RecordingReplay
 from acquisition.resolve import available_streams, find_streams, resolve_stream
 
 __all__ = [
     "AcquisitionError",
     "AmbiguousStreamError",
+    "Annotation",
     "Chunk",
     "Gap",
     "LiveStream",
     "Marker",
     "MarkerStream",
     "NonFiniteSampleError",
+    "Publisher",
     "RateChangedError",
     "RecordingError",
+    "RecordingReplay",
     "SampleQualityError",
     "SampleTimeline",
     "StreamGroup",
     "StreamInfo",
     "StreamLostError",
     "StreamNotFoundError",
+    "Track",
     "UnsupportedStreamError",
     "available_streams",
     "find_streams",

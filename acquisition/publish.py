@@ -94,8 +94,9 @@ class _Lane:
         self.markers: list[tuple[float, str]] = []  # (seconds of played time, text) within a loop
         self.marker_outlet: pylsl.StreamOutlet | None = None
         first_s = self.first / self.sfreq
+        end_s = self.n / self.sfreq
         for a in sorted(track.annotations, key=lambda a: a.onset):
-            if a.onset >= first_s - 1e-9:
+            if first_s - 1e-9 <= a.onset < end_s:  # events outside the played data are skipped
                 self.markers.append((a.onset - first_s, a.description))
         if track.annotations:
             self.marker_outlet = pylsl.StreamOutlet(to_lsl(marker_info(track.info)))

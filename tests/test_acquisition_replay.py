@@ -288,3 +288,41 @@ def test_speed_factor_is_declared_in_header_and_not_a_rate_change(data_dir: Path
     np.testing.assert_allclose(np.diff(ts), 1 / 1440.0, atol=1e-6)
     assert inlet.timeline.measured_rate == pytest.approx(1440.0, rel=0.01)
     assert not any(c.rate_changed or c.gaps for c in chunks)
+
+
+def test_loop_and_chunk_size_keep_timestamps_continuous(tmp_path: Path) -> None:
+    sfreq = 200.0
+    data = np.random.default_rng(7).normal(0, 20e-6, (2, 100))  # 0.5 s
+    raw = mne.io.RawArray(data, mne.create_info(["C3", "C4"], sfreq, "eeg"), verbose="error")
+    raw.set_annotations(mne.Annotations([0.25], [0.0], ["mid"]))
+    path = tmp_path / "short_raw.fif"
+    raw.save(path, fmt="double", verbose="error")
+    expected, _ = read_microvolts(path)
+    sid = unique("loop")
+    chunks: list[Chunk] = []
+    markers: list[Marker] = []
+    with RecordingReplay(
+        [path], source_id=sid, loop=True, speed=2.0, chunk_size=7, wait_for_consumers=20
+    ) as replay:
+        markers_in = MarkerStream.connect(source_id=f"{sid}-markers", timeout=10)
+        inlet = LiveStream.connect(source_id=sid, timeout=10)
+        assert replay.wait_started(20)
+        t0 = replay.t0
+        deadline = time.monotonic() + 10
+        while sum(c.n_samples for c in chunks) < 350 and time.monotonic() < deadline:
+            chunks.append(inlet.poll())
+            markers += markers_in.poll()
+            time.sleep(0.01)
+        inlet.close()
+        markers_in.close()
+    got = np.concatenate([c.data for c in chunks])
+    n = got.shape[0]
+    assert n >= 350
+    np.testing.assert_array_equal(got, np.tile(expected, (4, 1))[:n])  # 3.5 loops, in order
+    ts = np.concatenate([c.timestamps for c in chunks])
+    np.testing.assert_allclose(ts, t0 + np.arange(n) / (sfreq * 2.0), atol=TOL)
+    assert not any(c.gaps for c in chunks)
+    # One 'mid' marker per loop, at 0.25 s of each pass (speed 2 -> 0.125 s wall).
+    assert [m.text for m in markers] == ["mid"] * len(markers) and len(markers) >= 3
+    for k, m in enumerate(markers):
+        assert abs(m.timestamp - (t0 + (k * 0.5 + 0.25) / 2.0)) < TOL
