@@ -57,6 +57,10 @@ def test_resolve_names_what_was_found() -> None:
         missing = unique("missing")
         with pytest.raises(StreamNotFoundError) as err:
             LiveStream.connect(source_id=missing, timeout=0.5)
+        with LiveStream.connect(name=f"{sid}-name", type="ECG", timeout=5) as by_name:
+            assert by_name.info.source_id == sid
+        with pytest.raises(StreamNotFoundError):
+            LiveStream.connect(name=f"{sid}-name", type="EEG", timeout=0.3)  # all fields match
     text = str(err.value)
     assert missing in text
     assert f"{sid}-name" in text  # what WAS on the network
@@ -268,3 +272,16 @@ def test_timeline_dejitters_and_counts_loss_in_pieces() -> None:
     assert np.abs(out_arr - true)[50:600].max() < np.abs(raw - true)[50:600].max() / 2
     assert not tl.rate_changed
     assert tl.measured_rate == pytest.approx(100.0, rel=1e-3)
+
+
+def test_timeline_flags_a_rate_change_mid_stream() -> None:
+    tl = SampleTimeline(100.0)
+    first = 50.0 + np.arange(300) / 100.0  # 3 s at the nominal 100 Hz
+    for part in np.array_split(first, 30):
+        tl.process(part)
+    assert not tl.rate_changed
+    second = first[-1] + (1 + np.arange(375)) / 125.0  # then 3 s at 125 Hz
+    for part in np.array_split(second, 30):
+        tl.process(part)
+    assert tl.rate_changed
+    assert tl.measured_rate == pytest.approx(125.0, rel=0.01)
