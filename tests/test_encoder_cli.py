@@ -135,3 +135,27 @@ def test_agent_killed_and_restarted_loses_no_window(data_dir, kafka_config, tmp_
     assert first_seen == sorted(first_seen)  # in order
     # duplicates only when a kill fell between the broker's ack and the spool deletion
     assert len(got) - n <= 2, got
+
+
+def test_bad_invocations_fail_with_a_clear_message(tmp_path, capsys):
+    from dropstream.cli import main
+
+    base = ["connect", "--device-id", "d", "--spool-dir", str(tmp_path / "spool")]
+    assert main([*base, "--bundle", str(tmp_path / "none.dsb"), "--source-id", "x"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main([*base, "--bundle", str(tmp_path / "none.dsb")]) == 1
+    assert "--source-id, --stream-name or --stream-type" in capsys.readouterr().err
+    (tmp_path / "junk.dsb").write_bytes(b"not a bundle")
+    assert main([*base, "--bundle", str(tmp_path / "junk.dsb"), "--source-id", "x"]) == 1
+    assert "not a dropstream bundle" in capsys.readouterr().err
+
+
+def test_a_missing_stream_is_reported(data_dir, tmp_path, capsys):
+    from dropstream.cli import main
+
+    data, sfreq, names = load_eeg(data_dir)
+    bundle = save_bundle(tmp_path / "eeg.dsb", make_bundle(data[:3200], sfreq, names))
+    argv = ["connect", "--bundle", str(bundle), "--device-id", "d", "--source-id", "nope-x9"]
+    argv += ["--spool-dir", str(tmp_path / "spool"), "--resolve-timeout", "0.5"]
+    assert main(argv) == 1
+    assert "nope-x9" in capsys.readouterr().err
