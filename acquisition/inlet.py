@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 Policy = Literal["flag", "raise"]
 
+#: Channel types whose values are voltages (a header without a voltage unit for them is suspect).
+_VOLTAGE_TYPES = frozenset({"EEG", "ECG", "EMG", "EOG", "SEEG", "ECOG", "EXG"})
+
 
 @dataclass(frozen=True)
 class Chunk:
@@ -123,6 +126,10 @@ class LiveStream:
         ``"flag"`` sets ``Chunk.rate_changed``; ``"raise"`` raises
         :class:`~acquisition.errors.RateChangedError` carrying the chunk.
 
+    Notes
+    -----
+    One thread polls a given inlet (the class is not thread-safe); use one inlet per thread.
+
     Raises
     ------
     UnsupportedStreamError
@@ -173,6 +180,21 @@ class LiveStream:
         #: Header as published (units as written by the sender).
         self.header = header
         self._scale = np.array([1.0 if f is None else f for f in factors], dtype=np.float64)
+        unscaled = [
+            name
+            for name, ctype, f in zip(
+                header.channel_names, header.channel_types, factors, strict=True
+            )
+            if f is None and ctype.upper() in _VOLTAGE_TYPES
+        ]
+        if unscaled:
+            log.warning(
+                "stream %s: %d voltage channel(s) (%s) have no voltage unit in the header; their "
+                "values are passed through unscaled - make the sender declare 'microvolts'",
+                header.describe(),
+                len(unscaled),
+                ", ".join(unscaled[:5]) + ("..." if len(unscaled) > 5 else ""),
+            )
         self._needs_scale = bool(np.any(self._scale != 1.0))
         self.timeline = (
             SampleTimeline(
