@@ -35,6 +35,7 @@ from pylsl.util import TimeoutError as LslTimeoutError
 from acquisition.errors import (
     NonFiniteSampleError,
     RateChangedError,
+    StreamLostError,
     StreamNotFoundError,
     UnsupportedStreamError,
 )
@@ -114,6 +115,10 @@ class LiveStream:
         Seconds without data after which the stream is reported lost (``Chunk.stream_lost``).
         liblsl reconnects by itself when a stream with the same source id comes back; the gap
         is then reported with ``Gap.reconnected=True``.
+    give_up_after : float | None
+        Seconds without data after which :meth:`poll` raises
+        :class:`~acquisition.errors.StreamLostError` instead of waiting for the stream to come
+        back; ``None`` (default) waits forever.
     max_buffer : float
         Seconds of data liblsl buffers when polls fall behind (older samples are dropped and
         show up as gaps).
@@ -144,6 +149,7 @@ class LiveStream:
         *,
         timeout: float = 5.0,
         lost_after: float = 2.0,
+        give_up_after: float | None = None,
         max_buffer: float = 60.0,
         dejitter: bool = True,
         jitter_tolerance: float = 0.002,
@@ -156,6 +162,7 @@ class LiveStream:
                 f"stream {stream.name()!r} carries strings; open it with MarkerStream instead"
             )
         self.lost_after = lost_after
+        self.give_up_after = give_up_after
         self.on_nonfinite = on_nonfinite
         self.on_rate_change = on_rate_change
         self._inlet: pylsl.StreamInlet | None = pylsl.StreamInlet(
@@ -301,6 +308,8 @@ class LiveStream:
         ------
         NonFiniteSampleError, RateChangedError
             Only with the ``"raise"`` policies; the exception carries the chunk.
+        StreamLostError
+            When ``give_up_after`` is set and the stream has been silent that long.
         """
         datas, stamps = self._pull_all()
         now = pylsl.local_clock()
@@ -312,6 +321,13 @@ class LiveStream:
                     "stream %s delivered nothing for %.1f s: considered lost, waiting for it",
                     self.info.describe(),
                     now - self._last_arrival,
+                )
+            silent = now - self._last_arrival
+            if self.give_up_after is not None and silent > self.give_up_after:
+                raise StreamLostError(
+                    f"stream {self.info.describe()} delivered nothing for {silent:.1f} s "
+                    f"(give_up_after={self.give_up_after:g} s); check the sensor or the replay, "
+                    "then open a new inlet"
                 )
             return Chunk(
                 data=np.zeros((0, n_ch)),

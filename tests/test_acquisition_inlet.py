@@ -21,6 +21,7 @@ from acquisition import (
     NonFiniteSampleError,
     RateChangedError,
     StreamGroup,
+    StreamLostError,
     StreamNotFoundError,
     UnsupportedStreamError,
 )
@@ -285,3 +286,24 @@ def test_timeline_flags_a_rate_change_mid_stream() -> None:
         tl.process(part)
     assert tl.rate_changed
     assert tl.measured_rate == pytest.approx(125.0, rel=0.01)
+
+
+def test_stream_gone_for_good_is_reported_lost_then_raises_when_asked() -> None:
+    sid = unique("gone")
+    track = simulated_track("ecg", sfreq=200, seconds=30, source_id=sid)
+    pub = Publisher([track], wait_for_consumers=10).start()
+    inlet = LiveStream.connect(source_id=sid, timeout=5, lost_after=0.5, give_up_after=1.5)
+    try:
+        assert pub.wait_started(10)
+        assert sum(c.n_samples for c in collect(inlet, 0.5)) > 0
+        pub.stop()  # the outlet disappears and never comes back
+        flags: list[bool] = []
+        with pytest.raises(StreamLostError, match="give_up_after"):
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                flags.append(inlet.poll().stream_lost)
+                time.sleep(0.02)
+        assert True in flags  # reported lost (lost_after) before giving up
+        assert inlet.lost
+    finally:
+        inlet.close()
