@@ -132,6 +132,41 @@ def test_eeglab_export_of_the_real_edf_replays_the_same_signal(
     np.testing.assert_allclose(track.data, raw.get_data().T * 1e6, rtol=1e-5, atol=1e-3)
 
 
+def write_brainvision(path: Path, data_uv: np.ndarray, names: list[str], sfreq: float) -> Path:
+    """A BrainVision triplet (.vhdr/.vmrk/.eeg, float32 microvolts) with one stimulus at 1 s."""
+    stem = path.stem
+    chans = "\n".join(f"Ch{i + 1}={n},,1,\u00b5V" for i, n in enumerate(names))
+    path.write_text(
+        "Brain Vision Data Exchange Header File Version 1.0\n\n[Common Infos]\nCodepage=UTF-8\n"
+        f"DataFile={stem}.eeg\nMarkerFile={stem}.vmrk\nDataFormat=BINARY\n"
+        f"DataOrientation=MULTIPLEXED\nNumberOfChannels={len(names)}\n"
+        f"SamplingInterval={1e6 / sfreq:g}\n\n[Binary Infos]\nBinaryFormat=IEEE_FLOAT_32\n\n"
+        f"[Channel Infos]\n{chans}\n",
+        encoding="utf-8",
+    )
+    onset = int(sfreq) + 1  # 1-based sample index of t = 1 s
+    path.with_suffix(".vmrk").write_text(
+        "Brain Vision Data Exchange Marker File, Version 1.0\n\n[Common Infos]\nCodepage=UTF-8\n"
+        f"DataFile={stem}.eeg\n\n[Marker Infos]\nMk1=Stimulus,S  1,{onset},1,0\n",
+        encoding="utf-8",
+    )
+    path.with_suffix(".eeg").write_bytes(data_uv.astype("<f4").tobytes())  # (n, C) multiplexed
+    return path
+
+
+def test_brainvision_copy_of_the_real_edf_replays_the_same_signal(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    raw = mne.io.read_raw(data_dir / EDF, preload=True, verbose="error").crop(0, 5)
+    uv = raw.get_data().T * 1e6
+    path = write_brainvision(tmp_path / "excerpt.vhdr", uv, raw.ch_names, 160.0)
+    [track] = load_tracks(path)
+    assert track.info.channel_names == tuple(raw.ch_names)
+    assert track.info.units == ("microvolts",) * 64
+    np.testing.assert_allclose(track.data, uv.astype(np.float32), rtol=1e-5, atol=1e-4)
+    assert [(a.onset, a.description) for a in track.annotations] == [(1.0, "Stimulus/S  1")]
+
+
 def test_xdf_stream_and_markers_are_loaded(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     data = rng.normal(0, 10e-6, (500, 3))
