@@ -62,9 +62,10 @@ class StreamInfo:
     def describe(self) -> str:
         """One human-readable line, used in error messages and logs."""
         rate = f"{self.sfreq:g} Hz" if self.sfreq > 0 else "irregular"
+        host = f", host={self.hostname!r}" if self.hostname else ""
         return (
             f"{self.name!r} (type={self.type!r}, source_id={self.source_id!r}, "
-            f"{self.n_channels} ch, {rate}, host={self.hostname!r})"
+            f"{self.n_channels} ch, {rate}{host})"
         )
 
 
