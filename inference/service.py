@@ -83,6 +83,9 @@ class ServiceSettings:
         How many recent sequence numbers per stream are remembered to drop duplicates.
     log_interval_s : float
         Seconds between metric log lines.
+    torch_threads : int or None
+        CPU threads of torch's intra-op pool (``None``: torch's default). On a small machine
+        that also runs the broker client threads, 1 avoids spinning worker threads.
     """
 
     max_batch: int = 1024
@@ -98,6 +101,7 @@ class ServiceSettings:
     adapt_level: float = 0.99
     dedup_windows: int = 4096
     log_interval_s: float = 10.0
+    torch_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_wait_ms < 0:
@@ -205,6 +209,8 @@ class InferenceService:
         self.model = bundle if isinstance(bundle, ServerModel) else ServerModel.load(bundle)
         self.metrics = metrics or ServiceMetrics(interval_s=self.settings.log_interval_s)
         self.device = torch_device(self.settings.device)
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
         self.scorer = Scorer(self.model, self.device, self.settings.class_threshold)
         self.policy = self._policy()
         bundle_dev = self.model.device

@@ -29,6 +29,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--max-wait-ms", type=float, default=20.0, help="latency cap of a batch, milliseconds"
     )
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    g.add_argument(
+        "--torch-threads", type=int, help="torch CPU threads (default: torch's own choice)"
+    )
     a = parser.add_argument_group("alerts")
     a.add_argument(
         "--threshold-level",
@@ -79,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         refractory_s=args.refractory_s,
         adapt_windows=args.adapt_windows,
         log_interval_s=args.log_interval_s,
+        torch_threads=args.torch_threads,
     )
     service = InferenceService(config, args.bundle, settings)
     if args.metrics_port:
