@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference.audit.metrics import BANDS, band_power_error, band_powers, pearson_r, score, snr_db
+from inference.audit.metrics import (
+    BANDS,
+    band_pearson_r,
+    band_power_error,
+    band_powers,
+    pearson_r,
+    score,
+    snr_db,
+)
 
 
 def test_pearson_of_affine_copy_is_one_and_of_negation_minus_one() -> None:
@@ -80,3 +88,21 @@ def test_score_summarises_and_rejects_bad_shapes() -> None:
     assert s.as_row()["n_windows"] == 10
     with pytest.raises(ValueError, match="N, C, T"):
         score(x, x[:5], 128.0)
+
+
+def test_band_r_separates_rhythms() -> None:
+    sfreq = 128.0
+    t = np.arange(512) / sfreq
+    rng = np.random.default_rng(6)
+    slow = np.sin(2 * np.pi * 0.5 * t)
+    alpha = 0.3 * np.sin(2 * np.pi * 10.0 * t + 0.4)
+    x = (slow + alpha)[None, :]
+    # a reconstruction with the slow wave right and the alpha rhythm replaced by noise
+    y = (slow + 0.3 * rng.standard_normal(t.size))[None, :]
+    names = ["slow"] + [b[0] for b in BANDS]
+    rb = band_pearson_r(x, y, sfreq)[0]
+    assert rb[names.index("slow")] > 0.99
+    assert abs(rb[names.index("alpha")]) < 0.3
+    assert pearson_r(x, y)[0] > 0.8  # the overall r hides the missing rhythm
+    s = score(x[None], y[None], sfreq)
+    assert s.band_r["slow"] > 0.99 and abs(s.band_r["alpha"]) < 0.3

@@ -48,6 +48,39 @@ def pearson_r(original: np.ndarray, reconstructed: np.ndarray) -> np.ndarray:
     return np.clip(out, -1.0, 1.0)
 
 
+def band_pearson_r(
+    original: np.ndarray,
+    reconstructed: np.ndarray,
+    sfreq: float,
+    bands: tuple[tuple[str, float, float], ...] = (("slow", 0.0, 1.0),) + BANDS,
+) -> np.ndarray:
+    """Pearson ``r`` of the band-limited signals, per band: ``(..., n_bands)``.
+
+    Both signals are restricted to each band by zeroing the other FFT bins of the window
+    (zero-phase, brick-wall), then correlated. It tells which rhythms a reconstruction recovers:
+    ``r`` over the whole window can be high from slow drifts alone (the ``slow`` band,
+    0-1 Hz, below delta) while alpha or beta are not recovered at all. NaN for a band with no
+    frequency bin.
+    """
+    x = np.asarray(original, np.float64)
+    y = np.asarray(reconstructed, np.float64)
+    n = x.shape[-1]
+    fx = np.fft.rfft(x, axis=-1)
+    fy = np.fft.rfft(y, axis=-1)
+    freqs = np.fft.rfftfreq(n, d=1.0 / sfreq)
+    out = np.full(x.shape[:-1] + (len(bands),), np.nan)
+    for i, (_, lo, hi) in enumerate(bands):
+        sel = (freqs >= lo) & (freqs < hi)
+        if lo == 0.0:
+            sel &= freqs > 0  # the window mean carries no shape
+        if not sel.any():
+            continue
+        xb = np.fft.irfft(np.where(sel, fx, 0), n=n, axis=-1)
+        yb = np.fft.irfft(np.where(sel, fy, 0), n=n, axis=-1)
+        out[..., i] = pearson_r(xb, yb)
+    return out
+
+
 def snr_db(original: np.ndarray, reconstructed: np.ndarray) -> np.ndarray:
     """Signal-to-noise ratio of a reconstruction in dB, per channel (and per window).
 
@@ -124,6 +157,9 @@ class Scores:
         SNR in dB over all windows and channels pooled (total signal / total error energy).
     band_error : dict of str to float
         Median relative band-power error over windows and channels, per band.
+    band_r : dict of str to float
+        Mean ``r`` of the band-limited signals (:func:`band_pearson_r`), per band, including
+        ``slow`` (0-1 Hz).
     n_windows : int
     """
 
@@ -132,6 +168,7 @@ class Scores:
     r_channel: np.ndarray
     snr_db: float
     band_error: dict[str, float]
+    band_r: dict[str, float]
     n_windows: int
 
     def as_row(self) -> dict[str, float]:
@@ -143,6 +180,7 @@ class Scores:
             "n_windows": float(self.n_windows),
         }
         row.update({f"err_{k}": v for k, v in self.band_error.items()})
+        row.update({f"r_{k}": v for k, v in self.band_r.items()})
         return row
 
 
@@ -167,11 +205,19 @@ def score(
         vals = err[..., i]
         vals = vals[np.isfinite(vals)]
         band_error[name] = float(np.median(vals)) if vals.size else float("nan")
+    r_bands = (("slow", 0.0, 1.0),) + tuple(bands)
+    rb = band_pearson_r(x, y, sfreq, r_bands)
+    band_r = {}
+    for i, (name, _, _) in enumerate(r_bands):
+        vals = rb[..., i]
+        vals = vals[np.isfinite(vals)]
+        band_r[name] = float(vals.mean()) if vals.size else float("nan")
     return Scores(
         r_mean=float(r.mean()),
         r_median=float(np.median(r)),
         r_channel=r.mean(axis=0),
         snr_db=snr,
         band_error=band_error,
+        band_r=band_r,
         n_windows=int(x.shape[0]),
     )

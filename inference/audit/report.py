@@ -355,22 +355,32 @@ def _joint_row(
 
 
 def format_table(result: AuditResult) -> str:
-    """The audit table in Markdown (one row per K and attack)."""
+    """The audit table in Markdown (one row per K and attack).
+
+    Columns: ``r`` over the whole window (mean, median), SNR in dB, ``r`` of the band-limited
+    signals (slow = 0-1 Hz, then delta..gamma) and the median relative band-power errors.
+    """
     bands = [b[0] for b in BANDS]
+    r_bands = ["slow", *bands]
+
+    def fmt(v: float) -> str:
+        return "n/a" if not np.isfinite(v) else f"{v:.2f}"
+
     head = (
         "| K | K/m | attack | r mean | r median | SNR dB | "
+        + " | ".join(f"r {b}" for b in r_bands)
+        + " | "
         + " | ".join(f"{b} err" for b in bands)
         + " | windows | s |"
     )
     sep = "|" + "---|" * (head.count("|") - 1)
     lines = [head, sep]
     for r in result.rows:
-        errs = " | ".join(
-            "n/a" if not np.isfinite(r[f"err_{b}"]) else f"{r[f'err_{b}']:.2f}" for b in bands
-        )
+        rs = " | ".join(fmt(r.get(f"r_{b}", float("nan"))) for b in r_bands)
+        errs = " | ".join(fmt(r[f"err_{b}"]) for b in bands)
         lines.append(
             f"| {r['keep']} | {r['keep_fraction']:.3f} | {r['attack']} | {r['r_mean']:.3f} | "
-            f"{r['r_median']:.3f} | {r['snr_db']:.1f} | {errs} | {int(r['n_windows'])} | "
+            f"{r['r_median']:.3f} | {r['snr_db']:.1f} | {rs} | {errs} | {int(r['n_windows'])} | "
             f"{r['seconds']:.1f} |"
         )
     return "\n".join(lines)
