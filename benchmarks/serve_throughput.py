@@ -57,7 +57,7 @@ def _random_bundle(width: int, keep: int, path: Path) -> Path:
     rng = np.random.default_rng(0)
     t = max(keep * 2, 64)
     X = rng.standard_normal((40, 1, t)).astype(np.float32)
-    config = TrainConfig(width=width, keep=keep, epochs=1, progress=False, device="cpu")
+    config = TrainConfig(width=width, keep=keep, pool=1, epochs=1, progress=False, device="cpu")
     model = train_novelty(X, config, sfreq=float(t), hop_samples=t, prefiltered=True)
     model.save(path, model_id="bench", model_version=1)
     return path
@@ -91,6 +91,8 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--max-batch", type=int, default=1024)
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu or cuda")
+    parser.add_argument("--torch-threads", type=int, default=1, help="0: torch's default")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--width", type=int, help="random bundle of this width (default: demo)")
     parser.add_argument("--keep", type=int, help="kept units of the random bundle")
     parser.add_argument("--bootstrap", help="use this broker instead of an embedded one")
@@ -154,7 +156,11 @@ def main() -> None:
 
         # 2. the service
         settings = ServiceSettings(
-            max_batch=args.max_batch, max_wait_ms=20, device=args.device, log_interval_s=3600
+            max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms,
+            device=args.device,
+            log_interval_s=3600,
+            torch_threads=args.torch_threads or None,
         )
         service = InferenceService(config, bundle_path, settings)
         thread = threading.Thread(target=service.run, daemon=True)
@@ -180,6 +186,8 @@ def main() -> None:
             "width": service.width,
             "keep": service.keep,
             "torch_device": str(service.device),
+            "torch_threads": torch.get_num_threads(),
+            "max_batch": args.max_batch,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "publish_msgs_per_s": round(n / publish_s),
             "kafka_python_read_msgs_per_s": round(raw_rate),

@@ -84,12 +84,15 @@ class ServiceSettings:
     log_interval_s : float
         Seconds between metric log lines.
     torch_threads : int or None
-        CPU threads of torch's intra-op pool (``None``: torch's default). On a small machine
-        that also runs the broker client threads, 1 avoids spinning worker threads.
+        Sets torch's intra-op CPU threads for the whole process (``None``: leave torch's
+        setting alone, right for a library call). ``dropstream serve`` uses 1: it keeps torch's
+        OpenMP workers from spinning on the cores the Kafka client threads need; on the 2-core
+        dev box that cut the p99 alert latency with 100 devices from ~190 ms to ~40 ms
+        (docs/bench/inference.md).
     """
 
     max_batch: int = 1024
-    max_wait_ms: float = 20.0
+    max_wait_ms: float = 5.0
     device: str = "auto"
     threshold_level: float | None = None
     hysteresis_level: float | None = 0.95

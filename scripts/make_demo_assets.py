@@ -83,6 +83,7 @@ def train_bundle(data: Path, out: Path) -> dict:
     config = TrainConfig(
         width=128,
         keep=32,
+        pool=1,  # no time pooling (as when the shipped bundle was made)
         hidden=(128, 64),
         embedding=16,
         epochs=80,

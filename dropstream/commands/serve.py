@@ -26,11 +26,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("batching and device")
     g.add_argument("--max-batch", type=int, default=1024, help="windows per forward pass")
     g.add_argument(
-        "--max-wait-ms", type=float, default=20.0, help="latency cap of a batch, milliseconds"
+        "--max-wait-ms", type=float, default=5.0, help="latency cap of a batch, milliseconds"
     )
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     g.add_argument(
-        "--torch-threads", type=int, help="torch CPU threads (default: torch's own choice)"
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: leaves the cores to the Kafka client; 0: torch's own)",
     )
     a = parser.add_argument_group("alerts")
     a.add_argument(
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         refractory_s=args.refractory_s,
         adapt_windows=args.adapt_windows,
         log_interval_s=args.log_interval_s,
-        torch_threads=args.torch_threads,
+        torch_threads=args.torch_threads or None,
     )
     service = InferenceService(config, args.bundle, settings)
     if args.metrics_port:
