@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 
 import numpy as np
 import pytest
 
 from broker.alert_message import decode_alert
 from broker.clients import make_producer
+from broker.embedded import free_port
 from broker.wire import decode_activation, encode_activation
 from inference.demo import (
     DEMO_ALERTS,
@@ -66,6 +68,8 @@ def test_service_alerts_dead_letters_and_duplicates(kafka_config, device_message
     assert len(expected) == 12  # two events per device, open + closed
     settings = ServiceSettings(max_wait_ms=10, device="cpu", **DEMO_ALERTS)
     service = InferenceService(kafka_config, DEMO_BUNDLE, settings)
+    port = free_port()
+    service.metrics.serve_http(port, addr="127.0.0.1")
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
     assert service.ready.wait(20)
@@ -102,6 +106,8 @@ def test_service_alerts_dead_letters_and_duplicates(kafka_config, device_message
     deadline = time.monotonic() + 10
     while service.metrics.windows < 3 * n and time.monotonic() < deadline:
         time.sleep(0.05)
+    time.sleep(1.2)  # one lag update
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
     service.stop()
     thread.join(15)
     assert not thread.is_alive()
@@ -130,6 +136,22 @@ def test_service_alerts_dead_letters_and_duplicates(kafka_config, device_message
         assert m.key() == b"sim-0"
         assert garbage[m.value()] in headers[REASON_HEADER].decode()
     assert service.metrics.dead_letters == 4
+
+    # the same counts as Prometheus metrics
+    metrics = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in scraped.decode().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert metrics["dropstream_serve_windows_total"] == 3 * n
+    assert metrics["dropstream_serve_duplicates_total"] == 6
+    assert metrics['dropstream_serve_dead_letters_total{reason="malformed"}'] == 2
+    assert metrics['dropstream_serve_dead_letters_total{reason="other-model"}'] == 1
+    assert metrics['dropstream_serve_dead_letters_total{reason="unknown-model-version"}'] == 1
+    assert metrics['dropstream_serve_alerts_total{status="open"}'] == 6
+    assert metrics["dropstream_serve_alert_latency_seconds_count"] == 12
+    assert metrics["dropstream_serve_batch_size_sum"] == 3 * n
+    assert metrics["dropstream_serve_consumer_lag"] == 0
 
 
 def test_service_refuses_a_bundle_without_calibration(tmp_path):
