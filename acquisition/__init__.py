@@ -30,9 +30,12 @@ from acquisition.group import StreamGroup
 from acquisition.info import StreamInfo
 from acquisition.inlet import Chunk, LiveStream, Marker, MarkerStream
 from acquisition.loss import Gap, SampleTimeline
+from acquisition.lsl_config import quiet_liblsl_log
 from acquisition.publish import Annotation, Publisher, Track
 from acquisition.replay import RecordingReplay
 from acquisition.resolve import available_streams, find_streams, resolve_stream
+
+quiet_liblsl_log()
 
 __all__ = [
     "AcquisitionError",
