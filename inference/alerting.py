@@ -17,7 +17,9 @@ that stream in sequence order:
     the event is **closed** at its last active window and a **refractory** period of
     ``refractory_windows`` follows in which no new event can start.
 
-Sequence gaps (lost windows) count as windows below threshold. An alert is emitted twice under
+Sequence gaps (lost windows) count as windows below threshold. A stream that falls silent is
+*expired* by the service after a while (:meth:`EventDetector.expire`): an open event is closed at
+its last active window. An alert is emitted twice under
 one id (:func:`broker.alert_message.make_alert_id` of device, stream and onset sequence): once
 ``open`` and once ``closed``. Everything is a pure function of the window sequence and scores, so
 replaying the same windows from a *clean* point (see :attr:`EventDetector.clean`) reproduces the
@@ -228,7 +230,7 @@ class EventDetector:
         min_w, gap_w, _ = self._timing(hop_s)
         out: list[AlertEvent] = []
         p = self.policy
-        if p.adapt_windows and len(self._adapt) < p.adapt_windows:
+        if p.adapt_windows and len(self._adapt) < p.adapt_windows:  # still adapting
             self._adapt.append(float(score))
             if len(self._adapt) == p.adapt_windows:
                 own = float(np.quantile(self._adapt, p.adapt_level))
@@ -267,6 +269,19 @@ class EventDetector:
             self.peak = score
             if min_w <= 1:
                 self._open(out, window_end)
+        return out
+
+    def expire(self) -> list[AlertEvent]:
+        """The stream went silent: close an open event at its last active window, drop a
+        candidate, end the refractory period and any unfinished adaptation (keeping the
+        thresholds in use), so the detector is :attr:`clean`. Returns the closing update."""
+        out: list[AlertEvent] = []
+        if self.state == "open":
+            self._close(out, self.active_time)
+        self.state = "idle"
+        self.refractory_until = -1
+        if 0 < len(self._adapt) < self.policy.adapt_windows:
+            self._adapt.extend([float("nan")] * (self.policy.adapt_windows - len(self._adapt)))
         return out
 
     def _open(self, out: list[AlertEvent], window_end: float) -> None:

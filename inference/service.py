@@ -81,6 +81,10 @@ class ServiceSettings:
         Per-device threshold adaptation from its first windows (0: off).
     dedup_windows : int
         How many recent sequence numbers per stream are remembered to drop duplicates.
+    stale_after_s : float
+        A stream with an event (or candidate, merge gap, refractory period) in progress that
+        sends nothing for this long (wall clock) is expired: its open event is closed at its
+        last active window, and its partition can commit past it again.
     log_interval_s : float
         Seconds between metric log lines.
     torch_threads : int or None
@@ -103,6 +107,7 @@ class ServiceSettings:
     adapt_windows: int = 0
     adapt_level: float = 0.99
     dedup_windows: int = 4096
+    stale_after_s: float = 30.0
     log_interval_s: float = 10.0
     torch_threads: int | None = None
 
@@ -128,6 +133,7 @@ class _Stream:
 
     detector: EventDetector
     partition: TopicPartition
+    last_seen: float = 0.0  # monotonic time of the stream's last window
     highest: int = -1  # last sequence fed to the detector
     seen_max: int = -1  # highest sequence seen
     recent: set[int] = field(default_factory=set)
@@ -322,6 +328,7 @@ class InferenceService:
                     first_at = None
                 if now - last_lag >= 1.0:
                     self._update_lag()
+                    self._expire_stale(now)
                     last_lag = now
                 self.metrics.maybe_log()
             if self._pending:
@@ -396,6 +403,28 @@ class InferenceService:
         self._deliver(outgoing)
         self._commit()
 
+    def _expire_stale(self, now: float) -> None:
+        """Close the events of streams that went silent, then commit past them."""
+        outgoing: list = []
+        for tp, dirty in self._dirty.items():
+            for key in list(dirty):
+                st = self.streams.get(key)
+                if st is None or now - st.last_seen < self.settings.stale_after_s:
+                    continue
+                log.info(
+                    "stream %s/%s silent for %.0f s: expiring its event state",
+                    *key,
+                    now - st.last_seen,
+                )
+                for ev in st.detector.expire():
+                    aid = make_alert_id(ev.device_id, ev.stream_id, ev.onset_sequence)
+                    self._alert(outgoing, ev, self._labels.pop(aid, self.policy.label))
+                dirty.discard(key)
+            if not dirty and tp in self._next:
+                self._safe[tp] = self._next[tp]
+        self._deliver(outgoing)
+        self._commit()
+
     def _mismatch(self, group: WindowGroup) -> tuple[str, str] | None:
         if group.model_id != self.model_id:
             return (
@@ -466,6 +495,7 @@ class InferenceService:
         if st.highest >= 0 and seq > st.highest + 1:
             self.metrics.lost_windows(seq - st.highest - 1)
         st.highest = seq
+        st.last_seen = time.monotonic()
         det = st.detector
         new = det.update(
             seq,

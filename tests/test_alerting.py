@@ -124,3 +124,15 @@ def test_bad_policies_are_refused():
         AlertPolicy(high=1.0, low=0.5, merge_gap_s=-1)
     with pytest.raises(AlertPolicyError, match="incomplete"):
         AlertPolicy.from_calibration({"levels": [0.5]})
+
+
+def test_expire_closes_an_open_event_at_its_last_active_window():
+    p = policy(merge_gap_s=0.5, refractory_s=1.0)
+    det = EventDetector("d", "s", p)
+    for seq, s in enumerate([0, 2, 2]):
+        det.update(seq, s, seq * HOP, seq * HOP + 1.0, HOP)
+    assert not det.clean
+    (closed,) = det.expire()
+    assert (closed.status, closed.onset_sequence, closed.offset_sequence) == ("closed", 1, 2)
+    assert closed.offset_time == 2 * HOP + 1.0
+    assert det.clean and det.expire() == []

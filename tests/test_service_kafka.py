@@ -172,3 +172,36 @@ def test_service_refuses_a_bundle_without_calibration(tmp_path):
 
     with pytest.raises(ServiceError, match="no calibration"):
         InferenceService(ClientConfig(), bad)
+
+
+def test_a_silent_stream_gets_its_event_closed_and_commits_move_on(kafka_config, device_messages):
+    from kafka import KafkaConsumer, TopicPartition
+
+    msgs = device_messages["sim-0"][:45]  # the stream stops inside its first event
+    expected = reference_alerts(DEMO_BUNDLE, msgs, DEMO_ALERTS)
+    assert [s for _, s in expected] == ["open"]
+    settings = ServiceSettings(max_wait_ms=5, device="cpu", stale_after_s=1.0, **DEMO_ALERTS)
+    service = InferenceService(kafka_config, DEMO_BUNDLE, settings)
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    assert service.ready.wait(20)
+    producer = make_producer(kafka_config)
+    for raw in msgs:
+        producer.send(kafka_config.activations_topic, key=b"sim-0", value=raw)
+    producer.flush()
+    producer.close()
+    alerts = read_all(kafka_config, kafka_config.alerts_topic, lambda r: len(r) >= 2)
+    service.stop()
+    thread.join(15)
+    updates = [decode_alert(m.value()) for m in alerts]
+    assert [(a.alert_id, a.status) for a in updates] == expected + [(expected[0][0], "closed")]
+    closed = updates[1]
+    assert closed.offset_sequence is not None and closed.offset_sequence < 45
+    # the partition's committed offset moved past the expired event: nothing left to replay
+    probe = KafkaConsumer(**kafka_config.consumer_kwargs())
+    try:
+        parts = [TopicPartition(kafka_config.activations_topic, p) for p in range(4)]
+        committed = sum(probe.committed(tp) or 0 for tp in parts)
+    finally:
+        probe.close()
+    assert committed == len(msgs)

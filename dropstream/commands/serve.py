@@ -52,6 +52,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     a.add_argument("--merge-gap-s", type=float, default=1.0, help="quiet time joining 2 bursts")
     a.add_argument("--refractory-s", type=float, default=2.0, help="quiet time after an event")
     a.add_argument(
+        "--stale-after-s",
+        type=float,
+        default=30.0,
+        help="close the open event of a stream silent for this long (wall clock)",
+    )
+    a.add_argument(
         "--adapt-windows",
         type=int,
         default=0,
@@ -84,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         merge_gap_s=args.merge_gap_s,
         refractory_s=args.refractory_s,
         adapt_windows=args.adapt_windows,
+        stale_after_s=args.stale_after_s,
         log_interval_s=args.log_interval_s,
         torch_threads=args.torch_threads or None,
     )
