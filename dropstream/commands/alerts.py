@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 HELP = "follow the alert topic (a table, or --json lines; --device filters)"
 
-_COLUMNS = "{:<19} {:<6} {:<24} {:<16} {:<12} {:>12} {:>12} {:>9} {:>9} {:>8}"
+_COLUMNS = "{:<19} {:<6} {:<24} {:<16} {:<22} {:>12} {:>12} {:>9} {:>9} {:>8}"
 
 
 def table_header() -> str:
@@ -41,7 +41,7 @@ def format_alert(msg: AlertMessage) -> str:
         msg.status,
         msg.alert_id,
         msg.device_id[:16],
-        msg.stream_id[:12],
+        msg.stream_id[:22],
         f"{msg.onset_time:.2f}",
         offset,
         f"{msg.score:.4g}",
