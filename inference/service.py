@@ -80,7 +80,9 @@ class ServiceSettings:
     adapt_windows : int
         Per-device threshold adaptation from its first windows (0: off).
     dedup_windows : int
-        How many recent sequence numbers per stream are remembered to drop duplicates.
+        How far back (in windows) a stream's missing sequence numbers are remembered: a window
+        that fills such a gap later is *late* (scored); anything else at or below the newest
+        sequence seen is a duplicate and dropped. Memory per stream is O(open gaps).
     stale_after_s : float
         A stream with an event (or candidate, merge gap, refractory period) in progress that
         sends nothing for this long (wall clock) is expired: its open event is closed at its
@@ -136,7 +138,7 @@ class _Stream:
     last_seen: float = 0.0  # monotonic time of the stream's last window
     highest: int = -1  # last sequence fed to the detector
     seen_max: int = -1  # highest sequence seen
-    recent: set[int] = field(default_factory=set)
+    missing: set[int] = field(default_factory=set)  # gaps below seen_max not yet filled
 
 
 class Scorer:
@@ -461,17 +463,18 @@ class InferenceService:
                 st = streams[(dev, stm)] = _Stream(
                     EventDetector(dev, stm, self.policy), TopicPartition(rec.topic, rec.partition)
                 )
-            if seq in st.recent or seq <= st.seen_max - limit:
+            if seq > st.seen_max:
+                if st.seen_max >= 0 and seq > st.seen_max + 1:
+                    st.missing.update(range(max(st.seen_max + 1, seq - limit), seq))
+                    if len(st.missing) > limit:
+                        st.missing = {q for q in st.missing if q > seq - limit}
+                st.seen_max = seq
+            elif seq in st.missing:
+                st.missing.discard(seq)
+                n_late += 1
+            else:
                 fresh[i] = False
                 n_dup += 1
-                continue
-            st.recent.add(seq)
-            if seq > st.seen_max:
-                st.seen_max = seq
-                if len(st.recent) > 2 * limit:
-                    st.recent = {q for q in st.recent if q > seq - limit}
-            else:
-                n_late += 1
         if n_dup:
             self.metrics.duplicate(n_dup)
         if n_late:

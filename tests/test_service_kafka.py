@@ -92,7 +92,10 @@ def test_service_alerts_dead_letters_and_duplicates(kafka_config, device_message
     n = len(device_messages["sim-0"])
     for i in range(n):
         for device, msgs in device_messages.items():
-            producer.send(topic, key=device.encode(), value=msgs[i])
+            if (device, i) != ("sim-1", 5):  # window 5 of sim-1 comes late, after window 10
+                producer.send(topic, key=device.encode(), value=msgs[i])
+        if i == 10:
+            producer.send(topic, key=b"sim-1", value=device_messages["sim-1"][5])
         if i == n // 3:  # bad input in the middle of the stream, then duplicates
             for value in garbage:
                 producer.send(topic, key=b"sim-0", value=value)
@@ -126,6 +129,8 @@ def test_service_alerts_dead_letters_and_duplicates(kafka_config, device_message
     assert sorted((a.alert_id, a.status) for a in decoded) == sorted(expected)
     assert service.metrics.windows == 3 * n
     assert service.metrics.duplicates == 6
+    # the gap was counted when window 6 came, the window filling it was late (scored once)
+    assert (service.metrics.lost, service.metrics.late) == (1, 1)
 
     # bad input went to the dead-letter topic with the reason and source, and the service
     # went on serving (alerts after the garbage exist: the second events start at ~19 s)
