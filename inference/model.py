@@ -61,6 +61,10 @@ class TorchFirstLayer(nn.Module):
     activation : str
     conv_filters, conv_kernel, conv_stride : int
         Convolution settings (kernel and stride in samples).
+    pool : int
+        For ``kind="dense"``: average each channel over non-overlapping blocks of ``pool``
+        samples before the dense map (a trailing remainder is ignored). Linear, so the exported
+        dense weight is exact; it cuts the trainable weights by ``pool`` (useful on small data).
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class TorchFirstLayer(nn.Module):
         conv_filters: int = 16,
         conv_kernel: int = 32,
         conv_stride: int = 16,
+        pool: int = 1,
     ) -> None:
         super().__init__()
         self.n_channels = int(n_channels)
@@ -81,8 +86,12 @@ class TorchFirstLayer(nn.Module):
         self.kind = kind
         self.activation_name = activation
         self.negative_slope = float(negative_slope)
+        self.pool = int(pool)
+        if not 1 <= self.pool <= self.n_samples:
+            raise ModelConfigError(f"pool {pool} must be between 1 and the window's {n_samples}")
         if kind == "dense":
-            self.linear = nn.Linear(self.n_channels * self.n_samples, int(width))
+            pooled = self.n_samples // self.pool
+            self.linear = nn.Linear(self.n_channels * pooled, int(width))
             self.width = int(width)
         elif kind == "conv":
             if conv_kernel > n_samples or conv_kernel < 1 or conv_stride < 1:
@@ -100,6 +109,8 @@ class TorchFirstLayer(nn.Module):
     def preactivation(self, x: torch.Tensor) -> torch.Tensor:
         """``W x + b`` for windows ``(N, C, T)`` -> ``(N, m)``."""
         if self.kind == "dense":
+            if self.pool > 1:
+                x = nn.functional.avg_pool1d(x, self.pool)
             return self.linear(x.reshape(x.shape[0], -1))
         return self.conv(x).reshape(x.shape[0], -1)
 
@@ -110,12 +121,13 @@ class TorchFirstLayer(nn.Module):
     @torch.no_grad()
     def to_numpy(self) -> FirstLayer:
         """Export the equivalent dense :class:`FirstLayer` for the device (float32)."""
-        if self.kind == "dense":
+        if self.kind == "dense" and self.pool == 1:
             weight = self.linear.weight.detach().cpu().double().numpy()
             bias = self.linear.bias.detach().cpu().double().numpy()
         else:
             n = self.n_channels * self.n_samples
-            dev = self.conv.weight.device
+            # any linear pre-map: read the dense matrix off the unit basis
+            dev = next(self.parameters()).device
             bias_t = self.preactivation(
                 torch.zeros(1, self.n_channels, self.n_samples, device=dev)
             )[0]

@@ -28,8 +28,9 @@ from __future__ import annotations
 import copy
 import io
 import logging
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ from inference.model import (
     validate_keep,
 )
 from local_encoder.bundle import DeviceBundle, write_bundle
+from local_encoder.first_layer import PrivacyGuardError
 from local_encoder.preprocessing import (
     complete_preprocessing,
     filter_windows,
@@ -82,6 +84,9 @@ class TrainConfig:
         ``relu``, ``leaky_relu``, ``tanh`` or ``sigmoid``.
     conv_filters, conv_kernel, conv_stride : int
         Settings of a ``conv`` first layer (kernel and stride in samples).
+    pool : int or None
+        Average-pool factor in time before a ``dense`` first layer (exported exactly as dense);
+        ``None`` picks :func:`default_pool` (about 64 averaged samples per channel).
     hidden : tuple of int
         Head MLP hidden sizes.
     head_dropout : float
@@ -94,6 +99,12 @@ class TrainConfig:
         novelty models, calibration. The test split is never used for any choice.
     patience : int
         Epochs without validation improvement before stopping.
+    select_by : {"val_acc", "val_loss"}
+        What picks the best epoch of a classifier (accuracy, ties broken by loss; the loss of a
+        dropped network on a small validation split bottoms out long before its accuracy).
+    refit : bool
+        After picking the best epoch count on the validation split, train afresh on all of
+        TRAIN for that many epochs (small EEG sets cannot spare 20 % of their windows).
     preprocessing : dict
         Causal filter and demeaning settings (see :mod:`local_encoder.preprocessing`).
     seed : int
@@ -103,6 +114,10 @@ class TrainConfig:
         Show a tqdm progress bar over epochs.
     embedding : int
         Output size of a novelty head.
+    threads : int or None
+        torch CPU threads while training (restored afterwards). 1 is fastest for these small
+        networks, above all on a busy machine where more threads stall each other; ``None``
+        leaves torch's setting.
     """
 
     width: int = 256
@@ -113,6 +128,7 @@ class TrainConfig:
     conv_filters: int = 16
     conv_kernel: int = 32
     conv_stride: int = 16
+    pool: int | None = None
     hidden: tuple[int, ...] = (512, 256)
     head_dropout: float = 0.25
     epochs: int = 200
@@ -122,17 +138,30 @@ class TrainConfig:
     n_masks: int = 4
     val_fraction: float = 0.2
     patience: int = 40
+    select_by: str = "val_acc"
+    refit: bool = True
     preprocessing: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     device: str = "auto"
     progress: bool = True
     embedding: int = 32
+    threads: int | None = 1
 
     def resolve_keep(self, width: int) -> int:
         """``K`` for a layer of ``width`` units."""
         if self.keep is not None:
             return int(self.keep)
         return max(1, int(round(self.keep_fraction * width)))
+
+
+def default_pool(n_samples: int, target: int = 64) -> int:
+    """Default time pooling of a dense first layer: about ``target`` averages per channel.
+
+    On small EEG sets a dense layer over every sample overfits; averaging blocks of samples (a
+    linear map, exported exactly into the dense device weight) keeps the slow and mid-frequency
+    content. The layer's input rank becomes ``C * (T // pool)``, which the privacy guard uses.
+    """
+    return max(1, int(n_samples) // int(target))
 
 
 def _torch_device(name: str) -> torch.device:
@@ -312,9 +341,17 @@ def _build(
         conv_filters=config.conv_filters,
         conv_kernel=config.conv_kernel,
         conv_stride=config.conv_stride,
+        pool=config.pool if config.pool is not None else default_pool(n_samples),
     )
     keep = config.resolve_keep(first.width)
     validate_keep(keep, first.width, n_channels, n_samples, hop_samples)
+    rank = n_channels * (n_samples // first.pool)
+    if first.pool > 1 and keep >= rank:
+        # the layer only sees C * T/pool averages: keeping that many would reveal them
+        raise PrivacyGuardError(
+            f"keep K={keep} >= the {rank} time-averaged inputs (C*T/pool) the first layer "
+            f"sees: the server could solve for them; choose K < {rank} or a smaller pool"
+        )
     head = Head(
         first.width,
         keep,
@@ -397,21 +434,28 @@ def train_classifier(
     dev = _torch_device(config.device)
     first, head, keep = _build(config, c, t, hop, len(classes), novelty=False)
     fit_idx, val_idx = _split(codes, n, config.val_fraction, rng)
-    Xn, mean, std = _prepare_training(X, config, sfreq, prefiltered, fit_idx)
+    # normalisation statistics need no labels: fitted on all of TRAIN
+    Xn, mean, std = _prepare_training(X, config, sfreq, prefiltered, np.arange(n))
 
     net = SplitNet(first, head, keep).to(dev)
     xt = torch.as_tensor(Xn, device=dev)
     yt = torch.as_tensor(codes, dtype=torch.long, device=dev)
-    history = _fit(
-        net,
-        xt,
-        yt,
-        fit_idx,
-        val_idx,
-        config,
-        loss_fn=lambda out, target: nn.functional.cross_entropy(out, target),
-        desc="train classifier",
-    )
+
+    def loss_fn(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(out, target)
+
+    history = _fit(net, xt, yt, fit_idx, val_idx, config, loss_fn, desc="train classifier")
+    if config.refit and len(val_idx):
+        best = next((int(r["epoch"]) for r in history if r.get("best")), len(history) - 1)
+        torch.manual_seed(config.seed)
+        first, head, keep = _build(config, c, t, hop, len(classes), novelty=False)
+        net = SplitNet(first, head, keep).to(dev)
+        refit_cfg = replace(config, epochs=best + 1)
+        history = _fit(
+            net, xt, yt, np.arange(n), np.arange(0), refit_cfg, loss_fn, desc="refit on TRAIN"
+        )
+        for r in history:
+            r["refit"] = 1.0
     head_config = {
         "type": "classifier",
         "width": first.width,
@@ -444,6 +488,20 @@ def train_classifier(
     )
 
 
+@contextmanager
+def _cpu_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` torch CPU threads, restoring the previous count afterwards."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _fit(
     net: SplitNet,
     xt: torch.Tensor,
@@ -455,6 +513,20 @@ def _fit(
     desc: str,
 ) -> list[dict[str, float]]:
     """Mini-batch AdamW with dropping and mask augmentation; keeps the best-validation state."""
+    with _cpu_threads(config.threads if xt.device.type == "cpu" else None):
+        return _fit_loop(net, xt, yt, fit_idx, val_idx, config, loss_fn, desc)
+
+
+def _fit_loop(
+    net: SplitNet,
+    xt: torch.Tensor,
+    yt: torch.Tensor | None,
+    fit_idx: np.ndarray,
+    val_idx: np.ndarray,
+    config: TrainConfig,
+    loss_fn: Any,
+    desc: str,
+) -> list[dict[str, float]]:
     dev = xt.device
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -463,7 +535,11 @@ def _fit(
     fit_t = torch.as_tensor(fit_idx, device=dev)
     val_t = torch.as_tensor(val_idx, device=dev)
     n_masks = max(1, int(config.n_masks))
-    best_val, best_state, best_epoch, history = float("inf"), None, -1, []
+    best_key: tuple[float, float] = (-float("inf"), -float("inf"))
+    best_state, best_epoch, history = None, -1, []
+    by_acc = yt is not None and config.select_by == "val_acc"
+    if config.select_by not in ("val_acc", "val_loss"):
+        raise TrainingError(f"select_by must be 'val_acc' or 'val_loss', not {config.select_by!r}")
     bar = tqdm(range(config.epochs), desc=desc, disable=not config.progress, leave=False)
     for epoch in bar:
         net.train()
@@ -491,8 +567,9 @@ def _fit(
                 if yt is not None:
                     pred = out.argmax(1)
                     record["val_acc"] = float((pred == target).float().mean())
-            if val_loss < best_val - 1e-6:
-                best_val, best_epoch = val_loss, epoch
+            key = (record["val_acc"], -val_loss) if by_acc else (-val_loss, 0.0)
+            if key > best_key:
+                best_key, best_epoch = key, epoch
                 best_state = copy.deepcopy(net.state_dict())
             elif epoch - best_epoch >= config.patience:
                 history.append(record)
@@ -501,6 +578,7 @@ def _fit(
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", val=f"{record.get('val_loss', 0):.3f}")
     if best_state is not None:
         net.load_state_dict(best_state)
+        history[best_epoch]["best"] = 1.0
     net.eval()
     return history
 

@@ -1,0 +1,202 @@
+"""Model bundle: numpy device part equals torch, privacy guard, encoding without torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inference.datasets import WindowSet, load_uea
+from inference.head import ServerModel, load_model
+from inference.model import TorchFirstLayer, validate_keep
+from inference.training import TrainConfig, TrainedModel, train_classifier
+from local_encoder.bundle import BundleError, load_device_bundle
+from local_encoder.first_layer import PrivacyGuardError, draw_kept_units
+from local_encoder.preprocessing import filter_windows, prepare_window
+
+FAST = {"epochs": 3, "progress": False, "hidden": (64, 32), "n_masks": 2}
+
+
+@pytest.fixture(scope="module")
+def fingers(data_dir: Path) -> tuple[WindowSet, WindowSet]:
+    return load_uea("FingerMovements", data_dir / "uea")
+
+
+@pytest.fixture(scope="module", params=["dense", "conv"])
+def trained(request: pytest.FixtureRequest, fingers: tuple[WindowSet, WindowSet]) -> TrainedModel:
+    tr, _ = fingers
+    cfg = TrainConfig(
+        width=128,
+        keep=32,
+        first_layer=request.param,
+        conv_filters=8,
+        conv_kernel=10,
+        conv_stride=5,
+        preprocessing={"l_freq": 1.0, "h_freq": 40.0},
+        **FAST,
+    )
+    return train_classifier(tr.X[:80], tr.y[:80], cfg, sfreq=tr.sfreq)
+
+
+def test_numpy_device_part_equals_torch(
+    trained: TrainedModel, fingers: tuple[WindowSet, WindowSet], tmp_path: Path
+) -> None:
+    _, te = fingers
+    path = tmp_path / "m.dsb"
+    trained.save(path, model_id="fingers")
+    dev = load_device_bundle(path)
+    assert dev.model_id == "fingers" and dev.model_version == 1 and len(dev.checksum) == 64
+    assert dev.keep == trained.keep and dev.layer.width == trained.width
+    # the device pipeline: causal filter, normalise, numpy first layer
+    x = prepare_window(
+        filter_windows(te.X[:20], dev.sfreq, dev.preprocessing),
+        dev.preprocessing,
+        dev.norm_mean,
+        dev.norm_std,
+    )
+    np.testing.assert_array_equal(x, trained.prepare(te.X[:20]))
+    a_np = dev.layer.forward(x)
+    with torch.no_grad():
+        a_torch = trained.first(torch.as_tensor(x)).numpy()
+    assert a_np.shape == (20, trained.width)
+    np.testing.assert_allclose(a_np, a_torch, rtol=0, atol=1e-5)
+    assert (a_np > 0).any() and (a_np == 0).any()  # relu really active and really cutting
+
+
+def test_server_head_from_bundle_matches_trained_head(
+    trained: TrainedModel, fingers: tuple[WindowSet, WindowSet], tmp_path: Path
+) -> None:
+    _, te = fingers
+    path = tmp_path / "m.dsb"
+    trained.save(path)
+    server = ServerModel.load(path)
+    dev = server.device
+    x = trained.prepare(te.X[:10])
+    a = dev.layer.forward(x)
+    rng = np.random.default_rng(3)
+    idx = np.stack([draw_kept_units(rng, dev.layer.width, dev.keep) for _ in range(10)])
+    vals = np.take_along_axis(a, idx.astype(np.int64), axis=1)
+    proba = server.predict_proba(idx, vals)
+    dense = np.zeros_like(a)
+    np.put_along_axis(dense, idx.astype(np.int64), vals, axis=1)
+    with torch.no_grad():
+        expected = torch.softmax(trained.head(torch.as_tensor(dense)), 1).numpy()
+    np.testing.assert_allclose(proba, expected, atol=1e-6)
+    with pytest.raises(BundleError, match="K="):
+        server.predict_proba(idx[:, :-1], vals[:, :-1])
+
+
+def test_bundle_rejects_other_stream_and_corruption(trained: TrainedModel, tmp_path: Path) -> None:
+    path = tmp_path / "m.dsb"
+    trained.save(path)
+    dev, _ = load_model(path)
+    assert dev.check_stream(list(reversed(dev.channel_names)), dev.sfreq)[0] == dev.n_channels - 1
+    with pytest.raises(BundleError, match="Hz"):
+        dev.check_stream(dev.channel_names, dev.sfreq * 2)
+    with pytest.raises(BundleError, match="lacks channels"):
+        dev.check_stream(dev.channel_names[1:], dev.sfreq)
+    data = bytearray(path.read_bytes())
+    bad = tmp_path / "bad.dsb"
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    with pytest.raises(BundleError):
+        load_model(bad)
+
+
+def test_privacy_guard_refuses_invertible_keep(fingers: tuple[WindowSet, WindowSet]) -> None:
+    tr, _ = fingers
+    small = tr.X[:40, :2, :8]  # C*T = 16 inputs
+    cfg = TrainConfig(width=32, keep=16, **FAST)
+    with pytest.raises(PrivacyGuardError, match="C\\*T"):
+        train_classifier(small, tr.y[:40], cfg, sfreq=tr.sfreq)
+    with pytest.raises(PrivacyGuardError, match="C\\*hop"):
+        # overlapping windows: each brings only C*hop = 8 new unknowns
+        train_classifier(
+            small, tr.y[:40], TrainConfig(width=32, keep=8, **FAST), sfreq=tr.sfreq, hop_samples=4
+        )
+    with pytest.raises(PrivacyGuardError):
+        validate_keep(1400, 2048, 28, 50, None)
+    validate_keep(1399, 2048, 28, 50, None)
+    with pytest.raises(PrivacyGuardError):
+        validate_keep(0, 256, 28, 50, None)
+    # a conv layer whose derived width reaches the input dimension cannot keep everything
+    conv = TrainConfig(
+        first_layer="conv", conv_filters=64, conv_kernel=2, conv_stride=1, keep_fraction=1.0, **FAST
+    )
+    with pytest.raises(PrivacyGuardError):
+        train_classifier(small, tr.y[:40], conv, sfreq=tr.sfreq)
+
+
+def test_guard_also_on_write(trained: TrainedModel, tmp_path: Path) -> None:
+    dev = trained.device_bundle()
+    object.__setattr__(dev, "keep", dev.n_channels * dev.window_samples)
+    with pytest.raises(PrivacyGuardError):
+        dev.check_privacy()
+
+
+def test_conv_export_is_exact() -> None:
+    torch.manual_seed(0)
+    layer = TorchFirstLayer(3, 40, kind="conv", conv_filters=4, conv_kernel=7, conv_stride=3)
+    dense = layer.to_numpy()
+    x = torch.randn(5, 3, 40)
+    with torch.no_grad():
+        np.testing.assert_allclose(dense.forward(x.numpy()), layer(x).numpy(), atol=1e-5)
+    assert dense.width == 4 * ((40 - 7) // 3 + 1)
+
+
+NO_TORCH = r"""
+import json, sys
+
+
+class NoTorch:
+    # meta path hook: any 'import torch' fails as if torch were not installed
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)")
+        return None
+
+
+sys.meta_path.insert(0, NoTorch())
+import numpy as np
+from local_encoder.bundle import load_device_bundle
+from local_encoder.first_layer import draw_kept_units
+from local_encoder.preprocessing import CausalFilter, prepare_window
+dev = load_device_bundle(sys.argv[1])
+window = np.load(sys.argv[2])
+f = CausalFilter(dev.sfreq, dev.n_channels, dev.preprocessing)
+x = prepare_window(f.process(window), dev.preprocessing, dev.norm_mean, dev.norm_std)
+a = dev.layer.forward(x)
+idx = draw_kept_units(np.random.default_rng(0), dev.layer.width, dev.keep)
+print(json.dumps({"torch_loaded": "torch" in sys.modules,
+                  "indices": idx.tolist(), "values": a[idx.astype(int)].tolist(),
+                  "activations": a.tolist()}))
+"""
+
+
+def test_bundle_encodes_without_torch(
+    trained: TrainedModel, fingers: tuple[WindowSet, WindowSet], tmp_path: Path
+) -> None:
+    _, te = fingers
+    path = tmp_path / "m.dsb"
+    trained.save(path)
+    np.save(tmp_path / "w.npy", te.X[5])
+    out = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, str(path), str(tmp_path / "w.npy")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    res = json.loads(out.stdout)
+    assert res["torch_loaded"] is False
+    assert len(res["indices"]) == trained.keep == len(set(res["indices"]))
+    with torch.no_grad():
+        expected = trained.first(torch.as_tensor(trained.prepare(te.X[5:6])))[0].numpy()
+    np.testing.assert_allclose(res["activations"], expected, atol=1e-5)
+    np.testing.assert_allclose(res["values"], expected[res["indices"]], atol=1e-5)

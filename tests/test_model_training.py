@@ -1,0 +1,173 @@
+"""Training on real EEG/ECG: classifier beats chance, novelty flags other signals, CLI, data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mne
+import numpy as np
+import pytest
+import torch
+
+from dropstream.cli import main
+from inference.datasets import DatasetError, load_ts, load_uea, windows_from_recordings
+from inference.head import ServerModel
+from inference.training import TrainConfig, TrainingError, train_classifier, train_novelty
+from local_encoder.first_layer import draw_kept_units
+from local_encoder.preprocessing import filter_signal
+
+
+def test_classifier_beats_chance_on_real_eeg(data_dir: Path) -> None:
+    tr, te = load_uea("SelfRegulationSCP1", data_dir / "uea")
+    cfg = TrainConfig(width=128, keep=32, pool=28, epochs=60, seed=0, progress=False)
+    model = train_classifier(tr.X, tr.y, cfg, sfreq=tr.sfreq)
+    # held-out official TEST split, balanced (147/146): chance is 0.5
+    acc = float(np.mean(model.predict(te.X) == te.y))
+    assert acc > 0.7, acc
+    assert model.keep == 32 and model.width == 128
+    # epochs picked on a validation split of TRAIN, then refitted on all of TRAIN
+    assert model.history and all(r.get("refit") for r in model.history)
+
+
+def test_training_is_deterministic(data_dir: Path) -> None:
+    tr, _ = load_uea("FingerMovements", data_dir / "uea")
+    cfg = TrainConfig(width=64, keep=16, epochs=3, hidden=(32,), seed=5, progress=False)
+    a = train_classifier(tr.X[:60], tr.y[:60], cfg, sfreq=tr.sfreq)
+    b = train_classifier(tr.X[:60], tr.y[:60], cfg, sfreq=tr.sfreq)
+    for (ka, va), (kb, vb) in zip(
+        a.head.state_dict().items(), b.head.state_dict().items(), strict=True
+    ):
+        assert ka == kb and torch.equal(va, vb)
+    np.testing.assert_array_equal(a.first.to_numpy().weight, b.first.to_numpy().weight)
+    c = train_classifier(
+        tr.X[:60], tr.y[:60], TrainConfig(**{**cfg.__dict__, "seed": 6}), sfreq=tr.sfreq
+    )
+    assert not np.array_equal(a.first.to_numpy().weight, c.first.to_numpy().weight)
+
+
+def test_bad_training_input_is_a_clear_error(data_dir: Path) -> None:
+    tr, _ = load_uea("FingerMovements", data_dir / "uea")
+    with pytest.raises(TrainingError, match="two classes"):
+        train_classifier(tr.X[:10], ["left"] * 10, TrainConfig(progress=False), sfreq=100.0)
+    with pytest.raises(TrainingError, match="labels"):
+        train_classifier(tr.X[:10], tr.y[:9], TrainConfig(progress=False), sfreq=100.0)
+    bad = tr.X[:10].copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(TrainingError, match="NaN"):
+        train_classifier(bad, tr.y[:10], TrainConfig(progress=False), sfreq=100.0)
+
+
+def test_novelty_flags_other_signals_and_round_trips(data_dir: Path, tmp_path: Path) -> None:
+    body = data_dir / "body"
+    pre = {"l_freq": 0.5, "h_freq": 40.0}
+    ecg = windows_from_recordings([body / "ecg_5min.fif"], 1.0, 1.0, pre)
+    emg = windows_from_recordings([body / "emg_fatigue.fif"], 1.0, 1.0, pre)
+    assert ecg.filtered and ecg.X.shape[1:] == (1, 1000)
+    normal, held_out = ecg.X[:200], ecg.X[200:]
+    cfg = TrainConfig(
+        width=128, keep=32, pool=1, hidden=(256, 128), epochs=15, seed=0, progress=False
+    )
+    model = train_novelty(
+        normal, cfg, sfreq=ecg.sfreq, hop_samples=ecg.hop_samples, prefiltered=True
+    )
+    cal = model.head_config["calibration"]
+    assert model.head_config["type"] == "novelty"
+    assert cal["quantiles"] == sorted(cal["quantiles"])
+    thr = cal["threshold"]
+    normal_scores = model.score(held_out, prefiltered=True)
+    emg_scores = model.score(emg.X, prefiltered=True)
+    assert np.mean(normal_scores > thr) < 0.1
+    assert np.mean(emg_scores > thr) > 0.8  # the fatigue protocol has quiet rests too
+    assert np.median(emg_scores) > 5 * np.median(normal_scores)
+
+    path = tmp_path / "ecg.dsb"
+    model.save(path, model_id="ecg-normal")
+    server = ServerModel.load(path)
+    assert server.kind == "novelty" and server.threshold() == thr
+    dev = server.device
+    a = dev.layer.forward(model.prepare(emg.X[:8], prefiltered=True))
+    rng = np.random.default_rng(0)
+    idx = np.stack([draw_kept_units(rng, dev.layer.width, dev.keep) for _ in range(8)])
+    vals = np.take_along_axis(a, idx.astype(np.int64), axis=1)
+    scores = server.score(idx, vals)
+    assert scores.shape == (8,) and np.mean(scores > server.threshold(0.99)) > 0.5
+
+
+def test_load_ts_parses_official_split(data_dir: Path, tmp_path: Path) -> None:
+    X, y, header = load_ts(data_dir / "uea" / "FingerMovements_TRAIN.ts")
+    assert X.shape == (316, 28, 50) and X.dtype == np.float32
+    assert set(y) == {"left", "right"} and header["problemname"] == "FingerMovements"
+    bad = tmp_path / "bad.ts"
+    bad.write_text("@problemName x\n@data\n1,2,3:4,5:a\n")
+    with pytest.raises(DatasetError, match="unequal"):
+        load_ts(bad)
+    bad.write_text("@problemName x\n@data\n1,2,x:4,5,6:a\n")
+    with pytest.raises(DatasetError, match="not a number"):
+        load_ts(bad)
+    with pytest.raises(DatasetError, match="sample rate"):
+        load_uea("Unknown", tmp_path)
+
+
+def test_windows_take_the_label_of_the_overlapping_annotation(data_dir: Path) -> None:
+    path = data_dir / "body" / "ecg_mitdb_anomaly.fif"
+    pre = {"l_freq": 0.5, "h_freq": 40.0}
+    ws = windows_from_recordings([path], window_s=1.0, hop_s=0.5, preprocessing=pre)
+    raw = mne.io.read_raw_fif(path, preload=True, verbose="error")
+    onset = float(raw.annotations.onset[0]) - raw.first_time
+    end = onset + float(raw.annotations.duration[0])
+    starts = np.arange(len(ws.y)) * 0.5
+    overlaps = (starts < end) & (starts + 1.0 > onset)
+    assert set(ws.y[overlaps]) == {"anomaly"} and set(ws.y[~overlaps]) == {"normal"}
+    # windows are cut from the recording filtered as one stream, as the device does
+    whole = filter_signal(raw.get_data(), ws.sfreq, pre)
+    np.testing.assert_allclose(ws.X[3], whole[:, 3 * 180 : 3 * 180 + 360], rtol=1e-6)
+    skipped = windows_from_recordings([path], 1.0, 0.5, pre, default_label=None)
+    assert set(skipped.y) == {"anomaly"} and len(skipped.y) == overlaps.sum()
+
+
+def test_cli_train_writes_bundle(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "fm.dsb"
+    rc = main(
+        [
+            "train",
+            "--uea",
+            "FingerMovements",
+            "--uea-dir",
+            str(data_dir / "uea"),
+            "--width",
+            "64",
+            "--keep",
+            "16",
+            "--epochs",
+            "2",
+            "--quiet",
+            "-o",
+            str(out),
+        ]
+    )
+    assert rc == 0 and out.exists()
+    report = json.loads(capsys.readouterr().out)
+    assert report["keep"] == 16 and 0.0 <= report["test_accuracy"] <= 1.0
+    assert report["model_id"] == "fm" and len(report["sha256"]) == 64
+    rc = main(
+        [
+            "train",
+            "--uea",
+            "FingerMovements",
+            "--uea-dir",
+            str(data_dir / "uea"),
+            "--width",
+            "2048",
+            "--keep",
+            "1400",
+            "--epochs",
+            "1",
+            "-o",
+            str(tmp_path / "x"),
+        ]
+    )
+    assert rc == 1
+    assert "C*T=1400" in capsys.readouterr().err and not (tmp_path / "x").exists()
