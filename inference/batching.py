@@ -98,6 +98,33 @@ class WindowGroup:
             values=self.values[pick],
         )
 
+    @staticmethod
+    def concat(groups: list[WindowGroup]) -> WindowGroup:
+        """One group from groups of the same model, width and K (e.g. float16 and float32
+        messages), in batch order."""
+        if len(groups) == 1:
+            return groups[0]
+        rows = np.concatenate([g.rows for g in groups])
+        order = np.argsort(rows, kind="stable")
+        devices = [d for g in groups for d in g.device_id]
+        streams = [t for g in groups for t in g.stream_id]
+        first = groups[0]
+        return WindowGroup(
+            rows=rows[order],
+            model_id=first.model_id,
+            model_version=first.model_version,
+            width=first.width,
+            keep=first.keep,
+            device_id=[devices[i] for i in order],
+            stream_id=[streams[i] for i in order],
+            sequence=np.concatenate([g.sequence for g in groups])[order],
+            window_start_lsl=np.concatenate([g.window_start_lsl for g in groups])[order],
+            window_end_lsl=np.concatenate([g.window_end_lsl for g in groups])[order],
+            hop_s=np.concatenate([g.hop_s for g in groups])[order],
+            indices=np.concatenate([g.indices for g in groups])[order],
+            values=np.concatenate([g.values for g in groups])[order],
+        )
+
     def dense(self) -> np.ndarray:
         """Dense ``(n, m)`` float32 activations, zeros at dropped units."""
         return scatter_dense(self.indices, self.values, self.width)

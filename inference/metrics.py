@@ -10,6 +10,7 @@ exposes it at ``http://host:P/metrics``. Names (all prefixed ``dropstream_serve_
 ``late_total``                     counter    windows older than the stream's last one (scored,
                                               not fed to the event detector)
 ``lost_windows_total``             counter    windows missing from sequence gaps
+``stream_restarts_total``          counter    streams whose sequence numbers went far back
 ``dead_letters_total{reason}``     counter    messages sent to the dead-letter topic
 ``alerts_total{status}``           counter    alert updates produced (open / closed)
 ``batch_size``                     histogram  windows per micro-batch
@@ -45,6 +46,7 @@ class ServiceMetrics:
     duplicates: int = 0
     late: int = 0
     lost: int = 0
+    restarts: int = 0
     dead_letters: int = 0
     alerts: int = 0
     lag: int = 0
@@ -59,6 +61,9 @@ class ServiceMetrics:
         self.c_dup = Counter(p + "duplicates", "duplicate windows skipped", registry=r)
         self.c_late = Counter(p + "late", "late windows", registry=r)
         self.c_lost = Counter(p + "lost_windows", "windows missing from gaps", registry=r)
+        self.c_restart = Counter(
+            p + "stream_restarts", "streams whose sequence restarted", registry=r
+        )
         self.c_dead = Counter(p + "dead_letters", "dead letters", ["reason"], registry=r)
         self.c_alerts = Counter(p + "alerts", "alert updates produced", ["status"], registry=r)
         self.h_batch = Histogram(
@@ -104,6 +109,10 @@ class ServiceMetrics:
     def lost_windows(self, n: int) -> None:
         self.lost += n
         self.c_lost.inc(n)
+
+    def restart(self) -> None:
+        self.restarts += 1
+        self.c_restart.inc()
 
     def dead_letter(self, reason: str) -> None:
         self.dead_letters += 1

@@ -236,6 +236,7 @@ class InferenceService:
         self._committed: dict[TopicPartition, int] = {}
         self._next: dict[TopicPartition, int] = {}
         self._labels: dict[str, str] = {}
+        self._restart_events: list[tuple[AlertEvent, str]] = []
         self._pending: list[Any] = []
         self._stop = threading.Event()
         self._consumer: Any = None
@@ -336,6 +337,11 @@ class InferenceService:
             if self._pending:
                 batch, self._pending = self._pending, []
                 self.process(batch)
+        except KafkaError as exc:
+            raise ServiceError(
+                f"Kafka failed ({exc!r}); offsets were committed only up to alerts already "
+                "delivered, so restarting the service resumes without losing any"
+            ) from exc
         finally:
             self.metrics.maybe_log(force=True)
             self._close()
@@ -370,11 +376,11 @@ class InferenceService:
         outgoing: list[tuple[str, bytes | None, bytes | None, list | None]] = []
         for row, reason in decoded.rejected:
             self._dead_letter(outgoing, records[row], "malformed", f"malformed message: {reason}")
-        usable: WindowGroup | None = None
+        servable: list[WindowGroup] = []
         for group in decoded.groups:
             problem = self._mismatch(group)
             if problem is None:
-                usable = group
+                servable.append(group)  # e.g. float16 and float32 messages of this model
                 continue
             kind, text = problem
             for row in group.rows.tolist():
@@ -383,6 +389,7 @@ class InferenceService:
         scored_rows: dict[int, int] = {}
         scores: np.ndarray = np.zeros(0)
         classes: np.ndarray | None = None
+        usable = WindowGroup.concat(servable) if servable else None
         group = usable
         if usable is not None and len(usable):
             fresh = self._deduplicate(usable, records)
@@ -390,7 +397,16 @@ class InferenceService:
             if len(group):
                 scores, classes = self.scorer(group.dense())
                 self.metrics.batch(len(group), _now_lsl() - group.window_end_lsl)
-                scored_rows = {row: i for i, row in enumerate(group.rows.tolist())}
+                finite = np.isfinite(scores)
+                scored_rows = {row: i for i, row in enumerate(group.rows.tolist()) if finite[i]}
+                for i in np.flatnonzero(~finite).tolist():
+                    self._dead_letter(
+                        outgoing,
+                        records[int(group.rows[i])],
+                        "non-finite-score",
+                        "the model's score of this window is not finite: activation values "
+                        "out of the range the model was trained on",
+                    )
         # walk the batch in order: feed detectors, track clean points per partition
         for row, rec in enumerate(records):
             tp = TopicPartition(rec.topic, rec.partition)
@@ -400,6 +416,8 @@ class InferenceService:
             if not self._dirty.get(tp):
                 self._safe[tp] = rec.offset + 1
             self._next[tp] = rec.offset + 1
+        if self._restart_events:
+            events[:0], self._restart_events = self._restart_events, []
         for event, label in events:
             self._alert(outgoing, event, label)
         self._deliver(outgoing)
@@ -463,7 +481,11 @@ class InferenceService:
                 st = streams[(dev, stm)] = _Stream(
                     EventDetector(dev, stm, self.policy), TopicPartition(rec.topic, rec.partition)
                 )
-            if seq > st.seen_max:
+            if 0 <= seq < st.seen_max - limit:
+                # far behind everything seen: the device restarted its sequence numbers (e.g. a
+                # wiped spool) or the newest one was bogus; start the stream afresh
+                self._restart_stream((dev, stm), st, seq)
+            elif seq > st.seen_max:
                 if st.seen_max >= 0 and seq > st.seen_max + 1:
                     st.missing.update(range(max(st.seen_max + 1, seq - limit), seq))
                     if len(st.missing) > limit:
@@ -480,6 +502,22 @@ class InferenceService:
         if n_late:
             self.metrics.late_window(n_late)
         return fresh
+
+    def _restart_stream(self, key: tuple[str, str], st: _Stream, seq: int) -> None:
+        log.warning(
+            "stream %s/%s went back from sequence %d to %d: treating it as restarted",
+            *key,
+            st.seen_max,
+            seq,
+        )
+        self.metrics.restart()
+        for ev in st.detector.expire():
+            aid = make_alert_id(ev.device_id, ev.stream_id, ev.onset_sequence)
+            self._restart_events.append((ev, self._labels.pop(aid, self.policy.label)))
+        st.detector = EventDetector(key[0], key[1], self.policy)
+        st.highest, st.seen_max = -1, seq
+        st.missing.clear()
+        self._dirty.get(st.partition, set()).discard(key)
 
     def _feed(
         self,

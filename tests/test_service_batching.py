@@ -115,3 +115,18 @@ def test_fast_path_agrees_with_reference_on_mutated_bytes(flips, cut):
 def test_random_bytes_never_crash(data):
     out = decode_batch([data, GOOD])
     assert out.n_windows + len(out.rejected) == 2
+
+
+def test_layouts_of_one_model_merge_in_batch_order():
+    from inference.batching import WindowGroup
+
+    msgs = [message(i, device=f"dev-{i % 2}") for i in range(9)]
+    raw = [encode_activation(m, "float32" if i % 3 == 0 else "float16") for i, m in enumerate(msgs)]
+    out = decode_batch(raw)
+    assert len(out.groups) == 2
+    merged = WindowGroup.concat(out.groups)
+    assert merged.rows.tolist() == list(range(9))
+    assert merged.sequence.tolist() == list(range(9))
+    assert merged.device_id == [m.device_id for m in msgs]
+    for j, r in enumerate(raw):
+        np.testing.assert_array_equal(merged.dense()[j], decode_activation(r).dense())

@@ -210,3 +210,46 @@ def test_a_silent_stream_gets_its_event_closed_and_commits_move_on(kafka_config,
     finally:
         probe.close()
     assert committed == len(msgs)
+
+
+def test_a_poisoned_window_goes_to_dead_letters_and_the_stream_recovers(
+    kafka_config, device_messages
+):
+    """A window of the right model whose values blow up the head, with a wild sequence
+    number: dead-lettered; the stream's next windows are taken as a restarted sequence."""
+    msgs = device_messages["sim-0"][:40]
+    base = decode_activation(msgs[0])
+    poison = type(base)(
+        **{**base.__dict__, "sequence": 10**9, "values": np.full(base.keep, 1e38, np.float32)}
+    )
+    settings = ServiceSettings(max_wait_ms=5, device="cpu", **DEMO_ALERTS)
+    service = InferenceService(kafka_config, DEMO_BUNDLE, settings)
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    assert service.ready.wait(20)
+    producer = make_producer(kafka_config)
+    for i, raw in enumerate(msgs):
+        producer.send(kafka_config.activations_topic, key=b"sim-0", value=raw)
+        if i == 19:
+            producer.send(
+                kafka_config.activations_topic,
+                key=b"sim-0",
+                value=encode_activation(poison, "float32"),
+            )
+    producer.flush()
+    producer.close()
+    dead = read_all(kafka_config, kafka_config.dead_letter_topic, lambda r: len(r) >= 1)
+    deadline = time.monotonic() + 10
+    while service.metrics.windows < 41 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    # the detector saw the restarted stream up to its last window
+    highest = service.streams[("sim-0", base.stream_id)].highest
+    service.stop()
+    thread.join(15)
+    assert len(dead) == 1
+    assert "not finite" in dict(dead[0].headers())[REASON_HEADER].decode()
+    assert service.metrics.windows == 41  # the 40 windows and the poisoned one were scored
+    assert service.metrics.restarts == 1
+    assert service.metrics.duplicates == 0
+    assert highest == 39
