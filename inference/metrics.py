@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,7 +51,7 @@ class ServiceMetrics:
     dead_letters: int = 0
     alerts: int = 0
     lag: int = 0
-    alert_latencies: list[float] = field(default_factory=list)
+    alert_latencies: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
     _last_log: float = field(default_factory=time.monotonic)
     _last_windows: int = 0
     _batches: list[int] = field(default_factory=list)

@@ -242,7 +242,6 @@ class InferenceService:
         self._consumer: Any = None
         self._producer: Any = None
         self.ready = threading.Event()
-        self.alerts_produced: list[AlertMessage] = []
 
     # ------------------------------------------------------------------ setup
     def _policy(self) -> AlertPolicy:
@@ -591,7 +590,6 @@ class InferenceService:
             detection_latency_s=float(latency),
         )
         self.metrics.alert(ev.status, latency)
-        self.alerts_produced.append(msg)
         outgoing.append((self.config.alerts_topic, ev.device_id.encode(), msg.to_json(), None))
         log.info(
             "alert %s %s device=%s stream=%s onset_seq=%d score=%.4g latency=%.1f ms",
