@@ -156,6 +156,7 @@ def test_service_alerts_dead_letters_and_duplicates(kafka_config, device_message
     assert metrics['dropstream_serve_alerts_total{status="open"}'] == 6
     assert metrics["dropstream_serve_alert_latency_seconds_count"] == 12
     assert metrics["dropstream_serve_batch_size_sum"] == 3 * n
+    assert metrics["dropstream_serve_window_latency_seconds_count"] == 3 * n
     assert metrics["dropstream_serve_consumer_lag"] == 0
 
 
