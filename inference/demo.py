@@ -291,7 +291,6 @@ def run_demo(
         follower.seek_to_beginning()
 
         def follow() -> None:
-            emit(table_header())
             while not stop_follow.is_set():
                 for recs in follower.poll(timeout_ms=100).values():
                     for rec in recs:
@@ -321,6 +320,7 @@ def run_demo(
             f"{DEMO_DEVICE} encodes m={device_bundle.layer.width}, keeps "
             f"K={device_bundle.keep} per window"
         )
+        emit(table_header())
         try:
             replay.wait_started(10)
             t0 = replay.t0
