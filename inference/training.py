@@ -131,13 +131,13 @@ class TrainConfig:
     pool: int | None = None
     hidden: tuple[int, ...] = (512, 256)
     head_dropout: float = 0.25
-    epochs: int = 200
+    epochs: int = 150
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-2
     n_masks: int = 4
     val_fraction: float = 0.2
-    patience: int = 40
+    patience: int = 30
     select_by: str = "val_acc"
     refit: bool = True
     preprocessing: dict[str, Any] = field(default_factory=dict)

@@ -73,6 +73,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     mdl.add_argument("--first-layer", choices=("dense", "conv"), default="dense")
     mdl.add_argument(
+        "--pool",
+        type=int,
+        default=None,
+        help="average-pool factor in time before the dense first layer (default: T // 64)",
+    )
+    mdl.add_argument(
         "--activation", choices=("relu", "leaky_relu", "tanh", "sigmoid"), default="relu"
     )
     mdl.add_argument("--l-freq", type=float, default=None, help="causal high-pass edge, Hz")
@@ -85,6 +91,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     mdl.add_argument("--n-masks", type=int, default=4, help="keep masks per window per step")
     mdl.add_argument("--seed", type=int, default=0)
     mdl.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    mdl.add_argument("--threads", type=int, default=1, help="torch CPU threads while training")
 
     out = parser.add_argument_group("output")
     out.add_argument("-o", "--output", type=Path, required=True, help="bundle path (.dsb)")
@@ -123,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
         keep=args.keep,
         keep_fraction=args.keep_fraction,
         first_layer=args.first_layer,
+        pool=args.pool,
+        threads=args.threads,
         activation=args.activation,
         epochs=args.epochs,
         lr=args.lr,
