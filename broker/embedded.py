@@ -9,16 +9,41 @@ Kafka cluster for that. The bundled tansu build serves plaintext only (its ``--c
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
 
 from dropstream.errors import DropstreamError
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Ask Linux to send SIGINT to the broker when the process that started it dies.
+
+    Without this a broker outlives a test run or demo that was killed (SIGKILL, a CI timeout),
+    holding its port and memory. A no-op where ``prctl`` is unavailable.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "in use"
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 class BrokerError(DropstreamError):
@@ -108,6 +133,11 @@ class EmbeddedBroker:
         """Start the broker and wait until it accepts connections; returns ``self``."""
         if self.running:
             return self
+        if not _port_free(self.host, self.port):
+            raise BrokerError(
+                f"port {self.port} on {self.host} is already in use; pick another --port or stop "
+                "what listens there"
+            )
         url = f"tcp://{self.host}:{self.port}"
         advertised = f"tcp://{self.advertised}" if self.advertised else url
         cmd = [
@@ -127,6 +157,7 @@ class EmbeddedBroker:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
