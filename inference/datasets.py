@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from acquisition.publish import Track
+from acquisition.recording import load_tracks
 from dropstream.errors import DropstreamError
 from local_encoder.preprocessing import filter_signal
 
@@ -181,16 +183,14 @@ def load_uea(
     return out[0], out[1]
 
 
-def _read_raw(path: str | Path) -> Any:
-    import mne
-
-    path = Path(path)
-    if not path.exists():
-        raise DatasetError(f"recording {path} does not exist")
-    try:
-        return mne.io.read_raw(path, preload=True, verbose="error")
-    except Exception as exc:  # mne raises many types for unreadable files
-        raise DatasetError(f"cannot read recording {path}: {exc}") from exc
+def _read_track(path: str | Path) -> Track:
+    """Read a recording exactly as replay publishes it: voltages in microvolts (one stream)."""
+    tracks = load_tracks(path)
+    if len(tracks) != 1:
+        raise DatasetError(
+            f"{path} holds {len(tracks)} streams; training reads one stream per recording"
+        )
+    return tracks[0]
 
 
 def windows_from_recordings(
@@ -237,34 +237,40 @@ def windows_from_recordings(
     names: tuple[str, ...] = ()
     types: tuple[str, ...] = ()
     for path in paths:
-        raw = _read_raw(path)
+        track = _read_track(path)
+        info = track.info
+        data = track.data.T  # (C, n) in stream units: voltages in microvolts, as the inlet gives
         if channels is not None:
-            missing = [c for c in channels if c not in raw.ch_names]
+            missing = [c for c in channels if c not in info.channel_names]
             if missing:
-                raise DatasetError(f"{path} lacks channels {missing}; it has {raw.ch_names}")
-            raw.pick(list(channels))
+                raise DatasetError(
+                    f"{path} lacks channels {missing}; it has {list(info.channel_names)}"
+                )
+            data = data[[info.channel_names.index(c) for c in channels]]
+            ch_names = tuple(channels)
+            ch_types = tuple(info.channel_types[info.channel_names.index(c)] for c in channels)
+        else:
+            ch_names, ch_types = info.channel_names, info.channel_types
         if sfreq is None:
-            sfreq = float(raw.info["sfreq"])
-            names = tuple(raw.ch_names)
-            types = tuple(raw.get_channel_types())
-        elif float(raw.info["sfreq"]) != sfreq or tuple(raw.ch_names) != names:
+            sfreq = float(info.sfreq)
+            names = ch_names
+            types = tuple(t.lower() for t in ch_types)
+        elif float(info.sfreq) != sfreq or ch_names != names:
             raise DatasetError(
-                f"{path} has {raw.info['sfreq']} Hz and channels {raw.ch_names}, unlike the "
+                f"{path} has {info.sfreq} Hz and channels {list(ch_names)}, unlike the "
                 f"first recording ({sfreq} Hz, {list(names)}); pass matching recordings"
             )
         win = int(round(window_s * sfreq))
         hop = int(round(hop_s * sfreq))
         if win < 2 or hop < 1:
             raise DatasetError(f"window {window_s} s / hop {hop_s} s too short at {sfreq} Hz")
-        data = filter_signal(raw.get_data(), sfreq, preprocessing)
+        data = filter_signal(data, sfreq, preprocessing)
         spans = []
-        t0 = raw.first_samp / sfreq
-        for ann in raw.annotations:
-            label = label_map.get(ann["description"], ann["description"])
+        for ann in track.annotations:
+            label = label_map.get(ann.description, ann.description)
             if label == "":
                 continue
-            onset = float(ann["onset"]) - (t0 if raw.annotations.orig_time is not None else 0.0)
-            spans.append((onset, onset + float(ann["duration"]), label))
+            spans.append((ann.onset, ann.onset + ann.duration, label))
         n = data.shape[1]
         for start in range(0, n - win + 1, hop):
             a, b = start / sfreq, (start + win) / sfreq

@@ -13,9 +13,10 @@ from inference.audit.encryption import measure_encrypted, measure_local, message
 from local_encoder.bundle import DeviceBundle, write_bundle
 from local_encoder.first_layer import FirstLayer
 
-#: three channels of eegmmidb_S001R02.edf (160 Hz) and their std (V) after the 1-40 Hz filter
+#: three channels of eegmmidb_S001R02.edf (160 Hz) and their std after the 1-40 Hz filter, in
+#: microvolts (the units the inlet delivers and the bundle is trained on)
 EEG = ("Fc5.", "Fc3.", "Fc1.")
-EEG_STD = (3.6e-5, 4.0e-5, 4.2e-5)
+EEG_STD = (36.0, 40.0, 42.0)
 PRE = {"l_freq": 1.0, "h_freq": 40.0, "notch": None, "order": 4, "window_demean": False}
 
 

@@ -119,8 +119,9 @@ def test_windows_take_the_label_of_the_overlapping_annotation(data_dir: Path) ->
     starts = np.arange(len(ws.y)) * 0.5
     overlaps = (starts < end) & (starts + 1.0 > onset)
     assert set(ws.y[overlaps]) == {"anomaly"} and set(ws.y[~overlaps]) == {"normal"}
-    # windows are cut from the recording filtered as one stream, as the device does
-    whole = filter_signal(raw.get_data(), ws.sfreq, pre)
+    # windows are cut from the recording filtered as one stream, as the device does, and in
+    # the units the inlet delivers (microvolts; MNE holds volts)
+    whole = filter_signal(raw.get_data() * 1e6, ws.sfreq, pre)
     np.testing.assert_allclose(ws.X[3], whole[:, 3 * 180 : 3 * 180 + 360], rtol=1e-6)
     skipped = windows_from_recordings([path], 1.0, 0.5, pre, default_label=None)
     assert set(skipped.y) == {"anomaly"} and len(skipped.y) == overlaps.sum()

@@ -130,14 +130,14 @@ def load_recording(path: str | Path, bundle: DeviceBundle) -> Recording:
         filt = filter_windows(x, bundle.sfreq, pre)
         streams = [normalise(f, bundle.norm_mean, bundle.norm_std) for f in filt]
         return Recording(path.name, streams, "trials", t, bundle.hop_samples, pre["window_demean"])
-    import mne
+    from acquisition.recording import load_tracks
 
     try:
-        raw = mne.io.read_raw(path, preload=True, verbose="error")
-    except Exception as exc:  # mne raises many exception types for unreadable files
+        track = load_tracks(path)[0]  # voltages in microvolts, exactly as replay publishes
+    except DropstreamError as exc:
         raise AuditError(f"cannot read recording {path}: {exc}") from exc
-    picks = bundle.check_stream(raw.ch_names, float(raw.info["sfreq"]))
-    data = raw.get_data()[picks]
+    picks = bundle.check_stream(track.info.channel_names, track.info.sfreq)
+    data = track.data.T[picks]
     if data.shape[1] < t:
         raise AuditError(f"{path} is shorter than one window of {t} samples")
     stream = normalise(filter_signal(data, bundle.sfreq, pre), bundle.norm_mean, bundle.norm_std)
