@@ -5,8 +5,9 @@ Two sources feed :mod:`inference.training`:
 * UEA/UCR multivariate problems in the sktime ``.ts`` text format (official TRAIN/TEST splits),
   read by a small parser here (no aeon or sktime at runtime).
 * Continuous recordings (anything :func:`mne.io.read_raw` opens: ``.fif``, ``.edf``, ...) whose
-  annotations give labels: the recording is filtered causally as one stream (exactly as the device
-  filters it), cut into windows, and each window takes the label of the annotation it overlaps.
+  annotations give labels: the recording is decimated to the model rate when asked (``sfreq=``),
+  filtered causally as one stream (exactly as the device decimates and filters it), cut into
+  windows, and each window takes the label of the annotation it overlaps.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from acquisition.publish import Track
 from acquisition.recording import load_tracks
 from dropstream.errors import DropstreamError
 from local_encoder.preprocessing import filter_signal
+from local_encoder.resampling import ResamplingError, decimate_signal, decimation_factor
 
 
 class DatasetError(DropstreamError):
@@ -201,10 +203,13 @@ def windows_from_recordings(
     default_label: str | None = "normal",
     label_map: Mapping[str, str] | None = None,
     channels: Sequence[str] | None = None,
+    sfreq: float | None = None,
 ) -> WindowSet:
     """Cut causally filtered recordings into labelled windows.
 
-    Each recording is filtered as one continuous stream with
+    With ``sfreq`` set, each recording is first decimated to that rate with
+    :func:`local_encoder.resampling.decimate_signal` (what the device does with a faster stream).
+    Each recording is then filtered as one continuous stream with
     :func:`local_encoder.preprocessing.filter_signal` (what the device does), then cut into
     windows of ``window_s`` seconds every ``hop_s`` seconds. A window takes the description of the
     annotation it overlaps most (mapped through ``label_map``); a window overlapping no annotation
@@ -213,7 +218,8 @@ def windows_from_recordings(
     Parameters
     ----------
     paths : sequence of path-like
-        Recordings; all must share sample rate and channels (in ``channels`` order).
+        Recordings; all must share sample rate (after decimation) and channels (in ``channels``
+        order).
     window_s, hop_s : float
         Window length and hop in seconds.
     preprocessing : mapping, optional
@@ -225,15 +231,24 @@ def windows_from_recordings(
         to ignore an annotation (e.g. ``{"BAD_acq_skip": ""}``).
     channels : sequence of str, optional
         Channels to use (default: all data channels of the first recording).
+    sfreq : float, optional
+        Sample rate of the model in Hz (default: the recordings' rate). A recording at an integer
+        multiple ``k * sfreq`` is decimated by ``k``; any other rate is refused.
+
+    Raises
+    ------
+    DatasetError
+        On mismatching recordings, a rate that cannot be decimated to ``sfreq``, or no windows.
     """
     if not paths:
         raise DatasetError("no recordings given")
     if window_s <= 0 or hop_s <= 0:
         raise DatasetError(f"window ({window_s} s) and hop ({hop_s} s) must be positive")
     label_map = dict(label_map or {})
+    target = None if sfreq is None else float(sfreq)
     Xs: list[np.ndarray] = []
     ys: list[str] = []
-    sfreq: float | None = None
+    sfreq = None
     names: tuple[str, ...] = ()
     types: tuple[str, ...] = ()
     for path in paths:
@@ -251,13 +266,22 @@ def windows_from_recordings(
             ch_types = tuple(info.channel_types[info.channel_names.index(c)] for c in channels)
         else:
             ch_names, ch_types = info.channel_names, info.channel_types
+        rate = float(info.sfreq)
+        if target is not None:
+            try:
+                factor = decimation_factor(rate, target)
+            except ResamplingError as exc:
+                raise DatasetError(f"{path}: {exc}") from exc
+            if factor > 1:
+                data = decimate_signal(data, rate, factor)
+            rate = target
         if sfreq is None:
-            sfreq = float(info.sfreq)
+            sfreq = rate
             names = ch_names
             types = tuple(t.lower() for t in ch_types)
-        elif float(info.sfreq) != sfreq or ch_names != names:
+        elif rate != sfreq or ch_names != names:
             raise DatasetError(
-                f"{path} has {info.sfreq} Hz and channels {list(ch_names)}, unlike the "
+                f"{path} has {rate} Hz and channels {list(ch_names)}, unlike the "
                 f"first recording ({sfreq} Hz, {list(names)}); pass matching recordings"
             )
         win = int(round(window_s * sfreq))
@@ -298,5 +322,9 @@ def windows_from_recordings(
         filtered=True,
         preprocessing=dict(preprocessing or {}),
         hop_samples=int(round(hop_s * sfreq)),
-        meta={"source": "recordings", "paths": [str(p) for p in paths]},
+        meta={
+            "source": "recordings",
+            "paths": [str(p) for p in paths],
+            "decimated_to": target,
+        },
     )

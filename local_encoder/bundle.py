@@ -96,19 +96,40 @@ class DeviceBundle:
         hop_inputs = self.n_channels * self.hop_samples if overlapping else None
         check_keep(self.keep, self.layer.width, n_inputs, hop_inputs)
 
-    def check_stream(self, channel_names: Sequence[str], sfreq: float) -> list[int]:
-        """Check a stream against the bundle and return the stream's index of each model channel.
+    def stream_plan(self, channel_names: Sequence[str], sfreq: float) -> tuple[list[int], int]:
+        """Check a stream against the bundle: channel picks and the decimation factor.
+
+        A stream at the bundle's rate, or at an integer multiple ``k * sfreq`` of it (``k >= 2``,
+        checked to a relative tolerance of :data:`local_encoder.resampling.RATE_RTOL`), fits; the
+        device brings the latter down to ``sfreq`` with
+        :class:`local_encoder.resampling.CausalDecimator` before the model's preprocessing.
+
+        Parameters
+        ----------
+        channel_names : sequence of str
+            The stream's channel names, in stream order (matched case-insensitively).
+        sfreq : float
+            Nominal sample rate of the stream, Hz.
+
+        Returns
+        -------
+        picks : list of int
+            The stream's index of each model channel, in model order.
+        factor : int
+            ``1`` for a stream at the bundle rate, else the decimation factor ``k``.
 
         Raises
         ------
         BundleError
-            If the sample rate differs or a model channel is missing from the stream.
+            If the stream is slower than the model, its rate is not an integer multiple of the
+            model rate, or a model channel is missing from the stream.
         """
-        if not np.isclose(float(sfreq), self.sfreq, rtol=1e-6):
-            raise BundleError(
-                f"stream runs at {sfreq} Hz but model {self.model_id} expects {self.sfreq} Hz; "
-                "pick a stream at that rate or train a model for it"
-            )
+        from local_encoder.resampling import ResamplingError, decimation_factor
+
+        try:
+            factor = decimation_factor(sfreq, self.sfreq)
+        except ResamplingError as exc:
+            raise BundleError(f"model {self.model_id} cannot use this stream: {exc}") from exc
         lookup = {name.lower(): i for i, name in enumerate(channel_names)}
         missing = [n for n in self.channel_names if n.lower() not in lookup]
         if missing:
@@ -116,7 +137,28 @@ class DeviceBundle:
                 f"stream lacks channels {missing} required by model {self.model_id}; "
                 f"it has {list(channel_names)}"
             )
-        return [lookup[n.lower()] for n in self.channel_names]
+        return [lookup[n.lower()] for n in self.channel_names], factor
+
+    def check_stream(self, channel_names: Sequence[str], sfreq: float) -> list[int]:
+        """Check a stream at exactly the bundle's rate; return the stream's index of each channel.
+
+        For callers that feed samples straight into the model's preprocessing. A stream that
+        needs decimation is refused here; use :meth:`stream_plan` (as
+        :class:`~local_encoder.windowing.WindowBuffer` does) to accept it.
+
+        Raises
+        ------
+        BundleError
+            If the sample rate differs or a model channel is missing from the stream.
+        """
+        picks, factor = self.stream_plan(channel_names, sfreq)
+        if factor != 1:
+            raise BundleError(
+                f"stream runs at {sfreq} Hz but model {self.model_id} expects {self.sfreq} Hz "
+                f"here; decimate it by {factor} first (local_encoder.resampling) or pick a "
+                "stream at the model rate"
+            )
+        return picks
 
 
 def _sha256(*chunks: bytes) -> str:

@@ -1,16 +1,24 @@
 """Cut a live stream into the model's windows, preprocessed exactly as in training.
 
 :class:`WindowBuffer` takes chunks as the inlet delivers them (samples x stream channels, any
-length, timestamps on the LSL clock), picks the bundle's channels in model order, runs the causal
+length, timestamps on the LSL clock), picks the bundle's channels in model order, decimates a
+stream running at ``k`` times the bundle's rate down to that rate
+(:class:`local_encoder.resampling.CausalDecimator`: causal anti-alias low-pass, every ``k``-th
+sample kept, phase carried across chunks), runs the causal
 filter of :mod:`local_encoder.preprocessing` with its state carried across chunks, keeps the
 filtered samples in a ring buffer and cuts a window of ``window_samples`` every ``hop_samples``.
 Each window is then normalised with the bundle's per-channel statistics. Chunk boundaries change
 nothing: the windows equal those cut from the whole signal filtered causally at once.
 
+Window length, hop, :attr:`WindowBuffer.buffered` and :attr:`WindowBuffer.discarded_samples` count
+samples at the bundle's rate (after decimation); a window's ``lsl_time`` is the stream timestamp
+of its first kept sample. :attr:`WindowBuffer.lost_samples` counts stream samples, as the inlet
+reports them.
+
 Samples that cannot be used break the stream into segments: a gap reported by the inlet, or a
 sample with a NaN/infinite value (it would poison the filter state forever). At a break the
-unfinished window is discarded, the filter restarts and the next window starts at the first good
-sample after the break. Missing and non-finite samples are counted in
+unfinished window is discarded, the decimator and the filter restart and the next window starts
+at the first good sample after the break. Missing and non-finite samples are counted in
 :attr:`WindowBuffer.lost_samples`, the samples of the discarded unfinished window in
 :attr:`WindowBuffer.discarded_samples`.
 """
@@ -24,6 +32,7 @@ import numpy as np
 
 from local_encoder.bundle import DeviceBundle
 from local_encoder.preprocessing import CausalFilter, PreprocessingError, prepare_window
+from local_encoder.resampling import CausalDecimator
 
 
 @dataclass(frozen=True)
@@ -55,21 +64,30 @@ class WindowBuffer:
     stream_channels : sequence of str
         Channel names of the stream, in stream order (matched case-insensitively).
     sfreq : float
-        Nominal sample rate of the stream in Hz; must equal the bundle's.
+        Nominal sample rate of the stream in Hz: the bundle's, or an integer multiple of it
+        (the stream is then decimated to the bundle's rate on arrival).
+
+    Attributes
+    ----------
+    factor : int
+        Decimation factor (``1`` when the stream runs at the bundle's rate).
 
     Raises
     ------
     local_encoder.bundle.BundleError
-        If the stream's rate differs or it lacks a model channel.
+        If the stream's rate does not fit (slower, or not an integer multiple) or it lacks a
+        model channel.
     """
 
     def __init__(self, bundle: DeviceBundle, stream_channels: Sequence[str], sfreq: float) -> None:
         self.bundle = bundle
-        self.channel_index = np.asarray(bundle.check_stream(stream_channels, sfreq), dtype=np.intp)
+        picks, self.factor = bundle.stream_plan(stream_channels, sfreq)
+        self.channel_index = np.asarray(picks, dtype=np.intp)
         self.n_stream_channels = len(stream_channels)
         self.window = int(bundle.window_samples)
         self.hop = int(bundle.hop_samples)
         self.n_channels = bundle.n_channels
+        self._decimator = CausalDecimator(float(sfreq), self.factor, self.n_channels)
         self._filter = CausalFilter(bundle.sfreq, self.n_channels, bundle.preprocessing)
         self._capacity = max(4 * self.window, self.window + 4096)
         self._buf = np.zeros((self.n_channels, self._capacity), dtype=np.float64)
@@ -81,7 +99,8 @@ class WindowBuffer:
         # rather than per chunk (the filter is causal, so the output is the same)
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._pending_n = 0
-        # chunks as received, not yet checked (checked and filtered once a window is complete)
+        # chunks as received (stream rate), not yet checked (checked, decimated and filtered once
+        # they hold enough samples to complete a window)
         self._raw: list[tuple[np.ndarray, np.ndarray]] = []
         self._raw_n = 0
         #: Windows cut so far.
@@ -93,11 +112,11 @@ class WindowBuffer:
 
     @property
     def buffered(self) -> int:
-        """Samples waiting for the next window."""
-        return self._end - self._start + self._pending_n + self._raw_n
+        """Samples waiting for the next window, at the bundle's rate."""
+        return self._end - self._start + self._pending_n + self._decimator.n_out(self._raw_n)
 
     def reset(self) -> None:
-        """Break the stream: discard the unfinished window and restart the filter."""
+        """Break the stream: discard the unfinished window, restart decimator and filter."""
         self.discarded_samples += self.buffered
         self._pending.clear()
         self._pending_n = 0
@@ -105,6 +124,7 @@ class WindowBuffer:
         self._raw_n = 0
         self._start = self._end = 0
         self._skip = 0
+        self._decimator.reset()
         self._filter.reset()
 
     def note_lost(self, n_samples: int) -> None:
@@ -140,7 +160,7 @@ class WindowBuffer:
         if not breaks:  # the usual case: hold the chunk until a window can be completed
             self._raw.append((x, t))
             self._raw_n += x.shape[0]
-            if self._raw_n < self._needed():
+            if self._decimator.n_out(self._raw_n) < self._needed():
                 return []
             x, t, breaks = *self._take_raw(), ()
         elif self._raw:
@@ -151,7 +171,7 @@ class WindowBuffer:
         return self._process(x, t, breaks)
 
     def _needed(self) -> int:
-        """Samples still needed to complete the next window."""
+        """Samples (at the bundle's rate) still needed to complete the next window."""
         return self._skip + self.window - (self._end - self._start) - self._pending_n
 
     def _take_raw(self) -> tuple[np.ndarray, np.ndarray]:
@@ -195,7 +215,11 @@ class WindowBuffer:
         return windows
 
     def _push_clean(self, x: np.ndarray, t: np.ndarray) -> list[Window]:
-        """Take finite samples ``(n, C)``; filter and cut once they complete a window."""
+        """Take finite samples ``(n, C)``; decimate, then filter and cut once they complete a
+        window."""
+        if self.factor > 1:
+            xd, t = self._decimator.process_timed(x.T, t)
+            x = xd.T
         self._pending.append((x, t))
         self._pending_n += x.shape[0]
         if self._pending_n < self._skip + self.window - (self._end - self._start):

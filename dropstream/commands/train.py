@@ -8,6 +8,9 @@ Examples::
     # supervised, continuous recordings whose annotations label the windows
     dropstream train --recording a.fif --recording b.fif --window 1.0 --hop 1.0 -o m.dsb
 
+    # a 500 Hz model from 1000 Hz recordings (decimated exactly as the device does it)
+    dropstream train --recording ecg.fif --sfreq 500 --window 2.0 -o ecg500.dsb
+
     # unsupervised novelty model from baseline recordings (no labels needed)
     dropstream train --novelty --recording baseline.fif --window 1.0 --l-freq 1 --h-freq 40 \\
         -o normal.dsb
@@ -39,6 +42,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="PATH",
         help="continuous recording (.fif, .edf, ...); repeat for several",
+    )
+    src.add_argument(
+        "--sfreq",
+        type=float,
+        default=None,
+        metavar="HZ",
+        help="model sample rate in Hz (recordings; default: theirs); recordings at an integer "
+        "multiple are decimated to it, and the device decimates such streams the same way",
     )
     src.add_argument("--window", type=float, default=1.0, help="window length in s (recordings)")
     src.add_argument("--hop", type=float, default=None, help="hop in s (default: the window)")
@@ -119,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
 
     if bool(args.uea) == bool(args.recording):
         raise DropstreamError("give either --uea PROBLEM or one or more --recording PATH")
+    if args.uea and args.sfreq is not None:
+        raise DropstreamError("--sfreq applies to --recording only; UEA problems keep their rate")
     preprocessing = {
         "l_freq": args.l_freq,
         "h_freq": args.h_freq,
@@ -155,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
             default_label=args.default_label or None,
             label_map=_label_map(args.label_map),
             channels=args.channels,
+            sfreq=args.sfreq,
         )
     common = {
         "sfreq": train.sfreq,
