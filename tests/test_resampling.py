@@ -5,6 +5,7 @@ Real data: the 1000 Hz ECG recording ``body/ecg_5min.fif`` feeding a 500 Hz mode
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -16,8 +17,9 @@ from acquisition.info import StreamInfo
 from acquisition.publish import Track
 from acquisition.recording import load_tracks
 from broker.wire import decode_activation
+from dropstream.cli import main
 from inference.datasets import DatasetError, windows_from_recordings
-from local_encoder.bundle import BundleError
+from local_encoder.bundle import BundleError, load_device_bundle
 from local_encoder.encoder import WindowEncoder
 from local_encoder.preprocessing import filter_signal, prepare_window
 from local_encoder.resampling import (
@@ -238,3 +240,24 @@ def test_replay_over_lsl_into_a_500hz_model(bundle500, ecg):
     msg = decode_activation(encoder.to_bytes(encoder.encode(windows[3], 3, time.time())))
     assert msg.sfreq == MODEL_HZ  # the rate of the window's samples, not the stream's
     assert (msg.window_samples, msg.hop_samples) == (WINDOW, HOP)
+
+
+def test_cli_trains_a_500hz_model_from_a_1000hz_recording(data_dir, tmp_path, capsys):
+    out = tmp_path / "ecg500.dsb"
+    common = ["--width", "64", "--keep", "16", "--epochs", "2", "--quiet", "-o", str(out)]
+    rc = main(
+        ["train", "--novelty", "--recording", str(data_dir / ECG_FILE), "--sfreq", "500"]
+        + ["--window", "1", "--l-freq", "1", "--h-freq", "40"]
+        + common
+    )
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["windows"] == 300  # 300 s of 1 s windows
+    bundle = load_device_bundle(out)
+    assert (bundle.sfreq, bundle.window_samples) == (MODEL_HZ, 500)
+    ecg = load_tracks(data_dir / ECG_FILE)[0]
+    buf = WindowBuffer(bundle, list(ecg.info.channel_names), STREAM_HZ)
+    windows = buf.push(ecg.data[:10_000], np.arange(10_000) / STREAM_HZ)
+    assert len(windows) == 10 and windows[0].data.shape == (1, 500)
+    rc = main(["train", "--uea", "FingerMovements", "--sfreq", "50"] + common)
+    assert rc == 1 and "--sfreq applies to --recording" in capsys.readouterr().err
