@@ -140,7 +140,7 @@ def test_audit_refuses_bad_inputs(
     assert "must not train on what it attacks" in capsys.readouterr().err
     one_ch = data_dir / "body" / "eeg_movement_artefacts_1.fif"
     assert main(["audit", "--model", str(model), "--data", str(one_ch)]) == 1
-    assert "expects 160.0 Hz" in capsys.readouterr().err
+    assert "not an integer multiple" in capsys.readouterr().err
     assert main(["audit", "--model", str(model), "--data", str(rec), "--keep", "65"]) == 1
     assert "between 1 and the layer width" in capsys.readouterr().err
     assert main(["audit", "--model", str(model), "--data", str(rec), "--attacks", "magic"]) == 1

@@ -37,6 +37,7 @@ from local_encoder.preprocessing import (
     normalise,
     prepare_window,
 )
+from local_encoder.resampling import decimate_signal
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +137,10 @@ def load_recording(path: str | Path, bundle: DeviceBundle) -> Recording:
         track = load_tracks(path)[0]  # voltages in microvolts, exactly as replay publishes
     except DropstreamError as exc:
         raise AuditError(f"cannot read recording {path}: {exc}") from exc
-    picks = bundle.check_stream(track.info.channel_names, track.info.sfreq)
+    picks, factor = bundle.stream_plan(track.info.channel_names, track.info.sfreq)
     data = track.data.T[picks]
+    if factor > 1:  # the device decimates a faster stream to the model rate first
+        data = decimate_signal(data, track.info.sfreq, factor)
     if data.shape[1] < t:
         raise AuditError(f"{path} is shorter than one window of {t} samples")
     stream = normalise(filter_signal(data, bundle.sfreq, pre), bundle.norm_mean, bundle.norm_std)
