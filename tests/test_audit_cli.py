@@ -31,6 +31,7 @@ def _bundle(
     keep: int,
     activation: str,
     norm_std: tuple[float, ...],
+    preprocessing: dict | None = None,
 ) -> Path:
     rng = np.random.default_rng(0)
     n = n_ch * window
@@ -49,7 +50,7 @@ def _bundle(
         hop_samples=hop,
         channel_names=names,
         channel_types=("eeg",) * n_ch,
-        preprocessing=PRE,
+        preprocessing=preprocessing or PRE,
         norm_mean=np.zeros(n_ch, np.float32),
         norm_std=np.asarray(norm_std, np.float32),
     )
@@ -161,3 +162,14 @@ def test_ckks_layer_matches_plain_layer_and_costs_more_than_local() -> None:
     assert local.bytes_up == message_bytes(8, 4)
     assert he.bytes_up > 100 * local.bytes_up  # a ciphertext dwarfs K indices and values
     assert he.bytes_down > 0 and he.setup_bytes > he.bytes_up
+
+
+def test_audit_decimates_a_faster_recording_like_the_device(data_dir: Path, tmp_path: Path) -> None:
+    from inference.audit.report import load_recording
+    from local_encoder.bundle import load_device_bundle
+
+    # eegmmidb is recorded at 160 Hz; a model at 80 Hz sees it decimated by 2, as on the device
+    pre = PRE | {"h_freq": 30.0}
+    model = _bundle(tmp_path / "m.dsb", 3, EEG, 80.0, 32, 32, 64, 16, "relu", EEG_STD, pre)
+    rec = load_recording(data_dir / "eeg" / "eegmmidb_S001R02.edf", load_device_bundle(model))
+    assert rec.streams[0].shape == (3, 61 * 80)
