@@ -116,6 +116,38 @@ def design_filter(sfreq: float, preprocessing: Mapping[str, Any] | None) -> np.n
     return np.concatenate(sections, axis=0)
 
 
+class SosFilterState:
+    """Second-order sections applied chunk after chunk, with the filter state carried over.
+
+    The state starts as the steady state of a signal that has been constant at its first
+    sample, so a DC offset does not ring. Shared by :class:`CausalFilter` and
+    :class:`local_encoder.resampling.CausalDecimator`.
+
+    Parameters
+    ----------
+    sos : numpy.ndarray of shape (n_sections, 6), or None
+        The filter; ``None`` passes samples through.
+    """
+
+    def __init__(self, sos: np.ndarray | None) -> None:
+        self.sos = sos
+        self._zi_unit = None if sos is None else signal.sosfilt_zi(sos)
+        self._state: np.ndarray | None = None
+
+    def reset(self) -> None:
+        """Forget the state: the next chunk starts a new signal."""
+        self._state = None
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Filter the next float64 chunk ``(C, n)``; returns ``(C, n)``."""
+        if self.sos is None or x.shape[1] == 0:
+            return x.copy()
+        if self._state is None:
+            self._state = self._zi_unit[:, None, :] * x[None, :, 0:1]
+        y, self._state = signal.sosfilt(self.sos, x, axis=1, zi=self._state)
+        return y
+
+
 class CausalFilter:
     """A causal IIR filter over ``C`` channels whose state is carried across chunks.
 
@@ -140,12 +172,11 @@ class CausalFilter:
         self.sfreq = float(sfreq)
         self.n_channels = int(n_channels)
         self.sos = design_filter(self.sfreq, preprocessing)
-        self._zi_unit = None if self.sos is None else signal.sosfilt_zi(self.sos)
-        self._state: np.ndarray | None = None
+        self._sections = SosFilterState(self.sos)
 
     def reset(self) -> None:
         """Forget the state; the next chunk starts the filter afresh (e.g. after a gap)."""
-        self._state = None
+        self._sections.reset()
 
     def process(self, chunk: np.ndarray) -> np.ndarray:
         """Filter the next chunk ``(C, n)`` of samples; returns float64 ``(C, n)``."""
@@ -154,13 +185,7 @@ class CausalFilter:
             raise PreprocessingError(
                 f"chunk must have shape (channels={self.n_channels}, samples); got {x.shape}"
             )
-        if self.sos is None or x.shape[1] == 0:
-            return x.copy()
-        if self._state is None:
-            # steady state for a signal that has been constant at its first sample
-            self._state = self._zi_unit[:, None, :] * x[None, :, 0:1]
-        y, self._state = signal.sosfilt(self.sos, x, axis=1, zi=self._state)
-        return y
+        return self._sections.apply(x)
 
 
 def filter_signal(

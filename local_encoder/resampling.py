@@ -25,6 +25,7 @@ import numpy as np
 from scipy import signal
 
 from dropstream.errors import DropstreamError
+from local_encoder.preprocessing import SosFilterState
 
 #: Relative tolerance when checking that a stream rate is an integer multiple of the model rate.
 RATE_RTOL = 1e-6
@@ -138,13 +139,12 @@ class CausalDecimator:
         self.n_channels = int(n_channels)
         self.out_sfreq = self.stream_sfreq / self.factor
         self.sos = design_antialias(self.stream_sfreq, self.factor) if self.factor > 1 else None
-        self._zi_unit = None if self.sos is None else signal.sosfilt_zi(self.sos)
-        self._state: np.ndarray | None = None
+        self._sections = SosFilterState(self.sos)
         self._phase = 0  # input samples to drop before the next kept one (0..factor-1)
 
     def reset(self) -> None:
         """Forget filter state and phase: the next sample starts a new stream (after a gap)."""
-        self._state = None
+        self._sections.reset()
         self._phase = 0
 
     def n_out(self, n_samples: int) -> int:
@@ -166,10 +166,7 @@ class CausalDecimator:
             )
         if self.sos is None or x.shape[1] == 0:
             return x.copy()
-        if self._state is None:
-            # steady state for a signal that has been constant at its first sample
-            self._state = self._zi_unit[:, None, :] * x[None, :, 0:1]
-        y, self._state = signal.sosfilt(self.sos, x, axis=1, zi=self._state)
+        y = self._sections.apply(x)
         return np.ascontiguousarray(y[:, self._keep(x.shape[1])])
 
     def process_timed(
