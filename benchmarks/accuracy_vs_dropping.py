@@ -242,6 +242,21 @@ def write_markdown(results: dict[str, Any], path: Path, command: str) -> None:
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
+def _series(
+    r: dict[str, Any], points: list[tuple[float, str]]
+) -> tuple[list[float], list[float], list[float]]:
+    """x values, mean and standard deviation of accuracy over seeds at the allowed settings."""
+    xs, ms, ss = [], [], []
+    for x, key in points:
+        runs = r["net"].get(key, [])
+        if _mean(runs) is not None:
+            accs = [run["acc"] for run in runs]
+            xs.append(x)
+            ms.append(float(np.mean(accs)))
+            ss.append(float(np.std(accs)))
+    return xs, ms, ss
+
+
 def write_plot(results: dict[str, Any], path: Path) -> None:
     """Accuracy vs K/m (left) and vs width (right), one line per problem, MiniRocket dashed."""
     import matplotlib
@@ -252,25 +267,11 @@ def write_plot(results: dict[str, Any], path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, (p, r) in enumerate(results["problems"].items()):
         color = f"C{i}"
-        xs, ms, ss = [], [], []
-        for f in KEEP_FRACTIONS:
-            runs = r["net"].get(f"{DEFAULT_WIDTH}/{f}", [])
-            if _mean(runs) is not None:
-                accs = [x["acc"] for x in runs]
-                xs.append(f)
-                ms.append(np.mean(accs))
-                ss.append(np.std(accs))
+        xs, ms, ss = _series(r, [(f, f"{DEFAULT_WIDTH}/{f}") for f in KEEP_FRACTIONS])
         ax1.errorbar(xs, ms, yerr=ss, marker="o", color=color, capsize=3, label=p)
         mini = np.mean([x["acc"] for x in r["minirocket"]])
         ax1.axhline(mini, color=color, ls="--", lw=1)
-        xs, ms, ss = [], [], []
-        for w in WIDTHS:
-            runs = r["net"].get(f"{w}/{DEFAULT_FRACTION}", [])
-            if _mean(runs) is not None:
-                accs = [x["acc"] for x in runs]
-                xs.append(w)
-                ms.append(np.mean(accs))
-                ss.append(np.std(accs))
+        xs, ms, ss = _series(r, [(w, f"{w}/{DEFAULT_FRACTION}") for w in WIDTHS])
         ax2.errorbar(xs, ms, yerr=ss, marker="o", color=color, capsize=3, label=p)
         ax2.axhline(mini, color=color, ls="--", lw=1)
     ax1.set_xscale("log")
