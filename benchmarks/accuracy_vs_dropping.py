@@ -45,18 +45,12 @@ MINIROCKET_REFERENCE = {
 }
 
 
-def _recipe(problem: str, n_samples: int) -> dict[str, Any]:
-    """The default training recipe: TrainConfig defaults, the same for every problem."""
-    return {}
-
-
 def _run_network(tr: Any, te: Any, width: int, fraction: float, seed: int, epochs: int | None):
     from inference.training import TrainConfig, train_classifier
     from local_encoder.first_layer import PrivacyGuardError
 
-    cfg_kw = _recipe(tr.meta["problem"], tr.X.shape[2])
-    if epochs is not None:
-        cfg_kw["epochs"] = epochs
+    # the default recipe (TrainConfig defaults) for every problem; --quick only cuts epochs
+    cfg_kw: dict[str, Any] = {} if epochs is None else {"epochs": epochs}
     cfg = TrainConfig(
         width=width, keep_fraction=fraction, seed=seed, progress=False, threads=None, **cfg_kw
     )
@@ -124,7 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "shape": list(tr.X.shape[1:]),
             "n_train": int(tr.X.shape[0]),
             "n_test": int(te.X.shape[0]),
-            "recipe": {"pool": default_pool(tr.X.shape[2]), **_recipe(problem, tr.X.shape[2])},
+            "recipe": {"pool": default_pool(tr.X.shape[2])},
             "net": {},
             "minirocket": [],
         }
