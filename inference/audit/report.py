@@ -35,7 +35,6 @@ from local_encoder.preprocessing import (
     filter_signal,
     filter_windows,
     normalise,
-    prepare_window,
 )
 from local_encoder.resampling import decimate_signal
 
@@ -145,11 +144,6 @@ def load_recording(path: str | Path, bundle: DeviceBundle) -> Recording:
         raise AuditError(f"{path} is shorter than one window of {t} samples")
     stream = normalise(filter_signal(data, bundle.sfreq, pre), bundle.norm_mean, bundle.norm_std)
     return Recording(path.name, [stream], "continuous", t, bundle.hop_samples, pre["window_demean"])
-
-
-def prepared_windows(windows: np.ndarray, bundle: DeviceBundle) -> np.ndarray:
-    """Filtered windows -> first-layer input (demean + normalise), as on the device."""
-    return prepare_window(windows, bundle.preprocessing, bundle.norm_mean, bundle.norm_std)
 
 
 @dataclass
