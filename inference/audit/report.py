@@ -48,6 +48,18 @@ class AuditError(DropstreamError):
     """Recordings or settings the audit cannot use."""
 
 
+def cut_windows(stream: np.ndarray, window: int, hop: int, demean: bool) -> np.ndarray:
+    """Windows ``(N, C, T)`` float32 of a stream ``(C, L)`` as the first layer sees them.
+
+    Cut at the device's framing (:func:`~inference.audit.attacks.stream_windows`) and, when the
+    model asks for it, demeaned per window and channel.
+    """
+    w = stream_windows(stream, window, hop)
+    if demean and len(w):
+        w = w - w.mean(axis=-1, keepdims=True)
+    return w.astype(np.float32)
+
+
 @dataclass
 class Recording:
     """The first-layer inputs of one data file, as the device would compute them.
@@ -81,10 +93,7 @@ class Recording:
 
     def cut(self, stream: np.ndarray) -> np.ndarray:
         """Windows of one stream, demeaned per window when the model asks for it."""
-        w = stream_windows(stream, self.window, self.hop)
-        if self.demean and len(w):
-            w = w - w.mean(axis=-1, keepdims=True)
-        return w.astype(np.float32)
+        return cut_windows(stream, self.window, self.hop, self.demean)
 
     def split(self) -> tuple[Recording, Recording]:
         """``(attacker_part, held_out_part)``: first half of trials, or of time."""
@@ -327,18 +336,13 @@ def _joint_row(
     for s in streams:
         n_win = max(1, (min(s.shape[1], max_samples) - t) // hop + 1)
         s = s[:, : t + (n_win - 1) * hop]
-        wins = stream_windows(s, t, hop)
-        if demean:
-            wins = wins - wins.mean(axis=-1, keepdims=True)
+        wins = cut_windows(s, t, hop, demean)
         # the device computes f(W x_w + b) on demeaned windows; the joint solver works on the
         # undemeaned slices, with the demeaning folded into the weights (same z)
         msgs = observe(bundle.layer, wins, keep, rng, value_dtype)
         rec = joint_attack(eff, msgs, c, s.shape[1], hop)
-        rw = stream_windows(rec, t, hop)
-        if demean:
-            rw = rw - rw.mean(axis=-1, keepdims=True)
         originals.append(wins)
-        recons.append(rw)
+        recons.append(cut_windows(rec, t, hop, demean))
     row = _row(
         "joint",
         keep,
