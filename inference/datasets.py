@@ -261,9 +261,10 @@ def windows_from_recordings(
                 raise DatasetError(
                     f"{path} lacks channels {missing}; it has {list(info.channel_names)}"
                 )
-            data = data[[info.channel_names.index(c) for c in channels]]
+            picks = [info.channel_names.index(c) for c in channels]
+            data = data[picks]
             ch_names = tuple(channels)
-            ch_types = tuple(info.channel_types[info.channel_names.index(c)] for c in channels)
+            ch_types = tuple(info.channel_types[i] for i in picks)
         else:
             ch_names, ch_types = info.channel_names, info.channel_types
         rate = float(info.sfreq)
