@@ -386,10 +386,10 @@ class InferenceService:
                 self._dead_letter(outgoing, records[row], kind, text)
         events: list[tuple[AlertEvent, str]] = []
         scored_rows: dict[int, int] = {}
-        scores: np.ndarray = np.zeros(0)
-        classes: np.ndarray | None = None
+        # per scored window, as python scalars converted once per batch (not a numpy scalar per
+        # window and field): (device, stream), sequence, score, start, end, hop, top class
+        windows: list[tuple] = []
         usable = WindowGroup.concat(servable) if servable else None
-        group = usable
         if usable is not None and len(usable):
             fresh = self._deduplicate(usable, records)
             group = usable.take(fresh) if not fresh.all() else usable
@@ -398,6 +398,18 @@ class InferenceService:
                 self.metrics.batch(len(group), _now_lsl() - group.window_end_lsl)
                 finite = np.isfinite(scores)
                 scored_rows = {row: i for i, row in enumerate(group.rows.tolist()) if finite[i]}
+                windows = list(
+                    zip(
+                        zip(group.device_id, group.stream_id, strict=True),
+                        group.sequence.tolist(),
+                        scores.tolist(),
+                        group.window_start_lsl.tolist(),
+                        group.window_end_lsl.tolist(),
+                        group.hop_s.tolist(),
+                        [None] * len(group) if classes is None else classes.tolist(),
+                        strict=True,
+                    )
+                )
                 for i in np.flatnonzero(~finite).tolist():
                     self._dead_letter(
                         outgoing,
@@ -410,8 +422,8 @@ class InferenceService:
         for row, rec in enumerate(records):
             tp = TopicPartition(rec.topic, rec.partition)
             i = scored_rows.get(row)
-            if i is not None and group is not None:
-                self._feed(group, i, scores, classes, tp, events)
+            if i is not None:
+                self._feed(*windows[i], tp, events)
             if not self._dirty.get(tp):
                 self._safe[tp] = rec.offset + 1
             self._next[tp] = rec.offset + 1
@@ -520,16 +532,17 @@ class InferenceService:
 
     def _feed(
         self,
-        group: WindowGroup,
-        i: int,
-        scores: np.ndarray,
-        classes: np.ndarray | None,
+        key: tuple[str, str],
+        seq: int,
+        score: float,
+        window_start: float,
+        window_end: float,
+        hop_s: float,
+        top_class: int | None,
         tp: TopicPartition,
         events: list[tuple[AlertEvent, str]],
     ) -> None:
-        key = (group.device_id[i], group.stream_id[i])
         st = self.streams[key]
-        seq = int(group.sequence[i])
         if seq <= st.highest:
             return  # a late window: scored, but the detector has moved past it
         if st.highest >= 0 and seq > st.highest + 1:
@@ -537,21 +550,15 @@ class InferenceService:
         st.highest = seq
         st.last_seen = time.monotonic()
         det = st.detector
-        new = det.update(
-            seq,
-            float(scores[i]),
-            float(group.window_start_lsl[i]),
-            float(group.window_end_lsl[i]),
-            float(group.hop_s[i]),
-        )
+        new = det.update(seq, score, window_start, window_end, hop_s)
         for ev in new:
             label = self.policy.label
-            if classes is not None:
+            if top_class is not None:
                 aid = make_alert_id(ev.device_id, ev.stream_id, ev.onset_sequence)
                 if ev.status == "open":
-                    label = self._labels[aid] = self.scorer.classes[int(classes[i])]
+                    label = self._labels[aid] = self.scorer.classes[top_class]
                 else:
-                    label = self._labels.pop(aid, self.scorer.classes[int(classes[i])])
+                    label = self._labels.pop(aid, self.scorer.classes[top_class])
             events.append((ev, label))
         dirty = self._dirty.setdefault(tp, set())
         if det.clean:
