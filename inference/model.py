@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from dropstream.errors import DropstreamError
-from local_encoder.first_layer import ACTIVATIONS, FirstLayer, check_keep
+from local_encoder.first_layer import ACTIVATIONS, FirstLayer, PrivacyGuardError, check_keep
 
 
 class ModelConfigError(DropstreamError):
@@ -269,9 +269,18 @@ class SplitNet(nn.Module):
 
 
 def validate_keep(
-    keep: int, width: int, n_channels: int, n_samples: int, hop_samples: int | None
+    keep: int,
+    width: int,
+    n_channels: int,
+    n_samples: int,
+    hop_samples: int | None,
+    pool: int = 1,
 ) -> None:
-    """The privacy guard for a planned model (raises ``PrivacyGuardError``)."""
+    """The privacy guard for a planned model (raises ``PrivacyGuardError``).
+
+    With time pooling (``pool > 1``) the first layer only sees ``C * (T // pool)`` averages, so
+    ``K`` must also stay below that rank.
+    """
     n_inputs = n_channels * n_samples
     hop_inputs = (
         n_channels * hop_samples
@@ -279,3 +288,10 @@ def validate_keep(
         else None
     )
     check_keep(int(keep), int(width), n_inputs, hop_inputs)
+    rank = n_channels * (n_samples // pool)
+    if pool > 1 and keep >= rank:
+        # the layer only sees C * T/pool averages: keeping that many would reveal them
+        raise PrivacyGuardError(
+            f"keep K={keep} >= the {rank} time-averaged inputs (C*T/pool) the first layer "
+            f"sees: the server could solve for them; choose K < {rank} or a smaller pool"
+        )

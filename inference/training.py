@@ -49,7 +49,6 @@ from inference.model import (
     validate_keep,
 )
 from local_encoder.bundle import DeviceBundle, write_bundle
-from local_encoder.first_layer import PrivacyGuardError
 from local_encoder.preprocessing import (
     complete_preprocessing,
     filter_windows,
@@ -344,14 +343,7 @@ def _build(
         pool=config.pool if config.pool is not None else default_pool(n_samples),
     )
     keep = config.resolve_keep(first.width)
-    validate_keep(keep, first.width, n_channels, n_samples, hop_samples)
-    rank = n_channels * (n_samples // first.pool)
-    if first.pool > 1 and keep >= rank:
-        # the layer only sees C * T/pool averages: keeping that many would reveal them
-        raise PrivacyGuardError(
-            f"keep K={keep} >= the {rank} time-averaged inputs (C*T/pool) the first layer "
-            f"sees: the server could solve for them; choose K < {rank} or a smaller pool"
-        )
+    validate_keep(keep, first.width, n_channels, n_samples, hop_samples, pool=first.pool)
     head = Head(
         first.width,
         keep,
