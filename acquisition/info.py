@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pylsl
 
@@ -125,22 +125,7 @@ def delivered(info: StreamInfo) -> tuple[StreamInfo, tuple[float | None, ...]]:
     units = tuple(
         MICROVOLTS if f is not None else u for u, f in zip(info.units, factors, strict=True)
     )
-    return (
-        StreamInfo(
-            name=info.name,
-            type=info.type,
-            source_id=info.source_id,
-            sfreq=info.sfreq,
-            channel_names=info.channel_names,
-            channel_types=info.channel_types,
-            units=units,
-            channel_format=info.channel_format,
-            hostname=info.hostname,
-            uid=info.uid,
-            speed=info.speed,
-        ),
-        factors,
-    )
+    return replace(info, units=units), factors
 
 
 def to_lsl(info: StreamInfo) -> pylsl.StreamInfo:
