@@ -34,6 +34,11 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
+def file_stem(path: Path) -> str:
+    """File name without its recording suffix (``"S001R02.fif.gz"`` -> ``"S001R02"``)."""
+    return path.name[: len(path.name) - len(_suffix(path))]
+
+
 def stream_type(channel_types: tuple[str, ...]) -> str:
     """LSL stream type of a set of channels: the most common channel type, upper case."""
     if not channel_types:
@@ -66,8 +71,7 @@ def load_tracks(
     if not p.is_file():
         raise RecordingError(f"recording {str(p)!r} is not a file")
     suffix = _suffix(p)
-    stem = p.name[: len(p.name) - len(suffix)] if p.name.lower().endswith(suffix) else p.stem
-    name = name or stem
+    name = name or file_stem(p)
     source_id = source_id or f"dropstream-replay-{name}"
     if suffix in XDF_SUFFIXES:
         tracks = _load_xdf(p, name, source_id)

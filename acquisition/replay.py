@@ -23,7 +23,7 @@ import numpy as np
 from acquisition.errors import RecordingError
 from acquisition.info import StreamInfo
 from acquisition.publish import Publisher, Track, marker_info
-from acquisition.recording import MNE_SUFFIXES, XDF_SUFFIXES, _suffix, load_tracks
+from acquisition.recording import MNE_SUFFIXES, XDF_SUFFIXES, file_stem, load_tracks
 
 
 class RecordingReplay:
@@ -67,8 +67,7 @@ class RecordingReplay:
         multi = len(self.paths) > 1
         self.tracks: list[Track] = []
         for i, path in enumerate(self.paths):
-            suffix = _suffix(path)
-            stem = path.name[: len(path.name) - len(suffix)] if suffix else path.stem
+            stem = file_stem(path)
             if multi and any(q.name == path.name for q in self.paths[:i]):
                 stem = f"{stem}-{i}"
             stream_name = (f"{name}-{stem}" if multi else name) if name else stem
