@@ -66,6 +66,7 @@ def _random_bundle(width: int, keep: int, path: Path) -> Path:
 def _random_messages(args: argparse.Namespace, bundle_path: Path) -> list[tuple[bytes, bytes]]:
     from broker.wire import ActivationMessage, encode_activation
     from local_encoder.bundle import load_device_bundle
+    from local_encoder.first_layer import draw_kept_units
 
     b = load_device_bundle(bundle_path)
     rng = np.random.default_rng(1)
@@ -74,7 +75,7 @@ def _random_messages(args: argparse.Namespace, bundle_path: Path) -> list[tuple[
     for d in range(args.devices):
         dev = f"bench-{d:04d}"
         for seq in range(per_device):
-            idx = np.sort(rng.choice(b.layer.width, b.keep, replace=False))
+            idx = draw_kept_units(rng, b.layer.width, b.keep)
             msg = ActivationMessage(
                 b.model_id, b.model_version, dev, "s", seq, 1000.0 + seq, time.time(), b.sfreq,
                 b.window_samples, b.hop_samples, b.layer.width, idx,

@@ -8,11 +8,12 @@ from hypothesis import strategies as st
 
 from broker.wire import ActivationMessage, WireFormatError, decode_activation, encode_activation
 from inference.batching import BatchDecoder, decode_batch, scatter_dense
+from local_encoder.first_layer import draw_kept_units
 
 
 def message(seq: int = 0, width: int = 64, keep: int = 16, device: str = "dev-1", **kw):
     rng = np.random.default_rng(seq)
-    idx = np.sort(rng.choice(width, keep, replace=False))
+    idx = draw_kept_units(rng, width, keep)
     fields = {
         "model_id": "m",
         "model_version": 1,
