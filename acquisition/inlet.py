@@ -165,12 +165,8 @@ class LiveStream:
         self.give_up_after = give_up_after
         self.on_nonfinite = on_nonfinite
         self.on_rate_change = on_rate_change
-        self._inlet: pylsl.StreamInlet | None = pylsl.StreamInlet(
-            stream,
-            max_buflen=max(1, int(np.ceil(max_buffer))),
-            recover=True,
-            processing_flags=pylsl.proc_clocksync,
-        )
+        self._max_buflen = max(1, int(np.ceil(max_buffer)))
+        self._inlet: pylsl.StreamInlet | None = self._open_inlet(stream)
         try:
             header = from_lsl(self._inlet.info(timeout=timeout))
             self._inlet.open_stream(timeout=timeout)
@@ -382,6 +378,14 @@ class LiveStream:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def _open_inlet(self, stream: pylsl.StreamInfo) -> pylsl.StreamInlet:
+        return pylsl.StreamInlet(
+            stream,
+            max_buflen=self._max_buflen,
+            recover=True,
+            processing_flags=pylsl.proc_clocksync,
+        )
+
     def _drop_inlet(self) -> None:
         inlet, self._inlet = self._inlet, None
         if inlet is not None:
@@ -405,9 +409,7 @@ class LiveStream:
         found = self._resolver.results()
         if not found:
             return
-        self._inlet = pylsl.StreamInlet(
-            found[0], max_buflen=60, recover=True, processing_flags=pylsl.proc_clocksync
-        )
+        self._inlet = self._open_inlet(found[0])
         self._resolver = None
 
     def close(self) -> None:
