@@ -216,7 +216,6 @@ class LiveStream:
         self._lost = False
         self._last_arrival = pylsl.local_clock()
         self._resolver: pylsl.ContinuousResolver | None = None
-        self._query = stream
 
     @classmethod
     def connect(
@@ -311,14 +310,14 @@ class LiveStream:
         now = pylsl.local_clock()
         n_ch = self.info.n_channels
         if not stamps:
-            if not self._lost and now - self._last_arrival > self.lost_after:
+            silent = now - self._last_arrival
+            if not self._lost and silent > self.lost_after:
                 self._lost = True
                 log.warning(
                     "stream %s delivered nothing for %.1f s: considered lost, waiting for it",
                     self.info.describe(),
-                    now - self._last_arrival,
+                    silent,
                 )
-            silent = now - self._last_arrival
             if self.give_up_after is not None and silent > self.give_up_after:
                 raise StreamLostError(
                     f"stream {self.info.describe()} delivered nothing for {silent:.1f} s "
