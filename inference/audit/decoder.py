@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from inference.audit.attacks import Messages
+from inference.model import random_keep_mask
 from local_encoder.first_layer import FirstLayer
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ def train_decoder(
         Network width and optimiser settings.
     """
     torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     x = np.asarray(train_windows, np.float32)
     n, c, t = x.shape
@@ -118,15 +120,11 @@ def train_decoder(
     model = MaskedDecoder(layer.width, c * t, hidden)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
-    m = layer.width
     start = time.perf_counter()
     done = 0
     for epoch in range(epochs):
         model.train()
-        # a fresh mask of exactly K kept units per window: rank of uniform noise < K
-        scores = rng.random((n, m))
-        kth = np.partition(scores, keep - 1, axis=1)[:, keep - 1 : keep]
-        mask = torch.from_numpy((scores <= kth).astype(np.float32))
+        mask = random_keep_mask(n, layer.width, keep, gen)  # fresh K units per window, epoch
         perm = torch.from_numpy(rng.permutation(n))
         total = 0.0
         for s in range(0, n, batch_size):
