@@ -610,13 +610,10 @@ def train_novelty(
     first, head, keep = _build(config, c, t, hop, config.embedding, novelty=True)
     fit_idx, val_idx = _split(None, n, max(config.val_fraction, 0.1), rng)
     Xn, mean, std = _prepare_training(X, config, sfreq, prefiltered, fit_idx)
-    if first.kind == "dense":
-        # a bias would let the network map everything to the centre regardless of input
-        nn.init.zeros_(first.linear.bias)
-        first.linear.bias.requires_grad_(False)
-    else:
-        nn.init.zeros_(first.conv.bias)
-        first.conv.bias.requires_grad_(False)
+    # a bias would let the network map everything to the centre regardless of input
+    bias = first.linear.bias if first.kind == "dense" else first.conv.bias
+    nn.init.zeros_(bias)
+    bias.requires_grad_(False)
     net = SplitNet(first, head, keep).to(dev)
     xt = torch.as_tensor(Xn, device=dev)
     gen = torch.Generator(device=dev).manual_seed(config.seed + 7)
