@@ -300,18 +300,6 @@ class Spool:
                 raise SpoolError(f"reading spool {self.path} failed: {exc}") from exc
         return [SpoolItem(int(r[0]), bytes(r[1]), bytes(r[2]), float(r[3])) for r in rows]
 
-    def wait(self, after: int = 0, timeout: float = 0.1) -> bool:
-        """Wait up to ``timeout`` s for a message with ``id > after``; True if there is one."""
-        with self._cond:
-            return (
-                self._cond.wait_for(lambda: self._closed or self._max_id() > after, timeout)
-                and not self._closed
-            )
-
-    def _max_id(self) -> int:
-        row = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()
-        return int(row[0])
-
     def remove(self, ids: list[int]) -> None:
         """Delete acknowledged messages by id (ids already gone are ignored)."""
         if not ids:
