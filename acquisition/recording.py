@@ -109,6 +109,18 @@ def _unit_name(code: int) -> str:
     return names.get(int(code), "AU")
 
 
+def _scale_to_microvolts(data: np.ndarray, units: list[str]) -> list[str]:
+    """Scale the voltage columns of ``data`` (n, C) to microvolts in place; the units after."""
+    out: list[str] = []
+    for i, unit in enumerate(units):
+        factor = microvolt_factor(unit)
+        if factor is not None:
+            data[:, i] *= factor
+            unit = MICROVOLTS
+        out.append(unit)
+    return out
+
+
 def _check_edf_header(path: Path) -> None:
     """Name an empty EDF/BDF precisely (MNE fails on them with an unrelated IndexError)."""
     with path.open("rb") as f:
@@ -148,14 +160,7 @@ def _load_mne(path: Path, name: str, source_id: str) -> Track:
     if not np.isfinite(sfreq) or sfreq <= 0:
         raise RecordingError(f"{path.name}: invalid sampling rate {sfreq!r} Hz")
     data = raw.get_data().T.astype(np.float64)  # (n, C), SI units (volts)
-    units: list[str] = []
-    for i, ch in enumerate(raw.info["chs"]):
-        unit = _unit_name(ch["unit"])
-        factor = microvolt_factor(unit)
-        if factor is not None:
-            data[:, i] *= factor
-            unit = MICROVOLTS
-        units.append(unit)
+    units = _scale_to_microvolts(data, [_unit_name(ch["unit"]) for ch in raw.info["chs"]])
     types = tuple(t.upper() for t in raw.get_channel_types())
     info = StreamInfo(
         name=name,
@@ -224,11 +229,7 @@ def _load_xdf(path: Path, name: str, source_id: str) -> list[Track]:
         if series.shape[0] == 0:
             raise RecordingError(f"{path.name}: stream {s['info']['name'][0]!r} has no sample")
         labels, types, units = _xdf_channels(s, series.shape[1])
-        for i, u in enumerate(units):
-            factor = microvolt_factor(u)
-            if factor is not None:
-                series[:, i] *= factor
-                units[i] = MICROVOLTS
+        units = _scale_to_microvolts(series, units)
         sname = s["info"]["name"][0]
         info = StreamInfo(
             name=f"{name}-{sname}" if multi else name,
