@@ -75,6 +75,11 @@ def marker_info(info: StreamInfo) -> StreamInfo:
     )
 
 
+def _first_played(start: float, sfreq: float, n: int) -> int:
+    """Index of the first sample played when playback begins ``start`` seconds into ``n``."""
+    return min(int(round(start * sfreq)), n)
+
+
 class _Lane:
     """Publishing state of one track."""
 
@@ -82,7 +87,7 @@ class _Lane:
         self.track = track
         self.sfreq = track.info.sfreq
         self.n = track.data.shape[0]
-        self.first = min(int(round(start * self.sfreq)), self.n)  # first file sample played
+        self.first = _first_played(start, self.sfreq, self.n)
         self.chunk_size = chunk_size
         self.rate = self.sfreq * speed  # samples per wall-clock second
         self.sent = 0  # samples pushed since t0 (index in the played sequence)
@@ -243,7 +248,7 @@ class Publisher:
         for track in self.tracks:
             if track.info.name == name:
                 n = track.data.shape[0]
-                first = min(int(round(self.start_offset * track.info.sfreq)), n)
+                first = _first_played(self.start_offset, track.info.sfreq, n)
                 return first + (np.asarray(played) % max(1, n - first))
         raise KeyError(name)
 
