@@ -218,7 +218,10 @@ class Spool:
                         )
                 elif self.full_policy == "drop-newest":
                     self.dropped += 1
-                    self._store_sequence(stream_key, next_sequence)
+                    try:
+                        self._store_sequence(stream_key, next_sequence)
+                    except sqlite3.Error as exc:
+                        raise SpoolError(f"writing to spool {self.path} failed: {exc}") from exc
                     log.warning(
                         "spool full (%d bytes): dropped the newest window (%d dropped so far)",
                         self._bytes,
@@ -233,11 +236,7 @@ class Spool:
                     "INSERT INTO messages (key, value, size, created) VALUES (?, ?, ?, ?)",
                     (key, value, size, time.time()),
                 )
-                if stream_key is not None and next_sequence is not None:
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
-                        ("seq:" + stream_key, int(next_sequence)),
-                    )
+                self._store_sequence(stream_key, next_sequence)
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
@@ -248,15 +247,12 @@ class Spool:
         return True
 
     def _store_sequence(self, stream_key: str | None, next_sequence: int | None) -> None:
-        if stream_key is None or next_sequence is None:
-            return
-        try:
+        """Record the stream's next sequence number (lock held; raises ``sqlite3.Error``)."""
+        if stream_key is not None and next_sequence is not None:
             self._db.execute(
                 "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
                 ("seq:" + stream_key, int(next_sequence)),
             )
-        except sqlite3.Error as exc:
-            raise SpoolError(f"writing to spool {self.path} failed: {exc}") from exc
 
     def _drop_oldest(self, size: int) -> None:
         """Delete the oldest messages until ``size`` more bytes fit (lock held)."""
