@@ -222,7 +222,7 @@ class WindowBuffer:
             x = xd.T
         self._pending.append((x, t))
         self._pending_n += x.shape[0]
-        if self._pending_n < self._skip + self.window - (self._end - self._start):
+        if self._needed() > 0:
             return []
         if len(self._pending) == 1:
             x, t = self._pending[0]
