@@ -30,7 +30,7 @@ import io
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -679,10 +679,3 @@ def train_novelty(
         head_config=head_config,
         history=history,
     )
-
-
-def config_dict(config: TrainConfig) -> dict[str, Any]:
-    """A JSON-friendly copy of a config (for reports)."""
-    d = asdict(config)
-    d["hidden"] = list(config.hidden)
-    return d
