@@ -48,14 +48,10 @@ class WindowEncoder:
         self.device_id = device_id
         self.stream_id = stream_id
         self._rng = np.random.default_rng(seed)
-        layer = bundle.layer
-        self._weight_t = np.ascontiguousarray(layer.weight.T, dtype=np.float32)  # (C*T, m)
-        self._bias = np.asarray(layer.bias, dtype=np.float32)
 
     def activations(self, window: np.ndarray) -> np.ndarray:
         """All ``m`` first-layer activations of a preprocessed window ``(C, T)`` (float32)."""
-        x = np.asarray(window, dtype=np.float32).reshape(1, -1)
-        return self.bundle.layer.activate(x @ self._weight_t + self._bias)[0]
+        return self.bundle.layer.forward(window)
 
     def encode(self, window: Window, sequence: int, wall_time: float) -> ActivationMessage:
         """The message for one window: kept unit indices and their activations.
