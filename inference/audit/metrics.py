@@ -9,7 +9,9 @@ affine map back to volts, and SNR / band-power errors are reported in that same 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -199,19 +201,9 @@ def score(
     total_sig = float((x * x).sum())
     total_err = float(((x - y) ** 2).sum())
     snr = 10.0 * np.log10(max(total_sig, 1e-300) / max(total_err, 1e-300))
-    err = band_power_error(x, y, sfreq, bands)
-    band_error = {}
-    for i, (name, _, _) in enumerate(bands):
-        vals = err[..., i]
-        vals = vals[np.isfinite(vals)]
-        band_error[name] = float(np.median(vals)) if vals.size else float("nan")
+    band_error = _per_band(band_power_error(x, y, sfreq, bands), bands, np.median)
     r_bands = (("slow", 0.0, 1.0),) + tuple(bands)
-    rb = band_pearson_r(x, y, sfreq, r_bands)
-    band_r = {}
-    for i, (name, _, _) in enumerate(r_bands):
-        vals = rb[..., i]
-        vals = vals[np.isfinite(vals)]
-        band_r[name] = float(vals.mean()) if vals.size else float("nan")
+    band_r = _per_band(band_pearson_r(x, y, sfreq, r_bands), r_bands, np.mean)
     return Scores(
         r_mean=float(r.mean()),
         r_median=float(np.median(r)),
@@ -221,3 +213,20 @@ def score(
         band_r=band_r,
         n_windows=int(x.shape[0]),
     )
+
+
+def _per_band(
+    values: np.ndarray,
+    bands: tuple[tuple[str, float, float], ...],
+    reduce: Callable[[np.ndarray], Any],
+) -> dict[str, float]:
+    """``reduce`` over the finite entries of each band's column of ``values`` ``(..., n_bands)``.
+
+    NaN for a band with no finite entry.
+    """
+    out = {}
+    for i, (name, _, _) in enumerate(bands):
+        vals = values[..., i]
+        vals = vals[np.isfinite(vals)]
+        out[name] = float(reduce(vals)) if vals.size else float("nan")
+    return out
