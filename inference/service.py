@@ -223,7 +223,7 @@ class InferenceService:
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
         self.scorer = Scorer(self.model, self.device, self.settings.class_threshold)
-        self.policy = self._policy()
+        self.policy = policy_for(self.model, self.settings)
         bundle_dev = self.model.device
         self.model_id = bundle_dev.model_id
         self.model_version = bundle_dev.model_version
@@ -244,9 +244,6 @@ class InferenceService:
         self.ready = threading.Event()
 
     # ------------------------------------------------------------------ setup
-    def _policy(self) -> AlertPolicy:
-        return policy_for(self.model, self.settings)
-
     def stop(self) -> None:
         """Ask :meth:`run` to finish its current batch, commit and return."""
         self._stop.set()
