@@ -144,7 +144,7 @@ class _Stream:
 class Scorer:
     """The bundle's head on a torch device: dense activations ``(N, m)`` -> scores ``(N,)``."""
 
-    def __init__(self, model: ServerModel, device: torch.device, class_threshold: float) -> None:
+    def __init__(self, model: ServerModel, device: torch.device) -> None:
         self.model = model
         self.device = device
         self.head = model.head.to(device).eval()
@@ -222,7 +222,7 @@ class InferenceService:
         self.device = torch_device(self.settings.device)
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
-        self.scorer = Scorer(self.model, self.device, self.settings.class_threshold)
+        self.scorer = Scorer(self.model, self.device)
         self.policy = policy_for(self.model, self.settings)
         bundle_dev = self.model.device
         self.model_id = bundle_dev.model_id
