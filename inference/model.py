@@ -239,8 +239,16 @@ class NoveltyScorer(nn.Module):
         super().__init__()
         self.head = head
         self.register_buffer("center", center.detach().clone())
-        self.width = head.width
-        self.keep = head.keep
+
+    @property
+    def width(self) -> int:
+        """First-layer width ``m`` (the head's)."""
+        return self.head.width
+
+    @property
+    def keep(self) -> int:
+        """Units kept per window ``K`` (the head's, so the two never disagree)."""
+        return self.head.keep
 
     def forward(self, dropped: torch.Tensor) -> torch.Tensor:
         """Anomaly scores ``(N,)`` of dropped activations ``(N, m)``."""
