@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -179,12 +179,7 @@ def effective_layer(layer: FirstLayer, n_channels: int, demean: bool) -> FirstLa
         return layer
     w = layer.weight.reshape(layer.width, n_channels, -1)
     w = w - w.mean(axis=-1, keepdims=True)
-    return FirstLayer(
-        w.reshape(layer.width, -1).astype(np.float32),
-        layer.bias,
-        layer.activation,
-        layer.negative_slope,
-    )
+    return replace(layer, weight=w.reshape(layer.width, -1).astype(np.float32))
 
 
 def run_audit(
