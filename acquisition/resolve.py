@@ -27,8 +27,8 @@ def available_streams(wait: float = 1.0) -> list[StreamInfo]:
 
 
 def _query_text(name: str | None, type: str | None, source_id: str | None) -> str:
-    fields = [f"{k}={v!r}" for k, v in (("name", name), ("type", type), ("source_id", source_id))]
-    return ", ".join(f for f, v in zip(fields, (name, type, source_id), strict=True) if v)
+    fields = (("name", name), ("type", type), ("source_id", source_id))
+    return ", ".join(f"{k}={v!r}" for k, v in fields if v)
 
 
 def find_streams(
