@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from inference.model import Head, NoveltyScorer, scatter_kept
-from local_encoder.bundle import BundleError, DeviceBundle, load_device_bundle, read_bundle_members
+from local_encoder.bundle import BundleError, DeviceBundle, load_bundle
 
 
 def build_head(head_config: Mapping[str, Any]) -> nn.Module:
@@ -57,8 +57,7 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[DeviceBundl
     local_encoder.bundle.BundleError
         If the file is not a bundle, fails its checksum, or the head does not match.
     """
-    device = load_device_bundle(path)
-    _, _, head_bytes = read_bundle_members(path)
+    device, head_bytes = load_bundle(path)
     head = build_head(device.head_config)
     try:
         state = torch.load(io.BytesIO(head_bytes), map_location=map_location, weights_only=True)

@@ -240,7 +240,15 @@ def read_bundle_members(path: str | Path) -> tuple[dict[str, Any], bytes, bytes]
 
 def load_device_bundle(path: str | Path) -> DeviceBundle:
     """Load the device part of a bundle with numpy alone and check its privacy settings."""
-    m, device_bytes, _ = read_bundle_members(path)
+    return load_bundle(path)[0]
+
+
+def load_bundle(path: str | Path) -> tuple[DeviceBundle, bytes]:
+    """Read and verify a bundle once: its device part and the head's serialised state.
+
+    The head bytes are for :mod:`inference` (torch); the device part needs numpy alone.
+    """
+    m, device_bytes, head_bytes = read_bundle_members(path)
     try:
         arrays = np.load(io.BytesIO(device_bytes), allow_pickle=False)
         layer = FirstLayer(
@@ -274,4 +282,4 @@ def load_device_bundle(path: str | Path) -> DeviceBundle:
             f"{bundle.n_channels} channels x {bundle.window_samples} samples"
         )
     bundle.check_privacy()
-    return bundle
+    return bundle, head_bytes
