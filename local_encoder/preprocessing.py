@@ -139,12 +139,13 @@ class SosFilterState:
         self._state = None
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        """Filter the next float64 chunk ``(C, n)``; returns ``(C, n)``."""
-        if self.sos is None or x.shape[1] == 0:
+        """Filter the next float64 chunk ``(..., n)`` along its last axis; same shape back."""
+        if self.sos is None or x.shape[-1] == 0:
             return x.copy()
         if self._state is None:
-            self._state = self._zi_unit[:, None, :] * x[None, :, 0:1]
-        y, self._state = signal.sosfilt(self.sos, x, axis=1, zi=self._state)
+            zi = self._zi_unit.reshape(len(self.sos), *(1,) * (x.ndim - 1), 2)
+            self._state = zi * x[None, ..., 0:1]
+        y, self._state = signal.sosfilt(self.sos, x, axis=-1, zi=self._state)
         return y
 
 
@@ -208,12 +209,7 @@ def filter_windows(
     w = np.asarray(windows, dtype=np.float64)
     if w.ndim != 3:
         raise PreprocessingError(f"windows must have shape (N, C, T); got {w.shape}")
-    sos = design_filter(sfreq, preprocessing)
-    if sos is None:
-        return w.copy()
-    zi = signal.sosfilt_zi(sos)[:, None, None, :] * w[None, :, :, 0:1]
-    y, _ = signal.sosfilt(sos, w, axis=2, zi=zi)
-    return y
+    return SosFilterState(design_filter(sfreq, preprocessing)).apply(w)
 
 
 def normalise(window: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
