@@ -557,7 +557,9 @@ class InferenceService:
                 else:
                     label = self._labels.pop(aid, self.scorer.classes[top_class])
             events.append((ev, label))
-        dirty = self._dirty.setdefault(tp, set())
+        dirty = self._dirty.get(tp)
+        if dirty is None:  # not setdefault(tp, set()): no new set per window
+            dirty = self._dirty[tp] = set()
         if det.clean:
             dirty.discard(key)
         else:
