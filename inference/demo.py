@@ -203,10 +203,11 @@ def _match(
 ) -> tuple[list[AnomalyResult], list[str]]:
     results = [AnomalyResult(a, b) for a, b in spans_lsl]
     used: set[str] = set()
+    by_onset = sorted(
+        alerts.items(), key=lambda kv: kv[1]["open"].onset_time if "open" in kv[1] else 0.0
+    )
     for res in results:
-        for aid, versions in sorted(
-            alerts.items(), key=lambda kv: kv[1]["open"].onset_time if "open" in kv[1] else 0.0
-        ):
+        for aid, versions in by_onset:
             msg = versions.get("closed") or versions.get("open")
             assert msg is not None
             end = msg.offset_time if msg.offset_time is not None else msg.onset_time
