@@ -54,6 +54,17 @@ class Window:
     index: int
 
 
+def _drain(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Join held ``(samples, timestamps)`` pieces in order and empty the list."""
+    if len(parts) == 1:
+        x, t = parts[0]
+    else:
+        x = np.concatenate([p[0] for p in parts])
+        t = np.concatenate([p[1] for p in parts])
+    parts.clear()
+    return x, t
+
+
 class WindowBuffer:
     """Per-stream ring buffer cutting preprocessed windows of a bundle's length and hop.
 
@@ -175,14 +186,8 @@ class WindowBuffer:
         return self._skip + self.window - (self._end - self._start) - self._pending_n
 
     def _take_raw(self) -> tuple[np.ndarray, np.ndarray]:
-        if len(self._raw) == 1:
-            x, t = self._raw[0]
-        else:
-            x = np.concatenate([r[0] for r in self._raw])
-            t = np.concatenate([r[1] for r in self._raw])
-        self._raw.clear()
         self._raw_n = 0
-        return x, t
+        return _drain(self._raw)
 
     def _process(
         self, x: np.ndarray, t: np.ndarray, breaks: Sequence[tuple[int, int]]
@@ -224,12 +229,7 @@ class WindowBuffer:
         self._pending_n += x.shape[0]
         if self._needed() > 0:
             return []
-        if len(self._pending) == 1:
-            x, t = self._pending[0]
-        else:
-            x = np.concatenate([p[0] for p in self._pending])
-            t = np.concatenate([p[1] for p in self._pending])
-        self._pending.clear()
+        x, t = _drain(self._pending)
         self._pending_n = 0
         y = self._filter.process(x.T)
         out: list[Window] = []
