@@ -444,14 +444,21 @@ class InferenceService:
                     *key,
                     now - st.last_seen,
                 )
-                for ev in st.detector.expire():
-                    aid = make_alert_id(ev.device_id, ev.stream_id, ev.onset_sequence)
-                    self._alert(outgoing, ev, self._labels.pop(aid, self.policy.label))
+                for ev, label in self._expire(st.detector):
+                    self._alert(outgoing, ev, label)
                 dirty.discard(key)
             if not dirty and tp in self._next:
                 self._safe[tp] = self._next[tp]
         self._deliver(outgoing)
         self._commit()
+
+    def _expire(self, detector: EventDetector) -> list[tuple[AlertEvent, str]]:
+        """Expire ``detector``: its closing updates, each with the label its opening had."""
+        out: list[tuple[AlertEvent, str]] = []
+        for ev in detector.expire():
+            aid = make_alert_id(ev.device_id, ev.stream_id, ev.onset_sequence)
+            out.append((ev, self._labels.pop(aid, self.policy.label)))
+        return out
 
     def _mismatch(self, group: WindowGroup) -> tuple[str, str] | None:
         if group.model_id != self.model_id:
@@ -519,9 +526,7 @@ class InferenceService:
             seq,
         )
         self.metrics.restart()
-        for ev in st.detector.expire():
-            aid = make_alert_id(ev.device_id, ev.stream_id, ev.onset_sequence)
-            self._restart_events.append((ev, self._labels.pop(aid, self.policy.label)))
+        self._restart_events.extend(self._expire(st.detector))
         st.detector = EventDetector(key[0], key[1], self.policy)
         st.highest, st.seen_max = -1, seq
         st.missing.clear()
