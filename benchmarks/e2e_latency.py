@@ -38,10 +38,9 @@ def run_once(
     n_devices: int, seconds: float, bootstrap: str, max_wait_ms: float, serve_args: list[str]
 ) -> dict:
     import pylsl
-    from kafka import KafkaConsumer, TopicPartition
 
     from broker.alert_message import decode_alert
-    from broker.clients import make_producer
+    from broker.clients import make_producer, make_topic_reader
     from broker.config import ClientConfig
     from broker.topics import delete_topics, ensure_topics, topic_names
     from broker.wire import encode_activation
@@ -89,10 +88,7 @@ def run_once(
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
     received: list[tuple[float, float]] = []  # (detection latency, delivered latency), s
     stop = threading.Event()
-    consumer = KafkaConsumer(**config.common_kwargs(), enable_auto_commit=False,
-                             fetch_max_wait_ms=5)  # fmt: skip
-    consumer.assign([TopicPartition(config.alerts_topic, p) for p in range(config.partitions)])
-    consumer.seek_to_beginning()
+    consumer = make_topic_reader(config, config.alerts_topic, fetch_max_wait_ms=5)
 
     def follow() -> None:
         while not stop.is_set():

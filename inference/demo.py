@@ -243,10 +243,10 @@ def run_demo(
         An alert within this many seconds of an anomaly span counts as detecting it.
     """
     import pylsl
-    from kafka import KafkaConsumer, TopicPartition
 
     from acquisition.inlet import LiveStream
     from acquisition.replay import RecordingReplay
+    from broker.clients import make_topic_reader
     from broker.config import ClientConfig
     from broker.embedded import EmbeddedBroker
     from broker.topics import ensure_topics
@@ -284,12 +284,7 @@ def run_demo(
         alerts: dict[str, dict[str, AlertMessage]] = {}
         received: dict[str, float] = {}
         stop_follow = threading.Event()
-        follower = KafkaConsumer(
-            **config.common_kwargs(), enable_auto_commit=False, fetch_max_wait_ms=10
-        )
-        alert_tp = [TopicPartition(config.alerts_topic, p) for p in range(config.partitions)]
-        follower.assign(alert_tp)
-        follower.seek_to_beginning()
+        follower = make_topic_reader(config, config.alerts_topic, fetch_max_wait_ms=10)
 
         def follow() -> None:
             while not stop_follow.is_set():
@@ -366,13 +361,11 @@ def run_demo(
 
 def _topic_bytes(config) -> int:  # noqa: ANN001 - ClientConfig, imported lazily
     """Key + value bytes of every message on the activations topic."""
-    from kafka import KafkaConsumer, TopicPartition
+    from broker.clients import make_topic_reader
 
-    consumer = KafkaConsumer(**config.common_kwargs(), enable_auto_commit=False)
+    consumer = make_topic_reader(config, config.activations_topic)
     try:
-        tps = [TopicPartition(config.activations_topic, p) for p in range(config.partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning()
+        tps = list(consumer.assignment())
         ends = consumer.end_offsets(tps)
         total, deadline = 0, time.monotonic() + 10
         while time.monotonic() < deadline and any(consumer.position(tp) < ends[tp] for tp in tps):

@@ -118,3 +118,21 @@ def test_independent_client_reads_what_dropstream_wrote(kafka_config: ClientConf
     assert total == len(messages)
     for sequences in seen.values():
         assert sequences == list(range(len(messages) // N_DEVICES))
+
+
+def test_topic_reader_reads_every_partition_and_refuses_a_missing_topic(
+    kafka_config: ClientConfig,
+) -> None:
+    from broker.clients import KafkaClientError, make_topic_reader
+
+    _produce(kafka_config, _messages()[:200])
+    reader = make_topic_reader(kafka_config, kafka_config.activations_topic)
+    assert len(reader.assignment()) == kafka_config.partitions
+    got = 0
+    deadline = time.monotonic() + 30
+    while got < 200 and time.monotonic() < deadline:
+        got += sum(len(records) for records in reader.poll(timeout_ms=200).values())
+    reader.close()
+    assert got == 200
+    with pytest.raises(KafkaClientError, match="does not exist"):
+        make_topic_reader(kafka_config, kafka_config.activations_topic + ".missing")

@@ -74,32 +74,13 @@ def run(args: argparse.Namespace) -> int:
     """Follow the alert topic until Ctrl-C (or ``--max-seconds``)."""
     import time
 
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.errors import KafkaError
-
     from broker.alert_message import decode_alert
-    from broker.clients import KafkaClientError
+    from broker.clients import make_topic_reader
     from broker.config import ClientConfig
     from broker.wire import WireFormatError
 
     config = ClientConfig.from_args(args)
-    try:
-        consumer = KafkaConsumer(**config.common_kwargs(), enable_auto_commit=False)
-        parts = consumer.partitions_for_topic(config.alerts_topic)
-    except KafkaError as exc:
-        raise KafkaClientError(f"cannot reach Kafka at {config.bootstrap}: {exc!r}") from exc
-    if not parts:
-        consumer.close()
-        raise KafkaClientError(
-            f"topic {config.alerts_topic} does not exist on {config.bootstrap}; start "
-            "'dropstream serve' (or 'dropstream broker') first, or check --alerts-topic"
-        )
-    tps = [TopicPartition(config.alerts_topic, p) for p in sorted(parts)]
-    consumer.assign(tps)
-    if args.from_beginning:
-        consumer.seek_to_beginning()
-    else:
-        consumer.seek_to_end()
+    consumer = make_topic_reader(config, config.alerts_topic, args.from_beginning)
     devices = set(args.device or [])
     seen: set[tuple[str, str]] = set()
     if not args.json:
