@@ -12,10 +12,10 @@ Public API (what the on-device encoder consumes):
 * :class:`RecordingReplay` - ``dropstream replay`` in-process (background thread);
   :class:`Publisher` / :class:`Track` - publish in-memory signals on one clock.
 
-Voltage channels are delivered in microvolts (:mod:`acquisition.units`).
+Voltage channels are delivered in microvolts (:mod:`dropstream.acquisition.units`).
 """
 
-from acquisition.errors import (
+from dropstream.acquisition.errors import (
     AcquisitionError,
     AmbiguousStreamError,
     NonFiniteSampleError,
@@ -26,14 +26,14 @@ from acquisition.errors import (
     StreamNotFoundError,
     UnsupportedStreamError,
 )
-from acquisition.group import StreamGroup
-from acquisition.info import StreamInfo
-from acquisition.inlet import Chunk, LiveStream, Marker, MarkerStream
-from acquisition.loss import Gap, SampleTimeline
-from acquisition.lsl_config import quiet_liblsl_log
-from acquisition.publish import Annotation, Publisher, Track
-from acquisition.replay import RecordingReplay
-from acquisition.resolve import available_streams, find_streams, resolve_stream
+from dropstream.acquisition.group import StreamGroup
+from dropstream.acquisition.info import StreamInfo
+from dropstream.acquisition.inlet import Chunk, LiveStream, Marker, MarkerStream
+from dropstream.acquisition.loss import Gap, SampleTimeline
+from dropstream.acquisition.lsl_config import quiet_liblsl_log
+from dropstream.acquisition.publish import Annotation, Publisher, Track
+from dropstream.acquisition.replay import RecordingReplay
+from dropstream.acquisition.resolve import available_streams, find_streams, resolve_stream
 
 quiet_liblsl_log()
 

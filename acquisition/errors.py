@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from dropstream.errors import DropstreamError
 
 if TYPE_CHECKING:
-    from acquisition.inlet import Chunk
+    from dropstream.acquisition.inlet import Chunk
 
 
 class AcquisitionError(DropstreamError):

@@ -6,11 +6,11 @@ from collections.abc import Iterator, Mapping
 
 import pylsl
 
-from acquisition.inlet import Chunk, LiveStream
+from dropstream.acquisition.inlet import Chunk, LiveStream
 
 
 class StreamGroup(Mapping[str, LiveStream]):
-    """Poll several :class:`~acquisition.inlet.LiveStream` together.
+    """Poll several :class:`~dropstream.acquisition.inlet.LiveStream` together.
 
     Every inlet corrects its own sender's clock offset, so all timestamps are on this
     machine's LSL clock and chunks of different streams can be aligned by timestamp.

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 
 import pylsl
 
-from acquisition.units import MICROVOLTS, microvolt_factor
+from dropstream.acquisition.units import MICROVOLTS, microvolt_factor
 
 _FORMAT_NAMES = {
     pylsl.cf_float32: "float32",
@@ -32,7 +32,8 @@ class StreamInfo:
     channel_names, channel_types, units : tuple of str
         One entry per channel from ``desc/channels/channel`` (``label``, ``type``, ``unit``);
         missing labels become ``"ch1"``, ``"ch2"``...; missing types take the stream type.
-        For an inlet's info the units are those the inlet *delivers* (see :mod:`acquisition.units`).
+        For an inlet's info the units are those the inlet *delivers* (see
+        :mod:`dropstream.acquisition.units`).
     channel_format : str
         ``"float32"``, ``"double64"``, ``"string"``, ``"int16"``...
     hostname, uid : str

@@ -2,7 +2,7 @@
 
 Typical use (what ``dropstream connect`` does)::
 
-    from acquisition import LiveStream
+    from dropstream.acquisition import LiveStream
 
     with LiveStream.connect(type="EEG", timeout=5.0) as eeg:
         print(eeg.info.channel_names, eeg.info.sfreq)
@@ -15,9 +15,9 @@ Typical use (what ``dropstream connect`` does)::
             time.sleep(0.01)
 
 Timestamps are on the *local* LSL clock (:func:`pylsl.local_clock`): liblsl corrects the
-sender's clock offset (``proc_clocksync``), and :class:`~acquisition.loss.SampleTimeline`
+sender's clock offset (``proc_clocksync``), and :class:`~dropstream.acquisition.loss.SampleTimeline`
 removes jitter per contiguous segment. Voltage channels are delivered in microvolts
-(:mod:`acquisition.units`).
+(:mod:`dropstream.acquisition.units`).
 """
 
 from __future__ import annotations
@@ -32,16 +32,16 @@ import pylsl
 from pylsl.util import LostError
 from pylsl.util import TimeoutError as LslTimeoutError
 
-from acquisition.errors import (
+from dropstream.acquisition.errors import (
     NonFiniteSampleError,
     RateChangedError,
     StreamLostError,
     StreamNotFoundError,
     UnsupportedStreamError,
 )
-from acquisition.info import StreamInfo, delivered, from_lsl
-from acquisition.loss import Gap, SampleTimeline
-from acquisition.resolve import resolve_stream
+from dropstream.acquisition.info import StreamInfo, delivered, from_lsl
+from dropstream.acquisition.loss import Gap, SampleTimeline
+from dropstream.acquisition.resolve import resolve_stream
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +102,14 @@ class LiveStream:
     """A polled inlet on one regular- or irregular-rate numeric LSL stream.
 
     Opens a pylsl inlet with ``recover=True`` and ``proc_clocksync`` (clock-offset correction).
-    Dejitter and loss accounting are done by :class:`~acquisition.loss.SampleTimeline` (liblsl's
-    dejitter smears gaps, see :mod:`acquisition.loss`).
+    Dejitter and loss accounting are done by :class:`~dropstream.acquisition.loss.SampleTimeline`
+    (liblsl's dejitter smears gaps, see :mod:`dropstream.acquisition.loss`).
 
     Parameters
     ----------
     stream : pylsl.StreamInfo
-        A resolved stream (see :func:`acquisition.resolve.resolve_stream` or :meth:`connect`).
+        A resolved stream (see :func:`dropstream.acquisition.resolve.resolve_stream` or
+        :meth:`connect`).
     timeout : float
         Seconds to wait for the full header, the connection and the first clock offset.
     lost_after : float
@@ -117,19 +118,19 @@ class LiveStream:
         is then reported with ``Gap.reconnected=True``.
     give_up_after : float | None
         Seconds without data after which :meth:`poll` raises
-        :class:`~acquisition.errors.StreamLostError` instead of waiting for the stream to come
-        back; ``None`` (default) waits forever.
+        :class:`~dropstream.acquisition.errors.StreamLostError` instead of waiting for the stream to
+        come back; ``None`` (default) waits forever.
     max_buffer : float
         Seconds of data liblsl buffers when polls fall behind (older samples are dropped and
         show up as gaps).
     dejitter, jitter_tolerance, rate_tolerance :
-        Passed to :class:`~acquisition.loss.SampleTimeline`.
+        Passed to :class:`~dropstream.acquisition.loss.SampleTimeline`.
     on_nonfinite : {"flag", "raise"}
         ``"flag"`` marks NaN/inf samples in ``Chunk.nonfinite``; ``"raise"`` raises
-        :class:`~acquisition.errors.NonFiniteSampleError` carrying the chunk.
+        :class:`~dropstream.acquisition.errors.NonFiniteSampleError` carrying the chunk.
     on_rate_change : {"flag", "raise"}
         ``"flag"`` sets ``Chunk.rate_changed``; ``"raise"`` raises
-        :class:`~acquisition.errors.RateChangedError` carrying the chunk.
+        :class:`~dropstream.acquisition.errors.RateChangedError` carrying the chunk.
 
     Notes
     -----
@@ -229,7 +230,7 @@ class LiveStream:
     ) -> LiveStream:
         """Resolve one stream by name, type and/or source id and open it.
 
-        Raises :class:`~acquisition.errors.StreamNotFoundError` (listing what was found)
+        Raises :class:`~dropstream.acquisition.errors.StreamNotFoundError` (listing what was found)
         when nothing matches within ``timeout`` seconds. ``options`` go to the constructor.
         """
         stream = resolve_stream(name=name, type=type, source_id=source_id, timeout=timeout)

@@ -1,10 +1,10 @@
 """Publish in-memory signals as LSL streams at real-time pace, several streams on one clock.
 
-:class:`Publisher` is the engine under ``dropstream replay`` (:mod:`acquisition.replay`) and the
-body-sensor simulator (:mod:`acquisition.simulator`). One background thread serves every track:
-sample ``i`` of every track is stamped and pushed at ``t0 + i / (sfreq * speed)`` on the local
-LSL clock - an absolute schedule, so there is no drift however long it runs - and each track's
-annotations go to a companion string marker stream at their own scheduled times.
+:class:`Publisher` is the engine under ``dropstream replay`` (:mod:`dropstream.acquisition.replay`)
+and the body-sensor simulator (:mod:`dropstream.acquisition.simulator`). One background thread
+serves every track: sample ``i`` of every track is stamped and pushed at ``t0 + i / (sfreq *
+speed)`` on the local LSL clock - an absolute schedule, so there is no drift however long it runs -
+and each track's annotations go to a companion string marker stream at their own scheduled times.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pylsl
 
-from acquisition.info import StreamInfo, to_lsl
+from dropstream.acquisition.info import StreamInfo, to_lsl
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Load recordings (anything MNE reads, and XDF) into publishable tracks.
 
-Units follow :mod:`acquisition.units`: voltage channels are converted from volts (MNE) to
+Units follow :mod:`dropstream.acquisition.units`: voltage channels are converted from volts (MNE) to
 microvolts and labelled ``"microvolts"``; other channels keep their values and get their unit
 name (``"AU"`` when the file has none).
 """
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from acquisition.errors import RecordingError
-from acquisition.info import StreamInfo
-from acquisition.publish import Annotation, Track
-from acquisition.units import MICROVOLTS, microvolt_factor
+from dropstream.acquisition.errors import RecordingError
+from dropstream.acquisition.info import StreamInfo
+from dropstream.acquisition.publish import Annotation, Track
+from dropstream.acquisition.units import MICROVOLTS, microvolt_factor
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Example (in-process, e.g. in a demo or a test)::
 
-    from acquisition.replay import RecordingReplay
+    from dropstream.acquisition.replay import RecordingReplay
 
     with RecordingReplay(["S001R02.edf"], source_id="demo") as replay:
         ...  # LiveStream.connect(source_id=replay.streams[0].source_id) receives it
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from acquisition.errors import RecordingError
-from acquisition.info import StreamInfo
-from acquisition.publish import Publisher, Track, marker_info
-from acquisition.recording import MNE_SUFFIXES, XDF_SUFFIXES, file_stem, load_tracks
+from dropstream.acquisition.errors import RecordingError
+from dropstream.acquisition.info import StreamInfo
+from dropstream.acquisition.publish import Publisher, Track, marker_info
+from dropstream.acquisition.recording import MNE_SUFFIXES, XDF_SUFFIXES, file_stem, load_tracks
 
 
 class RecordingReplay:
@@ -34,7 +34,7 @@ class RecordingReplay:
     paths : sequence of str or Path
         Recordings (EDF/EDF+, BDF, GDF, FIF, BrainVision, EEGLAB, XDF).
     speed, loop, start, chunk_size, wait_for_consumers :
-        See :class:`~acquisition.publish.Publisher`.
+        See :class:`~dropstream.acquisition.publish.Publisher`.
     name : str | None
         Stream name prefix: one file -> exactly this name; several files -> ``<name>-<stem>``.
         Default: the file stem.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pylsl
 
-from acquisition.errors import AmbiguousStreamError, StreamNotFoundError
-from acquisition.info import StreamInfo, from_lsl
+from dropstream.acquisition.errors import AmbiguousStreamError, StreamNotFoundError
+from dropstream.acquisition.info import StreamInfo, from_lsl
 
 
 def _predicate(name: str | None, type: str | None, source_id: str | None) -> str:

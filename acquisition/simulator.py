@@ -2,7 +2,7 @@
 
 Generates EEG-like (1/f noise plus a 10 Hz alpha rhythm) and ECG-like (a Gaussian QRS spike
 train at ~72 bpm) signals in microvolts and publishes them with
-:class:`~acquisition.publish.Publisher`.
+:class:`~dropstream.acquisition.publish.Publisher`.
 Tests that claim realism use the real recordings in ``../shared/data`` instead.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from acquisition.info import StreamInfo
-from acquisition.publish import Annotation, Publisher, Track
-from acquisition.units import MICROVOLTS
+from dropstream.acquisition.info import StreamInfo
+from dropstream.acquisition.publish import Annotation, Publisher, Track
+from dropstream.acquisition.units import MICROVOLTS
 
 
 def synthetic_eeg(n_channels: int, sfreq: float, seconds: float, seed: int = 0) -> np.ndarray:
@@ -54,7 +54,7 @@ def simulated_track(
     seed: int = 0,
     events_every: float = 0.0,
 ) -> Track:
-    """A synthetic :class:`~acquisition.publish.Track` (``kind`` ``"eeg"`` or ``"ecg"``).
+    """A synthetic :class:`~dropstream.acquisition.publish.Track` (``kind`` ``"eeg"`` or ``"ecg"``).
 
     ``events_every`` > 0 adds a ``"sim-event"`` annotation every that many seconds.
     """
@@ -87,5 +87,6 @@ def simulated_track(
 
 
 def simulate(tracks: list[Track], **publisher_options: object) -> Publisher:
-    """Start publishing ``tracks`` (see :class:`~acquisition.publish.Publisher` for options)."""
+    """Start publishing ``tracks`` (see :class:`~dropstream.acquisition.publish.Publisher` for
+    options)."""
     return Publisher(tracks, **publisher_options).start()  # type: ignore[arg-type]

@@ -2,11 +2,13 @@
 
 Convention (one for the whole project): **voltage channels travel and arrive in microvolts**.
 
-* MNE holds voltages in volts; :mod:`acquisition.replay` multiplies them by 1e6 and writes
+* MNE holds voltages in volts; :mod:`dropstream.acquisition.replay` multiplies them by 1e6
+  and writes
   ``"microvolts"`` as the channel unit in the LSL header.
-* :class:`acquisition.inlet.LiveStream` reads each channel's unit from the header and scales every
+* :class:`dropstream.acquisition.inlet.LiveStream` reads each channel's unit from the header and
+scales every
   voltage channel to microvolts (``"V"``/``"volts"`` x 1e6, ``"mV"`` x 1e3, ``"uV"``/``"µV"``
-  x 1); its :class:`~acquisition.info.StreamInfo` then reports ``"microvolts"`` for them.
+  x 1); its :class:`~dropstream.acquisition.info.StreamInfo` then reports ``"microvolts"`` for them.
 * Any other unit (``"AU"``, ``"percent"``, an empty string, ...) passes through unchanged and is
   reported as found.
 

@@ -1,7 +1,7 @@
 """The paper's table on real EEG: test accuracy against keep fraction K/m and first-layer width.
 
 For each UEA EEG problem (official TRAIN/TEST splits) and each seed this trains the split network
-(:func:`inference.training.train_classifier`, default recipe) with keep fractions K/m in
+(:func:`dropstream.inference.training.train_classifier`, default recipe) with keep fractions K/m in
 {1, 0.5, 0.25, 0.1, 0.05} at m = 256 (K/m = 1 is the same network without dropping), and widths
 m in {64, 256, 1024, 4096} at the default K/m = 0.25; beside it a MiniRocket baseline (aeon) on the
 same splits, computed in the same run. Every test window is classified from ONE fresh random keep
@@ -46,8 +46,8 @@ MINIROCKET_REFERENCE = {
 
 
 def _run_network(tr: Any, te: Any, width: int, fraction: float, seed: int, epochs: int | None):
-    from inference.training import TrainConfig, train_classifier
-    from local_encoder.first_layer import PrivacyGuardError
+    from dropstream.inference.training import TrainConfig, train_classifier
+    from dropstream.local_encoder.first_layer import PrivacyGuardError
 
     # the default recipe (TrainConfig defaults) for every problem; --quick only cuts epochs
     cfg_kw: dict[str, Any] = {} if epochs is None else {"epochs": epochs}
@@ -99,8 +99,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from tqdm.auto import tqdm
 
-    from inference.datasets import load_uea
-    from inference.training import default_pool
+    from dropstream.inference.datasets import load_uea
+    from dropstream.inference.training import default_pool
 
     torch.set_num_threads(max(1, args.threads))
     problems = args.problems or (PROBLEMS[:1] if args.quick else PROBLEMS)
@@ -226,7 +226,7 @@ def write_markdown(results: dict[str, Any], path: Path, command: str) -> None:
         )
     lines += [
         "",
-        "Recipes (one rule for all problems, see `inference.training.default_pool`): "
+        "Recipes (one rule for all problems, see `dropstream.inference.training.default_pool`): "
         + "; ".join(f"{p}: {json.dumps(results['problems'][p]['recipe'])}" for p in problems)
         + ".",
         "",

@@ -39,19 +39,19 @@ def run_once(
 ) -> dict:
     import pylsl
 
-    from broker.alert_message import decode_alert
-    from broker.clients import make_producer, make_topic_reader
-    from broker.config import ClientConfig
-    from broker.topics import delete_topics, ensure_topics, topic_names
-    from broker.wire import encode_activation
-    from inference.demo import (
+    from dropstream.broker.alert_message import decode_alert
+    from dropstream.broker.clients import make_producer, make_topic_reader
+    from dropstream.broker.config import ClientConfig
+    from dropstream.broker.topics import delete_topics, ensure_topics, topic_names
+    from dropstream.broker.wire import encode_activation
+    from dropstream.inference.demo import (
         DEMO_ALERTS,
         DEMO_BUNDLE,
         DEMO_RECORDING,
         encode_recording,
         read_recording,
     )
-    from local_encoder.bundle import load_device_bundle
+    from dropstream.local_encoder.bundle import load_device_bundle
 
     tag = uuid.uuid4().hex[:8]
     config = ClientConfig(
@@ -171,7 +171,7 @@ def main() -> None:
         "--serve-args", default="", help="extra 'dropstream serve' flags, e.g. '--device cuda'"
     )
     args = parser.parse_args()
-    from broker.embedded import EmbeddedBroker
+    from dropstream.broker.embedded import EmbeddedBroker
 
     broker = None if args.bootstrap else EmbeddedBroker().start()
     try:

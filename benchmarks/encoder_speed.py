@@ -3,9 +3,10 @@
 For each bundle, on one core (BLAS limited to one thread), on real EEG:
 
 * **encode**: first layer + activation + fresh keep mask + message + serialisation
-  (:class:`local_encoder.encoder.WindowEncoder`), CPU time per window;
+  (:class:`dropstream.local_encoder.encoder.WindowEncoder`), CPU time per window;
 * **device path**: the above plus causal filtering, ring buffer and normalisation
-  (:class:`local_encoder.windowing.WindowBuffer`) fed in 10 ms chunks, CPU time per window;
+  (:class:`dropstream.local_encoder.windowing.WindowBuffer`) fed in 10 ms chunks, CPU time per
+  window;
 * **spool put**: durable append to the on-disk spool (SQLite WAL, fsync), wall time per window
   (disk dependent);
 * **bytes**: Kafka key + value of one message against the window's raw samples as float32
@@ -36,12 +37,12 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from local_encoder.bundle import DeviceBundle, load_device_bundle  # noqa: E402
-from local_encoder.encoder import WindowEncoder  # noqa: E402
-from local_encoder.first_layer import FirstLayer  # noqa: E402
-from local_encoder.preprocessing import filter_signal, fit_normalisation  # noqa: E402
-from local_encoder.spool import Spool  # noqa: E402
-from local_encoder.windowing import WindowBuffer  # noqa: E402
+from dropstream.local_encoder.bundle import DeviceBundle, load_device_bundle  # noqa: E402
+from dropstream.local_encoder.encoder import WindowEncoder  # noqa: E402
+from dropstream.local_encoder.first_layer import FirstLayer  # noqa: E402
+from dropstream.local_encoder.preprocessing import filter_signal, fit_normalisation  # noqa: E402
+from dropstream.local_encoder.spool import Spool  # noqa: E402
+from dropstream.local_encoder.windowing import WindowBuffer  # noqa: E402
 
 PRE = {"l_freq": 1.0, "h_freq": 40.0, "notch": None, "order": 4, "window_demean": False}
 DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "inference" / "demo_data" / "ecg_novelty.dsb"

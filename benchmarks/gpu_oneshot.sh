@@ -31,8 +31,8 @@ fi
 
 timeout 120 "$PY" - <<'PYEOF' > "$OUT_DIR/head_throughput.log" 2>&1
 import json, time, torch
-from inference.head import ServerModel
-from inference.demo import DEMO_BUNDLE
+from dropstream.inference.head import ServerModel
+from dropstream.inference.demo import DEMO_BUNDLE
 model = ServerModel.load(DEMO_BUNDLE)
 devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 for dev in devices:

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import pylsl
 
-from acquisition import LiveStream
-from acquisition.info import StreamInfo, to_lsl
-from acquisition.replay import RecordingReplay
+from dropstream.acquisition import LiveStream
+from dropstream.acquisition.info import StreamInfo, to_lsl
+from dropstream.acquisition.replay import RecordingReplay
 
 
 def make_recording(data_dir: Path, out_dir: Path) -> Path:

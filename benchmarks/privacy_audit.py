@@ -10,8 +10,8 @@ Parts:
 
 1. **Default model** (SelfRegulationSCP1, 6 ch x 896 samples at 256 Hz = 5376 inputs; the
    training API's default config: dense m=256, K=64, ReLU, no filter), trained here with
-   :func:`inference.training.train_classifier` on the official TRAIN split. Every attack at
-   K in {256, 128, 64, 32, 16}; the attacker's prior and decoder learn from the TRAIN trials,
+   :func:`dropstream.inference.training.train_classifier` on the official TRAIN split. Every attack
+   at K in {256, 128, 64, 32, 16}; the attacker's prior and decoder learn from the TRAIN trials,
    the TEST trials are attacked. Test accuracy of the same model when the device keeps K units.
 2. **Filtered variant**: the same with a causal 1-40 Hz band-pass on the device.
 3. **Leak sweep** (random Gaussian layers) on real 64-ch EEG (eegmmidb, 8 channels x 32
@@ -40,25 +40,25 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from inference.audit.attacks import (  # noqa: E402
+from dropstream.inference.audit.attacks import (  # noqa: E402
     GaussianPrior,
     WindowAttack,
     joint_attack,
     observe,
     stream_windows,
 )
-from inference.audit.encryption import measure_encrypted, measure_local  # noqa: E402
-from inference.audit.metrics import pearson_r  # noqa: E402
-from inference.audit.plots import COLOURS, plot_privacy_utility  # noqa: E402
-from inference.audit.report import (  # noqa: E402
+from dropstream.inference.audit.encryption import measure_encrypted, measure_local  # noqa: E402
+from dropstream.inference.audit.metrics import pearson_r  # noqa: E402
+from dropstream.inference.audit.plots import COLOURS, plot_privacy_utility  # noqa: E402
+from dropstream.inference.audit.report import (  # noqa: E402
     AuditResult,
     format_table,
     load_recording,
     run_audit,
 )
-from local_encoder.bundle import DeviceBundle, load_device_bundle  # noqa: E402
-from local_encoder.first_layer import FirstLayer  # noqa: E402
-from local_encoder.preprocessing import filter_signal, normalise  # noqa: E402
+from dropstream.local_encoder.bundle import DeviceBundle, load_device_bundle  # noqa: E402
+from dropstream.local_encoder.first_layer import FirstLayer  # noqa: E402
+from dropstream.local_encoder.preprocessing import filter_signal, normalise  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 log = logging.getLogger("privacy_audit")
@@ -66,8 +66,8 @@ log = logging.getLogger("privacy_audit")
 
 def train_scp1(preprocessing: dict[str, Any], epochs: int | None) -> Any:
     """Train the SCP1 classifier with the training API's defaults (plus ``preprocessing``)."""
-    from inference.datasets import load_uea
-    from inference.training import TrainConfig, train_classifier
+    from dropstream.inference.datasets import load_uea
+    from dropstream.inference.training import TrainConfig, train_classifier
 
     tr, te = load_uea("SelfRegulationSCP1", DATA / "uea")
     cfg = TrainConfig(preprocessing=preprocessing, progress=False, device="cpu")

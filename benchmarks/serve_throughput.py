@@ -6,7 +6,8 @@ fresh topic on the embedded broker, then measures, each on the full backlog:
 
 1. **kafka-python alone**: a consumer with the service's settings that only reads the messages
    (``poll`` + touch ``value``) - the client's own cost, the ceiling for the service;
-2. **serve**: one :class:`~inference.service.InferenceService` (consumer group, batch decoding,
+2. **serve**: one :class:`~dropstream.inference.service.InferenceService` (consumer group, batch
+   decoding,
    per-stream duplicate/gap checks, scoring, event detectors, offset commits after every batch)
    from joining the group until every window is scored.
 
@@ -32,8 +33,8 @@ import numpy as np
 
 
 def _messages(args: argparse.Namespace, bundle_path: Path) -> list[tuple[bytes, bytes]]:
-    from inference.demo import DEMO_RECORDING, encode_recording, read_recording
-    from local_encoder.bundle import load_device_bundle
+    from dropstream.inference.demo import DEMO_RECORDING, encode_recording, read_recording
+    from dropstream.local_encoder.bundle import load_device_bundle
 
     bundle = load_device_bundle(bundle_path)
     samples, _, _ = read_recording(DEMO_RECORDING)
@@ -52,7 +53,7 @@ def _messages(args: argparse.Namespace, bundle_path: Path) -> list[tuple[bytes, 
 
 def _random_bundle(width: int, keep: int, path: Path) -> Path:
     """A novelty bundle with random weights of the given width/keep (cost as a trained one)."""
-    from inference.training import TrainConfig, train_novelty
+    from dropstream.inference.training import TrainConfig, train_novelty
 
     rng = np.random.default_rng(0)
     t = max(keep * 2, 64)
@@ -64,9 +65,9 @@ def _random_bundle(width: int, keep: int, path: Path) -> Path:
 
 
 def _random_messages(args: argparse.Namespace, bundle_path: Path) -> list[tuple[bytes, bytes]]:
-    from broker.wire import ActivationMessage, encode_activation
-    from local_encoder.bundle import load_device_bundle
-    from local_encoder.first_layer import draw_kept_units
+    from dropstream.broker.wire import ActivationMessage, encode_activation
+    from dropstream.local_encoder.bundle import load_device_bundle
+    from dropstream.local_encoder.first_layer import draw_kept_units
 
     b = load_device_bundle(bundle_path)
     rng = np.random.default_rng(1)
@@ -103,12 +104,12 @@ def main() -> None:
     import torch
     from kafka import KafkaConsumer
 
-    from broker.clients import make_producer
-    from broker.config import ClientConfig
-    from broker.embedded import EmbeddedBroker
-    from broker.topics import delete_topics, ensure_topics, topic_names
-    from inference.demo import DEMO_BUNDLE
-    from inference.service import InferenceService, ServiceSettings
+    from dropstream.broker.clients import make_producer
+    from dropstream.broker.config import ClientConfig
+    from dropstream.broker.embedded import EmbeddedBroker
+    from dropstream.broker.topics import delete_topics, ensure_topics, topic_names
+    from dropstream.inference.demo import DEMO_BUNDLE
+    from dropstream.inference.service import InferenceService, ServiceSettings
 
     tmp = Path(tempfile.mkdtemp())
     if args.width:

@@ -38,7 +38,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from broker.wire import WireFormatError
+from dropstream.broker.wire import WireFormatError
 
 ALERT_SCHEMA = "dropstream.alert"
 ALERT_VERSION = 1

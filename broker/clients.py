@@ -1,4 +1,5 @@
-"""kafka-python producers and consumers built from a :class:`~broker.config.ClientConfig`.
+"""kafka-python producers and consumers built from a
+:class:`~dropstream.broker.config.ClientConfig`.
 
 Use these rather than constructing kafka-python clients by hand, so that security settings and
 the tuned defaults (acks=all with idempotence, manual commits, short fetch waits) apply
@@ -13,7 +14,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
-from broker.config import ClientConfig
+from dropstream.broker.config import ClientConfig
 from dropstream.errors import DropstreamError
 
 

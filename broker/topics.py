@@ -7,7 +7,7 @@ replication before any client uses it.
 ``activations``
     keyed by device id, so one device's windows stay ordered within one partition;
 ``alerts``
-    keyed by device id, JSON alert events (:mod:`broker.alert_message`);
+    keyed by device id, JSON alert events (:mod:`dropstream.broker.alert_message`);
 ``dead letters``
     messages the service could not process, with the reason in a header.
 """
@@ -21,7 +21,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from broker.config import ClientConfig
+from dropstream.broker.config import ClientConfig
 from dropstream.errors import DropstreamError
 
 

@@ -20,9 +20,9 @@ that stream in sequence order:
 Sequence gaps (lost windows) count as windows below threshold. A stream that falls silent is
 *expired* by the service after a while (:meth:`EventDetector.expire`): an open event is closed at
 its last active window. An alert is emitted twice under
-one id (:func:`broker.alert_message.make_alert_id` of device, stream and onset sequence): once
-``open`` and once ``closed``. Everything is a pure function of the window sequence and scores, so
-replaying the same windows from a *clean* point (see :attr:`EventDetector.clean`) reproduces the
+one id (:func:`dropstream.broker.alert_message.make_alert_id` of device, stream and onset sequence):
+once ``open`` and once ``closed``. Everything is a pure function of the window sequence and scores,
+so replaying the same windows from a *clean* point (see :attr:`EventDetector.clean`) reproduces the
 same alert ids; the service commits Kafka offsets only at such points.
 
 Thresholds come from the bundle's calibration (quantiles of held-out normal scores) and can be

@@ -1,7 +1,8 @@
 """Decode a batch of activation messages into dense tensors without a Python loop per value.
 
-The service receives thousands of small messages per second. :func:`broker.wire.decode_activation`
-validates one message at a time (tens of microseconds each); :func:`decode_batch` does the same
+The service receives thousands of small messages per second.
+:func:`dropstream.broker.wire.decode_activation` validates one message at a time (tens of
+microseconds each); :func:`decode_batch` does the same
 validation for a whole batch at once:
 
 * per message, only the fixed header is unpacked (one ``struct`` call) and its scalar fields are
@@ -9,9 +10,10 @@ validation for a whole batch at once:
 * the kept indices and values of all messages with the same layout (width, K, value precision)
   are joined into one buffer and read with one ``np.frombuffer`` each, then checked together
   (indices strictly increasing and below ``m``, values finite) with array operations;
-* any message that fails a fast check is handed to :func:`~broker.wire.decode_activation`, whose
-  :class:`~broker.wire.WireFormatError` message becomes the rejection reason. The fast path
-  therefore never accepts anything the reference decoder rejects.
+* any message that fails a fast check is handed to
+:func:`~dropstream.broker.wire.decode_activation`, whose
+  :class:`~dropstream.broker.wire.WireFormatError` message becomes the rejection reason. The fast
+  path therefore never accepts anything the reference decoder rejects.
 
 :func:`scatter_dense` then writes the kept values of ``N`` windows into a zero ``(N, m)`` matrix
 with one fancy-indexing assignment.
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from broker.wire import (
+from dropstream.broker.wire import (
     _HEADER,
     FLAG_FLOAT32,
     HEADER_BYTES,

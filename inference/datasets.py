@@ -1,6 +1,6 @@
 """Training data: UEA ``.ts`` problems and labelled windows from continuous recordings.
 
-Two sources feed :mod:`inference.training`:
+Two sources feed :mod:`dropstream.inference.training`:
 
 * UEA/UCR multivariate problems in the sktime ``.ts`` text format (official TRAIN/TEST splits),
   read by a small parser here (no aeon or sktime at runtime).
@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from acquisition.publish import Track
-from acquisition.recording import load_tracks
+from dropstream.acquisition.publish import Track
+from dropstream.acquisition.recording import load_tracks
 from dropstream.errors import DropstreamError
-from local_encoder.preprocessing import filter_signal
-from local_encoder.resampling import ResamplingError, decimate_signal, decimation_factor
+from dropstream.local_encoder.preprocessing import filter_signal
+from dropstream.local_encoder.resampling import ResamplingError, decimate_signal, decimation_factor
 
 
 class DatasetError(DropstreamError):
@@ -208,12 +208,12 @@ def windows_from_recordings(
     """Cut causally filtered recordings into labelled windows.
 
     With ``sfreq`` set, each recording is first decimated to that rate with
-    :func:`local_encoder.resampling.decimate_signal` (what the device does with a faster stream).
-    Each recording is then filtered as one continuous stream with
-    :func:`local_encoder.preprocessing.filter_signal` (what the device does), then cut into
-    windows of ``window_s`` seconds every ``hop_s`` seconds. A window takes the description of the
-    annotation it overlaps most (mapped through ``label_map``); a window overlapping no annotation
-    gets ``default_label``, or is skipped when that is ``None``.
+    :func:`dropstream.local_encoder.resampling.decimate_signal` (what the device does with a faster
+    stream). Each recording is then filtered as one continuous stream with
+    :func:`dropstream.local_encoder.preprocessing.filter_signal` (what the device does), then cut
+    into windows of ``window_s`` seconds every ``hop_s`` seconds. A window takes the description of
+    the annotation it overlaps most (mapped through ``label_map``); a window overlapping no
+    annotation gets ``default_label``, or is skipped when that is ``None``.
 
     Parameters
     ----------
@@ -223,7 +223,7 @@ def windows_from_recordings(
     window_s, hop_s : float
         Window length and hop in seconds.
     preprocessing : mapping, optional
-        Causal filter settings (see :mod:`local_encoder.preprocessing`).
+        Causal filter settings (see :mod:`dropstream.local_encoder.preprocessing`).
     default_label : str or None
         Label of windows outside every annotation.
     label_map : mapping, optional

@@ -2,15 +2,15 @@
 
 What runs, all in this process except the broker (a tansu subprocess):
 
-1. an embedded Kafka-protocol broker (:class:`broker.embedded.EmbeddedBroker`) and the three
-   topics;
-2. the inference service (:class:`inference.service.InferenceService`) in a thread, with the
-   shipped pre-trained bundle ``demo_data/ecg_novelty.dsb``;
+1. an embedded Kafka-protocol broker (:class:`dropstream.broker.embedded.EmbeddedBroker`) and the
+   three topics;
+2. the inference service (:class:`dropstream.inference.service.InferenceService`) in a thread, with
+   the shipped pre-trained bundle ``demo_data/ecg_novelty.dsb``;
 3. the shipped recording ``demo_data/ecg_artefacts.fif`` (30 s of real ECG with two real
    artefacts added at known times, see ``demo_data/README.md``) replayed over LSL at real-time
-   pace (:class:`acquisition.replay.RecordingReplay`);
-4. the device-side agent (:class:`local_encoder.agent.EncoderAgent`) reading that LSL stream,
-   running the first layer, dropping units and sending the kept activations to Kafka;
+   pace (:class:`dropstream.acquisition.replay.RecordingReplay`);
+4. the device-side agent (:class:`dropstream.local_encoder.agent.EncoderAgent`) reading that LSL
+   stream, running the first layer, dropping units and sending the kept activations to Kafka;
 5. a follower of the alert topic that prints each alert as it arrives.
 
 The closing summary compares the alerts with the known anomaly spans (hits, misses, false
@@ -34,12 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from broker.alert_message import AlertMessage, decode_alert
-from broker.wire import ActivationMessage, encode_activation
+from dropstream.broker.alert_message import AlertMessage, decode_alert
+from dropstream.broker.wire import ActivationMessage, encode_activation
 from dropstream.errors import DropstreamError
-from local_encoder.bundle import DeviceBundle
-from local_encoder.first_layer import draw_kept_units
-from local_encoder.preprocessing import filter_signal, prepare_window
+from dropstream.local_encoder.bundle import DeviceBundle
+from dropstream.local_encoder.first_layer import draw_kept_units
+from dropstream.local_encoder.preprocessing import filter_signal, prepare_window
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +133,12 @@ def reference_alerts(
 ) -> list[tuple[str, str]]:
     """The ``(alert_id, status)`` updates the service must produce for ``messages`` (all of one
     or several streams, each in sequence order), computed offline with the same head and
-    :class:`~inference.alerting.EventDetector` - the reference for the service tests."""
-    from broker.alert_message import make_alert_id
-    from broker.wire import decode_activation
-    from inference.alerting import EventDetector
-    from inference.head import ServerModel
-    from inference.service import ServiceSettings, policy_for
+    :class:`~dropstream.inference.alerting.EventDetector` - the reference for the service tests."""
+    from dropstream.broker.alert_message import make_alert_id
+    from dropstream.broker.wire import decode_activation
+    from dropstream.inference.alerting import EventDetector
+    from dropstream.inference.head import ServerModel
+    from dropstream.inference.service import ServiceSettings, policy_for
 
     model = ServerModel.load(model_path)
     policy = policy_for(model, ServiceSettings(**(policy_kw or {})))
@@ -244,17 +244,17 @@ def run_demo(
     """
     import pylsl
 
-    from acquisition.inlet import LiveStream
-    from acquisition.replay import RecordingReplay
-    from broker.clients import make_topic_reader
-    from broker.config import ClientConfig
-    from broker.embedded import EmbeddedBroker
-    from broker.topics import ensure_topics
+    from dropstream.acquisition.inlet import LiveStream
+    from dropstream.acquisition.replay import RecordingReplay
+    from dropstream.broker.clients import make_topic_reader
+    from dropstream.broker.config import ClientConfig
+    from dropstream.broker.embedded import EmbeddedBroker
+    from dropstream.broker.topics import ensure_topics
     from dropstream.commands.alerts import format_alert, table_header
-    from inference.service import InferenceService, ServiceSettings
-    from local_encoder.agent import EncoderAgent
-    from local_encoder.bundle import load_device_bundle
-    from local_encoder.spool import Spool
+    from dropstream.inference.service import InferenceService, ServiceSettings
+    from dropstream.local_encoder.agent import EncoderAgent
+    from dropstream.local_encoder.bundle import load_device_bundle
+    from dropstream.local_encoder.spool import Spool
 
     for path in (recording, bundle_path):
         if not Path(path).exists():
@@ -361,7 +361,7 @@ def run_demo(
 
 def _topic_bytes(config) -> int:  # noqa: ANN001 - ClientConfig, imported lazily
     """Key + value bytes of every message on the activations topic."""
-    from broker.clients import make_topic_reader
+    from dropstream.broker.clients import make_topic_reader
 
     consumer = make_topic_reader(config, config.activations_topic)
     try:

@@ -2,7 +2,7 @@
 
 ::
 
-    from inference.head import load_model
+    from dropstream.inference.head import load_model
     device, head = load_model("scp1.dsb")
     dense = scatter_kept(indices, values, device.layer.width)  # (N, m), zeros at dropped units
     logits = head(dense)         # classifier: (N, n_classes) logits
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from inference.model import Head, NoveltyScorer, scatter_kept
-from local_encoder.bundle import BundleError, DeviceBundle, load_bundle
+from dropstream.inference.model import Head, NoveltyScorer, scatter_kept
+from dropstream.local_encoder.bundle import BundleError, DeviceBundle, load_bundle
 
 
 def build_head(head_config: Mapping[str, Any]) -> nn.Module:
@@ -54,7 +54,7 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[DeviceBundl
 
     Raises
     ------
-    local_encoder.bundle.BundleError
+    dropstream.local_encoder.bundle.BundleError
         If the file is not a bundle, fails its checksum, or the head does not match.
     """
     device, head_bytes = load_bundle(path)

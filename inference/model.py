@@ -15,7 +15,7 @@ applies exactly the same dropping, so the head works for any kept set.
 The first layer is either ``"dense"`` (``nn.Linear`` over the channel-major flattened window) or
 ``"conv"`` (a spatio-temporal ``nn.Conv1d`` over all channels with a temporal kernel and stride,
 which is linear and is exported to its equivalent dense matrix for the device). In both cases the
-device computes :meth:`local_encoder.first_layer.FirstLayer.forward`.
+device computes :meth:`dropstream.local_encoder.first_layer.FirstLayer.forward`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,12 @@ import torch
 from torch import nn
 
 from dropstream.errors import DropstreamError
-from local_encoder.first_layer import ACTIVATIONS, FirstLayer, PrivacyGuardError, check_keep
+from dropstream.local_encoder.first_layer import (
+    ACTIVATIONS,
+    FirstLayer,
+    PrivacyGuardError,
+    check_keep,
+)
 
 
 class ModelConfigError(DropstreamError):

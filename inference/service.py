@@ -7,10 +7,11 @@ rebalances and another takes its partitions over from their last committed offse
 Loop::
 
     poll -> micro-batch (until max_batch windows or max_wait_ms after the first one)
-         -> decode the whole batch at once (inference.batching), bad input -> dead letters
+         -> decode the whole batch at once (dropstream.inference.batching), bad input ->
+            dead letters
          -> per stream: drop duplicate windows, note gaps and late windows
          -> score all new windows in one forward pass (CUDA when present, else CPU)
-         -> event detectors (inference.alerting) -> alert updates
+         -> event detectors (dropstream.inference.alerting) -> alert updates
          -> produce alerts and dead letters, flush (acks=all)        # first
          -> commit offsets up to the last *clean* point per partition  # after
 
@@ -39,16 +40,16 @@ from kafka import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from broker.alert_message import AlertMessage, make_alert_id
-from broker.clients import KafkaClientError, make_consumer, make_producer
-from broker.config import ClientConfig
+from dropstream.broker.alert_message import AlertMessage, make_alert_id
+from dropstream.broker.clients import KafkaClientError, make_consumer, make_producer
+from dropstream.broker.config import ClientConfig
 from dropstream.errors import DropstreamError
-from inference.alerting import AlertEvent, AlertPolicy, EventDetector
-from inference.batching import BatchDecoder, WindowGroup
-from inference.head import ServerModel
-from inference.metrics import ServiceMetrics
+from dropstream.inference.alerting import AlertEvent, AlertPolicy, EventDetector
+from dropstream.inference.batching import BatchDecoder, WindowGroup
+from dropstream.inference.head import ServerModel
+from dropstream.inference.metrics import ServiceMetrics
 
-log = logging.getLogger("inference.service")
+log = logging.getLogger("dropstream.inference.service")
 
 REASON_HEADER = "dropstream.reason"
 SOURCE_HEADER = "dropstream.source-topic"
@@ -76,7 +77,7 @@ class ServiceSettings:
     class_threshold : float
         For a classifier: alert when ``1 - P(normal)`` reaches this.
     min_duration_s, merge_gap_s, refractory_s : float
-        Event timing (see :class:`inference.alerting.AlertPolicy`).
+        Event timing (see :class:`dropstream.inference.alerting.AlertPolicy`).
     adapt_windows : int
         Per-device threshold adaptation from its first windows (0: off).
     dedup_windows : int

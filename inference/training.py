@@ -2,7 +2,7 @@
 
 Python API::
 
-    from inference.training import TrainConfig, train_classifier, train_novelty
+    from dropstream.inference.training import TrainConfig, train_classifier, train_novelty
     model = train_classifier(X, y, TrainConfig(width=256, keep=64), sfreq=256.0)
     model.predict(X_test)            # labels, each window with a fresh keep mask
     model.save("scp1.dsb", model_id="scp1")
@@ -11,8 +11,8 @@ Python API::
     novelty.score(X)                 # anomaly score, higher = more anomalous
 
 ``X`` are raw windows ``(N, C, T)`` in stream units. Unless ``prefiltered=True`` (windows cut from
-a recording that :func:`local_encoder.preprocessing.filter_signal` already filtered as one
-stream) each window is causally filtered on its own. Normalisation statistics are fitted on the
+a recording that :func:`dropstream.local_encoder.preprocessing.filter_signal` already filtered as
+one stream) each window is causally filtered on its own. Normalisation statistics are fitted on the
 training windows only. Everything is seeded: the same inputs and config give the same model.
 
 The novelty model never learns to reconstruct the input: it is a Deep SVDD (Ruff et al., ICML
@@ -40,7 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dropstream.errors import DropstreamError
-from inference.model import (
+from dropstream.inference.model import (
     Head,
     NoveltyScorer,
     SplitNet,
@@ -48,8 +48,8 @@ from inference.model import (
     random_keep_mask,
     validate_keep,
 )
-from local_encoder.bundle import DeviceBundle, write_bundle
-from local_encoder.preprocessing import (
+from dropstream.local_encoder.bundle import DeviceBundle, write_bundle
+from dropstream.local_encoder.preprocessing import (
     complete_preprocessing,
     filter_windows,
     fit_normalisation,
@@ -105,7 +105,7 @@ class TrainConfig:
         After picking the best epoch count on the validation split, train afresh on all of
         TRAIN for that many epochs (small EEG sets cannot spare 20 % of their windows).
     preprocessing : dict
-        Causal filter and demeaning settings (see :mod:`local_encoder.preprocessing`).
+        Causal filter and demeaning settings (see :mod:`dropstream.local_encoder.preprocessing`).
     seed : int
     device : str
         ``"auto"`` (CUDA when present, else CPU), ``"cpu"`` or ``"cuda"``.
@@ -403,7 +403,7 @@ def train_classifier(
 
     Raises
     ------
-    local_encoder.first_layer.PrivacyGuardError
+    dropstream.local_encoder.first_layer.PrivacyGuardError
         If ``K`` is not below the window's input dimension (or ``C * hop``).
     TrainingError
         On bad data.

@@ -4,9 +4,9 @@
 other:
 
 * the **acquisition** thread polls the inlet (never blocking), cuts windows
-  (:class:`~local_encoder.windowing.WindowBuffer`), encodes them
-  (:class:`~local_encoder.encoder.WindowEncoder`) and appends each message, with the stream's
-  next sequence number, to the on-disk :class:`~local_encoder.spool.Spool`;
+  (:class:`~dropstream.local_encoder.windowing.WindowBuffer`), encodes them
+  (:class:`~dropstream.local_encoder.encoder.WindowEncoder`) and appends each message, with the
+  stream's next sequence number, to the on-disk :class:`~dropstream.local_encoder.spool.Spool`;
 * the **sender** thread reads the spool in order and hands messages to a kafka-python producer
   (``acks=all``, idempotent). A message is deleted from the spool only after the broker
   acknowledged it. When a send fails (broker down for longer than the producer retries, a
@@ -40,12 +40,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from broker.config import ClientConfig
+from dropstream.broker.config import ClientConfig
 from dropstream.errors import DropstreamError
-from local_encoder.bundle import DeviceBundle
-from local_encoder.encoder import WindowEncoder
-from local_encoder.spool import Spool, SpoolItem
-from local_encoder.windowing import WindowBuffer
+from dropstream.local_encoder.bundle import DeviceBundle
+from dropstream.local_encoder.encoder import WindowEncoder
+from dropstream.local_encoder.spool import Spool, SpoolItem
+from dropstream.local_encoder.windowing import WindowBuffer
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +145,9 @@ class EncoderAgent:
 
     Raises
     ------
-    local_encoder.first_layer.PrivacyGuardError
+    dropstream.local_encoder.first_layer.PrivacyGuardError
         If the bundle is invertible.
-    local_encoder.bundle.BundleError
+    dropstream.local_encoder.bundle.BundleError
         If the stream does not fit the bundle (rate, channels).
     """
 
@@ -318,7 +318,7 @@ class EncoderAgent:
         self.poll_once()  # what arrived until the stop
 
     def _make_producer(self) -> Any:
-        from broker.clients import make_producer
+        from dropstream.broker.clients import make_producer
 
         return make_producer(self.config, **self.producer_overrides)
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from dropstream.errors import DropstreamError
-from local_encoder.first_layer import FirstLayer, check_keep
+from dropstream.local_encoder.first_layer import FirstLayer, check_keep
 
 BUNDLE_FORMAT = 1
 
@@ -90,7 +90,7 @@ class DeviceBundle:
         return len(self.channel_names)
 
     def check_privacy(self) -> None:
-        """Raise :class:`~local_encoder.first_layer.PrivacyGuardError` if invertible."""
+        """Raise :class:`~dropstream.local_encoder.first_layer.PrivacyGuardError` if invertible."""
         n_inputs = self.n_channels * self.window_samples
         overlapping = self.hop_samples < self.window_samples
         hop_inputs = self.n_channels * self.hop_samples if overlapping else None
@@ -100,9 +100,10 @@ class DeviceBundle:
         """Check a stream against the bundle: channel picks and the decimation factor.
 
         A stream at the bundle's rate, or at an integer multiple ``k * sfreq`` of it (``k >= 2``,
-        checked to a relative tolerance of :data:`local_encoder.resampling.RATE_RTOL`), fits; the
-        device brings the latter down to ``sfreq`` with
-        :class:`local_encoder.resampling.CausalDecimator` before the model's preprocessing.
+        checked to a relative tolerance of :data:`dropstream.local_encoder.resampling.RATE_RTOL`),
+        fits; the device brings the latter down to ``sfreq`` with
+        :class:`dropstream.local_encoder.resampling.CausalDecimator` before the model's
+        preprocessing.
 
         Parameters
         ----------
@@ -124,7 +125,7 @@ class DeviceBundle:
             If the stream is slower than the model, its rate is not an integer multiple of the
             model rate, or a model channel is missing from the stream.
         """
-        from local_encoder.resampling import ResamplingError, decimation_factor
+        from dropstream.local_encoder.resampling import ResamplingError, decimation_factor
 
         try:
             factor = decimation_factor(sfreq, self.sfreq)
@@ -144,7 +145,7 @@ class DeviceBundle:
 
         For callers that feed samples straight into the model's preprocessing. A stream that
         needs decimation is refused here; use :meth:`stream_plan` (as
-        :class:`~local_encoder.windowing.WindowBuffer` does) to accept it.
+        :class:`~dropstream.local_encoder.windowing.WindowBuffer` does) to accept it.
 
         Raises
         ------
@@ -155,8 +156,8 @@ class DeviceBundle:
         if factor != 1:
             raise BundleError(
                 f"stream runs at {sfreq} Hz but model {self.model_id} expects {self.sfreq} Hz "
-                f"here; decimate it by {factor} first (local_encoder.resampling) or pick a "
-                "stream at the model rate"
+                f"here; decimate it by {factor} first (dropstream.local_encoder.resampling) or "
+                "pick a stream at the model rate"
             )
         return picks
 

@@ -2,8 +2,8 @@
 
 :class:`WindowEncoder` runs the bundle's first layer and activation in numpy, draws a fresh set of
 ``K`` kept units for every window from a generator seeded by the operating system's entropy, and
-builds a :class:`broker.wire.ActivationMessage` holding only the kept activations. The raw window
-never leaves this function: nothing else of it is put into the message.
+builds a :class:`dropstream.broker.wire.ActivationMessage` holding only the kept activations. The
+raw window never leaves this function: nothing else of it is put into the message.
 
 The generator must be unpredictable to the server: if the server could predict the kept set it
 would still only see ``K < C*hop`` equations per window, but a fresh, secret mask per window is
@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from broker.wire import ActivationMessage, WireFormatError, encode_activation
-from local_encoder.bundle import DeviceBundle
-from local_encoder.first_layer import draw_kept_units
-from local_encoder.windowing import Window
+from dropstream.broker.wire import ActivationMessage, WireFormatError, encode_activation
+from dropstream.local_encoder.bundle import DeviceBundle
+from dropstream.local_encoder.first_layer import draw_kept_units
+from dropstream.local_encoder.windowing import Window
 
 
 class WindowEncoder:
@@ -36,7 +36,7 @@ class WindowEncoder:
 
     Raises
     ------
-    local_encoder.first_layer.PrivacyGuardError
+    dropstream.local_encoder.first_layer.PrivacyGuardError
         If the bundle keeps so many units that the server could invert the windows.
     """
 
@@ -59,7 +59,7 @@ class WindowEncoder:
         Parameters
         ----------
         window : Window
-            A window from :class:`~local_encoder.windowing.WindowBuffer`.
+            A window from :class:`~dropstream.local_encoder.windowing.WindowBuffer`.
         sequence : int
             Window number in this stream, from 0.
         wall_time : float

@@ -1,11 +1,11 @@
 """Causal preprocessing shared by training and the device: filtering and normalisation.
 
-The same code runs in :mod:`inference.training` (on whole recordings) and on the device (chunk by
-chunk as samples arrive), so what the model was trained on is exactly what it is served. Only
-numpy and scipy are used; torch is never imported here.
+The same code runs in :mod:`dropstream.inference.training` (on whole recordings) and on the device
+(chunk by chunk as samples arrive), so what the model was trained on is exactly what it is served.
+Only numpy and scipy are used; torch is never imported here.
 
 The preprocessing of a model is a plain dict stored in the bundle's manifest
-(:attr:`local_encoder.bundle.DeviceBundle.preprocessing`)::
+(:attr:`dropstream.local_encoder.bundle.DeviceBundle.preprocessing`)::
 
     {"l_freq": 1.0,        # high-pass edge in Hz, or None
      "h_freq": 40.0,       # low-pass edge in Hz, or None
@@ -121,7 +121,7 @@ class SosFilterState:
 
     The state starts as the steady state of a signal that has been constant at its first
     sample, so a DC offset does not ring. Shared by :class:`CausalFilter` and
-    :class:`local_encoder.resampling.CausalDecimator`.
+    :class:`dropstream.local_encoder.resampling.CausalDecimator`.
 
     Parameters
     ----------
@@ -248,7 +248,7 @@ def prepare_window(
     """Turn an already filtered window ``(C, T)`` (or batch) into the first layer's input.
 
     Applies the optional per-window demeaning, then :func:`normalise`. The result, flattened
-    channel-major, is what :meth:`local_encoder.first_layer.FirstLayer.forward` expects.
+    channel-major, is what :meth:`dropstream.local_encoder.first_layer.FirstLayer.forward` expects.
     """
     p = complete_preprocessing(preprocessing)
     x = np.asarray(window, dtype=np.float64)

@@ -12,11 +12,11 @@ the device
 The filter state and the decimation phase are carried across chunks, so the split of a stream
 into chunks changes nothing: :meth:`CausalDecimator.process` over any chunking equals
 :func:`decimate_signal` over the whole signal. Training from a recording at ``k * sfreq``
-(:func:`inference.datasets.windows_from_recordings` with ``sfreq=``) calls the same code.
+(:func:`dropstream.inference.datasets.windows_from_recordings` with ``sfreq=``) calls the same code.
 
-Like :class:`local_encoder.preprocessing.CausalFilter`, the filter starts in the steady state of
-the first sample it sees, so a DC offset does not ring through the first seconds. Only numpy and
-scipy are used; torch is never imported here.
+Like :class:`dropstream.local_encoder.preprocessing.CausalFilter`, the filter starts in the steady
+state of the first sample it sees, so a DC offset does not ring through the first seconds. Only
+numpy and scipy are used; torch is never imported here.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 from scipy import signal
 
 from dropstream.errors import DropstreamError
-from local_encoder.preprocessing import SosFilterState
+from dropstream.local_encoder.preprocessing import SosFilterState
 
 #: Relative tolerance when checking that a stream rate is an integer multiple of the model rate.
 RATE_RTOL = 1e-6

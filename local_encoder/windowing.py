@@ -3,10 +3,10 @@
 :class:`WindowBuffer` takes chunks as the inlet delivers them (samples x stream channels, any
 length, timestamps on the LSL clock), picks the bundle's channels in model order, decimates a
 stream running at ``k`` times the bundle's rate down to that rate
-(:class:`local_encoder.resampling.CausalDecimator`: causal anti-alias low-pass, every ``k``-th
-sample kept, phase carried across chunks), runs the causal
-filter of :mod:`local_encoder.preprocessing` with its state carried across chunks, keeps the
-filtered samples in a ring buffer and cuts a window of ``window_samples`` every ``hop_samples``.
+(:class:`dropstream.local_encoder.resampling.CausalDecimator`: causal anti-alias low-pass, every
+``k``-th sample kept, phase carried across chunks), runs the causal
+filter of :mod:`dropstream.local_encoder.preprocessing` with its state carried across chunks, keeps
+the filtered samples in a ring buffer and cuts a window of ``window_samples`` every ``hop_samples``.
 Each window is then normalised with the bundle's per-channel statistics. Chunk boundaries change
 nothing: the windows equal those cut from the whole signal filtered causally at once.
 
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from local_encoder.bundle import DeviceBundle
-from local_encoder.preprocessing import CausalFilter, PreprocessingError, prepare_window
-from local_encoder.resampling import CausalDecimator
+from dropstream.local_encoder.bundle import DeviceBundle
+from dropstream.local_encoder.preprocessing import CausalFilter, PreprocessingError, prepare_window
+from dropstream.local_encoder.resampling import CausalDecimator
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class WindowBuffer:
 
     Raises
     ------
-    local_encoder.bundle.BundleError
+    dropstream.local_encoder.bundle.BundleError
         If the stream's rate does not fit (slower, or not an integer multiple) or it lacks a
         model channel.
     """

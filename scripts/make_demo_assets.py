@@ -72,8 +72,8 @@ def build_recording(data: Path, out: Path) -> list[tuple[float, float]]:
 
 def train_bundle(data: Path, out: Path) -> dict:
     """Train the novelty bundle on clean ECG and write it; returns its calibration."""
-    from inference.training import TrainConfig, train_novelty
-    from local_encoder.preprocessing import filter_signal
+    from dropstream.inference.training import TrainConfig, train_novelty
+    from dropstream.local_encoder.preprocessing import filter_signal
 
     x = _load(data / "body" / BASELINE[0], TRAIN_SPAN[0], TRAIN_SPAN[1] - TRAIN_SPAN[0])
     xf = filter_signal(x[None], SFREQ, PREPROCESSING)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import ClientConfig
-from broker.embedded import EmbeddedBroker
-from broker.topics import delete_topics, ensure_topics, topic_names
+from dropstream.broker.config import ClientConfig
+from dropstream.broker.embedded import EmbeddedBroker
+from dropstream.broker.topics import delete_topics, ensure_topics, topic_names
 
 #: Real recordings shipped beside the checkout (read-only); see ``MANIFEST.json`` there.
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"

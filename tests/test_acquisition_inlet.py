@@ -1,8 +1,8 @@
 """Live inlets on real LSL (loopback): resolution errors, header metadata, units, loss
 accounting, NaN and rate-change flags, several streams at once.
 
-These are plumbing tests on synthetic signals (acquisition.simulator); the realism tests on the
-recordings in ../shared/data are in test_acquisition_replay.py.
+These are plumbing tests on synthetic signals (dropstream.acquisition.simulator); the realism tests
+on the recordings in ../shared/data are in test_acquisition_replay.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pylsl
 import pytest
 
-from acquisition import (
+from dropstream.acquisition import (
     Chunk,
     LiveStream,
     NonFiniteSampleError,
@@ -25,10 +25,10 @@ from acquisition import (
     StreamNotFoundError,
     UnsupportedStreamError,
 )
-from acquisition.info import StreamInfo, to_lsl
-from acquisition.loss import SampleTimeline
-from acquisition.publish import Publisher, Track
-from acquisition.simulator import simulated_track
+from dropstream.acquisition.info import StreamInfo, to_lsl
+from dropstream.acquisition.loss import SampleTimeline
+from dropstream.acquisition.publish import Publisher, Track
+from dropstream.acquisition.simulator import simulated_track
 
 
 def unique(prefix: str) -> str:

@@ -15,9 +15,9 @@ import mne
 import numpy as np
 import pytest
 
-from acquisition import Chunk, LiveStream, RecordingError
-from acquisition.recording import load_tracks
-from acquisition.replay import RecordingReplay
+from dropstream.acquisition import Chunk, LiveStream, RecordingError
+from dropstream.acquisition.recording import load_tracks
+from dropstream.acquisition.replay import RecordingReplay
 
 EDF = "eeg/eegmmidb_S001R02.edf"
 

@@ -22,8 +22,8 @@ import numpy as np
 import pylsl
 import pytest
 
-from acquisition import Chunk, LiveStream, Marker, MarkerStream, StreamGroup
-from acquisition.replay import RecordingReplay
+from dropstream.acquisition import Chunk, LiveStream, Marker, MarkerStream, StreamGroup
+from dropstream.acquisition.replay import RecordingReplay
 
 EDF = "eeg/eegmmidb_S001R02.edf"
 SECONDS = 10.0

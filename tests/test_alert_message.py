@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.alert_message import AlertMessage, decode_alert, make_alert_id
-from broker.wire import WireFormatError
+from dropstream.broker.alert_message import AlertMessage, decode_alert, make_alert_id
+from dropstream.broker.wire import WireFormatError
 
 
 def _alert(**changes: object) -> AlertMessage:

@@ -1,11 +1,12 @@
-"""Event semantics of inference.alerting: hysteresis, minimum duration, merge gap, refractory."""
+"""Event semantics of dropstream.inference.alerting: hysteresis, minimum duration, merge gap,
+refractory."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from inference.alerting import AlertPolicy, AlertPolicyError, EventDetector
+from dropstream.inference.alerting import AlertPolicy, AlertPolicyError, EventDetector
 
 HOP = 0.25  # seconds per window
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.signal import lfilter
 
-from inference.audit.attacks import (
+from dropstream.inference.audit.attacks import (
     GaussianPrior,
     WindowAttack,
     joint_attack,
@@ -15,8 +15,8 @@ from inference.audit.attacks import (
     preactivation_bounds,
     stream_windows,
 )
-from inference.audit.metrics import pearson_r
-from local_encoder.first_layer import FirstLayer, PrivacyGuardError, check_keep
+from dropstream.inference.audit.metrics import pearson_r
+from dropstream.local_encoder.first_layer import FirstLayer, PrivacyGuardError, check_keep
 
 C, T = 4, 32
 N_IN = C * T

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from dropstream.cli import main
-from inference.audit.encryption import measure_encrypted, measure_local, message_bytes
-from local_encoder.bundle import DeviceBundle, write_bundle
-from local_encoder.first_layer import FirstLayer
+from dropstream.inference.audit.encryption import measure_encrypted, measure_local, message_bytes
+from dropstream.local_encoder.bundle import DeviceBundle, write_bundle
+from dropstream.local_encoder.first_layer import FirstLayer
 
 #: three channels of eegmmidb_S001R02.edf (160 Hz) and their std after the 1-40 Hz filter, in
 #: microvolts (the units the inlet delivers and the bundle is trained on)
@@ -165,8 +165,8 @@ def test_ckks_layer_matches_plain_layer_and_costs_more_than_local() -> None:
 
 
 def test_audit_decimates_a_faster_recording_like_the_device(data_dir: Path, tmp_path: Path) -> None:
-    from inference.audit.report import load_recording
-    from local_encoder.bundle import load_device_bundle
+    from dropstream.inference.audit.report import load_recording
+    from dropstream.local_encoder.bundle import load_device_bundle
 
     # eegmmidb is recorded at 160 Hz; a model at 80 Hz sees it decimated by 2, as on the device
     pre = PRE | {"h_freq": 30.0}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference.audit.metrics import (
+from dropstream.inference.audit.metrics import (
     BANDS,
     band_pearson_r,
     band_power_error,

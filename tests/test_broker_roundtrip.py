@@ -8,10 +8,10 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from broker.clients import make_consumer, make_producer
-from broker.config import ClientConfig
-from broker.topics import partition_count
-from broker.wire import ActivationMessage, decode_activation, encode_activation
+from dropstream.broker.clients import make_consumer, make_producer
+from dropstream.broker.config import ClientConfig
+from dropstream.broker.topics import partition_count
+from dropstream.broker.wire import ActivationMessage, decode_activation, encode_activation
 
 N_MESSAGES = 10_000
 N_DEVICES = 20
@@ -123,7 +123,7 @@ def test_independent_client_reads_what_dropstream_wrote(kafka_config: ClientConf
 def test_topic_reader_reads_every_partition_and_refuses_a_missing_topic(
     kafka_config: ClientConfig,
 ) -> None:
-    from broker.clients import KafkaClientError, make_topic_reader
+    from dropstream.broker.clients import KafkaClientError, make_topic_reader
 
     _produce(kafka_config, _messages()[:200])
     reader = make_topic_reader(kafka_config, kafka_config.activations_topic)

@@ -15,10 +15,10 @@ import pytest
 
 pytest.importorskip("cryptography")
 
-from broker.clients import KafkaClientError, make_consumer, make_producer  # noqa: E402
-from broker.config import ClientConfig  # noqa: E402
-from broker.embedded import EmbeddedBroker, free_port  # noqa: E402
-from broker.topics import ensure_topics  # noqa: E402
+from dropstream.broker.clients import KafkaClientError, make_consumer, make_producer  # noqa: E402
+from dropstream.broker.config import ClientConfig  # noqa: E402
+from dropstream.broker.embedded import EmbeddedBroker, free_port  # noqa: E402
+from dropstream.broker.topics import ensure_topics  # noqa: E402
 from tests.tls_proxy import TLSProxy, make_ca  # noqa: E402
 
 

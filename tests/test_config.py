@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import ClientConfig, ConfigError, add_client_arguments
+from dropstream.broker.config import ClientConfig, ConfigError, add_client_arguments
 
 
 def _toml(tmp_path: Path, text: str) -> Path:

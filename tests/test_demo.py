@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from inference.demo import DEMO_BUNDLE, DEMO_DATA, DEMO_RECORDING, run_demo
+from dropstream.inference.demo import DEMO_BUNDLE, DEMO_DATA, DEMO_RECORDING, run_demo
 
 
 def test_demo_ships_small_files():

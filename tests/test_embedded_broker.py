@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import ClientConfig
-from broker.embedded import BrokerError, EmbeddedBroker
-from broker.topics import ensure_topics, topic_names
+from dropstream.broker.config import ClientConfig
+from dropstream.broker.embedded import BrokerError, EmbeddedBroker
+from dropstream.broker.topics import ensure_topics, topic_names
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,7 @@ def test_port_in_use_is_a_clear_error() -> None:
 @pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux-only")
 def test_broker_dies_with_a_killed_owner() -> None:
     code = (
-        "from broker.embedded import EmbeddedBroker; import time; "
+        "from dropstream.broker.embedded import EmbeddedBroker; import time; "
         "b = EmbeddedBroker().start(); print(b._proc.pid, flush=True); time.sleep(60)"
     )
     owner = subprocess.Popen(
@@ -73,7 +73,7 @@ def test_broker_command_prints_address_and_creates_topics() -> None:
         bootstrap = proc.stdout.readline().strip()  # type: ignore[union-attr]
         assert proc.stdout.readline().startswith("broker ready")  # type: ignore[union-attr]
         config = ClientConfig(bootstrap=bootstrap, partitions=3)
-        from broker.topics import partition_count
+        from dropstream.broker.topics import partition_count
 
         for name in topic_names(config):
             assert partition_count(config, name) == 3

@@ -13,13 +13,13 @@ import uuid
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from acquisition import LiveStream
-from broker.config import ClientConfig
-from broker.embedded import EmbeddedBroker, free_port
-from broker.topics import ensure_topics, partition_count
-from broker.wire import decode_activation
-from local_encoder.agent import EncoderAgent
-from local_encoder.spool import Spool
+from dropstream.acquisition import LiveStream
+from dropstream.broker.config import ClientConfig
+from dropstream.broker.embedded import EmbeddedBroker, free_port
+from dropstream.broker.topics import ensure_topics, partition_count
+from dropstream.broker.wire import decode_activation
+from dropstream.local_encoder.agent import EncoderAgent
+from dropstream.local_encoder.spool import Spool
 from tests.test_encoder_support import (
     consume_all,
     eeg_track,

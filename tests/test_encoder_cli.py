@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.embedded import free_port
-from local_encoder.spool import Spool
+from dropstream.broker.embedded import free_port
+from dropstream.local_encoder.spool import Spool
 from tests.test_encoder_support import (
     consume_all,
     eeg_track,

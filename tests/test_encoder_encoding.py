@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from broker.config import ClientConfig
-from broker.wire import decode_activation
-from local_encoder.agent import EncoderAgent
-from local_encoder.bundle import load_device_bundle
-from local_encoder.encoder import WindowEncoder
-from local_encoder.first_layer import PrivacyGuardError
-from local_encoder.spool import Spool
-from local_encoder.windowing import Window, WindowBuffer
+from dropstream.broker.config import ClientConfig
+from dropstream.broker.wire import decode_activation
+from dropstream.local_encoder.agent import EncoderAgent
+from dropstream.local_encoder.bundle import load_device_bundle
+from dropstream.local_encoder.encoder import WindowEncoder
+from dropstream.local_encoder.first_layer import PrivacyGuardError
+from dropstream.local_encoder.spool import Spool
+from dropstream.local_encoder.windowing import Window, WindowBuffer
 from tests.test_encoder_support import load_eeg, make_bundle, save_bundle
 
 

@@ -20,11 +20,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from acquisition import LiveStream
-from broker.wire import ActivationMessage, decode_activation, encode_activation
-from local_encoder.agent import EncoderAgent
-from local_encoder.preprocessing import filter_signal, normalise
-from local_encoder.spool import Spool
+from dropstream.acquisition import LiveStream
+from dropstream.broker.wire import ActivationMessage, decode_activation, encode_activation
+from dropstream.local_encoder.agent import EncoderAgent
+from dropstream.local_encoder.preprocessing import filter_signal, normalise
+from dropstream.local_encoder.spool import Spool
 from tests.test_encoder_agent import expected_windows, wait_until
 from tests.test_encoder_support import (
     PREPROCESSING,

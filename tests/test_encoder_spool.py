@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from local_encoder.spool import Spool, SpoolError, SpoolFullError, SpoolLockedError
+from dropstream.local_encoder.spool import Spool, SpoolError, SpoolFullError, SpoolLockedError
 
 
 def test_messages_come_back_in_order_and_survive_a_reopen(tmp_path):

@@ -14,14 +14,14 @@ from pathlib import Path
 import mne
 import numpy as np
 
-from acquisition.info import StreamInfo
-from acquisition.publish import Publisher, Track
-from broker.clients import make_consumer
-from broker.config import ClientConfig
-from broker.wire import ActivationMessage, decode_activation
-from local_encoder.bundle import DeviceBundle, write_bundle
-from local_encoder.first_layer import FirstLayer
-from local_encoder.preprocessing import filter_signal, fit_normalisation
+from dropstream.acquisition.info import StreamInfo
+from dropstream.acquisition.publish import Publisher, Track
+from dropstream.broker.clients import make_consumer
+from dropstream.broker.config import ClientConfig
+from dropstream.broker.wire import ActivationMessage, decode_activation
+from dropstream.local_encoder.bundle import DeviceBundle, write_bundle
+from dropstream.local_encoder.first_layer import FirstLayer
+from dropstream.local_encoder.preprocessing import filter_signal, fit_normalisation
 
 EEG_FILE = "eeg/eegmmidb_S001R02.edf"
 PREPROCESSING = {"l_freq": 1.0, "h_freq": 40.0, "notch": None, "order": 4, "window_demean": False}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from local_encoder.bundle import BundleError
-from local_encoder.preprocessing import PreprocessingError, filter_signal, prepare_window
-from local_encoder.windowing import WindowBuffer
+from dropstream.local_encoder.bundle import BundleError
+from dropstream.local_encoder.preprocessing import PreprocessingError, filter_signal, prepare_window
+from dropstream.local_encoder.windowing import WindowBuffer
 from tests.test_encoder_support import PREPROCESSING, load_eeg, make_bundle
 
 

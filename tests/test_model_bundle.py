@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from inference.datasets import WindowSet, load_uea
-from inference.head import ServerModel, load_model
-from inference.model import TorchFirstLayer, validate_keep
-from inference.training import TrainConfig, TrainedModel, train_classifier
-from local_encoder.bundle import BundleError, load_device_bundle
-from local_encoder.first_layer import PrivacyGuardError, draw_kept_units
-from local_encoder.preprocessing import filter_windows, prepare_window
+from dropstream.inference.datasets import WindowSet, load_uea
+from dropstream.inference.head import ServerModel, load_model
+from dropstream.inference.model import TorchFirstLayer, validate_keep
+from dropstream.inference.training import TrainConfig, TrainedModel, train_classifier
+from dropstream.local_encoder.bundle import BundleError, load_device_bundle
+from dropstream.local_encoder.first_layer import PrivacyGuardError, draw_kept_units
+from dropstream.local_encoder.preprocessing import filter_windows, prepare_window
 
 FAST = {"epochs": 3, "progress": False, "hidden": (64, 32), "n_masks": 2}
 
@@ -164,9 +164,9 @@ class NoTorch:
 
 sys.meta_path.insert(0, NoTorch())
 import numpy as np
-from local_encoder.bundle import load_device_bundle
-from local_encoder.first_layer import draw_kept_units
-from local_encoder.preprocessing import CausalFilter, prepare_window
+from dropstream.local_encoder.bundle import load_device_bundle
+from dropstream.local_encoder.first_layer import draw_kept_units
+from dropstream.local_encoder.preprocessing import CausalFilter, prepare_window
 dev = load_device_bundle(sys.argv[1])
 window = np.load(sys.argv[2])
 f = CausalFilter(dev.sfreq, dev.n_channels, dev.preprocessing)

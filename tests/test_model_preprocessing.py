@@ -8,7 +8,7 @@ import mne
 import numpy as np
 import pytest
 
-from local_encoder.preprocessing import (
+from dropstream.local_encoder.preprocessing import (
     CausalFilter,
     PreprocessingError,
     design_filter,

@@ -11,11 +11,16 @@ import pytest
 import torch
 
 from dropstream.cli import main
-from inference.datasets import DatasetError, load_ts, load_uea, windows_from_recordings
-from inference.head import ServerModel
-from inference.training import TrainConfig, TrainingError, train_classifier, train_novelty
-from local_encoder.first_layer import draw_kept_units
-from local_encoder.preprocessing import filter_signal
+from dropstream.inference.datasets import DatasetError, load_ts, load_uea, windows_from_recordings
+from dropstream.inference.head import ServerModel
+from dropstream.inference.training import (
+    TrainConfig,
+    TrainingError,
+    train_classifier,
+    train_novelty,
+)
+from dropstream.local_encoder.first_layer import draw_kept_units
+from dropstream.local_encoder.preprocessing import filter_signal
 
 
 def test_classifier_beats_chance_on_real_eeg(data_dir: Path) -> None:

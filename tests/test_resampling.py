@@ -12,23 +12,23 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from acquisition import LiveStream
-from acquisition.info import StreamInfo
-from acquisition.publish import Track
-from acquisition.recording import load_tracks
-from broker.wire import decode_activation
+from dropstream.acquisition import LiveStream
+from dropstream.acquisition.info import StreamInfo
+from dropstream.acquisition.publish import Track
+from dropstream.acquisition.recording import load_tracks
+from dropstream.broker.wire import decode_activation
 from dropstream.cli import main
-from inference.datasets import DatasetError, windows_from_recordings
-from local_encoder.bundle import BundleError, load_device_bundle
-from local_encoder.encoder import WindowEncoder
-from local_encoder.preprocessing import filter_signal, prepare_window
-from local_encoder.resampling import (
+from dropstream.inference.datasets import DatasetError, windows_from_recordings
+from dropstream.local_encoder.bundle import BundleError, load_device_bundle
+from dropstream.local_encoder.encoder import WindowEncoder
+from dropstream.local_encoder.preprocessing import filter_signal, prepare_window
+from dropstream.local_encoder.resampling import (
     CausalDecimator,
     ResamplingError,
     decimate_signal,
     decimation_factor,
 )
-from local_encoder.windowing import WindowBuffer
+from dropstream.local_encoder.windowing import WindowBuffer
 from tests.test_encoder_support import (
     PREPROCESSING,
     make_bundle,

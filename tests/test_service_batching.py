@@ -6,9 +6,14 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.wire import ActivationMessage, WireFormatError, decode_activation, encode_activation
-from inference.batching import BatchDecoder, decode_batch, scatter_dense
-from local_encoder.first_layer import draw_kept_units
+from dropstream.broker.wire import (
+    ActivationMessage,
+    WireFormatError,
+    decode_activation,
+    encode_activation,
+)
+from dropstream.inference.batching import BatchDecoder, decode_batch, scatter_dense
+from dropstream.local_encoder.first_layer import draw_kept_units
 
 
 def message(seq: int = 0, width: int = 64, keep: int = 16, device: str = "dev-1", **kw):
@@ -119,7 +124,7 @@ def test_random_bytes_never_crash(data):
 
 
 def test_layouts_of_one_model_merge_in_batch_order():
-    from inference.batching import WindowGroup
+    from dropstream.inference.batching import WindowGroup
 
     msgs = [message(i, device=f"dev-{i % 2}") for i in range(9)]
     raw = [encode_activation(m, "float32" if i % 3 == 0 else "float16") for i, m in enumerate(msgs)]

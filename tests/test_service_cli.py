@@ -7,8 +7,8 @@ import subprocess
 import sys
 import time
 
-from broker.alert_message import AlertMessage, decode_alert, make_alert_id
-from broker.clients import make_producer
+from dropstream.broker.alert_message import AlertMessage, decode_alert, make_alert_id
+from dropstream.broker.clients import make_producer
 
 
 def alert(device: str, status: str, onset: int = 3) -> AlertMessage:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.alert_message import decode_alert
-from broker.clients import make_producer
-from inference.demo import (
+from dropstream.broker.alert_message import decode_alert
+from dropstream.broker.clients import make_producer
+from dropstream.inference.demo import (
     DEMO_ALERTS,
     DEMO_BUNDLE,
     DEMO_RECORDING,
@@ -27,7 +27,7 @@ from inference.demo import (
     read_recording,
     reference_alerts,
 )
-from local_encoder.bundle import load_device_bundle
+from dropstream.local_encoder.bundle import load_device_bundle
 
 N_DEVICES = 6
 PHASE_1 = 45  # windows per device before the kill: the first anomaly's events are open

@@ -10,11 +10,11 @@ import urllib.request
 import numpy as np
 import pytest
 
-from broker.alert_message import decode_alert
-from broker.clients import make_producer
-from broker.embedded import free_port
-from broker.wire import decode_activation, encode_activation
-from inference.demo import (
+from dropstream.broker.alert_message import decode_alert
+from dropstream.broker.clients import make_producer
+from dropstream.broker.embedded import free_port
+from dropstream.broker.wire import decode_activation, encode_activation
+from dropstream.inference.demo import (
     DEMO_ALERTS,
     DEMO_BUNDLE,
     DEMO_RECORDING,
@@ -22,8 +22,13 @@ from inference.demo import (
     read_recording,
     reference_alerts,
 )
-from inference.service import REASON_HEADER, SOURCE_HEADER, InferenceService, ServiceSettings
-from local_encoder.bundle import load_device_bundle
+from dropstream.inference.service import (
+    REASON_HEADER,
+    SOURCE_HEADER,
+    InferenceService,
+    ServiceSettings,
+)
+from dropstream.local_encoder.bundle import load_device_bundle
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +168,7 @@ def test_service_alerts_dead_letters_and_duplicates(kafka_config, device_message
 def test_service_refuses_a_bundle_without_calibration(tmp_path):
     import zipfile
 
-    from inference.service import ServiceError
+    from dropstream.inference.service import ServiceError
 
     bad = tmp_path / "nocal.dsb"
     with zipfile.ZipFile(DEMO_BUNDLE) as src, zipfile.ZipFile(bad, "w") as dst:
@@ -174,7 +179,7 @@ def test_service_refuses_a_bundle_without_calibration(tmp_path):
                 del manifest["head_config"]["calibration"]
                 data = json.dumps(manifest).encode()
             dst.writestr(item, data)
-    from broker.config import ClientConfig
+    from dropstream.broker.config import ClientConfig
 
     with pytest.raises(ServiceError, match="no calibration"):
         InferenceService(ClientConfig(), bad)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from inference.metrics import ServiceMetrics, observe_many
+from dropstream.inference.metrics import ServiceMetrics, observe_many
 
 
 def samples(registry: CollectorRegistry) -> list[str]:
@@ -38,7 +38,7 @@ def test_log_line_reports_rate_batches_lag_and_counts(caplog):
     m.batch(30, np.full(30, 0.04))
     m.set_lag(7)
     m.dead_letter("malformed")
-    with caplog.at_level(logging.INFO, logger="inference.service"):
+    with caplog.at_level(logging.INFO, logger="dropstream.inference.service"):
         m.maybe_log(force=True)
     line = caplog.records[-1].getMessage()
     assert "batches 2 (mean 20.0, max 30)" in line

@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from inference.demo import DEMO_BUNDLE
-from inference.head import ServerModel
-from inference.service import Scorer, ServiceError, ServiceSettings, policy_for, torch_device
+from dropstream.inference.demo import DEMO_BUNDLE
+from dropstream.inference.head import ServerModel
+from dropstream.inference.service import (
+    Scorer,
+    ServiceError,
+    ServiceSettings,
+    policy_for,
+    torch_device,
+)
 
 
 def test_novelty_scores_match_the_bundle_head():
@@ -28,7 +34,7 @@ def test_novelty_scores_match_the_bundle_head():
 
 
 def test_classifier_score_is_one_minus_p_normal_with_the_top_other_class(tmp_path):
-    from inference.training import TrainConfig, train_classifier
+    from dropstream.inference.training import TrainConfig, train_classifier
 
     rng = np.random.default_rng(1)
     X = rng.standard_normal((60, 2, 32)).astype(np.float32)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.wire import (
+from dropstream.broker.wire import (
     HEADER_BYTES,
     MAX_MESSAGE_BYTES,
     ActivationMessage,

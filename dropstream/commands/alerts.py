@@ -9,7 +9,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from broker.alert_message import AlertMessage
+    from dropstream.broker.alert_message import AlertMessage
 
 HELP = "follow the alert topic (a table, or --json lines; --device filters)"
 
@@ -52,7 +52,7 @@ def format_alert(msg: AlertMessage) -> str:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Register the arguments of ``dropstream alerts``."""
-    from broker.config import add_client_arguments
+    from dropstream.broker.config import add_client_arguments
 
     parser.add_argument("--json", action="store_true", help="print one JSON object per line")
     parser.add_argument("--device", action="append", help="only this device (repeatable)")
@@ -74,10 +74,10 @@ def run(args: argparse.Namespace) -> int:
     """Follow the alert topic until Ctrl-C (or ``--max-seconds``)."""
     import time
 
-    from broker.alert_message import decode_alert
-    from broker.clients import make_topic_reader
-    from broker.config import ClientConfig
-    from broker.wire import WireFormatError
+    from dropstream.broker.alert_message import decode_alert
+    from dropstream.broker.clients import make_topic_reader
+    from dropstream.broker.config import ClientConfig
+    from dropstream.broker.wire import WireFormatError
 
     config = ClientConfig.from_args(args)
     consumer = make_topic_reader(config, config.alerts_topic, args.from_beginning)

@@ -75,14 +75,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``dropstream audit``."""
-    from inference.audit.report import (
+    from dropstream.inference.audit.report import (
         ALL_ATTACKS,
         AuditError,
         format_table,
         load_recording,
         run_audit,
     )
-    from local_encoder.bundle import load_device_bundle
+    from dropstream.local_encoder.bundle import load_device_bundle
 
     bundle = load_device_bundle(args.model)
     m = bundle.layer.width
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         best = result.strongest(k)
         print(f"K={k}: strongest attack {best['attack']} reaches r={best['r_mean']:.3f}")
     if args.out is not None:
-        from inference.audit.plots import plot_traces
+        from dropstream.inference.audit.plots import plot_traces
 
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "audit.md").write_text(

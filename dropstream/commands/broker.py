@@ -26,9 +26,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Start the broker, create the topics, print the bootstrap address, wait for Ctrl-C."""
-    from broker.config import ClientConfig
-    from broker.embedded import EmbeddedBroker
-    from broker.topics import ensure_topics
+    from dropstream.broker.config import ClientConfig
+    from dropstream.broker.embedded import EmbeddedBroker
+    from dropstream.broker.topics import ensure_topics
 
     with EmbeddedBroker(port=args.port, host=args.host, log_path=args.log) as broker:
         if not args.no_topics:

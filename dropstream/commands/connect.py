@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from broker.config import add_client_arguments
+from dropstream.broker.config import add_client_arguments
 
 HELP = "run the on-device encoder: LSL stream -> first layer + dropping -> Kafka"
 
@@ -69,12 +69,12 @@ def run(args: argparse.Namespace) -> int:
     """Run ``dropstream connect`` until Ctrl-C or SIGTERM."""
     import logging
 
-    from acquisition import LiveStream
-    from broker.config import ClientConfig
+    from dropstream.acquisition import LiveStream
+    from dropstream.broker.config import ClientConfig
     from dropstream.errors import DropstreamError
-    from local_encoder.agent import AgentError, EncoderAgent
-    from local_encoder.bundle import load_device_bundle
-    from local_encoder.spool import Spool
+    from dropstream.local_encoder.agent import AgentError, EncoderAgent
+    from dropstream.local_encoder.bundle import load_device_bundle
+    from dropstream.local_encoder.spool import Spool
 
     if not (args.stream_type or args.stream_name or args.source_id):
         raise AgentError("choose the stream with --source-id, --stream-name or --stream-type")

@@ -16,7 +16,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; exit code 0 when every known anomaly was alerted and nothing else."""
-    from inference.demo import run_demo
+    from dropstream.inference.demo import run_demo
 
     summary = run_demo(speed=args.speed, emit=lambda line: print(line, flush=True))
     return 0 if summary.ok else 1

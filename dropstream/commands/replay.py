@@ -60,8 +60,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``dropstream replay`` until the files end, ``--duration`` passes or Ctrl-C."""
-    from acquisition.errors import RecordingError
-    from acquisition.replay import RecordingReplay
+    from dropstream.acquisition.errors import RecordingError
+    from dropstream.acquisition.replay import RecordingReplay
 
     if args.speed <= 0:
         raise RecordingError(f"--speed must be > 0, got {args.speed}")

@@ -11,7 +11,7 @@ HELP = "score activation windows (consumer group, micro-batching, CUDA if presen
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Register the arguments of ``dropstream serve``."""
-    from broker.config import add_client_arguments
+    from dropstream.broker.config import add_client_arguments
 
     parser.add_argument("--bundle", required=True, help="model bundle (.dsb) whose head scores")
     parser.add_argument(
@@ -72,10 +72,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``dropstream serve`` until Ctrl-C / SIGTERM."""
-    from broker.config import ClientConfig
-    from inference.service import InferenceService, ServiceSettings
+    from dropstream.broker.config import ClientConfig
+    from dropstream.inference.service import InferenceService, ServiceSettings
 
-    logging.getLogger("inference").setLevel(min(logging.INFO, logging.getLogger().level or 20))
+    level = min(logging.INFO, logging.getLogger().level or 20)
+    logging.getLogger("dropstream.inference").setLevel(level)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO)
     config = ClientConfig.from_args(args)

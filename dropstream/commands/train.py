@@ -125,8 +125,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``dropstream train``."""
     import numpy as np
 
-    from inference.datasets import load_uea, windows_from_recordings
-    from inference.training import TrainConfig, train_classifier, train_novelty
+    from dropstream.inference.datasets import load_uea, windows_from_recordings
+    from dropstream.inference.training import TrainConfig, train_classifier, train_novelty
 
     if bool(args.uea) == bool(args.recording):
         raise DropstreamError("give either --uea PROBLEM or one or more --recording PATH")

@@ -29,7 +29,7 @@ Attacks (see :data:`ATTACKS`):
     every window are stacked over the stream's unknowns (ridge + squared-hinge penalty for the
     bounds, solved with L-BFGS).
 
-The learned decoder (torch) lives in :mod:`inference.audit.decoder`.
+The learned decoder (torch) lives in :mod:`dropstream.inference.audit.decoder`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize
 
-from local_encoder.first_layer import FirstLayer, draw_kept_units
+from dropstream.local_encoder.first_layer import FirstLayer, draw_kept_units
 
 #: Names of the numpy attacks in this module, strongest assumptions last.
 ATTACKS = ("naive", "ridge", "prior", "joint")

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from inference.audit.attacks import Messages
-from inference.model import random_keep_mask
-from local_encoder.first_layer import FirstLayer
+from dropstream.inference.audit.attacks import Messages
+from dropstream.inference.model import random_keep_mask
+from dropstream.local_encoder.first_layer import FirstLayer
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from dropstream.errors import DropstreamError
-from local_encoder.first_layer import FirstLayer, draw_kept_units
+from dropstream.local_encoder.first_layer import FirstLayer, draw_kept_units
 
 
 class EncryptionError(DropstreamError):
@@ -140,12 +140,13 @@ def measure_encrypted(layer: FirstLayer, window: np.ndarray, repeats: int = 1) -
 
 
 def message_bytes(width: int, keep: int, value_dtype: str = "float16") -> int:
-    """Bytes of one activation message as :func:`broker.wire.encode_activation` writes it.
+    """Bytes of one activation message as :func:`dropstream.broker.wire.encode_activation`
+    writes it.
 
     Ids are those of a typical deployment (``model_id="scp1"``, a 12-character device id and a
     36-character LSL source id).
     """
-    from broker.wire import ActivationMessage, encode_activation
+    from dropstream.broker.wire import ActivationMessage, encode_activation
 
     msg = ActivationMessage(
         model_id="scp1",

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.audit.report import AuditResult
+from dropstream.inference.audit.report import AuditResult
 
 #: Line colour of each attack (the original is black).
 COLOURS = {

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from dropstream.errors import DropstreamError
-from inference.audit.attacks import (
+from dropstream.inference.audit.attacks import (
     GaussianPrior,
     WindowAttack,
     joint_attack,
@@ -27,16 +27,16 @@ from inference.audit.attacks import (
     observe,
     stream_windows,
 )
-from inference.audit.metrics import BANDS, score
-from local_encoder.bundle import DeviceBundle
-from local_encoder.first_layer import FirstLayer
-from local_encoder.preprocessing import (
+from dropstream.inference.audit.metrics import BANDS, score
+from dropstream.local_encoder.bundle import DeviceBundle
+from dropstream.local_encoder.first_layer import FirstLayer
+from dropstream.local_encoder.preprocessing import (
     complete_preprocessing,
     filter_signal,
     filter_windows,
     normalise,
 )
-from local_encoder.resampling import decimate_signal
+from dropstream.local_encoder.resampling import decimate_signal
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ class AuditError(DropstreamError):
 def cut_windows(stream: np.ndarray, window: int, hop: int, demean: bool) -> np.ndarray:
     """Windows ``(N, C, T)`` float32 of a stream ``(C, L)`` as the first layer sees them.
 
-    Cut at the device's framing (:func:`~inference.audit.attacks.stream_windows`) and, when the
-    model asks for it, demeaned per window and channel.
+    Cut at the device's framing (:func:`~dropstream.inference.audit.attacks.stream_windows`) and,
+    when the model asks for it, demeaned per window and channel.
     """
     w = stream_windows(stream, window, hop)
     if demean and len(w):
@@ -128,7 +128,7 @@ def load_recording(path: str | Path, bundle: DeviceBundle) -> Recording:
     pre = complete_preprocessing(bundle.preprocessing)
     c, t = bundle.n_channels, bundle.window_samples
     if path.suffix.lower() == ".ts":
-        from inference.datasets import load_ts
+        from dropstream.inference.datasets import load_ts
 
         x, _, _ = load_ts(path)
         if x.shape[1] != c or x.shape[2] < t:
@@ -139,7 +139,7 @@ def load_recording(path: str | Path, bundle: DeviceBundle) -> Recording:
         filt = filter_windows(x, bundle.sfreq, pre)
         streams = [normalise(f, bundle.norm_mean, bundle.norm_std) for f in filt]
         return Recording(path.name, streams, "trials", t, bundle.hop_samples, pre["window_demean"])
-    from acquisition.recording import load_tracks
+    from dropstream.acquisition.recording import load_tracks
 
     try:
         track = load_tracks(path)[0]  # voltages in microvolts, exactly as replay publishes
@@ -274,7 +274,7 @@ def run_audit(
             recs[name] = solve(msgs)
             secs[name] = time.perf_counter() - t0
         if "decoder" in attacks:
-            from inference.audit.decoder import train_decoder
+            from dropstream.inference.audit.decoder import train_decoder
 
             t0 = time.perf_counter()
             dec = train_decoder(
