@@ -40,6 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dropstream.errors import DropstreamError
+from dropstream.inference.defences import make_penalty
 from dropstream.inference.model import (
     Head,
     NoveltyScorer,
@@ -117,6 +118,12 @@ class TrainConfig:
         torch CPU threads while training (restored afterwards). 1 is fastest for these small
         networks, above all on a busy machine where more threads stall each other; ``None``
         leaves torch's setting.
+    rank, noise : int or None, float
+        Privacy defences in the first layer: a low-rank layer and calibrated device noise (see
+        :class:`~dropstream.inference.model.TorchFirstLayer`).
+    nopeek, adversary : float
+        Weights of the privacy penalties of :mod:`dropstream.inference.defences` (NoPeek
+        distance correlation; Gaussian-MAP reconstruction adversary). 0 = off.
     """
 
     width: int = 256
@@ -145,6 +152,19 @@ class TrainConfig:
     progress: bool = True
     embedding: int = 32
     threads: int | None = 1
+    rank: int | None = None
+    noise: float = 0.0
+    nopeek: float = 0.0
+    adversary: float = 0.0
+
+    def defences(self) -> dict[str, Any]:
+        """The privacy defences of this config, as stored in the bundle."""
+        return {
+            "rank": self.rank,
+            "noise": float(self.noise),
+            "nopeek": float(self.nopeek),
+            "adversary": float(self.adversary),
+        }
 
     def resolve_keep(self, width: int) -> int:
         """``K`` for a layer of ``width`` units."""
@@ -226,6 +246,7 @@ class TrainedModel:
     classes: tuple[str, ...]
     head_config: dict[str, Any]
     history: list[dict[str, float]] = field(default_factory=list)
+    privacy_label: dict[str, Any] = field(default_factory=dict)
 
     @property
     def width(self) -> int:
@@ -253,7 +274,7 @@ class TrainedModel:
         self.head.eval()
         outs = []
         for start in range(0, x.shape[0], 512):
-            a = self.first(x[start : start + 512])
+            a = self.first(x[start : start + 512], gen)
             mask = random_keep_mask(a.shape[0], a.shape[1], self.keep, gen, dev)
             outs.append(self.head(a * mask).cpu())
         return torch.cat(outs)
@@ -292,6 +313,7 @@ class TrainedModel:
             norm_std=np.asarray(self.norm_std, np.float32),
             classes=self.classes,
             head_config=self.head_config,
+            privacy={"defences": self.config.defences(), "label": dict(self.privacy_label)},
         )
         bundle.check_privacy()
         return bundle
@@ -341,6 +363,8 @@ def _build(
         conv_kernel=config.conv_kernel,
         conv_stride=config.conv_stride,
         pool=config.pool if config.pool is not None else default_pool(n_samples),
+        rank=config.rank,
+        noise=config.noise,
     )
     keep = config.resolve_keep(first.width)
     validate_keep(keep, first.width, n_channels, n_samples, hop_samples, pool=first.pool)
@@ -430,6 +454,7 @@ def train_classifier(
     Xn, mean, std = _prepare_training(X, config, sfreq, prefiltered, np.arange(n))
 
     net = SplitNet(first, head, keep).to(dev)
+    net.penalty = make_penalty(net.first, Xn[fit_idx], config.nopeek, config.adversary)
     xt = torch.as_tensor(Xn, device=dev)
     yt = torch.as_tensor(codes, dtype=torch.long, device=dev)
 
@@ -442,6 +467,7 @@ def train_classifier(
         torch.manual_seed(config.seed)
         first, head, keep = _build(config, c, t, hop, len(classes), novelty=False)
         net = SplitNet(first, head, keep).to(dev)
+        net.penalty = make_penalty(net.first, Xn, config.nopeek, config.adversary)
         refit_cfg = replace(config, epochs=best + 1)
         history = _fit(
             net, xt, yt, np.arange(n), np.arange(0), refit_cfg, loss_fn, desc="refit on TRAIN"
@@ -542,6 +568,8 @@ def _fit_loop(
             out = net(xt[idx], n_masks=n_masks, generator=gen)
             target = None if yt is None else yt[idx].repeat_interleave(n_masks)
             loss = loss_fn(out, target)
+            if net.penalty is not None:
+                loss = loss + net.penalty(xt[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -615,6 +643,7 @@ def train_novelty(
     nn.init.zeros_(bias)
     bias.requires_grad_(False)
     net = SplitNet(first, head, keep).to(dev)
+    net.penalty = make_penalty(net.first, Xn[fit_idx], config.nopeek, config.adversary)
     xt = torch.as_tensor(Xn, device=dev)
     gen = torch.Generator(device=dev).manual_seed(config.seed + 7)
     with torch.no_grad():
