@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 
 HELP = "score activation windows (consumer group, micro-batching, CUDA if present) and alert"
 
@@ -96,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         torch_threads=args.torch_threads or None,
     )
     service = InferenceService(config, args.bundle, settings)
+    print(service.model.device.privacy_line(), file=sys.stderr, flush=True)
     if args.metrics_port:
         service.metrics.serve_http(args.metrics_port)
     signal.signal(signal.SIGTERM, lambda *_: service.stop())
