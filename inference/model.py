@@ -185,8 +185,8 @@ class TorchFirstLayer(nn.Module):
     @torch.no_grad()
     def noise_mix(self) -> np.ndarray | None:
         """``M`` of the device noise ``noise * M e``: ``A`` (m, r) for a low-rank layer, else
-        ``None`` (the identity: independent noise on every unit)."""
-        if self.down is None:
+        ``None`` (the identity: independent noise on every unit, or no noise at all)."""
+        if self.down is None or self.noise == 0:
             return None
         return self.linear.weight.detach().cpu().numpy().astype(np.float32)
 
