@@ -126,9 +126,7 @@ class FirstLayer:
             return np.tanh(z)
         return 1.0 / (1.0 + np.exp(-z))
 
-    def forward(
-        self, windows: np.ndarray, rng: np.random.Generator | None = None
-    ) -> np.ndarray:
+    def forward(self, windows: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         """Activations of a window ``(C, T)`` -> ``(m,)`` or a batch ``(N, C, T)`` -> ``(N, m)``.
 
         With ``rng`` the layer's privacy noise (if any) is drawn from it and added to the

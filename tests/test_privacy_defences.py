@@ -22,6 +22,7 @@ from dropstream.local_encoder.encoder import WindowEncoder
 from dropstream.local_encoder.first_layer import FirstLayer
 
 FAST = {"epochs": 12, "progress": False, "hidden": (64, 32), "refit": False, "seed": 0}
+UNDEFENDED = {"rank": None, "noise": 0.0, "nopeek": 0.0, "adversary": 0.0}
 DEFENCES = {
     "rank": {"rank": 2},
     "noise": {"noise": 1.0},
@@ -37,7 +38,7 @@ def scp1(data_dir: Path) -> tuple[WindowSet, WindowSet]:
 
 def _train(scp1: tuple[WindowSet, WindowSet], **defence: float) -> TrainedModel:
     tr, _ = scp1
-    cfg = TrainConfig(**FAST, **defence)
+    cfg = TrainConfig(**{**FAST, **UNDEFENDED, **defence})
     return train_classifier(tr.X[::2], tr.y[::2], cfg, sfreq=tr.sfreq)  # both classes
 
 

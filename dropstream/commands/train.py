@@ -109,8 +109,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--rank",
         type=int,
         default=None,
-        help="low-rank first layer W = A B with this inner rank (0: full rank; default: "
-        "TrainConfig's)",
+        help="low-rank first layer W = A B with this inner rank (0: full rank; default auto: "
+        "max(2, classes - 1) for a dense classifier, full rank for novelty or conv)",
     )
     prv.add_argument(
         "--noise",
@@ -129,8 +129,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--adversary",
         type=float,
         default=None,
-        help="weight of the Gaussian-MAP reconstruction-adversary penalty (default: "
-        "TrainConfig's)",
+        help="weight of the Gaussian-MAP reconstruction-adversary penalty (default: TrainConfig's)",
     )
     prv.add_argument(
         "--label-seconds",
