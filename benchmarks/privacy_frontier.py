@@ -201,6 +201,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 settings, tiny budgets")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("dropstream.inference.audit.decoder").setLevel(logging.WARNING)
     settings = SETTINGS[:2] if args.quick else SETTINGS
     windows, dec_s = (20, 2.0) if args.quick else (args.windows, args.decoder_seconds)
     epochs = 5 if args.quick else 0
