@@ -48,6 +48,7 @@ from dropstream.inference.alerting import AlertEvent, AlertPolicy, EventDetector
 from dropstream.inference.batching import BatchDecoder, WindowGroup
 from dropstream.inference.head import ServerModel
 from dropstream.inference.metrics import ServiceMetrics
+from dropstream.inference.torch_device import torch_device as select_torch_device
 
 log = logging.getLogger("dropstream.inference.service")
 
@@ -122,12 +123,8 @@ class ServiceSettings:
 
 
 def torch_device(name: str) -> torch.device:
-    """The torch device for ``"auto"``, ``"cpu"`` or ``"cuda"``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ServiceError("--device cuda asked for but no CUDA device is present; use cpu")
-    return torch.device(name)
+    """The torch device for ``"auto"``, ``"cpu"`` or ``"cuda"``; :class:`ServiceError` if absent."""
+    return select_torch_device(name, ServiceError)
 
 
 @dataclass
