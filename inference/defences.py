@@ -3,7 +3,8 @@
 Two of the defences of ``docs/privacy.md`` act through the training loss; the other two live in
 the first layer itself (:class:`dropstream.inference.model.TorchFirstLayer`: a low-rank layer
 ``rank`` and calibrated device noise ``noise``). :func:`make_penalty` builds the loss term that
-:class:`~dropstream.inference.model.SplitNet` adds to the task loss of every training batch:
+the training loop (:func:`dropstream.inference.training.fit.fit`) adds to the task loss of
+every batch:
 
 ``nopeek``
     The NoPeek distance-correlation penalty (Vepakomma et al., "NoPeek: Information leakage

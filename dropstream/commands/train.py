@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import fields
 from pathlib import Path
 
 from dropstream.errors import DropstreamError
@@ -76,60 +77,62 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--normal-label", default="normal", help="label of the windows that are normal"
     )
 
-    mdl = parser.add_argument_group("model")
-    mdl.add_argument("--width", type=int, default=256, help="first-layer units m")
-    mdl.add_argument("--keep", type=int, default=None, help="units kept per window K")
+    # Options that set a TrainConfig field default to SUPPRESS: run() passes on only what was
+    # given, so TrainConfig's defaults (dropstream.inference.training.config) are the command's.
+    mdl = parser.add_argument_group("model (defaults: TrainConfig's)")
+    unset = argparse.SUPPRESS
+    mdl.add_argument("--width", type=int, default=unset, help="first-layer units m")
+    mdl.add_argument("--keep", type=int, default=unset, help="units kept per window K")
     mdl.add_argument(
-        "--keep-fraction", type=float, default=0.25, help="K/m when --keep is not given"
+        "--keep-fraction", type=float, default=unset, help="K/m when --keep is not given"
     )
-    mdl.add_argument("--first-layer", choices=("dense", "conv"), default="dense")
+    mdl.add_argument("--first-layer", choices=("dense", "conv"), default=unset)
     mdl.add_argument(
         "--pool",
         type=int,
-        default=None,
+        default=unset,
         help="average-pool factor in time before the dense first layer (default: T // 64)",
     )
     mdl.add_argument(
-        "--activation", choices=("relu", "leaky_relu", "tanh", "sigmoid"), default="relu"
+        "--activation", choices=("relu", "leaky_relu", "tanh", "sigmoid"), default=unset
     )
     mdl.add_argument("--l-freq", type=float, default=None, help="causal high-pass edge, Hz")
     mdl.add_argument("--h-freq", type=float, default=None, help="causal low-pass edge, Hz")
     mdl.add_argument("--notch", type=float, default=None, help="mains notch, Hz")
     mdl.add_argument("--demean", action="store_true", help="subtract each window's mean")
-    mdl.add_argument("--epochs", type=int, default=200)
-    mdl.add_argument("--lr", type=float, default=1e-3)
-    mdl.add_argument("--weight-decay", type=float, default=1e-2)
-    mdl.add_argument("--n-masks", type=int, default=4, help="keep masks per window per step")
-    mdl.add_argument("--seed", type=int, default=0)
-    mdl.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    mdl.add_argument("--threads", type=int, default=1, help="torch CPU threads while training")
+    mdl.add_argument("--epochs", type=int, default=unset, help="most training epochs")
+    mdl.add_argument("--lr", type=float, default=unset, help="AdamW learning rate")
+    mdl.add_argument("--weight-decay", type=float, default=unset, help="AdamW weight decay")
+    mdl.add_argument("--n-masks", type=int, default=unset, help="keep masks per window per step")
+    mdl.add_argument("--seed", type=int, default=unset)
+    mdl.add_argument("--device", default=unset, help="auto (CUDA when present), cpu or cuda")
+    mdl.add_argument("--threads", type=int, default=unset, help="torch CPU threads while training")
 
-    prv = parser.add_argument_group("privacy defences (docs/privacy.md)")
+    prv = parser.add_argument_group("privacy defences (docs/privacy.md; defaults: TrainConfig's)")
     prv.add_argument(
         "--rank",
         type=int,
-        default=None,
+        default=unset,
         help="low-rank first layer W = A B with this inner rank (0: full rank; default auto: "
         "max(2, classes - 1) for a dense classifier, full rank for novelty or conv)",
     )
     prv.add_argument(
         "--noise",
         type=float,
-        default=None,
-        help="device noise on the standardised projections, relative to their std "
-        "(default: TrainConfig's)",
+        default=unset,
+        help="device noise on the standardised projections, relative to their std",
     )
     prv.add_argument(
         "--nopeek",
         type=float,
-        default=None,
-        help="weight of the NoPeek distance-correlation penalty (default: TrainConfig's)",
+        default=unset,
+        help="weight of the NoPeek distance-correlation penalty",
     )
     prv.add_argument(
         "--adversary",
         type=float,
-        default=None,
-        help="weight of the Gaussian-MAP reconstruction-adversary penalty (default: TrainConfig's)",
+        default=unset,
+        help="weight of the Gaussian-MAP reconstruction-adversary penalty",
     )
     prv.add_argument(
         "--label-seconds",
@@ -175,28 +178,10 @@ def run(args: argparse.Namespace) -> int:
         "notch": args.notch,
         "window_demean": bool(args.demean),
     }
-    defaults = TrainConfig()
-    config = TrainConfig(
-        width=args.width,
-        keep=args.keep,
-        keep_fraction=args.keep_fraction,
-        first_layer=args.first_layer,
-        pool=args.pool,
-        threads=args.threads,
-        activation=args.activation,
-        epochs=args.epochs,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        n_masks=args.n_masks,
-        preprocessing=preprocessing,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.quiet,
-        rank=defaults.rank if args.rank is None else (args.rank or None),
-        noise=defaults.noise if args.noise is None else args.noise,
-        nopeek=defaults.nopeek if args.nopeek is None else args.nopeek,
-        adversary=defaults.adversary if args.adversary is None else args.adversary,
-    )
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name in args}
+    if given.get("rank") == 0:
+        given["rank"] = None  # --rank 0: a full-rank first layer
+    config = TrainConfig(**given, preprocessing=preprocessing, progress=not args.quiet)
     test = None
     if args.uea:
         train, test = load_uea(args.uea, args.uea_dir)
@@ -285,5 +270,5 @@ def _privacy_label(model: object, train: object, test: object, args: argparse.Na
         [attacker],
         attacker_note=attacks_note,
         decoder_seconds=budget,
-        seed=args.seed,
+        seed=model.config.seed,
     )
