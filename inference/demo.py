@@ -80,7 +80,8 @@ def reference_alerts(
     from dropstream.broker.wire import decode_activation
     from dropstream.inference.alerting import EventDetector
     from dropstream.inference.head import ServerModel
-    from dropstream.inference.service import ServiceSettings, policy_for
+    from dropstream.inference.scoring import policy_for
+    from dropstream.inference.service import ServiceSettings
 
     model = ServerModel.load(model_path)
     policy = policy_for(model, ServiceSettings(**(policy_kw or {})))
