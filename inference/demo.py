@@ -171,6 +171,8 @@ def run_demo(
     recording: str | Path = DEMO_RECORDING,
     bundle_path: str | Path = DEMO_BUNDLE,
     tolerance_s: float = 1.0,
+    alert_row: Callable[[AlertMessage], str] = str,
+    alert_header: str | None = None,
 ) -> DemoSummary:
     """Run the whole pipeline offline and return its summary (see the module docstring).
 
@@ -184,6 +186,11 @@ def run_demo(
         The shipped demo data by default.
     tolerance_s : float
         An alert within this many seconds of an anomaly span counts as detecting it.
+    alert_row : callable
+        Turns each alert update into its output line (``dropstream demo`` passes the table row
+        of ``dropstream alerts``; this layer does not import the CLI).
+    alert_header : str, optional
+        Emitted once before the first alert line.
     """
     import pylsl
 
@@ -193,7 +200,6 @@ def run_demo(
     from dropstream.broker.config import ClientConfig
     from dropstream.broker.embedded import EmbeddedBroker
     from dropstream.broker.topics import ensure_topics
-    from dropstream.commands.alerts import format_alert, table_header
     from dropstream.inference.service import InferenceService, ServiceSettings
     from dropstream.local_encoder.agent import EncoderAgent
     from dropstream.local_encoder.bundle import load_device_bundle
@@ -240,7 +246,7 @@ def run_demo(
                         versions[msg.status] = msg
                         if msg.status == "open":
                             received[msg.alert_id] = pylsl.local_clock()
-                        emit(format_alert(msg))
+                        emit(alert_row(msg))
 
         follow_thread = threading.Thread(target=follow, name="demo-alerts", daemon=True)
         follow_thread.start()
@@ -259,7 +265,8 @@ def run_demo(
             f"{DEMO_DEVICE} encodes m={device_bundle.layer.width}, keeps "
             f"K={device_bundle.keep} per window"
         )
-        emit(table_header())
+        if alert_header is not None:
+            emit(alert_header)
         try:
             replay.wait_started(10)
             t0 = replay.t0
