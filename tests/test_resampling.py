@@ -29,7 +29,7 @@ from dropstream.local_encoder.resampling import (
     decimation_factor,
 )
 from dropstream.local_encoder.windowing import WindowBuffer
-from tests.test_encoder_support import (
+from tests.encoder_support import (
     PREPROCESSING,
     make_bundle,
     start_replay,
