@@ -61,6 +61,7 @@ from dropstream.inference.outbox import REASON_HEADER, SOURCE_HEADER, Outbox
 from dropstream.inference.scoring import Scorer, policy_for
 from dropstream.inference.settings import ServiceError, ServiceSettings
 from dropstream.inference.streams import ScoredWindow, StreamTracker, StreamUpdate
+from dropstream.inference.torch_device import torch_device as select_torch_device
 
 __all__ = [
     "REASON_HEADER",
@@ -77,12 +78,8 @@ log = logging.getLogger("dropstream.inference.service")
 
 
 def torch_device(name: str) -> torch.device:
-    """The torch device for ``"auto"``, ``"cpu"`` or ``"cuda"``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ServiceError("--device cuda asked for but no CUDA device is present; use cpu")
-    return torch.device(name)
+    """The torch device for ``"auto"``, ``"cpu"`` or ``"cuda"``; :class:`ServiceError` if absent."""
+    return select_torch_device(name, ServiceError)
 
 
 class InferenceService:

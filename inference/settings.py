@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dropstream.errors import DropstreamError
+from dropstream.inference.alerting import AlertTiming
 
 
 class ServiceError(DropstreamError):
@@ -58,9 +59,9 @@ class ServiceSettings:
     threshold_level: float | None = None
     hysteresis_level: float | None = 0.95
     class_threshold: float = 0.5
-    min_duration_s: float = 0.5
-    merge_gap_s: float = 1.0
-    refractory_s: float = 2.0
+    min_duration_s: float = AlertTiming.min_duration_s
+    merge_gap_s: float = AlertTiming.merge_gap_s
+    refractory_s: float = AlertTiming.refractory_s
     adapt_windows: int = 0
     adapt_level: float = 0.99
     dedup_windows: int = 4096
