@@ -57,6 +57,8 @@ class WindowGroup:
     sequence : numpy.ndarray of uint64, shape (n,)
     window_start_lsl, window_end_lsl : numpy.ndarray of float64, shape (n,)
         LSL-clock times of each window's first and last sample, seconds.
+    wall_time : numpy.ndarray of float64, shape (n,)
+        Wall-clock start of each window, Unix seconds.
     hop_s : numpy.ndarray of float64, shape (n,)
         Hop between windows, seconds.
     indices : numpy.ndarray of int64, shape (n, K)
@@ -73,6 +75,7 @@ class WindowGroup:
     sequence: np.ndarray
     window_start_lsl: np.ndarray
     window_end_lsl: np.ndarray
+    wall_time: np.ndarray
     hop_s: np.ndarray
     indices: np.ndarray = field(repr=False)
     values: np.ndarray = field(repr=False)
@@ -94,6 +97,7 @@ class WindowGroup:
             sequence=self.sequence[pick],
             window_start_lsl=self.window_start_lsl[pick],
             window_end_lsl=self.window_end_lsl[pick],
+            wall_time=self.wall_time[pick],
             hop_s=self.hop_s[pick],
             indices=self.indices[pick],
             values=self.values[pick],
@@ -121,6 +125,7 @@ class WindowGroup:
             sequence=np.concatenate([g.sequence for g in groups])[order],
             window_start_lsl=np.concatenate([g.window_start_lsl for g in groups])[order],
             window_end_lsl=np.concatenate([g.window_end_lsl for g in groups])[order],
+            wall_time=np.concatenate([g.wall_time for g in groups])[order],
             hop_s=np.concatenate([g.hop_s for g in groups])[order],
             indices=np.concatenate([g.indices for g in groups])[order],
             values=np.concatenate([g.values for g in groups])[order],
@@ -238,6 +243,7 @@ class BatchDecoder:
                     ids,
                     data[pos:split],
                     data[split:],
+                    h.wall_time,
                 )
             )
         groups = []
@@ -279,6 +285,7 @@ def _build_group(
         sequence=np.fromiter((it[1] for it in sel), np.uint64, len(sel)),
         window_start_lsl=np.fromiter((it[2] for it in sel), np.float64, len(sel)),
         window_end_lsl=np.fromiter((it[3] for it in sel), np.float64, len(sel)),
+        wall_time=np.fromiter((it[8] for it in sel), np.float64, len(sel)),
         hop_s=np.fromiter((it[4] for it in sel), np.float64, len(sel)),
         indices=idx[keepers],
         values=val[keepers].astype(np.float32),

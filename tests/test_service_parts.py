@@ -16,7 +16,7 @@ from dropstream.inference.alerting import AlertPolicy
 from dropstream.inference.metrics import ServiceMetrics
 from dropstream.inference.offsets import OffsetTracker
 from dropstream.inference.outbox import REASON_HEADER, SOURCE_HEADER, Outbox
-from dropstream.inference.streams import ScoredWindow, StreamTracker
+from dropstream.inference.streams import ScoredBatch, StreamTracker
 
 HOP = 0.25
 KEY = ("dev", "stm")
@@ -29,7 +29,22 @@ def tracker(limit=16, classes=None, policy=POLICY):
 
 
 def window(seq, score, key=KEY, top=None):
-    return ScoredWindow(key, seq, float(score), seq * HOP, seq * HOP + 1.0, HOP, top)
+    """A batch of one scored window."""
+    return ScoredBatch(
+        [0], [key], [seq], [float(score)], [seq * HOP], [seq * HOP + 1.0], [HOP], [top]
+    )
+
+
+def feed1(t, seq, score, now=0.0, out=None, key=KEY, top=None):
+    """Feed one window; whether its stream is clean after it."""
+    fed = t.feed(window(seq, score, key, top), now, [] if out is None else out)
+    assert fed.failed == []
+    return fed.clean[0]
+
+
+def step(o, partition, offset, stream=None, clean=True):
+    """One record through the offset tracker (with a window of ``stream``, if given)."""
+    o.walk([partition], [offset], {} if stream is None else {0: (stream, clean)})
 
 
 def admit(t, seqs, key=KEY, partition="p0"):
@@ -45,7 +60,7 @@ def admit(t, seqs, key=KEY, partition="p0"):
 
 def feed(t, seq_scores, key=KEY, now=0.0, top=None):
     out = []
-    clean = [t.feed(window(q, s, key, top), now, out) for q, s in seq_scores]
+    clean = [feed1(t, q, s, now, out, key, top) for q, s in seq_scores]
     return [(u.event.status, u.event.onset_sequence, u.label) for u in out], clean
 
 
@@ -68,7 +83,7 @@ def test_duplicates_are_dropped_and_a_gap_filled_later_is_late():
 def test_missing_sequences_are_bounded_by_the_dedup_window():
     t = tracker(limit=8)
     admit(t, [0, 1000])
-    assert t.streams[KEY].missing == set(range(992, 1000))
+    assert t.streams[KEY].missing == [[992, 1000]]
     adm, _ = admit(t, [995, 500])  # 500 is far behind: a restart, not a duplicate
     assert adm.fresh.tolist() == [True, True]
     assert t.metrics.restarts == 1 and adm.restarted == [("p0", KEY)]
@@ -82,7 +97,7 @@ def test_a_restart_closes_the_open_event_and_starts_afresh():
     adm, _ = admit(t, [0])
     assert [(u.event.status, u.event.onset_sequence) for u in adm.updates] == [("closed", 10)]
     st = t.streams[KEY]
-    assert (st.highest, st.seen_max, st.missing) == (-1, 0, set())
+    assert (st.highest, st.seen_max, st.missing) == (-1, 0, [])
     events, clean = feed(t, [(0, 0.0)])
     assert events == [] and clean == [True]
 
@@ -91,9 +106,9 @@ def test_classifier_events_keep_the_label_of_their_opening():
     t = tracker(classes=["normal", "seizure", "artefact"])
     admit(t, [0, 1, 2, 3])
     out = []
-    t.feed(window(0, 2.0, top=1), 0.0, out)  # opens as "seizure"
-    t.feed(window(1, 2.0, top=2), 0.0, out)
-    t.feed(window(2, 0.0, top=2), 0.0, out)  # closes: still "seizure"
+    feed1(t, 0, 2.0, top=1, now=0.0, out=out)  # opens as "seizure"
+    feed1(t, 1, 2.0, top=2, now=0.0, out=out)
+    feed1(t, 2, 0.0, top=2, now=0.0, out=out)  # closes: still "seizure"
     assert [(u.event.status, u.label) for u in out] == [("open", "seizure"), ("closed", "seizure")]
     assert t.streams[KEY].labels == {}
 
@@ -103,7 +118,7 @@ def test_silent_streams_expire_with_their_label_and_partitions_are_forgotten():
     admit(t, [0], partition="p0")
     admit(t, [0], key=("other", "s"), partition="p1")
     out = []
-    t.feed(window(0, 2.0, top=1), 100.0, out)
+    feed1(t, 0, 2.0, top=1, now=100.0, out=out)
     assert not t.silent(KEY, 105.0, 10.0) and t.silent(KEY, 110.0, 10.0)
     assert not t.silent(("nobody", "x"), 1e9, 10.0)
     closing = t.expire(KEY)
@@ -116,26 +131,21 @@ def test_silent_streams_expire_with_their_label_and_partitions_are_forgotten():
 # ---------------------------------------------------------------- offsets
 def test_commits_stop_at_the_last_clean_point_of_a_partition():
     o = OffsetTracker()
-    o.window("p0", KEY, clean=True)
-    o.consumed("p0", 0)
-    o.window("p0", KEY, clean=False)  # an event starts at offset 1
-    o.consumed("p0", 1)
-    o.consumed("p0", 2)  # a record without a window (e.g. a dead letter)
-    o.window("p1", ("x", "y"), clean=True)
-    o.consumed("p1", 7)
+    step(o, "p0", 0, KEY, clean=True)
+    step(o, "p0", 1, KEY, clean=False)  # an event starts at offset 1
+    step(o, "p0", 2)  # a record without a window (e.g. a dead letter)
+    step(o, "p1", 7, ("x", "y"), clean=True)
     assert o.to_commit() == {"p0": 1, "p1": 8}
     o.committed_ok(o.to_commit())
     assert o.to_commit() == {}
-    o.window("p0", KEY, clean=True)  # the event closed
-    o.consumed("p0", 3)
+    step(o, "p0", 3, KEY, clean=True)  # the event closed
     assert o.to_commit() == {"p0": 4}
     assert o.lag(lambda p: {"p0": 10, "p1": None}[p]) == 6
 
 
 def test_released_streams_let_the_partition_commit_to_its_end():
     o = OffsetTracker()
-    o.window("p0", KEY, clean=False)
-    o.consumed("p0", 41)
+    step(o, "p0", 41, KEY, clean=False)
     assert o.dirty_streams() == [("p0", KEY)] and o.to_commit() == {}
     o.release("p0", KEY)
     o.settle()
@@ -159,8 +169,8 @@ def test_the_outbox_renders_alerts_and_dead_letters():
     t = tracker()
     admit(t, [0, 1])
     out = []
-    t.feed(window(0, 2.0), 0.0, out)
-    t.feed(window(1, 0.0), 0.0, out)
+    feed1(t, 0, 2.0, now=0.0, out=out)
+    feed1(t, 1, 0.0, now=0.0, out=out)
     msgs = [box.alert(u) for u in out]
     assert len(box) == 3
     dead, opened, closed = box.pending
@@ -186,8 +196,7 @@ def test_windows_of_a_batch_walk_through_tracker_and_offsets_like_the_service():
     assert adm.fresh.all()
     safe = []
     for offset, s in enumerate(scores):
-        o.window("p0", KEY, t.feed(window(offset, s), 0.0, []))
-        o.consumed("p0", offset)
+        step(o, "p0", offset, KEY, feed1(t, offset, s))
         safe.append(o.safe["p0"])
     assert safe == [1, 2, 2, 2, 5, 6]
     assert np.all(np.diff(safe) >= 0)
