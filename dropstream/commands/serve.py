@@ -69,8 +69,37 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=unset,
         help="adapt each device's threshold from its first N windows (0: off)",
     )
+    r = parser.add_argument_group("hostile input and bounded state (defaults: ServiceSettings')")
+    r.add_argument(
+        "--freshness-s",
+        type=float,
+        default=unset,
+        help="refuse windows whose wall-clock start is older than this (replays, long outages)",
+    )
+    r.add_argument(
+        "--device-rate",
+        type=float,
+        default=unset,
+        help="windows per second one device may send on average (the rest: dead letters)",
+    )
+    r.add_argument(
+        "--device-burst", type=float, default=unset, help="windows a device may send at once"
+    )
+    r.add_argument("--max-streams", type=int, default=unset, help="most streams held in memory")
+    r.add_argument(
+        "--idle-forget-s",
+        type=float,
+        default=unset,
+        help="forget streams with nothing in progress after this long silent",
+    )
     o = parser.add_argument_group("observability")
     o.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    o.add_argument(
+        "--metrics-addr",
+        default="127.0.0.1",
+        help="address the metrics endpoint binds (default 127.0.0.1: this host only; "
+        "0.0.0.0 for every interface)",
+    )
     o.add_argument("--log-interval-s", type=float, default=unset, help="seconds between log lines")
     o.add_argument("--max-seconds", type=float, help="stop after this long (default: run forever)")
     add_client_arguments(parser)
@@ -91,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     settings = ServiceSettings(**given)
     service = InferenceService(config, args.bundle, settings)
     if args.metrics_port:
-        service.metrics.serve_http(args.metrics_port)
+        service.metrics.serve_http(args.metrics_port, addr=args.metrics_addr)
     signal.signal(signal.SIGTERM, lambda *_: service.stop())
     try:
         service.run(max_seconds=args.max_seconds)
