@@ -269,7 +269,12 @@ class InferenceService:
                 if not self._pending:
                     first_at = None
                 if now - last_lag >= 1.0:
-                    self._housekeeping(now)
+                    try:
+                        self._housekeeping(now)
+                    except KafkaError:
+                        raise
+                    except Exception:  # noqa: BLE001 - bookkeeping must not stop the service
+                        log.exception("housekeeping failed; going on")
                     last_lag = now
                 self.metrics.maybe_log()
             if self._pending:
