@@ -23,13 +23,13 @@ from dropstream.inference.demo import (
     DEMO_ALERTS,
     DEMO_BUNDLE,
     DEMO_RECORDING,
-    encode_recording,
     read_recording,
     reference_alerts,
 )
 from dropstream.inference.outbox import REASON_HEADER, SHA256_HEADER, SIZE_HEADER
 from dropstream.inference.service import InferenceService, ServiceSettings
 from dropstream.local_encoder.bundle import load_device_bundle
+from dropstream.local_encoder.simulated import encode_recording
 
 pytestmark = pytest.mark.slow
 
