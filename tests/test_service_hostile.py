@@ -225,3 +225,27 @@ def test_a_broker_restart_loses_no_alert_update(recording_messages):
         assert service.metrics.producer_restarts >= 1 or service.metrics.offset_resets >= 1
     finally:
         broker.stop()
+
+
+def test_a_flooding_device_is_rate_limited_and_the_others_are_served(
+    kafka_config, recording_messages
+):
+    flood, quiet = recording_messages["sim-0"][:30], recording_messages["sim-1"][:5]
+    producer = make_producer(kafka_config)
+    for i, raw in enumerate(flood):
+        producer.send(kafka_config.activations_topic, key=b"sim-0", value=raw, partition=0)
+        if i < len(quiet):
+            producer.send(kafka_config.activations_topic, key=b"sim-1", value=quiet[i], partition=0)
+    producer.flush()
+    producer.close()
+    service, thread = start(kafka_config, device_rate=0.01, device_burst=10)
+    dead = read_topic(kafka_config, kafka_config.dead_letter_topic, lambda r: len(r) >= 20)
+    wait_for(lambda: service.metrics.windows >= 15)
+    time.sleep(0.5)
+    newest = service.streams.streams[("sim-0", decode_activation(flood[0]).stream_id)].seen_max
+    service.stop()
+    thread.join(15)
+    assert service.metrics.windows == 15  # sim-0's burst of 10 and all 5 of sim-1
+    assert service.metrics.rate_limited == 20 and dead_letter_kinds(service) == {"rate-limited": 20}
+    assert all(r.key is None and SHA256_HEADER in dict(r.headers) for r in dead)
+    assert newest == 9  # the windows over the rate never touched the stream
