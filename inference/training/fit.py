@@ -93,7 +93,8 @@ def start(
 def build(config: TrainConfig, run: Run, n_out: int, novelty: bool) -> SplitNet:
     """A fresh first layer and head on ``run.device``; the privacy guard checks ``K`` first.
 
-    A novelty head has no bias and no dropout (see :mod:`.novelty`).
+    A novelty head has no bias, no dropout and zero-filled dropped units (see :mod:`.novelty`):
+    a learned fill or the keep mask would give it the constant input Deep SVDD must not have.
 
     Raises
     ------
@@ -110,6 +111,7 @@ def build(config: TrainConfig, run: Run, n_out: int, novelty: bool) -> SplitNet:
         conv_kernel=config.conv_kernel,
         conv_stride=config.conv_stride,
         pool=config.pool if config.pool is not None else default_pool(run.samples),
+        level_gain=None if novelty or config.first_layer != "dense" else config.level_gain,
     )
     keep = config.resolve_keep(first.width)
     validate_keep(keep, first.width, run.channels, run.samples, run.hop, pool=first.pool)
@@ -120,6 +122,7 @@ def build(config: TrainConfig, run: Run, n_out: int, novelty: bool) -> SplitNet:
         n_outputs=n_out,
         dropout=0.0 if novelty else config.head_dropout,
         bias=not novelty,
+        fill="zero" if novelty else config.head_fill,
     )
     return SplitNet(first, head, keep)
 
@@ -187,12 +190,19 @@ def fit(
     loss_fn: LossFn,
     desc: str,
 ) -> list[dict[str, float]]:
-    """Mini-batch AdamW with dropping and mask augmentation; keeps the best-validation state.
+    """Mini-batch AdamW (one-cycle schedule by default) with dropping and mask augmentation;
+    keeps the best-validation state when there is a validation split.
 
     Returns one record per epoch (``epoch``, ``train_loss``, ``val_loss``, ``val_acc`` for
     labelled data; ``best`` marks the epoch whose state the network keeps).
     """
     with cpu_threads(config.threads if xt.device.type == "cpu" else None):
+        fit_x = xt[torch.as_tensor(fit_idx, device=xt.device)]
+        net.first.fit_input_scale(fit_x)
+        if isinstance(net.head, Head):  # a learned fill starts at the mean training activation
+            net.eval()
+            with torch.no_grad():
+                net.head.set_fill_base(net.first(fit_x))
         return _fit_loop(net, xt, yt, fit_idx, val_idx, config, loss_fn, desc)
 
 
@@ -209,6 +219,16 @@ def _fit_loop(
     dev = xt.device
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    steps = config.epochs * max(1, -(-len(fit_idx) // config.batch_size))
+    schedule = config.schedule or ("constant" if yt is None else "onecycle")
+    if schedule == "onecycle":  # warm up over 10 % of the steps, then cosine to ~0
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=config.lr, total_steps=steps, pct_start=0.1
+        )
+    elif schedule == "constant":
+        sched = None
+    else:
+        raise TrainingError(f"schedule must be 'onecycle' or 'constant', not {schedule!r}")
     gen = torch.Generator(device=dev).manual_seed(config.seed)
     cpu_gen = torch.Generator().manual_seed(config.seed)
     fit_t = torch.as_tensor(fit_idx, device=dev)
@@ -232,6 +252,8 @@ def _fit_loop(
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             total += float(loss.detach()) * len(idx)
             count += len(idx)
         record = {"epoch": float(epoch), "train_loss": total / max(count, 1)}
