@@ -57,6 +57,11 @@ class TrainConfig:
         ``docs/accuracy.md``), constant for novelty models (as before; not re-measured).
     n_masks : int
         Fresh keep masks per window per step (mask augmentation).
+    label_smoothing : float
+        Label smoothing of the classifier's cross-entropy.
+    average_fraction : float
+        Without a validation split, the weights are averaged (stochastic weight averaging,
+        equal weight per epoch) over this last share of the epochs; 0 keeps the last weights.
     val_fraction : float
         Share of the training windows held out (stratified) for early stopping; 0 (default)
         trains a classifier for exactly ``epochs`` on all windows. Novelty models hold out at
@@ -104,6 +109,8 @@ class TrainConfig:
     weight_decay: float = 1e-2
     schedule: str | None = None
     n_masks: int = 4
+    label_smoothing: float = 0.1
+    average_fraction: float = 0.3
     val_fraction: float = 0.0
     patience: int = 30
     select_by: str = "val_acc"

@@ -191,7 +191,8 @@ def fit(
     desc: str,
 ) -> list[dict[str, float]]:
     """Mini-batch AdamW (one-cycle schedule by default) with dropping and mask augmentation;
-    keeps the best-validation state when there is a validation split.
+    keeps the best-validation state when there is a validation split, else the average of the
+    weights over the last ``config.average_fraction`` of the epochs.
 
     Returns one record per epoch (``epoch``, ``train_loss``, ``val_loss``, ``val_acc`` for
     labelled data; ``best`` marks the epoch whose state the network keeps).
@@ -240,6 +241,10 @@ def _fit_loop(
     if config.select_by not in ("val_acc", "val_loss"):
         raise TrainingError(f"select_by must be 'val_acc' or 'val_loss', not {config.select_by!r}")
     bar = tqdm(range(config.epochs), desc=desc, disable=not config.progress, leave=False)
+    # weight averaging (SWA-style) over the last epochs of a run without a validation split
+    avg_from = config.epochs - int(round(config.average_fraction * config.epochs))
+    averaged: list[torch.Tensor] | None = None
+    n_averaged = 0
     for epoch in bar:
         net.train()
         perm = fit_t[torch.randperm(len(fit_t), generator=cpu_gen).to(dev)]
@@ -257,6 +262,14 @@ def _fit_loop(
             total += float(loss.detach()) * len(idx)
             count += len(idx)
         record = {"epoch": float(epoch), "train_loss": total / max(count, 1)}
+        if not len(val_idx) and epoch >= avg_from:
+            with torch.no_grad():
+                n_averaged += 1
+                if averaged is None:
+                    averaged = [p.detach().clone() for p in params]
+                else:
+                    for mean, p in zip(averaged, params, strict=True):
+                        mean.add_(p.detach() - mean, alpha=1.0 / n_averaged)
         if len(val_idx):
             net.eval()
             with torch.no_grad():
@@ -280,5 +293,10 @@ def _fit_loop(
     if best_state is not None:
         net.load_state_dict(best_state)
         history[best_epoch]["best"] = 1.0
+    elif averaged is not None:
+        with torch.no_grad():
+            for mean, p in zip(averaged, params, strict=True):
+                p.copy_(mean)
+        history[-1]["averaged_epochs"] = float(n_averaged)
     net.eval()
     return history
