@@ -61,6 +61,30 @@ PROBLEMS = (("SelfRegulationSCP1", None), ("Blink", 255.0))
 ATTACKS = ("label", "prior", "kernel", "decoder")
 
 
+def attack(
+    bundle: Any, held: Any, att: Any, attacks: tuple[str, ...], windows: int, decoder_s: float
+) -> dict[str, Any]:
+    """Every attack at the bundle's K: each attack's r, the summary (floor, strongest, excess)
+    and the audit's wall time."""
+    from dropstream.inference.audit.report import run_audit
+
+    t0 = time.perf_counter()
+    res = run_audit(
+        bundle,
+        [held],
+        [att],
+        [bundle.keep],
+        attacks,
+        decoder_seconds=decoder_s,
+        max_windows=windows,
+    )
+    return {
+        "audit_s": time.perf_counter() - t0,
+        **{f"r_{r['attack']}": float(r["r_mean"]) for r in res.rows},
+        **res.summary()[0],
+    }
+
+
 def run_setting(job: tuple[str, float | None, str, dict[str, Any], int, float, int]) -> dict:
     """Train one setting on one problem, measure its accuracy and attack it."""
     problem, sfreq, name, overrides, windows, decoder_s, epochs = job
@@ -68,7 +92,6 @@ def run_setting(job: tuple[str, float | None, str, dict[str, Any], int, float, i
 
     torch.set_num_threads(1)
     from dropstream.inference.audit.label import windows_recording
-    from dropstream.inference.audit.report import run_audit
     from dropstream.inference.datasets import load_uea
     from dropstream.inference.training import TrainConfig, train_classifier
 
@@ -84,17 +107,6 @@ def run_setting(job: tuple[str, float | None, str, dict[str, Any], int, float, i
     hop = bundle.hop_samples
     held = windows_recording("TEST", model.prepare(te.X), te.y, hop)
     att = windows_recording("TRAIN", model.prepare(tr.X), tr.y, hop)
-    t1 = time.perf_counter()
-    res = run_audit(
-        bundle,
-        [held],
-        [att],
-        [bundle.keep],
-        ATTACKS,
-        decoder_seconds=decoder_s,
-        max_windows=windows,
-    )
-    s = res.summary()[0]
     out = {
         "problem": problem,
         "setting": name,
@@ -105,11 +117,9 @@ def run_setting(job: tuple[str, float | None, str, dict[str, Any], int, float, i
         "accuracy_seeds": acc,
         "n_test": len(te.y),
         "train_s": train_s,
-        "audit_s": time.perf_counter() - t1,
-        **{f"r_{r['attack']}": float(r["r_mean"]) for r in res.rows},
-        **s,
+        **attack(bundle, held, att, ATTACKS, windows, decoder_s),
     }
-    log.info("%s / %s: acc %.3f, %s", problem, name, out["accuracy"], s)
+    log.info("%s / %s: acc %.3f, r %.3f", problem, name, out["accuracy"], out["strongest_r"])
     return out
 
 
@@ -123,7 +133,7 @@ def novelty_auc(path: Path) -> float:
     from dropstream.local_encoder.preprocessing import prepare_window
 
     server = ServerModel.load(path)
-    dev = server.device
+    dev = server.bundle
     ws = windows_from_recordings(
         [ROOT / "inference" / "demo_data" / "ecg_artefacts.fif"],
         window_s=dev.window_samples / dev.sfreq,
@@ -154,7 +164,7 @@ def run_ecg(job: tuple[str, dict[str, Any] | None, int, float]) -> dict:
     sys.path.insert(0, str(ROOT / "scripts"))
     import make_demo_assets as demo
 
-    from dropstream.inference.audit.report import load_recording, run_audit
+    from dropstream.inference.audit.report import load_recording
     from dropstream.local_encoder.bundle import load_device_bundle
 
     name, overrides, windows, decoder_s = job
@@ -166,17 +176,6 @@ def run_ecg(job: tuple[str, dict[str, Any] | None, int, float]) -> dict:
         bundle = load_device_bundle(path)
         auc = novelty_auc(path)
     att, held = load_recording(DATA / "body" / "ecg_5min.fif", bundle).split()
-    t0 = time.perf_counter()
-    res = run_audit(
-        bundle,
-        [held],
-        [att],
-        [bundle.keep],
-        (*ATTACKS, "joint"),
-        decoder_seconds=decoder_s,
-        max_windows=windows,
-    )
-    s = res.summary()[0]
     out = {
         "problem": "ECG novelty (demo)",
         "setting": name,
@@ -184,11 +183,9 @@ def run_ecg(job: tuple[str, dict[str, Any] | None, int, float]) -> dict:
         "width": bundle.layer.width,
         "keep": bundle.keep,
         "auc": auc,
-        "audit_s": time.perf_counter() - t0,
-        **{f"r_{r['attack']}": float(r["r_mean"]) for r in res.rows},
-        **s,
+        **attack(bundle, held, att, (*ATTACKS, "joint"), windows, decoder_s),
     }
-    log.info("ECG / %s: auc %.3f, %s", name, auc, s)
+    log.info("ECG / %s: auc %.3f, r %.3f", name, auc, out["strongest_r"])
     return out
 
 

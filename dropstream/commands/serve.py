@@ -142,7 +142,7 @@ def _start(args: argparse.Namespace) -> InferenceService:
     given = {f.name: getattr(args, f.name) for f in fields(ServiceSettings) if f.name in args}
     given["torch_threads"] = args.torch_threads or None
     service = InferenceService(config, args.bundle, ServiceSettings(**given))
-    print(service.model.device.privacy_line(), file=sys.stderr, flush=True)
+    print(service.model.bundle.privacy_line(), file=sys.stderr, flush=True)
     if args.metrics_port:
         service.metrics.serve_http(args.metrics_port, addr=args.metrics_addr)
     return service
