@@ -192,71 +192,59 @@ def fit(
     Returns one record per epoch (``epoch``, ``train_loss``, ``val_loss``, ``val_acc`` for
     labelled data; ``best`` marks the epoch whose state the network keeps).
     """
-    with cpu_threads(config.threads if xt.device.type == "cpu" else None):
-        return _fit_loop(net, xt, yt, fit_idx, val_idx, config, loss_fn, desc)
-
-
-def _fit_loop(
-    net: SplitNet,
-    xt: torch.Tensor,
-    yt: torch.Tensor | None,
-    fit_idx: np.ndarray,
-    val_idx: np.ndarray,
-    config: TrainConfig,
-    loss_fn: LossFn,
-    desc: str,
-) -> list[dict[str, float]]:
-    dev = xt.device
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    gen = torch.Generator(device=dev).manual_seed(config.seed)
-    cpu_gen = torch.Generator().manual_seed(config.seed)
-    fit_t = torch.as_tensor(fit_idx, device=dev)
-    val_t = torch.as_tensor(val_idx, device=dev)
-    n_masks = max(1, int(config.n_masks))
-    best_key: tuple[float, float] = (-float("inf"), -float("inf"))
-    best_state, best_epoch, history = None, -1, []
-    by_acc = yt is not None and config.select_by == "val_acc"
     if config.select_by not in ("val_acc", "val_loss"):
         raise TrainingError(f"select_by must be 'val_acc' or 'val_loss', not {config.select_by!r}")
-    bar = tqdm(range(config.epochs), desc=desc, disable=not config.progress, leave=False)
-    for epoch in bar:
-        net.train()
-        perm = fit_t[torch.randperm(len(fit_t), generator=cpu_gen).to(dev)]
-        total, count = 0.0, 0
-        for begin in range(0, len(perm), config.batch_size):
-            idx = perm[begin : begin + config.batch_size]
-            out = net(xt[idx], n_masks=n_masks, generator=gen)
-            target = None if yt is None else yt[idx].repeat_interleave(n_masks)
-            loss = loss_fn(out, target)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-        record = {"epoch": float(epoch), "train_loss": total / max(count, 1)}
-        if len(val_idx):
-            net.eval()
-            with torch.no_grad():
-                vgen = torch.Generator(device=dev).manual_seed(config.seed + 1)
-                out = net(xt[val_t], n_masks=n_masks, generator=vgen)
-                target = None if yt is None else yt[val_t].repeat_interleave(n_masks)
-                val_loss = float(loss_fn(out, target))
-                record["val_loss"] = val_loss
-                if yt is not None:
-                    pred = out.argmax(1)
-                    record["val_acc"] = float((pred == target).float().mean())
-            key = (record["val_acc"], -val_loss) if by_acc else (-val_loss, 0.0)
-            if key > best_key:
-                best_key, best_epoch = key, epoch
-                best_state = copy.deepcopy(net.state_dict())
-            elif epoch - best_epoch >= config.patience:
-                history.append(record)
-                break
-        history.append(record)
-        bar.set_postfix(loss=f"{record['train_loss']:.3f}", val=f"{record.get('val_loss', 0):.3f}")
-    if best_state is not None:
-        net.load_state_dict(best_state)
-        history[best_epoch]["best"] = 1.0
-    net.eval()
-    return history
+    with cpu_threads(config.threads if xt.device.type == "cpu" else None):
+        dev = xt.device
+        params = [p for p in net.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        gen = torch.Generator(device=dev).manual_seed(config.seed)
+        cpu_gen = torch.Generator().manual_seed(config.seed)
+        fit_t = torch.as_tensor(fit_idx, device=dev)
+        val_t = torch.as_tensor(val_idx, device=dev)
+        n_masks = max(1, int(config.n_masks))
+        best_key: tuple[float, float] = (-float("inf"), -float("inf"))
+        best_state, best_epoch, history = None, -1, []
+        by_acc = yt is not None and config.select_by == "val_acc"
+        bar = tqdm(range(config.epochs), desc=desc, disable=not config.progress, leave=False)
+        for epoch in bar:
+            net.train()
+            perm = fit_t[torch.randperm(len(fit_t), generator=cpu_gen).to(dev)]
+            total, count = 0.0, 0
+            for begin in range(0, len(perm), config.batch_size):
+                idx = perm[begin : begin + config.batch_size]
+                out = net(xt[idx], n_masks=n_masks, generator=gen)
+                target = None if yt is None else yt[idx].repeat_interleave(n_masks)
+                loss = loss_fn(out, target)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+                count += len(idx)
+            record = {"epoch": float(epoch), "train_loss": total / max(count, 1)}
+            if len(val_idx):
+                net.eval()
+                with torch.no_grad():
+                    vgen = torch.Generator(device=dev).manual_seed(config.seed + 1)
+                    out = net(xt[val_t], n_masks=n_masks, generator=vgen)
+                    target = None if yt is None else yt[val_t].repeat_interleave(n_masks)
+                    val_loss = float(loss_fn(out, target))
+                    record["val_loss"] = val_loss
+                    if yt is not None:
+                        pred = out.argmax(1)
+                        record["val_acc"] = float((pred == target).float().mean())
+                key = (record["val_acc"], -val_loss) if by_acc else (-val_loss, 0.0)
+                if key > best_key:
+                    best_key, best_epoch = key, epoch
+                    best_state = copy.deepcopy(net.state_dict())
+                elif epoch - best_epoch >= config.patience:
+                    history.append(record)
+                    break
+            history.append(record)
+            val = record.get("val_loss", 0)
+            bar.set_postfix(loss=f"{record['train_loss']:.3f}", val=f"{val:.3f}")
+        if best_state is not None:
+            net.load_state_dict(best_state)
+            history[best_epoch]["best"] = 1.0
+        net.eval()
+        return history
