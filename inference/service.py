@@ -343,10 +343,11 @@ class InferenceService:
                 self.process(batch)
         except KafkaError as exc:
             raise ServiceError(
-                f"Kafka failed for over {s.delivery_timeout_s:g} s ({exc!r}); offsets were "
-                f"committed only up to alerts already delivered ({len(self.outbox)} updates "
-                "were still waiting). Restarting the service replays from those offsets if the "
-                "broker kept its log (a reset broker lost those windows: see docs/service.md)"
+                f"Kafka failed ({exc!r}; deliveries are retried for {s.delivery_timeout_s:g} s "
+                f"first); offsets were committed only up to alerts already delivered "
+                f"({len(self.outbox)} records were still waiting). Restarting the service "
+                "replays from those offsets if the broker kept its log (a reset broker lost "
+                "them: see docs/service.md, Broker restarts)"
             ) from exc
         finally:
             self.metrics.maybe_log(force=True)
