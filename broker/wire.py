@@ -1,10 +1,10 @@
-"""Binary wire format of activation messages (schema version 1).
+"""Binary wire format of activation messages (schema version 2; version 1 is still read).
 
 One Kafka message carries the kept first-layer activations of one window. Layout, little-endian::
 
     offset size  field
     0      4     magic b"DSAM"
-    4      1     schema version (1)
+    4      1     schema version (2; 1 in old topics)
     5      1     flags: bit 0 set = values are float32, clear = float16; other bits must be 0
     6      4     model version (uint32)
     10     8     sequence number of the window in its stream (uint64)
@@ -16,13 +16,19 @@ One Kafka message carries the kept first-layer activations of one window. Layout
     50     4     first-layer width m (uint32)
     54     4     number of kept units K (uint32)
     58     1+1+1 byte lengths of model id, device id, stream id (each 1..255)
-    61     ...   model id, device id, stream id (UTF-8)
+    61     8     v2 only: unencoded signal before this window, seconds (float64, 0..1e9)
+    61|69  ...   model id, device id, stream id (UTF-8)
     ...    K*i   kept unit indices, strictly increasing, < m (uint16 if m <= 65536, else uint32)
     ...    K*v   their activation values (float16 or float32, finite)
+    ...    32    v2 only: authentication tag, HMAC-SHA256 over the Kafka key and every byte
+                 before it (written and checked by :mod:`dropstream.broker.auth`)
 
 The message key is the device id, so one device's windows stay ordered in one partition.
-:func:`decode_activation` validates every field and raises :class:`WireFormatError` on anything
-malformed; it never raises anything else.
+Version 2 adds the unencoded-signal field (time the device did not encode, e.g. while its agent
+was down) and the authentication tag. Version 1 carries neither and is decoded only to read old
+topics (``unencoded_s`` reads 0). :func:`decode_activation` validates every field and raises
+:class:`WireFormatError` on anything malformed; it never raises anything else. It does not check
+the tag: that needs the device's key (:class:`dropstream.broker.auth.DeviceKeys`).
 """
 
 from __future__ import annotations
@@ -36,7 +42,9 @@ import numpy as np
 from dropstream.errors import DropstreamError
 
 MAGIC = b"DSAM"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions :func:`decode_activation` reads.
+READABLE_VERSIONS = (1, 2)
 FLAG_FLOAT32 = 0x01
 #: Largest message accepted, in bytes (a 1 MiB message would be ~130k kept units).
 MAX_MESSAGE_BYTES = 1 << 20
@@ -44,7 +52,25 @@ MAX_MESSAGE_BYTES = 1 << 20
 MAX_WIDTH = 1 << 20
 
 _HEADER = struct.Struct("<4sBBIQdddIIIIBBB")
+#: Bytes of the fixed header of version 1 (version 2 shares its first 61 bytes).
 HEADER_BYTES = _HEADER.size
+_UNENCODED = struct.Struct("<d")
+#: Bytes of the fixed header of version 2 (the v1 header then the unencoded-signal field).
+HEADER_BYTES_V2 = HEADER_BYTES + _UNENCODED.size
+#: Bytes of the authentication tag that ends every version-2 message.
+TAG_BYTES = 32
+#: Largest unencoded-signal duration accepted, seconds (about 31 years).
+MAX_UNENCODED_S = 1e9
+
+
+def header_bytes(version: int) -> int:
+    """Bytes of the fixed header before the ids, for schema ``version`` (1 or 2)."""
+    return HEADER_BYTES if version == 1 else HEADER_BYTES_V2
+
+
+def trailer_bytes(version: int) -> int:
+    """Bytes after the values (the authentication tag of version 2; none in version 1)."""
+    return 0 if version == 1 else TAG_BYTES
 
 
 class WireFormatError(DropstreamError):
@@ -80,6 +106,10 @@ class ActivationMessage:
         Kept unit indices, strictly increasing.
     values : numpy.ndarray of float, shape (K,)
         Activations of the kept units.
+    unencoded_s : float
+        Seconds of signal just before this window that the device did not encode: its agent
+        was down (the first window after a restart) or the stream broke. 0 when the window
+        follows its predecessor; the server treats a positive value as a gap in the stream.
     """
 
     model_id: str
@@ -95,6 +125,7 @@ class ActivationMessage:
     width: int
     indices: np.ndarray = field(repr=False)
     values: np.ndarray = field(repr=False)
+    unencoded_s: float = 0.0
 
     @property
     def keep(self) -> int:
@@ -161,14 +192,22 @@ def _check_arrays(indices: np.ndarray, values: np.ndarray, width: int) -> None:
         raise WireFormatError("activation values must be finite")
 
 
-def encode_activation(msg: ActivationMessage, value_dtype: str = "float16") -> bytes:
+def encode_activation(
+    msg: ActivationMessage, value_dtype: str = "float16", version: int = SCHEMA_VERSION
+) -> bytes:
     """Serialise an :class:`ActivationMessage`.
+
+    A version-2 message ends with a zeroed authentication tag: sign it with
+    :meth:`dropstream.broker.auth.DeviceKey.sign` before sending (the service refuses it
+    otherwise).
 
     Parameters
     ----------
     msg : ActivationMessage
     value_dtype : {"float16", "float32"}
         Precision of the values on the wire; float16 halves the bytes and is the default.
+    version : {2, 1}
+        Schema version; 1 only to produce old-format messages (tests, old topics).
 
     Raises
     ------
@@ -177,6 +216,8 @@ def encode_activation(msg: ActivationMessage, value_dtype: str = "float16") -> b
     """
     if value_dtype not in ("float16", "float32"):
         raise WireFormatError(f"value_dtype must be float16 or float32, not {value_dtype!r}")
+    if version not in READABLE_VERSIONS:
+        raise WireFormatError(f"schema version must be one of {READABLE_VERSIONS}, not {version}")
     indices = np.asarray(msg.indices)
     values = np.asarray(msg.values)
     if indices.ndim != 1 or values.shape != indices.shape:
@@ -192,6 +233,9 @@ def encode_activation(msg: ActivationMessage, value_dtype: str = "float16") -> b
         msg.width,
         indices.size,
     )
+    _check_unencoded(msg.unencoded_s)
+    if version == 1 and msg.unencoded_s:
+        raise WireFormatError("schema version 1 cannot carry unencoded_s; use version 2")
     if indices.size and (indices.min() < 0):
         raise WireFormatError("kept indices must be non-negative")
     wire_idx = indices.astype(_index_dtype(msg.width))
@@ -205,7 +249,7 @@ def encode_activation(msg: ActivationMessage, value_dtype: str = "float16") -> b
         _check_text(name, raw)
     header = _HEADER.pack(
         MAGIC,
-        SCHEMA_VERSION,
+        version,
         FLAG_FLOAT32 if value_dtype == "float32" else 0,
         msg.model_version,
         msg.sequence,
@@ -218,11 +262,28 @@ def encode_activation(msg: ActivationMessage, value_dtype: str = "float16") -> b
         indices.size,
         *map(len, texts),
     )
-    return b"".join([header, *texts, wire_idx.tobytes(), wire_val.tobytes()])
+    parts = [header, *texts, wire_idx.tobytes(), wire_val.tobytes()]
+    if version == 2:
+        parts.insert(1, _UNENCODED.pack(float(msg.unencoded_s)))
+        parts.append(bytes(TAG_BYTES))
+    data = b"".join(parts)
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise WireFormatError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    return data
+
+
+def _check_unencoded(unencoded_s: float) -> None:
+    if not (math.isfinite(unencoded_s) and 0.0 <= unencoded_s <= MAX_UNENCODED_S):
+        raise WireFormatError(
+            f"unencoded signal must be in [0, {MAX_UNENCODED_S:g}] s, got {unencoded_s}"
+        )
 
 
 def decode_activation(data: bytes) -> ActivationMessage:
-    """Parse and validate one activation message.
+    """Parse and validate one activation message (version 2, or 1 from old topics).
+
+    The authentication tag of version 2 is not checked here: call
+    :meth:`dropstream.broker.auth.DeviceKeys.verify` first.
 
     Raises
     ------
@@ -255,24 +316,31 @@ def decode_activation(data: bytes) -> ActivationMessage:
     ) = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise WireFormatError("not a dropstream activation message (bad magic)")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         raise WireFormatError(
-            f"schema version {version} is not supported (this reader speaks {SCHEMA_VERSION}); "
-            "upgrade dropstream on the server"
+            f"schema version {version} is not supported (this reader speaks "
+            f"{READABLE_VERSIONS}); upgrade dropstream on the server"
         )
     if flags & ~FLAG_FLOAT32:
         raise WireFormatError(f"unknown flags 0x{flags:02x}")
     _check_fields(model_version, sequence, lsl_time, wall_time, sfreq, window, hop, width, keep)
+    unencoded_s = 0.0
+    start = header_bytes(version)
+    if version == 2:
+        if len(data) < start:
+            raise WireFormatError(f"truncated: {len(data)} bytes, the header alone is {start}")
+        (unencoded_s,) = _UNENCODED.unpack_from(data, HEADER_BYTES)
+        _check_unencoded(unencoded_s)
     if 0 in (n_model, n_device, n_stream):
         raise WireFormatError("model id, device id and stream id must be non-empty")
     idx_dtype = _index_dtype(width)
     val_dtype = np.dtype("<f4" if flags & FLAG_FLOAT32 else "<f2")
-    pos = HEADER_BYTES + n_model + n_device + n_stream
-    expected = pos + keep * (idx_dtype.itemsize + val_dtype.itemsize)
+    pos = start + n_model + n_device + n_stream
+    expected = pos + keep * (idx_dtype.itemsize + val_dtype.itemsize) + trailer_bytes(version)
     if len(data) != expected:
         raise WireFormatError(f"length {len(data)} bytes does not match its header ({expected})")
-    model_id = _check_text("model id", data[HEADER_BYTES : HEADER_BYTES + n_model])
-    device_id = _check_text("device id", data[HEADER_BYTES + n_model : pos - n_stream])
+    model_id = _check_text("model id", data[start : start + n_model])
+    device_id = _check_text("device id", data[start + n_model : pos - n_stream])
     stream_id = _check_text("stream id", data[pos - n_stream : pos])
     indices = np.frombuffer(data, idx_dtype, keep, pos)
     values = np.frombuffer(data, val_dtype, keep, pos + keep * idx_dtype.itemsize)
@@ -291,4 +359,22 @@ def decode_activation(data: bytes) -> ActivationMessage:
         width=width,
         indices=indices,
         values=values,
+        unencoded_s=unencoded_s,
     )
+
+
+def device_id_bytes(data: bytes) -> bytes:
+    """The raw device id inside a message of either version (no other validation).
+
+    Raises
+    ------
+    WireFormatError
+        If ``data`` is too short to hold its header and ids.
+    """
+    if len(data) < HEADER_BYTES or data[:4] != MAGIC:
+        raise WireFormatError("not a dropstream activation message")
+    start = header_bytes(data[4]) + data[58]
+    end = start + data[59]
+    if len(data) < end:
+        raise WireFormatError("truncated before the end of the device id")
+    return bytes(data[start:end])

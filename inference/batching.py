@@ -22,6 +22,7 @@ with one fancy-indexing assignment.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -33,13 +34,17 @@ from dropstream.broker.wire import (
     HEADER_BYTES,
     MAGIC,
     MAX_MESSAGE_BYTES,
+    MAX_UNENCODED_S,
     MAX_WIDTH,
-    SCHEMA_VERSION,
+    READABLE_VERSIONS,
     WireFormatError,
     decode_activation,
+    header_bytes,
+    trailer_bytes,
 )
 
 _IDS_CACHE_LIMIT = 100_000
+_UNENCODED = struct.Struct("<d").unpack_from
 
 
 @dataclass
@@ -213,7 +218,7 @@ class BatchDecoder:
             (magic, version, flags, mver, seq, lsl, wall, sfreq, win, hop, width, keep, a, b, c) = h
             if (
                 magic != MAGIC
-                or version != SCHEMA_VERSION
+                or version not in READABLE_VERSIONS
                 or flags & ~FLAG_FLOAT32
                 or not (0.0 < sfreq <= 1e6)
                 or not (isfinite(lsl) and isfinite(wall))
@@ -229,11 +234,15 @@ class BatchDecoder:
                 continue
             isz = 2 if width <= 65536 else 4
             vsz = 4 if flags & FLAG_FLOAT32 else 2
-            pos = HEADER_BYTES + a + b + c
-            if len(data) != pos + keep * (isz + vsz):
+            start = header_bytes(version)
+            pos = start + a + b + c
+            end = len(data) - trailer_bytes(version)
+            if end != pos + keep * (isz + vsz) or (
+                version == 2 and not 0.0 <= _UNENCODED(data, HEADER_BYTES)[0] <= MAX_UNENCODED_S
+            ):
                 rejected.append((row, _reason(data)))
                 continue
-            ids = self._ids.get(bytes(data[HEADER_BYTES:pos]), a, b)
+            ids = self._ids.get(bytes(data[start:pos]), a, b)
             if ids is None:
                 rejected.append((row, _reason(data)))
                 continue
@@ -248,7 +257,7 @@ class BatchDecoder:
                     hop / sfreq,
                     ids,
                     data[pos:split],
-                    data[split:],
+                    data[split:end],
                 )
             )
         groups = []
