@@ -246,6 +246,7 @@ def run_demo(
 
     from dropstream.acquisition.inlet import LiveStream
     from dropstream.acquisition.replay import RecordingReplay
+    from dropstream.broker.auth import DeviceKey
     from dropstream.broker.clients import make_topic_reader
     from dropstream.broker.config import ClientConfig
     from dropstream.broker.embedded import EmbeddedBroker
@@ -308,7 +309,8 @@ def run_demo(
         replay = RecordingReplay([recording], speed=speed, source_id=source_id).start()
         inlet = LiveStream.connect(source_id=source_id, timeout=10.0)
         spool = Spool(Path(tmp) / "spool")
-        agent = EncoderAgent(device_bundle, inlet, config, spool, device_id=DEMO_DEVICE)
+        # an ephemeral key: this demo device exists only for this run
+        agent = EncoderAgent(device_bundle, inlet, config, spool, DeviceKey.generate(DEMO_DEVICE))
         agent.start()
         emit(
             f"replaying {Path(recording).name} ({samples.shape[1] / sfreq:.0f} s, "
