@@ -293,3 +293,28 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--activations-topic", dest="activations_topic")
     g.add_argument("--alerts-topic", dest="alerts_topic")
     g.add_argument("--dead-letter-topic", dest="dead_letter_topic")
+
+
+def add_service_auth_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the service's message-authentication flags (``dropstream serve``)."""
+    g = parser.add_argument_group("message authentication (docs/security.md)")
+    g.add_argument(
+        "--device-keys",
+        dest="device_keys",
+        help="device key store from 'dropstream keys provision' (or DROPSTREAM_DEVICE_KEYS; "
+        "default $XDG_CONFIG_HOME/dropstream/device-keys.json)",
+    )
+    g.add_argument(
+        "--allow-unauthenticated-devices",
+        dest="allow_unauthenticated",
+        action="store_true",
+        default=None,
+        help="also accept devices with no key in the store (old v1 senders); provisioned "
+        "devices must still authenticate",
+    )
+    g.add_argument(
+        "--alert-key",
+        dest="alert_key",
+        help="the service's Ed25519 alert-signing key (or DROPSTREAM_ALERT_KEY; default "
+        "$XDG_CONFIG_HOME/dropstream/alert-signing.key, made on first start)",
+    )

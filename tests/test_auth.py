@@ -219,3 +219,23 @@ def test_forged_windows_through_the_real_broker_are_told_apart(kafka_config) -> 
         decode_activation(r.value).sequence for i, r in enumerate(got) if i not in {3, 4, 5, 6}
     ]
     assert accepted == list(range(6))
+
+
+def test_keys_command_provisions_lists_and_revokes(tmp_path, monkeypatch, capsys) -> None:
+    from dropstream.cli import main
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.delenv("DROPSTREAM_DEVICE_KEYS", raising=False)
+    assert main(["keys", "provision", "--device-id", "clinic-7/cap-3"]) == 0
+    key = DeviceKey.load(tmp_path / "dropstream" / "devices" / "clinic-7_cap-3.key")
+    store = DeviceKeys.load(tmp_path / "dropstream" / "device-keys.json")
+    assert store.verify(KEY, key.sign(_message())) == "clinic-7/cap-3"
+    assert main(["keys", "provision", "--device-id", "clinic-7/cap-3"]) == 1  # no silent rotate
+    assert "--replace" in capsys.readouterr().err
+    assert main(["keys", "list"]) == 0
+    out = capsys.readouterr().out
+    assert key.key_id in out and key.secret.hex() not in out
+    assert main(["keys", "revoke", "--device-id", "clinic-7/cap-3"]) == 0
+    assert len(DeviceKeys.load(tmp_path / "dropstream" / "device-keys.json")) == 0
+    assert main(["keys", "alert-key", "--out", str(tmp_path / "a.key")]) == 0
+    assert len(AlertVerifier.load([tmp_path / "a.pub"])) == 1
