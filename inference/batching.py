@@ -22,29 +22,29 @@ with one fancy-indexing assignment.
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from dropstream.broker.wire import (
-    _HEADER,
     FLAG_FLOAT32,
+    HEADER,
     HEADER_BYTES,
     MAGIC,
     MAX_MESSAGE_BYTES,
     MAX_UNENCODED_S,
     MAX_WIDTH,
     READABLE_VERSIONS,
+    UNENCODED,
     WireFormatError,
+    WireHeader,
     decode_activation,
     header_bytes,
     trailer_bytes,
 )
 
 _IDS_CACHE_LIMIT = 100_000
-_UNENCODED = struct.Struct("<d").unpack_from
 
 
 @dataclass
@@ -204,7 +204,9 @@ class BatchDecoder:
         rejected: list[tuple[int, str]] = []
         # layout key -> list of (row, header tuple, ids, index bytes, value bytes)
         layouts: dict[tuple, list] = {}
-        unpack = _HEADER.unpack_from
+        unpack = HEADER.unpack_from
+        unpack_unencoded = UNENCODED.unpack_from
+        make_header = WireHeader._make
         isfinite = math.isfinite
         for row, data in enumerate(payloads):
             if (
@@ -214,16 +216,17 @@ class BatchDecoder:
             ):
                 rejected.append((row, _reason(data)))
                 continue
-            h = unpack(data)
-            (magic, version, flags, mver, seq, lsl, wall, sfreq, win, hop, width, keep, a, b, c) = h
+            h = make_header(unpack(data))
+            flags, sfreq, lsl, width, keep = h.flags, h.sfreq, h.lsl_time, h.width, h.keep
+            a, b, c = h.n_model, h.n_device, h.n_stream
             if (
-                magic != MAGIC
-                or version not in READABLE_VERSIONS
+                h.magic != MAGIC
+                or h.version not in READABLE_VERSIONS
                 or flags & ~FLAG_FLOAT32
                 or not (0.0 < sfreq <= 1e6)
-                or not (isfinite(lsl) and isfinite(wall))
-                or win < 1
-                or hop < 1
+                or not (isfinite(lsl) and isfinite(h.wall_time))
+                or h.window_samples < 1
+                or h.hop_samples < 1
                 or not (1 <= width <= MAX_WIDTH)
                 or not (1 <= keep <= width)
                 or a == 0
@@ -234,11 +237,12 @@ class BatchDecoder:
                 continue
             isz = 2 if width <= 65536 else 4
             vsz = 4 if flags & FLAG_FLOAT32 else 2
-            start = header_bytes(version)
+            start = header_bytes(h.version)
             pos = start + a + b + c
-            end = len(data) - trailer_bytes(version)
+            end = len(data) - trailer_bytes(h.version)
             if end != pos + keep * (isz + vsz) or (
-                version == 2 and not 0.0 <= _UNENCODED(data, HEADER_BYTES)[0] <= MAX_UNENCODED_S
+                h.version == 2
+                and not 0.0 <= unpack_unencoded(data, HEADER_BYTES)[0] <= MAX_UNENCODED_S
             ):
                 rejected.append((row, _reason(data)))
                 continue
@@ -247,14 +251,14 @@ class BatchDecoder:
                 rejected.append((row, _reason(data)))
                 continue
             split = pos + keep * isz
-            key = (ids[0], mver, width, keep, isz, vsz)
+            key = (ids[0], h.model_version, width, keep, isz, vsz)
             layouts.setdefault(key, []).append(
                 (
                     row,
-                    seq,
+                    h.sequence,
                     lsl,
-                    lsl + (win - 1) / sfreq,
-                    hop / sfreq,
+                    lsl + (h.window_samples - 1) / sfreq,
+                    h.hop_samples / sfreq,
                     ids,
                     data[pos:split],
                     data[split:end],
