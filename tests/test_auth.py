@@ -7,7 +7,6 @@ import json
 import os
 import time
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,27 +19,13 @@ from dropstream.broker.auth import (
     DeviceKeys,
 )
 from dropstream.broker.clients import make_producer, make_topic_reader
-from dropstream.broker.wire import ActivationMessage, decode_activation, encode_activation
+from dropstream.broker.wire import decode_activation, encode_activation
+from tests.test_wire import _example
 
 
 def _message(device_id: str = "clinic-7/cap-3", sequence: int = 0, **changes) -> bytes:
-    fields = dict(
-        model_id="ecg",
-        model_version=1,
-        device_id=device_id,
-        stream_id="ECG-1",
-        sequence=sequence,
-        lsl_time=100.0 + sequence * 0.5,
-        wall_time=1.79e9 + sequence * 0.5,
-        sfreq=250.0,
-        window_samples=250,
-        hop_samples=125,
-        width=128,
-        indices=np.arange(0, 128, 4),
-        values=np.linspace(-1, 1, 32),
-    )
-    fields.update(changes)
-    return encode_activation(ActivationMessage(**fields))  # type: ignore[arg-type]
+    """A version-2 activation message (zeroed tag) of the wire tests' example window."""
+    return encode_activation(_example(device_id=device_id, sequence=sequence, **changes))
 
 
 DEV = DeviceKey.generate("clinic-7/cap-3")
