@@ -103,7 +103,7 @@ def _write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _read_private(path: Path, what: str) -> bytes:
+def _read_private(path: Path, what: str, hint: str = "") -> bytes:
     try:
         mode = path.stat().st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -113,7 +113,7 @@ def _read_private(path: Path, what: str) -> bytes:
             )
         return path.read_bytes()
     except FileNotFoundError as exc:
-        raise AuthError(f"{what} {path} does not exist") from exc
+        raise AuthError(f"{what} {path} does not exist{hint}") from exc
     except OSError as exc:
         raise AuthError(f"cannot read {what} {path}: {exc}") from exc
 
@@ -185,7 +185,12 @@ class DeviceKey:
             If it is missing, readable by others, or not a device key.
         """
         path = Path(path)
-        raw = _read_private(path, "device key file")
+        raw = _read_private(
+            path,
+            "device key file",
+            "; make one with 'dropstream keys provision --device-id ID' where the service's key "
+            "store is, copy it to this device and pass --device-key",
+        )
         try:
             body = json.loads(raw)
             assert body["format"] == _KEY_FORMAT
@@ -457,7 +462,9 @@ class AlertSigner:
     def load(cls, path: str | os.PathLike[str] | None = None) -> AlertSigner:
         """Read a private key written by :meth:`create` (default :func:`default_alert_key_path`)."""
         path = Path(path) if path else default_alert_key_path()
-        raw = _read_private(path, "alert-signing key")
+        raw = _read_private(
+            path, "alert-signing key", "; make one with 'dropstream keys alert-key'"
+        )
         try:
             key = serialization.load_pem_private_key(raw, password=None)
         except (ValueError, TypeError) as exc:

@@ -120,6 +120,7 @@ class AgentStats:
             f"{self.lost_samples}  dropped {self.windows_dropped}  "
             f"broker {'ok' if self.broker_ok else 'UNREACHABLE'}"
             + ("" if self.stream_ok else "  stream LOST")
+            + (f"  unencoded {self.unencoded_s:.1f} s" if self.unencoded_s else "")
         )
 
 

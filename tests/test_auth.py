@@ -224,3 +224,23 @@ def test_keys_command_provisions_lists_and_revokes(tmp_path, monkeypatch, capsys
     assert len(DeviceKeys.load(tmp_path / "dropstream" / "device-keys.json")) == 0
     assert main(["keys", "alert-key", "--out", str(tmp_path / "a.key")]) == 0
     assert len(AlertVerifier.load([tmp_path / "a.pub"])) == 1
+
+
+def test_connect_refuses_to_start_without_its_key(tmp_path, monkeypatch, capsys) -> None:
+    from dropstream.cli import main
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    args = [
+        "connect",
+        "--bundle",
+        str(tmp_path / "x.dsb"),
+        "--device-id",
+        "dev-a",
+        "--source-id",
+        "s",
+    ]
+    assert main(args) == 1
+    assert "devices/dev-a.key does not exist" in capsys.readouterr().err
+    other = DeviceKey.generate("dev-b").save(tmp_path / "b.key")
+    assert main([*args, "--device-key", str(other)]) == 1
+    assert "is for device 'dev-b', not 'dev-a'" in capsys.readouterr().err
