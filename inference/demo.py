@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from dropstream.broker.alert_message import AlertMessage, decode_alert
+from dropstream.broker.auth import DeviceKey
 from dropstream.broker.wire import ActivationMessage, encode_activation
 from dropstream.errors import DropstreamError
 from dropstream.inference.alerting import AlertTiming
@@ -78,6 +79,7 @@ def encode_recording(
     seed: int = 0,
     lsl_start: float = 0.0,
     value_dtype: str = "float16",
+    key: DeviceKey | None = None,
 ) -> list[tuple[ActivationMessage, bytes]]:
     """Encode a whole recording as a device would (causal filter, windows, first layer, keep).
 
@@ -91,12 +93,17 @@ def encode_recording(
         Seed of the keep masks (a simulated device; real devices use OS entropy).
     lsl_start : float
         LSL-clock time of the first sample, seconds.
+    key : DeviceKey, optional
+        Sign every message with this device key (its id must be ``device_id``); unsigned
+        messages carry a zeroed tag, which a service that authenticates refuses.
 
     Returns
     -------
     list of (ActivationMessage, bytes)
         One message per window, sequence numbers from 0.
     """
+    if key is not None and key.device_id != device_id:
+        raise DemoError(f"the key is for device {key.device_id!r}, not {device_id!r}")
     xf = filter_signal(samples, bundle.sfreq, bundle.preprocessing)
     win, hop = bundle.window_samples, bundle.hop_samples
     starts = np.arange(0, xf.shape[1] - win + 1, hop)
@@ -123,7 +130,8 @@ def encode_recording(
             indices=idx,
             values=a[idx].astype(np.float32),
         )
-        out.append((msg, encode_activation(msg, value_dtype)))
+        raw = encode_activation(msg, value_dtype)
+        out.append((msg, raw if key is None else key.sign(raw)))
     return out
 
 
@@ -248,7 +256,6 @@ def run_demo(
 
     from dropstream.acquisition.inlet import LiveStream
     from dropstream.acquisition.replay import RecordingReplay
-    from dropstream.broker.auth import DeviceKey
     from dropstream.broker.clients import make_topic_reader
     from dropstream.broker.config import ClientConfig
     from dropstream.broker.embedded import EmbeddedBroker

@@ -7,6 +7,7 @@ import json
 import os
 import time
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -244,3 +245,17 @@ def test_connect_refuses_to_start_without_its_key(tmp_path, monkeypatch, capsys)
     other = DeviceKey.generate("dev-b").save(tmp_path / "b.key")
     assert main([*args, "--device-key", str(other)]) == 1
     assert "is for device 'dev-b', not 'dev-a'" in capsys.readouterr().err
+
+
+def test_the_simulated_device_signs_when_given_a_key() -> None:
+    from dropstream.inference.demo import DEMO_BUNDLE, encode_recording
+    from dropstream.local_encoder.bundle import load_device_bundle
+
+    bundle = load_device_bundle(DEMO_BUNDLE)
+    samples = np.random.default_rng(0).standard_normal((len(bundle.channel_names), 3000))
+    key = DeviceKey.generate("sim-1")
+    signed = [raw for _, raw in encode_recording(bundle, samples, "sim-1", key=key)]
+    unsigned = [raw for _, raw in encode_recording(bundle, samples, "sim-1")]
+    store = DeviceKeys({"sim-1": key.secret})
+    assert signed and store.check_batch([b"sim-1"] * len(signed), signed) == []
+    assert len(store.check_batch([b"sim-1"] * len(unsigned), unsigned)) == len(unsigned)
