@@ -110,8 +110,8 @@ def test_broker_command_stops_at_its_memory_limit() -> None:
                 if proc.poll() is not None:
                     break
                 producer.send(config.activations_topic, value=value)
-                if i % 20 == 19:
-                    producer.flush(10)
+                if i % 100 == 99:  # 10 MB, then give the command time to look
+                    producer.flush(3)
                     time.sleep(0.6)  # the command checks every 0.5 s
         with contextlib.suppress(Exception):
             producer.close(timeout=1)
@@ -123,3 +123,5 @@ def test_broker_command_stops_at_its_memory_limit() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
