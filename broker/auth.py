@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import stat
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,6 +216,10 @@ class DeviceKeys:
     allow_unauthenticated : bool
         Accept messages from devices that have no key in the store (version 1 or 2, tag not
         checked). Devices that have a key must always send a valid version-2 tag.
+    previous : mapping of str to (bytes, float), optional
+        Device id -> (its previous secret, Unix time until which that secret is still
+        accepted): after a rotation, windows the device signed with its old key and still had
+        spooled are accepted until then.
 
     Examples
     --------
@@ -222,14 +227,18 @@ class DeviceKeys:
     >>> device_id = keys.verify(record.key, record.value)  # doctest: +SKIP
     """
 
-    def __init__(self, secrets: dict[str, bytes], allow_unauthenticated: bool = False) -> None:
+    def __init__(
+        self,
+        secrets: dict[str, bytes],
+        allow_unauthenticated: bool = False,
+        previous: dict[str, tuple[bytes, float]] | None = None,
+    ) -> None:
         self.allow_unauthenticated = bool(allow_unauthenticated)
-        self._macs: dict[bytes, hmac.HMAC] = {}
-        for device_id, secret in secrets.items():
-            key = device_id.encode("utf-8")
-            h = hmac.HMAC(secret, hashes.SHA256())
-            h.update(_mac_input(key))
-            self._macs[key] = h  # keyed and primed once; copied per message
+        self._macs = {d.encode("utf-8"): _primed_mac(d, s) for d, s in secrets.items()}
+        self._previous = {
+            d.encode("utf-8"): (_primed_mac(d, s), float(until))
+            for d, (s, until) in (previous or {}).items()
+        }
 
     def __repr__(self) -> str:
         return (
@@ -285,16 +294,16 @@ class DeviceKeys:
             )
         if len(value) < HEADER_BYTES_V2 + TAG_BYTES:
             raise AuthError("truncated before the authentication tag")
-        h = mac.copy()
-        h.update(bytes(value[:-TAG_BYTES]))
-        try:
-            h.verify(bytes(value[-TAG_BYTES:]))
-        except InvalidSignature:
-            raise AuthError(
-                f"authentication tag of device {_device_id(key)!r} does not match: forged, "
-                "altered, or signed with another key"
-            ) from None
-        return _device_id(key)
+        body, tag = bytes(value[:-TAG_BYTES]), bytes(value[-TAG_BYTES:])
+        if _tag_ok(mac, body, tag):
+            return _device_id(key)
+        old = self._previous.get(bytes(key))
+        if old is not None and time.time() < old[1] and _tag_ok(old[0], body, tag):
+            return _device_id(key)  # signed before a rotation, within its grace period
+        raise AuthError(
+            f"authentication tag of device {_device_id(key)!r} does not match: forged, "
+            "altered, or signed with another key"
+        )
 
     def check_batch(
         self, keys: Sequence[bytes | None], values: Sequence[bytes | None]
@@ -337,13 +346,20 @@ class DeviceKeys:
                 "--allow-unauthenticated-devices accepts devices without keys)"
             )
         entries = _read_store(path)
-        return cls(
-            {d: bytes.fromhex(e["secret"]) for d, e in entries.items()}, allow_unauthenticated
-        )
+        previous = {
+            d: (bytes.fromhex(e["previous"]), float(e["previous_until"]))
+            for d, e in entries.items()
+            if "previous" in e
+        }
+        secrets = {d: bytes.fromhex(e["secret"]) for d, e in entries.items()}
+        return cls(secrets, allow_unauthenticated, previous)
 
     @staticmethod
     def provision(
-        device_id: str, path: str | os.PathLike[str] | None = None, replace: bool = False
+        device_id: str,
+        path: str | os.PathLike[str] | None = None,
+        replace: bool = False,
+        grace_s: float = 7 * 86400.0,
     ) -> DeviceKey:
         """Make a new secret for ``device_id``, add it to the store and return it.
 
@@ -353,8 +369,10 @@ class DeviceKeys:
         path : path-like, optional
             The store (created if missing; default :func:`default_store_path`).
         replace : bool
-            Replace an existing key (rotation: the device must get the new key file; messages
-            it signed with the old key and still has spooled are then refused).
+            Replace an existing key (rotation: the device must get the new key file).
+        grace_s : float
+            After a rotation, the old key stays accepted this many seconds (default 7 days),
+            so windows the device signed with it and still has spooled are not refused.
 
         Raises
         ------
@@ -369,7 +387,13 @@ class DeviceKeys:
             )
         key = DeviceKey.generate(device_id)
         now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        entries[device_id] = {"secret": key.secret.hex(), "created": now}
+        entry: dict[str, Any] = {"secret": key.secret.hex(), "created": now}
+        if device_id in entries and grace_s > 0:
+            entry |= {
+                "previous": entries[device_id]["secret"],
+                "previous_until": time.time() + grace_s,
+            }
+        entries[device_id] = entry
         _write_store(path, entries)
         return key
 
@@ -393,6 +417,24 @@ class DeviceKeys:
         ]
 
 
+def _primed_mac(device_id: str, secret: bytes) -> hmac.HMAC:
+    """An HMAC keyed with ``secret`` that has already absorbed the domain and the Kafka key;
+    made once per device and copied per message."""
+    h = hmac.HMAC(secret, hashes.SHA256())
+    h.update(_mac_input(device_id.encode("utf-8")))
+    return h
+
+
+def _tag_ok(mac: hmac.HMAC, body: bytes, tag: bytes) -> bool:
+    h = mac.copy()
+    h.update(body)
+    try:
+        h.verify(tag)
+    except InvalidSignature:
+        return False
+    return True
+
+
 def _device_id(key: bytes) -> str:
     try:
         return bytes(key).decode("utf-8")
@@ -408,6 +450,9 @@ def _read_store(path: Path) -> dict[str, dict[str, Any]]:
         devices = body["devices"]
         for entry in devices.values():
             assert len(bytes.fromhex(entry["secret"])) == SECRET_BYTES
+            if "previous" in entry:
+                assert len(bytes.fromhex(entry["previous"])) == SECRET_BYTES
+                float(entry["previous_until"])
         return dict(devices)
     except (ValueError, KeyError, TypeError, AttributeError, AssertionError) as exc:
         raise AuthError(f"{path} is not a valid dropstream device key store") from exc

@@ -120,10 +120,18 @@ def test_key_store_provision_list_revoke_and_file_modes(tmp_path) -> None:
     ]
     with pytest.raises(AuthError, match="already has a key"):
         DeviceKeys.provision("dev-a", store)
-    a2 = DeviceKeys.provision("dev-a", store, replace=True)  # rotation
-    with pytest.raises(AuthError, match="does not match"):
-        DeviceKeys.load(store).verify(b"dev-a", a.sign(_message("dev-a")))
+    a2 = DeviceKeys.provision("dev-a", store, replace=True)  # rotation, 7 days' grace
+    old_window = a.sign(_message("dev-a"))  # e.g. still in the device's spool
+    assert DeviceKeys.load(store).verify(b"dev-a", old_window) == "dev-a"
     assert DeviceKeys.load(store).verify(b"dev-a", a2.sign(_message("dev-a"))) == "dev-a"
+    a3 = DeviceKeys.provision("dev-a", store, replace=True, grace_s=0)  # no grace
+    for old in (old_window, a2.sign(_message("dev-a"))):
+        with pytest.raises(AuthError, match="does not match"):
+            DeviceKeys.load(store).verify(b"dev-a", old)
+    assert DeviceKeys.load(store).verify(b"dev-a", a3.sign(_message("dev-a"))) == "dev-a"
+    expired = DeviceKeys({"dev-a": a3.secret}, previous={"dev-a": (a2.secret, time.time() - 1)})
+    with pytest.raises(AuthError, match="does not match"):
+        expired.verify(b"dev-a", a2.sign(_message("dev-a")))
     DeviceKeys.revoke("dev-b", store)
     with pytest.raises(AuthError, match="has no key"):
         DeviceKeys.load(store).verify(b"dev-b", b.sign(_message("dev-b")))

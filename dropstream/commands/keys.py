@@ -5,6 +5,7 @@ Run it where the service's key store lives (the service host or an admin machine
     dropstream keys provision --device-id clinic-7/cap-3     # adds it to the store, writes
                                                             # the device's key file
     dropstream keys list
+    dropstream keys provision --device-id clinic-7/cap-3 --replace   # rotate (old key: 7 days)
     dropstream keys revoke --device-id clinic-7/cap-3
     dropstream keys alert-key                               # the service's Ed25519 key pair
 
@@ -36,6 +37,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "$XDG_CONFIG_HOME/dropstream/devices/<device-id>.key)",
     )
     p.add_argument("--replace", action="store_true", help="rotate an existing device's key")
+    p.add_argument(
+        "--grace-hours",
+        type=float,
+        default=168.0,
+        help="after --replace, keep accepting the old key this long, for windows the device "
+        "still has spooled (default 168 = 7 days; 0: refuse them at once)",
+    )
     p = sub.add_parser("list", help="list the devices in the store (ids and key ids, no secrets)")
     p.add_argument("--device-keys", dest="device_keys", help=store_help)
     p = sub.add_parser("revoke", help="remove a device's key (restart serve to apply)")
@@ -75,9 +83,13 @@ def run(args: argparse.Namespace) -> int:
     store = Path(config.device_keys) if config.device_keys else default_store_path()
     if args.keys_command == "provision":
         out = Path(args.out) if args.out else default_device_key_path(args.device_id)
-        key = DeviceKeys.provision(args.device_id, store, replace=args.replace)
+        key = DeviceKeys.provision(
+            args.device_id, store, replace=args.replace, grace_s=args.grace_hours * 3600
+        )
         key.save(out)
         print(f"device {args.device_id}: key {key.key_id} added to {store}")
+        if args.replace and args.grace_hours > 0:
+            print(f"the old key stays accepted for {args.grace_hours:g} h (restart serve)")
         print(
             f"device key file {out}: copy it to the device (mode 0600) and run "
             f"'dropstream connect --device-id {args.device_id} --device-key FILE ...'"
