@@ -5,8 +5,9 @@ The service receives thousands of small messages per second.
 microseconds each); :func:`decode_batch` does the same
 validation for a whole batch at once:
 
-* per message, only the fixed header is unpacked (one ``struct`` call) and its scalar fields are
-  checked; model/device/stream ids are validated once per distinct id triple and cached;
+* per message, only the fixed header is unpacked (one ``struct`` call) and its fields are
+  range-checked by :func:`~dropstream.broker.wire.check_header`, the reference decoder's own
+  check; model/device/stream ids are validated once per distinct id triple and cached;
 * the kept indices and values of all messages with the same layout (width, K, value precision)
   are joined into one buffer and read with one ``np.frombuffer`` each, then checked together
   (indices strictly increasing and below ``m``, values finite) with array operations;
@@ -15,15 +16,15 @@ validation for a whole batch at once:
   :class:`~dropstream.broker.wire.WireFormatError` message becomes the rejection reason. The fast
   path therefore never accepts anything the reference decoder rejects.
 
-:func:`scatter_dense` then writes the kept values of ``N`` windows into a zero ``(N, m)`` matrix
+:func:`scatter_dense` then writes the kept values of ``N`` windows into a NaN ``(N, m)`` matrix
 with one fancy-indexing assignment.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -31,14 +32,12 @@ from dropstream.broker.wire import (
     FLAG_FLOAT32,
     HEADER,
     HEADER_BYTES,
-    MAGIC,
     MAX_MESSAGE_BYTES,
     MAX_UNENCODED_S,
-    MAX_WIDTH,
-    READABLE_VERSIONS,
     UNENCODED,
     WireFormatError,
     WireHeader,
+    check_header,
     decode_activation,
     header_bytes,
     trailer_bytes,
@@ -63,6 +62,8 @@ class WindowGroup:
     sequence : numpy.ndarray of uint64, shape (n,)
     window_start_lsl, window_end_lsl : numpy.ndarray of float64, shape (n,)
         LSL-clock times of each window's first and last sample, seconds.
+    wall_time : numpy.ndarray of float64, shape (n,)
+        Wall-clock start of each window, Unix seconds.
     hop_s : numpy.ndarray of float64, shape (n,)
         Hop between windows, seconds.
     indices : numpy.ndarray of int64, shape (n, K)
@@ -79,6 +80,7 @@ class WindowGroup:
     sequence: np.ndarray
     window_start_lsl: np.ndarray
     window_end_lsl: np.ndarray
+    wall_time: np.ndarray
     hop_s: np.ndarray
     indices: np.ndarray = field(repr=False)
     values: np.ndarray = field(repr=False)
@@ -100,6 +102,7 @@ class WindowGroup:
             sequence=self.sequence[pick],
             window_start_lsl=self.window_start_lsl[pick],
             window_end_lsl=self.window_end_lsl[pick],
+            wall_time=self.wall_time[pick],
             hop_s=self.hop_s[pick],
             indices=self.indices[pick],
             values=self.values[pick],
@@ -127,13 +130,14 @@ class WindowGroup:
             sequence=np.concatenate([g.sequence for g in groups])[order],
             window_start_lsl=np.concatenate([g.window_start_lsl for g in groups])[order],
             window_end_lsl=np.concatenate([g.window_end_lsl for g in groups])[order],
+            wall_time=np.concatenate([g.wall_time for g in groups])[order],
             hop_s=np.concatenate([g.hop_s for g in groups])[order],
             indices=np.concatenate([g.indices for g in groups])[order],
             values=np.concatenate([g.values for g in groups])[order],
         )
 
     def dense(self) -> np.ndarray:
-        """Dense ``(n, m)`` float32 activations, zeros at dropped units."""
+        """Dense ``(n, m)`` float32 activations, NaN at dropped units (the head's input)."""
         return scatter_dense(self.indices, self.values, self.width)
 
 
@@ -150,13 +154,17 @@ class DecodedBatch:
         return sum(len(g) for g in self.groups)
 
 
-def scatter_dense(indices: np.ndarray, values: np.ndarray, width: int) -> np.ndarray:
-    """Scatter kept values ``(N, K)`` at ``indices`` ``(N, K)`` into a zero ``(N, m)`` matrix.
+def scatter_dense(
+    indices: np.ndarray, values: np.ndarray, width: int, fill: float = np.nan
+) -> np.ndarray:
+    """Scatter kept values ``(N, K)`` at ``indices`` ``(N, K)`` into an ``(N, m)`` matrix.
 
-    One numpy assignment, no loop over windows or values.
+    Dropped units hold ``fill``: NaN by default, which is how a head
+    (:class:`dropstream.inference.model.Head`) tells a dropped unit from a kept one (kept values
+    are finite: the wire refuses others). One numpy assignment, no loop over windows or values.
     """
     n = indices.shape[0]
-    out = np.zeros((n, width), np.float32)
+    out = np.full((n, width), fill, np.float32)
     out[np.arange(n)[:, None], indices] = values
     return out
 
@@ -206,8 +214,7 @@ class BatchDecoder:
         layouts: dict[tuple, list] = {}
         unpack = HEADER.unpack_from
         unpack_unencoded = UNENCODED.unpack_from
-        make_header = WireHeader._make
-        isfinite = math.isfinite
+        make_header = partial(tuple.__new__, WireHeader)  # WireHeader._make without its overhead
         for row, data in enumerate(payloads):
             if (
                 not isinstance(data, (bytes, bytearray))
@@ -217,24 +224,13 @@ class BatchDecoder:
                 rejected.append((row, _reason(data)))
                 continue
             h = make_header(unpack(data))
+            try:
+                check_header(h)  # the reference decoder's own range checks
+            except WireFormatError as exc:
+                rejected.append((row, str(exc)))
+                continue
             flags, sfreq, lsl, width, keep = h.flags, h.sfreq, h.lsl_time, h.width, h.keep
             a, b, c = h.n_model, h.n_device, h.n_stream
-            if (
-                h.magic != MAGIC
-                or h.version not in READABLE_VERSIONS
-                or flags & ~FLAG_FLOAT32
-                or not (0.0 < sfreq <= 1e6)
-                or not (isfinite(lsl) and isfinite(h.wall_time))
-                or h.window_samples < 1
-                or h.hop_samples < 1
-                or not (1 <= width <= MAX_WIDTH)
-                or not (1 <= keep <= width)
-                or a == 0
-                or b == 0
-                or c == 0
-            ):
-                rejected.append((row, _reason(data)))
-                continue
             isz = 2 if width <= 65536 else 4
             vsz = 4 if flags & FLAG_FLOAT32 else 2
             start = header_bytes(h.version)
@@ -262,6 +258,7 @@ class BatchDecoder:
                     ids,
                     data[pos:split],
                     data[split:end],
+                    h.wall_time,
                 )
             )
         groups = []
@@ -303,6 +300,7 @@ def _build_group(
         sequence=np.fromiter((it[1] for it in sel), np.uint64, len(sel)),
         window_start_lsl=np.fromiter((it[2] for it in sel), np.float64, len(sel)),
         window_end_lsl=np.fromiter((it[3] for it in sel), np.float64, len(sel)),
+        wall_time=np.fromiter((it[8] for it in sel), np.float64, len(sel)),
         hop_s=np.fromiter((it[4] for it in sel), np.float64, len(sel)),
         indices=idx[keepers],
         values=val[keepers].astype(np.float32),

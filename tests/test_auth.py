@@ -256,8 +256,9 @@ def test_connect_refuses_to_start_without_its_key(tmp_path, monkeypatch, capsys)
 
 
 def test_the_simulated_device_signs_when_given_a_key() -> None:
-    from dropstream.inference.demo import DEMO_BUNDLE, encode_recording
+    from dropstream.inference.demo import DEMO_BUNDLE
     from dropstream.local_encoder.bundle import load_device_bundle
+    from dropstream.local_encoder.simulated import encode_recording
 
     bundle = load_device_bundle(DEMO_BUNDLE)
     samples = np.random.default_rng(0).standard_normal((len(bundle.channel_names), 3000))
