@@ -33,10 +33,14 @@ from dropstream.broker.wire import (
     HEADER,
     HEADER_BYTES,
     MAX_MESSAGE_BYTES,
+    MAX_UNENCODED_S,
+    UNENCODED,
     WireFormatError,
     WireHeader,
     check_header,
     decode_activation,
+    header_bytes,
+    trailer_bytes,
 )
 
 _IDS_CACHE_LIMIT = 100_000
@@ -209,6 +213,7 @@ class BatchDecoder:
         # layout key -> list of (row, header tuple, ids, index bytes, value bytes)
         layouts: dict[tuple, list] = {}
         unpack = HEADER.unpack_from
+        unpack_unencoded = UNENCODED.unpack_from
         make_header = partial(tuple.__new__, WireHeader)  # WireHeader._make without its overhead
         for row, data in enumerate(payloads):
             if (
@@ -228,11 +233,16 @@ class BatchDecoder:
             a, b, c = h.n_model, h.n_device, h.n_stream
             isz = 2 if width <= 65536 else 4
             vsz = 4 if flags & FLAG_FLOAT32 else 2
-            pos = HEADER_BYTES + a + b + c
-            if len(data) != pos + keep * (isz + vsz):
+            start = header_bytes(h.version)
+            pos = start + a + b + c
+            end = len(data) - trailer_bytes(h.version)
+            if end != pos + keep * (isz + vsz) or (
+                h.version == 2
+                and not 0.0 <= unpack_unencoded(data, HEADER_BYTES)[0] <= MAX_UNENCODED_S
+            ):
                 rejected.append((row, _reason(data)))
                 continue
-            ids = self._ids.get(bytes(data[HEADER_BYTES:pos]), a, b)
+            ids = self._ids.get(bytes(data[start:pos]), a, b)
             if ids is None:
                 rejected.append((row, _reason(data)))
                 continue
@@ -247,7 +257,7 @@ class BatchDecoder:
                     h.hop_samples / sfreq,
                     ids,
                     data[pos:split],
-                    data[split:],
+                    data[split:end],
                     h.wall_time,
                 )
             )
