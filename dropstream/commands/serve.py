@@ -156,6 +156,7 @@ def _start(args: argparse.Namespace) -> InferenceService:
     service = InferenceService(
         config, args.bundle, ServiceSettings(**given), authenticator=keys, signer=signer
     )
+    print(service.model.bundle.privacy_line(), file=sys.stderr, flush=True)
     if args.metrics_port:
         service.metrics.serve_http(args.metrics_port, addr=args.metrics_addr)
     return service
