@@ -23,6 +23,7 @@ import numpy as np
 from dropstream.acquisition.publish import Track
 from dropstream.acquisition.recording import load_tracks
 from dropstream.errors import DropstreamError
+from dropstream.local_encoder.framing import window_starts
 from dropstream.local_encoder.preprocessing import filter_signal
 from dropstream.local_encoder.resampling import ResamplingError, decimate_signal, decimation_factor
 
@@ -358,8 +359,7 @@ def windows_from_recordings(
             if label == "":
                 continue
             spans.append((ann.onset, ann.onset + ann.duration, label))
-        n = data.shape[1]
-        for start in range(0, n - win + 1, hop):
+        for start in window_starts(data.shape[1], win, hop).tolist():
             a, b = start / sfreq, (start + win) / sfreq
             best, best_overlap = default_label, 0.0
             for s0, s1, label in spans:

@@ -9,6 +9,8 @@ service commits any offset; records leave the outbox only once acknowledged.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -24,6 +26,11 @@ log = logging.getLogger("dropstream.inference.service")
 
 REASON_HEADER = "dropstream.reason"
 SOURCE_HEADER = "dropstream.source-topic"
+PARTITION_HEADER = "dropstream.source-partition"
+OFFSET_HEADER = "dropstream.source-offset"
+#: Headers of a dead letter sent by reference (its value, and key, left out).
+SIZE_HEADER = "dropstream.value-size"
+SHA256_HEADER = "dropstream.value-sha256"
 
 
 class OutgoingRecord(NamedTuple):
@@ -49,6 +56,8 @@ class Outbox:
         The alert kind of the policy (``"novelty"`` or ``"class"``).
     clock : callable
         The LSL clock, seconds (alert latency = now - the deciding window's last sample).
+    inline_bytes : int
+        Dead letters whose key and value together exceed this are sent by reference.
     """
 
     def __init__(
@@ -60,7 +69,9 @@ class Outbox:
         model_version: int,
         kind: str,
         clock: Callable[[], float] = pylsl.local_clock,
+        inline_bytes: int = 256 * 1024,
     ) -> None:
+        self.inline_bytes = int(inline_bytes)
         self.alerts_topic = alerts_topic
         self.dead_letter_topic = dead_letter_topic
         self.metrics = metrics
@@ -73,23 +84,77 @@ class Outbox:
     def __len__(self) -> int:
         return len(self.pending)
 
-    def dead_letter(self, record: Any, kind: str, reason: str) -> None:
+    def dead_letter(
+        self,
+        record: Any,
+        kind: str,
+        reason: str,
+        by_reference: bool = False,
+        quiet: bool = False,
+    ) -> None:
         """Queue consumer ``record`` (``topic``, ``partition``, ``offset``, ``key``, ``value``)
-        for the dead-letter topic; ``kind`` labels the metric, ``reason`` goes in a header."""
+        for the dead-letter topic; ``kind`` labels the metric, ``reason`` goes in a header.
+
+        The dead letter keeps the original key and value, with the reason, source topic,
+        partition and offset in headers; one whose key and value exceed ``inline_bytes`` is sent
+        *by reference* instead: no key or value, their size and the value's SHA-256 in headers
+        (the original stays in the source topic for its retention). ``by_reference`` forces
+        that; ``quiet`` skips the log line (the caller logs a summary).
+        """
         self.metrics.dead_letter(kind)
+        key, value = record.key, record.value
         headers = [
             (REASON_HEADER, reason.encode("utf-8")),
             (SOURCE_HEADER, record.topic.encode("utf-8")),
+            (PARTITION_HEADER, str(record.partition).encode()),
+            (OFFSET_HEADER, str(record.offset).encode()),
         ]
-        self.pending.append(
-            OutgoingRecord(self.dead_letter_topic, record.key, record.value, headers)
-        )
+        size = len(key or b"") + len(value or b"")
+        if by_reference or size > self.inline_bytes:
+            digest = hashlib.sha256(value or b"").hexdigest()
+            headers += [
+                (SIZE_HEADER, str(len(value or b"")).encode()),
+                (SHA256_HEADER, digest.encode()),
+            ]
+            key = None
+            value = _reference(record, digest)
+        elif key is None and value is None:
+            value = b""  # a record must carry a key or a value
+        self.pending.append(OutgoingRecord(self.dead_letter_topic, key, value, headers))
+        if quiet:
+            return
         log.warning(
-            "dead letter from %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
+            "dead letter from %s[%d]@%d%s: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            " (by reference)" if by_reference or size > self.inline_bytes else "",
+            reason[:500],
         )
 
-    def alert(self, update: StreamUpdate) -> AlertMessage:
-        """Queue the alert message of ``update``; returns it."""
+    def alert(self, update: StreamUpdate) -> AlertMessage | None:
+        """Queue the alert message of ``update``; returns it (``None``: it could not be
+        rendered, and a dead letter describing it is queued instead)."""
+        try:
+            return self._alert(update)
+        except (ValueError, TypeError, OverflowError) as exc:
+            # checked input makes this unreachable; if not, say so instead of stopping
+            self.metrics.dead_letter("unrenderable-alert")
+            ev = update.event
+            self.pending.append(
+                OutgoingRecord(
+                    self.dead_letter_topic,
+                    ev.device_id.encode("utf-8"),
+                    repr(ev).encode("utf-8"),
+                    [(REASON_HEADER, f"alert update cannot be rendered: {exc!r}".encode())],
+                )
+            )
+            log.error(
+                "alert update of %s/%s cannot be rendered: %r", ev.device_id, ev.stream_id, exc
+            )
+            return None
+
+    def _alert(self, update: StreamUpdate) -> AlertMessage:
         ev = update.event
         latency = self.clock() - ev.deciding_window_end
         msg = AlertMessage(
@@ -132,11 +197,25 @@ class Outbox:
         in the outbox (nothing is committed after a failure; resending repeats ids)."""
         if not self.pending:
             return
-        futures = [
-            producer.send(r.topic, key=r.key, value=r.value, headers=r.headers)
-            for r in self.pending
-        ]
+        futures = []
+        for i, r in enumerate(self.pending):
+            try:
+                futures.append(producer.send(r.topic, key=r.key, value=r.value, headers=r.headers))
+            except (ValueError, TypeError, AssertionError) as exc:
+                # the client refuses this record itself (not the broker): send why instead
+                log.error("record for %s refused by the Kafka client: %r", r.topic, exc)
+                self.metrics.dead_letter("undeliverable")
+                note = json.dumps({"undeliverable_to": r.topic, "error": repr(exc)[:500]})
+                self.pending[i] = OutgoingRecord(self.dead_letter_topic, None, note.encode(), None)
+                futures.append(producer.send(self.dead_letter_topic, value=note.encode()))
         producer.flush(timeout=timeout_s)
         for fut in futures:
             fut.get(timeout=timeout_s)  # raises if a record was not acknowledged
         self.pending.clear()
+
+
+def _reference(record: Any, digest: str) -> bytes:
+    """The value of a by-reference dead letter: where the original is, its size and hash."""
+    size = len(record.value or b"")
+    ref = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+    return json.dumps(ref | {"size": size, "sha256": digest}).encode()
