@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
 
@@ -33,13 +32,26 @@ from dropstream.broker.wire import (
     HEADER,
     HEADER_BYTES,
     MAX_MESSAGE_BYTES,
+    MAX_UNENCODED_S,
+    UNENCODED,
     WireFormatError,
     WireHeader,
     check_header,
     decode_activation,
+    header_bytes,
+    trailer_bytes,
 )
 
 _IDS_CACHE_LIMIT = 100_000
+# positions of the header fields in the tuple HEADER.unpack_from returns (from WireHeader's names)
+_F = {name: i for i, name in enumerate(WireHeader._fields)}
+_FVERSION, _FFLAGS, _FMVER, _FSEQ, _FLSL, _FWALL = (
+    _F[n] for n in ("version", "flags", "model_version", "sequence", "lsl_time", "wall_time")
+)
+_FSFREQ, _FWINDOW, _FHOP, _FWIDTH, _FKEEP = (
+    _F[n] for n in ("sfreq", "window_samples", "hop_samples", "width", "keep")
+)
+_FNMODEL, _FNDEVICE, _FNSTREAM = (_F[n] for n in ("n_model", "n_device", "n_stream"))
 
 
 @dataclass
@@ -209,7 +221,7 @@ class BatchDecoder:
         # layout key -> list of (row, header tuple, ids, index bytes, value bytes)
         layouts: dict[tuple, list] = {}
         unpack = HEADER.unpack_from
-        make_header = partial(tuple.__new__, WireHeader)  # WireHeader._make without its overhead
+        unpack_unencoded = UNENCODED.unpack_from
         for row, data in enumerate(payloads):
             if (
                 not isinstance(data, (bytes, bytearray))
@@ -218,37 +230,43 @@ class BatchDecoder:
             ):
                 rejected.append((row, _reason(data)))
                 continue
-            h = make_header(unpack(data))
+            h = unpack(data)  # a plain tuple in WireHeader order, read by the _F* indices
             try:
                 check_header(h)  # the reference decoder's own range checks
             except WireFormatError as exc:
                 rejected.append((row, str(exc)))
                 continue
-            flags, sfreq, lsl, width, keep = h.flags, h.sfreq, h.lsl_time, h.width, h.keep
-            a, b, c = h.n_model, h.n_device, h.n_stream
+            flags, sfreq, lsl, width, keep = h[_FFLAGS], h[_FSFREQ], h[_FLSL], h[_FWIDTH], h[_FKEEP]
+            a, b, c = h[_FNMODEL], h[_FNDEVICE], h[_FNSTREAM]
             isz = 2 if width <= 65536 else 4
             vsz = 4 if flags & FLAG_FLOAT32 else 2
-            pos = HEADER_BYTES + a + b + c
-            if len(data) != pos + keep * (isz + vsz):
+            version = h[_FVERSION]
+            start = header_bytes(version)
+            pos = start + a + b + c
+            end = len(data) - trailer_bytes(version)
+            if end != pos + keep * (isz + vsz) or (
+                version == 2
+                and not 0.0 <= unpack_unencoded(data, HEADER_BYTES)[0] <= MAX_UNENCODED_S
+            ):
                 rejected.append((row, _reason(data)))
                 continue
-            ids = self._ids.get(bytes(data[HEADER_BYTES:pos]), a, b)
+            ids = self._ids.get(bytes(data[start:pos]), a, b)
             if ids is None:
                 rejected.append((row, _reason(data)))
                 continue
             split = pos + keep * isz
-            key = (ids[0], h.model_version, width, keep, isz, vsz)
+            key = (ids[0], h[_FMVER], width, keep, isz, vsz)
             layouts.setdefault(key, []).append(
                 (
                     row,
-                    h.sequence,
+                    h[_FSEQ],
                     lsl,
-                    lsl + (h.window_samples - 1) / sfreq,
-                    h.hop_samples / sfreq,
+                    lsl + (h[_FWINDOW] - 1) / sfreq,
+                    h[_FHOP] / sfreq,
                     ids,
                     data[pos:split],
-                    data[split:],
-                    h.wall_time,
+                    data[split:end],
+                    h[_FWALL],
                 )
             )
         groups = []
