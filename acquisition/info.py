@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 
 import pylsl
 
-from dropstream.acquisition.units import MICROVOLTS, microvolt_factor
+from dropstream.acquisition.units import UnitPlan, plan_units
 
 _FORMAT_NAMES = {
     pylsl.cf_float32: "float32",
@@ -116,17 +116,21 @@ def _replay_speed(info: pylsl.StreamInfo) -> float:
     return speed if speed > 0 else 1.0
 
 
-def delivered(info: StreamInfo) -> tuple[StreamInfo, tuple[float | None, ...]]:
-    """The info an inlet reports after unit conversion, and the per-channel factors it applies.
+def delivered(info: StreamInfo, units: str | None = None) -> tuple[StreamInfo, UnitPlan]:
+    """The info an inlet reports after unit conversion, and the conversion it applies.
 
-    Voltage channels are reported in ``"microvolts"``; the factor is ``None`` for channels
-    that pass through unchanged.
+    Voltage channels are reported in ``"microvolts"`` (see :mod:`dropstream.acquisition.units`);
+    ``units`` states the unit of every voltage channel when the header is wrong or unreadable.
+
+    Raises
+    ------
+    dropstream.acquisition.units.UnitError
+        When a voltage channel declares a unit that is not a voltage and ``units`` is not given.
     """
-    factors = tuple(microvolt_factor(u) for u in info.units)
-    units = tuple(
-        MICROVOLTS if f is not None else u for u, f in zip(info.units, factors, strict=True)
+    plan = plan_units(
+        info.channel_names, info.channel_types, info.units, units, source=f"stream {info.name!r}"
     )
-    return replace(info, units=units), factors
+    return replace(info, units=plan.units), plan
 
 
 def to_lsl(info: StreamInfo) -> pylsl.StreamInfo:

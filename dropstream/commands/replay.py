@@ -14,6 +14,8 @@ log = logging.getLogger(__name__)
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Register the arguments of ``dropstream replay``."""
+    from dropstream.commands import add_units_argument
+
     parser.add_argument(
         "files",
         nargs="+",
@@ -56,6 +58,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="stop after this many seconds of wall-clock time",
     )
+    add_units_argument(parser, "the files (as read; MNE reads volts)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         name=args.name,
         source_id=args.source_id,
         wait_for_consumers=args.wait_for_consumers,
+        units=args.units,
     )
     replay.start()
     for info in replay.streams:

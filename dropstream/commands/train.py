@@ -22,6 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
+from dropstream.commands import add_units_argument
 from dropstream.errors import DropstreamError
 
 HELP = "train a split model with activation dropping and write its bundle (.dsb)"
@@ -66,6 +67,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="map an annotation description to a label ('DESC=' ignores it)",
     )
     src.add_argument("--channels", nargs="+", default=None, help="channels to use, in order")
+    add_units_argument(src, "the recordings (as read; MNE reads volts)")
     src.add_argument(
         "--novelty",
         action="store_true",
@@ -169,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
             label_map=_label_map(args.label_map),
             channels=args.channels,
             sfreq=args.sfreq,
+            units=args.units,
         )
     common = {
         "sfreq": train.sfreq,
