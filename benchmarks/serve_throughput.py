@@ -187,7 +187,7 @@ def main() -> None:
             "message_bytes": round(size, 1),
             "width": service.width,
             "keep": service.keep,
-            "torch_device": str(service.device),
+            "torch_device": str(service.torch_device),
             "torch_threads": torch.get_num_threads(),
             "max_batch": args.max_batch,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -43,8 +44,37 @@ MAX_MESSAGE_BYTES = 1 << 20
 #: Largest first-layer width accepted.
 MAX_WIDTH = 1 << 20
 
-_HEADER = struct.Struct("<4sBBIQdddIIIIBBB")
-HEADER_BYTES = _HEADER.size
+
+class WireHeader(NamedTuple):
+    """The fixed header of an activation message, fields in wire order (see the module
+    docstring for units). :data:`HEADER` packs exactly these fields, one struct code each."""
+
+    magic: bytes
+    version: int
+    flags: int
+    model_version: int
+    sequence: int
+    lsl_time: float
+    wall_time: float
+    sfreq: float
+    window_samples: int
+    hop_samples: int
+    width: int
+    keep: int
+    n_model: int
+    n_device: int
+    n_stream: int
+
+
+#: The header's struct: one code per :class:`WireHeader` field, in the same order.
+HEADER = struct.Struct("<4sBBIQdddIIIIBBB")
+HEADER_BYTES = HEADER.size
+
+
+def unpack_header(data: bytes) -> WireHeader:
+    """The :class:`WireHeader` at the start of ``data`` (at least :data:`HEADER_BYTES` long);
+    unpacked only, not validated."""
+    return WireHeader._make(HEADER.unpack_from(data))
 
 
 class WireFormatError(DropstreamError):
@@ -203,20 +233,25 @@ def encode_activation(msg: ActivationMessage, value_dtype: str = "float16") -> b
     texts = [s.encode("utf-8") for s in (msg.model_id, msg.device_id, msg.stream_id)]
     for name, raw in zip(("model id", "device id", "stream id"), texts, strict=True):
         _check_text(name, raw)
-    header = _HEADER.pack(
-        MAGIC,
-        SCHEMA_VERSION,
-        FLAG_FLOAT32 if value_dtype == "float32" else 0,
-        msg.model_version,
-        msg.sequence,
-        msg.lsl_time,
-        msg.wall_time,
-        msg.sfreq,
-        msg.window_samples,
-        msg.hop_samples,
-        msg.width,
-        indices.size,
-        *map(len, texts),
+    n_model, n_device, n_stream = map(len, texts)
+    header = HEADER.pack(
+        *WireHeader(
+            magic=MAGIC,
+            version=SCHEMA_VERSION,
+            flags=FLAG_FLOAT32 if value_dtype == "float32" else 0,
+            model_version=msg.model_version,
+            sequence=msg.sequence,
+            lsl_time=msg.lsl_time,
+            wall_time=msg.wall_time,
+            sfreq=msg.sfreq,
+            window_samples=msg.window_samples,
+            hop_samples=msg.hop_samples,
+            width=msg.width,
+            keep=indices.size,
+            n_model=n_model,
+            n_device=n_device,
+            n_stream=n_stream,
+        )
     )
     return b"".join([header, *texts, wire_idx.tobytes(), wire_val.tobytes()])
 
@@ -236,58 +271,54 @@ def decode_activation(data: bytes) -> ActivationMessage:
         raise WireFormatError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
     if len(data) < HEADER_BYTES:
         raise WireFormatError(f"truncated: {len(data)} bytes, the header alone is {HEADER_BYTES}")
-    (
-        magic,
-        version,
-        flags,
-        model_version,
-        sequence,
-        lsl_time,
-        wall_time,
-        sfreq,
-        window,
-        hop,
+    h = unpack_header(data)
+    if h.magic != MAGIC:
+        raise WireFormatError("not a dropstream activation message (bad magic)")
+    if h.version != SCHEMA_VERSION:
+        raise WireFormatError(
+            f"schema version {h.version} is not supported (this reader speaks "
+            f"{SCHEMA_VERSION}); upgrade dropstream on the server"
+        )
+    if h.flags & ~FLAG_FLOAT32:
+        raise WireFormatError(f"unknown flags 0x{h.flags:02x}")
+    width, keep = h.width, h.keep
+    _check_fields(
+        h.model_version,
+        h.sequence,
+        h.lsl_time,
+        h.wall_time,
+        h.sfreq,
+        h.window_samples,
+        h.hop_samples,
         width,
         keep,
-        n_model,
-        n_device,
-        n_stream,
-    ) = _HEADER.unpack_from(data)
-    if magic != MAGIC:
-        raise WireFormatError("not a dropstream activation message (bad magic)")
-    if version != SCHEMA_VERSION:
-        raise WireFormatError(
-            f"schema version {version} is not supported (this reader speaks {SCHEMA_VERSION}); "
-            "upgrade dropstream on the server"
-        )
-    if flags & ~FLAG_FLOAT32:
-        raise WireFormatError(f"unknown flags 0x{flags:02x}")
-    _check_fields(model_version, sequence, lsl_time, wall_time, sfreq, window, hop, width, keep)
-    if 0 in (n_model, n_device, n_stream):
+    )
+    if 0 in (h.n_model, h.n_device, h.n_stream):
         raise WireFormatError("model id, device id and stream id must be non-empty")
     idx_dtype = _index_dtype(width)
-    val_dtype = np.dtype("<f4" if flags & FLAG_FLOAT32 else "<f2")
-    pos = HEADER_BYTES + n_model + n_device + n_stream
+    val_dtype = np.dtype("<f4" if h.flags & FLAG_FLOAT32 else "<f2")
+    ids_end = HEADER_BYTES + h.n_model
+    pos = ids_end + h.n_device + h.n_stream
     expected = pos + keep * (idx_dtype.itemsize + val_dtype.itemsize)
     if len(data) != expected:
         raise WireFormatError(f"length {len(data)} bytes does not match its header ({expected})")
-    model_id = _check_text("model id", data[HEADER_BYTES : HEADER_BYTES + n_model])
-    device_id = _check_text("device id", data[HEADER_BYTES + n_model : pos - n_stream])
-    stream_id = _check_text("stream id", data[pos - n_stream : pos])
+    model_id = _check_text("model id", data[HEADER_BYTES:ids_end])
+    device_id = _check_text("device id", data[ids_end : ids_end + h.n_device])
+    stream_id = _check_text("stream id", data[pos - h.n_stream : pos])
     indices = np.frombuffer(data, idx_dtype, keep, pos)
     values = np.frombuffer(data, val_dtype, keep, pos + keep * idx_dtype.itemsize)
     _check_arrays(indices, values, width)
     return ActivationMessage(
         model_id=model_id,
-        model_version=model_version,
+        model_version=h.model_version,
         device_id=device_id,
         stream_id=stream_id,
-        sequence=sequence,
-        lsl_time=lsl_time,
-        wall_time=wall_time,
-        sfreq=sfreq,
-        window_samples=window,
-        hop_samples=hop,
+        sequence=h.sequence,
+        lsl_time=h.lsl_time,
+        wall_time=h.wall_time,
+        sfreq=h.sfreq,
+        window_samples=h.window_samples,
+        hop_samples=h.hop_samples,
         width=width,
         indices=indices,
         values=values,

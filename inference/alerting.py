@@ -43,6 +43,25 @@ class AlertPolicyError(DropstreamError):
 
 
 @dataclass(frozen=True)
+class AlertTiming:
+    """Event timing of served streams, in seconds: the one place of its defaults.
+
+    ``ServiceSettings``, ``dropstream serve`` and the demo start from these values;
+    :class:`AlertPolicy` on its own defaults to a bare detector (no minimum duration, no
+    refractory period).
+
+    Attributes
+    ----------
+    min_duration_s, merge_gap_s, refractory_s : float
+        See :class:`AlertPolicy`.
+    """
+
+    min_duration_s: float = 0.5
+    merge_gap_s: float = 1.0
+    refractory_s: float = 2.0
+
+
+@dataclass(frozen=True)
 class AlertPolicy:
     """Thresholds and event timing, in seconds (converted to windows with the stream's hop).
 

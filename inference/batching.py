@@ -28,14 +28,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dropstream.broker.wire import (
-    _HEADER,
     FLAG_FLOAT32,
+    HEADER,
     HEADER_BYTES,
     MAGIC,
     MAX_MESSAGE_BYTES,
     MAX_WIDTH,
     SCHEMA_VERSION,
     WireFormatError,
+    WireHeader,
     decode_activation,
 )
 
@@ -199,7 +200,8 @@ class BatchDecoder:
         rejected: list[tuple[int, str]] = []
         # layout key -> list of (row, header tuple, ids, index bytes, value bytes)
         layouts: dict[tuple, list] = {}
-        unpack = _HEADER.unpack_from
+        unpack = HEADER.unpack_from
+        make_header = WireHeader._make
         isfinite = math.isfinite
         for row, data in enumerate(payloads):
             if (
@@ -209,16 +211,17 @@ class BatchDecoder:
             ):
                 rejected.append((row, _reason(data)))
                 continue
-            h = unpack(data)
-            (magic, version, flags, mver, seq, lsl, wall, sfreq, win, hop, width, keep, a, b, c) = h
+            h = make_header(unpack(data))
+            flags, sfreq, lsl, width, keep = h.flags, h.sfreq, h.lsl_time, h.width, h.keep
+            a, b, c = h.n_model, h.n_device, h.n_stream
             if (
-                magic != MAGIC
-                or version != SCHEMA_VERSION
+                h.magic != MAGIC
+                or h.version != SCHEMA_VERSION
                 or flags & ~FLAG_FLOAT32
                 or not (0.0 < sfreq <= 1e6)
-                or not (isfinite(lsl) and isfinite(wall))
-                or win < 1
-                or hop < 1
+                or not (isfinite(lsl) and isfinite(h.wall_time))
+                or h.window_samples < 1
+                or h.hop_samples < 1
                 or not (1 <= width <= MAX_WIDTH)
                 or not (1 <= keep <= width)
                 or a == 0
@@ -238,14 +241,14 @@ class BatchDecoder:
                 rejected.append((row, _reason(data)))
                 continue
             split = pos + keep * isz
-            key = (ids[0], mver, width, keep, isz, vsz)
+            key = (ids[0], h.model_version, width, keep, isz, vsz)
             layouts.setdefault(key, []).append(
                 (
                     row,
-                    seq,
+                    h.sequence,
                     lsl,
-                    lsl + (win - 1) / sfreq,
-                    hop / sfreq,
+                    lsl + (h.window_samples - 1) / sfreq,
+                    h.hop_samples / sfreq,
                     ids,
                     data[pos:split],
                     data[split:],

@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ import numpy as np
 from dropstream.broker.alert_message import AlertMessage, decode_alert
 from dropstream.broker.wire import ActivationMessage, encode_activation
 from dropstream.errors import DropstreamError
+from dropstream.inference.alerting import AlertTiming
 from dropstream.local_encoder.bundle import DeviceBundle
 from dropstream.local_encoder.first_layer import draw_kept_units
 from dropstream.local_encoder.preprocessing import filter_signal, prepare_window
@@ -47,8 +48,8 @@ DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
 DEMO_RECORDING = DEMO_DATA / "ecg_artefacts.fif"
 DEMO_BUNDLE = DEMO_DATA / "ecg_novelty.dsb"
 DEMO_DEVICE = "demo-patch-1"
-#: Alert settings of the demo (the service defaults, spelled out).
-DEMO_ALERTS = {"min_duration_s": 0.5, "merge_gap_s": 1.0, "refractory_s": 2.0}
+#: Alert timing of the demo: the served defaults, spelled out as serve options by the tests.
+DEMO_ALERTS = asdict(AlertTiming())
 
 
 class DemoError(DropstreamError):
@@ -138,7 +139,8 @@ def reference_alerts(
     from dropstream.broker.wire import decode_activation
     from dropstream.inference.alerting import EventDetector
     from dropstream.inference.head import ServerModel
-    from dropstream.inference.service import ServiceSettings, policy_for
+    from dropstream.inference.scoring import policy_for
+    from dropstream.inference.service import ServiceSettings
 
     model = ServerModel.load(model_path)
     policy = policy_for(model, ServiceSettings(**(policy_kw or {})))

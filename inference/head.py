@@ -2,20 +2,22 @@
 
 ::
 
-    from dropstream.inference.head import load_model
-    device, head = load_model("scp1.dsb")
-    dense = scatter_kept(indices, values, device.layer.width)  # (N, m), zeros at dropped units
-    logits = head(dense)         # classifier: (N, n_classes) logits
-    scores = head(dense)         # novelty: (N,) anomaly scores, higher = more anomalous
+    from dropstream.inference.head import ServerModel
+    model = ServerModel.load("scp1.dsb").to("cuda")   # bundle (numpy part) + torch head
+    model.predict_proba(indices, values)  # classifier: (N, n_classes) from kept (N, K)
+    model.score(indices, values)          # novelty: (N,) anomaly scores, higher = more anomalous
 
-:class:`ServerModel` wraps both with ``predict(indices, values)``.
+There is one scoring path: kept values are scattered into a dense ``(N, m)`` matrix by
+:func:`dropstream.inference.batching.scatter_dense` (what the service does for a whole decoded
+batch) and run through :meth:`ServerModel.forward`; :class:`dropstream.inference.scoring.Scorer`
+turns those outputs into the service's anomaly scores.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dropstream.inference.model import Head, NoveltyScorer, scatter_kept
+from dropstream.inference.batching import scatter_dense
+from dropstream.inference.model import Head, ModelConfigError, NoveltyScorer
 from dropstream.local_encoder.bundle import BundleError, DeviceBundle, load_bundle
 
 
@@ -74,32 +77,63 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[DeviceBundl
 
 @dataclass
 class ServerModel:
-    """The server side of a bundle: turns kept activations into predictions or scores."""
+    """The server side of a bundle: turns kept activations into predictions or scores.
 
-    device: DeviceBundle
+    Attributes
+    ----------
+    bundle : DeviceBundle
+        The bundle's numpy part (first layer, ``K``, model id, classes, calibration).
+    head : torch.nn.Module
+        The server head, in eval mode, on :attr:`torch_device`.
+    torch_device : torch.device
+        Where :attr:`head` runs (CPU after :meth:`load`; see :meth:`to`).
+    """
+
+    bundle: DeviceBundle
     head: nn.Module
+    torch_device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @classmethod
     def load(cls, path: str | Path) -> ServerModel:
-        """Load from a bundle file."""
+        """Load from a bundle file (head on the CPU)."""
         return cls(*load_model(path))
+
+    def to(self, device: torch.device | str) -> ServerModel:
+        """Move the head to the torch ``device``; returns ``self``."""
+        self.torch_device = torch.device(device)
+        self.head = self.head.to(self.torch_device).eval()
+        return self
 
     @property
     def kind(self) -> str:
         """``"classifier"`` or ``"novelty"``."""
-        return str(self.device.head_config.get("type", "classifier"))
+        return str(self.bundle.head_config.get("type", "classifier"))
 
-    @torch.no_grad()
+    def forward(self, dense: np.ndarray) -> torch.Tensor:
+        """Raw head outputs (on :attr:`torch_device`) for dense activations ``(N, m)`` float32
+        with zeros at dropped units; the caller chooses the grad mode."""
+        x = torch.from_numpy(dense).to(self.torch_device, non_blocking=True)
+        return self.head(x)
+
+    @torch.inference_mode()
     def outputs(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Raw head outputs for kept indices/values ``(N, K)`` (or one window ``(K,)``)."""
-        idx = np.asarray(indices)
-        if idx.shape[-1] != self.device.keep:
+        idx = np.asarray(indices, dtype=np.int64)
+        val = np.asarray(values, dtype=np.float32)
+        if idx.ndim == 1:
+            idx, val = idx[None], val[None]
+        bundle = self.bundle
+        if idx.shape[-1] != bundle.keep:
             raise BundleError(
-                f"model {self.device.model_id} expects K={self.device.keep} kept units per "
+                f"model {bundle.model_id} expects K={bundle.keep} kept units per "
                 f"window; got {idx.shape[-1]}"
             )
-        dense = scatter_kept(idx, values, self.device.layer.width)
-        return self.head(dense).numpy()
+        if idx.shape != val.shape:
+            raise ModelConfigError(f"indices {idx.shape} and values {val.shape} differ")
+        width = bundle.layer.width
+        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= width):
+            raise ModelConfigError(f"kept unit index outside 0..{width - 1}")
+        return self.forward(scatter_dense(idx, val, width)).float().cpu().numpy()
 
     def predict_proba(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Class probabilities ``(N, n_classes)`` of a classifier."""
@@ -113,9 +147,9 @@ class ServerModel:
     def threshold(self, level: float | None = None) -> float:
         """Score threshold of a novelty model: the calibration quantile nearest ``level``
         (default: the stored threshold, the 0.99 quantile of held-out normal windows)."""
-        cal = self.device.head_config.get("calibration")
+        cal = self.bundle.head_config.get("calibration")
         if not cal:
-            raise BundleError(f"model {self.device.model_id} has no novelty calibration")
+            raise BundleError(f"model {self.bundle.model_id} has no novelty calibration")
         if level is None:
             return float(cal["threshold"])
         levels = np.asarray(cal["levels"])

@@ -167,24 +167,6 @@ def random_keep_mask(
     return mask
 
 
-def scatter_kept(indices: np.ndarray, values: np.ndarray, width: int) -> torch.Tensor:
-    """Dense ``(N, m)`` float tensor from kept unit indices ``(N, K)`` and their values ``(N, K)``.
-
-    This is what the server rebuilds from activation messages (dropped units are zero).
-    """
-    idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-    val = torch.as_tensor(np.asarray(values, dtype=np.float32))
-    if idx.ndim == 1:
-        idx, val = idx[None], val[None]
-    if idx.shape != val.shape:
-        raise ModelConfigError(f"indices {tuple(idx.shape)} and values {tuple(val.shape)} differ")
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= width):
-        raise ModelConfigError(f"kept unit index outside 0..{width - 1}")
-    out = torch.zeros(idx.shape[0], width)
-    out.scatter_(1, idx, val)
-    return out
-
-
 class Head(nn.Module):
     """Server part: rescale the dropped activations by ``m/K`` and run an MLP.
 

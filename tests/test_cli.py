@@ -49,3 +49,22 @@ def test_device_side_imports_without_torch() -> None:
 
 def test_parser_builds() -> None:
     assert build_parser().prog == "dropstream"
+
+
+def test_train_and_serve_defaults_are_the_dataclasses() -> None:
+    """``train`` and ``serve`` pass on only the options given, so their defaults are those of
+    TrainConfig and ServiceSettings; the served alert timing has one source."""
+    from dataclasses import asdict, fields
+
+    from dropstream.inference.alerting import AlertTiming
+    from dropstream.inference.service import ServiceSettings
+    from dropstream.inference.training import TrainConfig
+
+    parser = build_parser()
+    train = parser.parse_args(["train", "--uea", "X", "-o", "m.dsb"])
+    assert [f.name for f in fields(TrainConfig) if f.name in train] == []
+    assert parser.parse_args(["train", "--uea", "X", "-o", "m.dsb", "--epochs", "3"]).epochs == 3
+    serve = parser.parse_args(["serve", "--bundle", "m.dsb"])
+    assert [f.name for f in fields(ServiceSettings) if f.name in serve] == ["torch_threads"]
+    settings = ServiceSettings()
+    assert {k: getattr(settings, k) for k in asdict(AlertTiming())} == asdict(AlertTiming())

@@ -75,7 +75,7 @@ def test_server_head_from_bundle_matches_trained_head(
     path = tmp_path / "m.dsb"
     trained.save(path)
     server = ServerModel.load(path)
-    dev = server.device
+    dev = server.bundle
     x = trained.prepare(te.X[:10])
     a = dev.layer.forward(x)
     rng = np.random.default_rng(3)

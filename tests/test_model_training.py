@@ -90,7 +90,7 @@ def test_novelty_flags_other_signals_and_round_trips(data_dir: Path, tmp_path: P
     model.save(path, model_id="ecg-normal")
     server = ServerModel.load(path)
     assert server.kind == "novelty" and server.threshold() == thr
-    dev = server.device
+    dev = server.bundle
     a = dev.layer.forward(model.prepare(emg.X[:8], prefiltered=True))
     rng = np.random.default_rng(0)
     idx = np.stack([draw_kept_units(rng, dev.layer.width, dev.keep) for _ in range(8)])

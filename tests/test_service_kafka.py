@@ -250,7 +250,7 @@ def test_a_poisoned_window_goes_to_dead_letters_and_the_stream_recovers(
         time.sleep(0.05)
     time.sleep(0.3)
     # the detector saw the restarted stream up to its last window
-    highest = service.streams[("sim-0", base.stream_id)].highest
+    highest = service.streams.streams[("sim-0", base.stream_id)].highest
     service.stop()
     thread.join(15)
     assert len(dead) == 1

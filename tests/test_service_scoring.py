@@ -28,7 +28,7 @@ def test_novelty_scores_match_the_bundle_head():
     assert classes is None
     np.testing.assert_allclose(scores, model.score(idx, val), rtol=1e-5)
     policy = policy_for(model, ServiceSettings(threshold_level=0.995, hysteresis_level=0.9))
-    cal = model.device.head_config["calibration"]
+    cal = model.bundle.head_config["calibration"]
     assert policy.high == pytest.approx(np.interp(0.995, cal["levels"], cal["quantiles"]))
     assert policy.low == pytest.approx(np.interp(0.9, cal["levels"], cal["quantiles"]))
 
@@ -49,7 +49,7 @@ def test_classifier_score_is_one_minus_p_normal_with_the_top_other_class(tmp_pat
     scores, classes = Scorer(model, torch.device("cpu"))(dense)
     with torch.no_grad():
         proba = torch.softmax(model.head(torch.from_numpy(dense)), dim=1).numpy()
-    normal = list(model.device.classes).index("normal")
+    normal = list(model.bundle.classes).index("normal")
     np.testing.assert_allclose(scores, 1 - proba[:, normal], rtol=1e-5)
     proba[:, normal] = -1
     np.testing.assert_array_equal(classes, proba.argmax(axis=1))

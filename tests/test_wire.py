@@ -200,3 +200,14 @@ def test_decoder_rejects_non_bytes() -> None:
 def test_encoder_refuses_inconsistent_messages(changes: dict, reason: str) -> None:
     with pytest.raises(WireFormatError, match=reason):
         encode_activation(_example(**changes))
+
+
+def test_one_header_definition_names_every_struct_field():
+    """WireHeader and HEADER are the one definition both decoders use: one name per code."""
+    from dropstream.broker.wire import HEADER, WireHeader, unpack_header
+
+    codes = struct.Struct(HEADER.format)
+    assert len(codes.unpack(bytes(codes.size))) == len(WireHeader._fields)
+    h = unpack_header(GOOD)
+    assert (h.magic, h.width, h.n_device) == (b"DSAM", 256, len("clinic-7/cap-3"))
+    assert decode_activation(GOOD).sequence == h.sequence

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+from dataclasses import fields
 
 HELP = "score activation windows (consumer group, micro-batching, CUDA if present) and alert"
 
@@ -23,49 +24,54 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="group session timeout; a dead member's partitions move after about this long",
     )
-    g = parser.add_argument_group("batching and device")
-    g.add_argument("--max-batch", type=int, default=1024, help="windows per forward pass")
+    # Options that set a ServiceSettings field default to SUPPRESS: run() passes on only what
+    # was given, so ServiceSettings' defaults (alert timing: dropstream.inference.alerting.
+    # AlertTiming) are the command's.
+    unset = argparse.SUPPRESS
+    g = parser.add_argument_group("batching and device (defaults: ServiceSettings')")
+    g.add_argument("--max-batch", type=int, default=unset, help="windows per forward pass")
     g.add_argument(
-        "--max-wait-ms", type=float, default=5.0, help="latency cap of a batch, milliseconds"
+        "--max-wait-ms", type=float, default=unset, help="latency cap of a batch, milliseconds"
     )
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=unset)
     g.add_argument(
         "--torch-threads",
         type=int,
         default=1,
         help="torch CPU threads (default 1: leaves the cores to the Kafka client; 0: torch's own)",
     )
-    a = parser.add_argument_group("alerts")
+    a = parser.add_argument_group("alerts (defaults: ServiceSettings')")
     a.add_argument(
         "--threshold-level",
         type=float,
+        default=unset,
         help="calibration quantile of normal scores for the alert threshold (default: bundle's)",
     )
     a.add_argument(
         "--hysteresis-level",
         type=float,
-        default=0.95,
+        default=unset,
         help="calibration quantile for the lower threshold an event must stay above",
     )
-    a.add_argument("--class-threshold", type=float, default=0.5, help="classifier: 1-P(normal)")
-    a.add_argument("--min-duration-s", type=float, default=0.5, help="shortest reported event")
-    a.add_argument("--merge-gap-s", type=float, default=1.0, help="quiet time joining 2 bursts")
-    a.add_argument("--refractory-s", type=float, default=2.0, help="quiet time after an event")
+    a.add_argument("--class-threshold", type=float, default=unset, help="classifier: 1-P(normal)")
+    a.add_argument("--min-duration-s", type=float, default=unset, help="shortest reported event")
+    a.add_argument("--merge-gap-s", type=float, default=unset, help="quiet time joining 2 bursts")
+    a.add_argument("--refractory-s", type=float, default=unset, help="quiet time after an event")
     a.add_argument(
         "--stale-after-s",
         type=float,
-        default=30.0,
+        default=unset,
         help="close the open event of a stream silent for this long (wall clock)",
     )
     a.add_argument(
         "--adapt-windows",
         type=int,
-        default=0,
+        default=unset,
         help="adapt each device's threshold from its first N windows (0: off)",
     )
     o = parser.add_argument_group("observability")
     o.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
-    o.add_argument("--log-interval-s", type=float, default=10.0, help="seconds between log lines")
+    o.add_argument("--log-interval-s", type=float, default=unset, help="seconds between log lines")
     o.add_argument("--max-seconds", type=float, help="stop after this long (default: run forever)")
     add_client_arguments(parser)
 
@@ -80,21 +86,9 @@ def run(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO)
     config = ClientConfig.from_args(args)
-    settings = ServiceSettings(
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-        device=args.device,
-        threshold_level=args.threshold_level,
-        hysteresis_level=args.hysteresis_level,
-        class_threshold=args.class_threshold,
-        min_duration_s=args.min_duration_s,
-        merge_gap_s=args.merge_gap_s,
-        refractory_s=args.refractory_s,
-        adapt_windows=args.adapt_windows,
-        stale_after_s=args.stale_after_s,
-        log_interval_s=args.log_interval_s,
-        torch_threads=args.torch_threads or None,
-    )
+    given = {f.name: getattr(args, f.name) for f in fields(ServiceSettings) if f.name in args}
+    given["torch_threads"] = args.torch_threads or None
+    settings = ServiceSettings(**given)
     service = InferenceService(config, args.bundle, settings)
     if args.metrics_port:
         service.metrics.serve_http(args.metrics_port)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import fields
 from pathlib import Path
 
 from dropstream.commands import add_units_argument
@@ -78,33 +79,36 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--normal-label", default="normal", help="label of the windows that are normal"
     )
 
-    mdl = parser.add_argument_group("model")
-    mdl.add_argument("--width", type=int, default=256, help="first-layer units m")
-    mdl.add_argument("--keep", type=int, default=None, help="units kept per window K")
+    # Options that set a TrainConfig field default to SUPPRESS: run() passes on only what was
+    # given, so TrainConfig's defaults (dropstream.inference.training.config) are the command's.
+    mdl = parser.add_argument_group("model (defaults: TrainConfig's)")
+    unset = argparse.SUPPRESS
+    mdl.add_argument("--width", type=int, default=unset, help="first-layer units m")
+    mdl.add_argument("--keep", type=int, default=unset, help="units kept per window K")
     mdl.add_argument(
-        "--keep-fraction", type=float, default=0.25, help="K/m when --keep is not given"
+        "--keep-fraction", type=float, default=unset, help="K/m when --keep is not given"
     )
-    mdl.add_argument("--first-layer", choices=("dense", "conv"), default="dense")
+    mdl.add_argument("--first-layer", choices=("dense", "conv"), default=unset)
     mdl.add_argument(
         "--pool",
         type=int,
-        default=None,
+        default=unset,
         help="average-pool factor in time before the dense first layer (default: T // 64)",
     )
     mdl.add_argument(
-        "--activation", choices=("relu", "leaky_relu", "tanh", "sigmoid"), default="relu"
+        "--activation", choices=("relu", "leaky_relu", "tanh", "sigmoid"), default=unset
     )
     mdl.add_argument("--l-freq", type=float, default=None, help="causal high-pass edge, Hz")
     mdl.add_argument("--h-freq", type=float, default=None, help="causal low-pass edge, Hz")
     mdl.add_argument("--notch", type=float, default=None, help="mains notch, Hz")
     mdl.add_argument("--demean", action="store_true", help="subtract each window's mean")
-    mdl.add_argument("--epochs", type=int, default=200)
-    mdl.add_argument("--lr", type=float, default=1e-3)
-    mdl.add_argument("--weight-decay", type=float, default=1e-2)
-    mdl.add_argument("--n-masks", type=int, default=4, help="keep masks per window per step")
-    mdl.add_argument("--seed", type=int, default=0)
-    mdl.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    mdl.add_argument("--threads", type=int, default=1, help="torch CPU threads while training")
+    mdl.add_argument("--epochs", type=int, default=unset, help="most training epochs")
+    mdl.add_argument("--lr", type=float, default=unset, help="AdamW learning rate")
+    mdl.add_argument("--weight-decay", type=float, default=unset, help="AdamW weight decay")
+    mdl.add_argument("--n-masks", type=int, default=unset, help="keep masks per window per step")
+    mdl.add_argument("--seed", type=int, default=unset)
+    mdl.add_argument("--device", default=unset, help="auto (CUDA when present), cpu or cuda")
+    mdl.add_argument("--threads", type=int, default=unset, help="torch CPU threads while training")
 
     out = parser.add_argument_group("output")
     out.add_argument("-o", "--output", type=Path, required=True, help="bundle path (.dsb)")
@@ -140,23 +144,8 @@ def run(args: argparse.Namespace) -> int:
         "notch": args.notch,
         "window_demean": bool(args.demean),
     }
-    config = TrainConfig(
-        width=args.width,
-        keep=args.keep,
-        keep_fraction=args.keep_fraction,
-        first_layer=args.first_layer,
-        pool=args.pool,
-        threads=args.threads,
-        activation=args.activation,
-        epochs=args.epochs,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        n_masks=args.n_masks,
-        preprocessing=preprocessing,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.quiet,
-    )
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name in args}
+    config = TrainConfig(**given, preprocessing=preprocessing, progress=not args.quiet)
     test = None
     if args.uea:
         train, test = load_uea(args.uea, args.uea_dir)

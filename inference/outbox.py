@@ -1,0 +1,142 @@
+"""The outbox: alert updates and dead letters waiting for delivery, and their delivery.
+
+Everything the service produces for one batch goes through one :class:`Outbox`: alert updates
+(rendered to :class:`dropstream.broker.alert_message.AlertMessage`, id computed once per update)
+and dead letters (the original key and value, with the reason and source topic in headers).
+:meth:`Outbox.deliver` sends them all, flushes and checks every acknowledgement before the
+service commits any offset; records leave the outbox only once acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import pylsl
+
+from dropstream.broker.alert_message import AlertMessage, make_alert_id
+from dropstream.inference.metrics import ServiceMetrics
+from dropstream.inference.streams import StreamUpdate
+
+log = logging.getLogger("dropstream.inference.service")
+
+REASON_HEADER = "dropstream.reason"
+SOURCE_HEADER = "dropstream.source-topic"
+
+
+class OutgoingRecord(NamedTuple):
+    """One record to produce."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None
+
+
+class Outbox:
+    """Alert updates and dead letters of the service, until the broker acknowledged them.
+
+    Parameters
+    ----------
+    alerts_topic, dead_letter_topic : str
+    metrics : ServiceMetrics
+        Counts alerts (with their latency) and dead letters (by reason).
+    model_id : str
+    model_version : int
+    kind : str
+        The alert kind of the policy (``"novelty"`` or ``"class"``).
+    clock : callable
+        The LSL clock, seconds (alert latency = now - the deciding window's last sample).
+    """
+
+    def __init__(
+        self,
+        alerts_topic: str,
+        dead_letter_topic: str,
+        metrics: ServiceMetrics,
+        model_id: str,
+        model_version: int,
+        kind: str,
+        clock: Callable[[], float] = pylsl.local_clock,
+    ) -> None:
+        self.alerts_topic = alerts_topic
+        self.dead_letter_topic = dead_letter_topic
+        self.metrics = metrics
+        self.model_id = model_id
+        self.model_version = model_version
+        self.kind = kind
+        self.clock = clock
+        self.pending: list[OutgoingRecord] = []
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def dead_letter(self, record: Any, kind: str, reason: str) -> None:
+        """Queue consumer ``record`` (``topic``, ``partition``, ``offset``, ``key``, ``value``)
+        for the dead-letter topic; ``kind`` labels the metric, ``reason`` goes in a header."""
+        self.metrics.dead_letter(kind)
+        headers = [
+            (REASON_HEADER, reason.encode("utf-8")),
+            (SOURCE_HEADER, record.topic.encode("utf-8")),
+        ]
+        self.pending.append(
+            OutgoingRecord(self.dead_letter_topic, record.key, record.value, headers)
+        )
+        log.warning(
+            "dead letter from %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
+        )
+
+    def alert(self, update: StreamUpdate) -> AlertMessage:
+        """Queue the alert message of ``update``; returns it."""
+        ev = update.event
+        latency = self.clock() - ev.deciding_window_end
+        msg = AlertMessage(
+            alert_id=make_alert_id(ev.device_id, ev.stream_id, ev.onset_sequence),
+            status=ev.status,
+            device_id=ev.device_id,
+            stream_id=ev.stream_id,
+            kind=self.kind,
+            label=update.label,
+            onset_time=ev.onset_time,
+            offset_time=ev.offset_time,
+            onset_sequence=ev.onset_sequence,
+            offset_sequence=ev.offset_sequence,
+            score=float(ev.score),
+            threshold=float(ev.threshold),
+            model_id=self.model_id,
+            model_version=self.model_version,
+            produced_at=time.time(),
+            detection_latency_s=float(latency),
+        )
+        self.metrics.alert(ev.status, latency)
+        self.pending.append(
+            OutgoingRecord(self.alerts_topic, ev.device_id.encode(), msg.to_json(), None)
+        )
+        log.info(
+            "alert %s %s device=%s stream=%s onset_seq=%d score=%.4g latency=%.1f ms",
+            msg.alert_id,
+            msg.status,
+            msg.device_id,
+            msg.stream_id,
+            msg.onset_sequence,
+            msg.score,
+            latency * 1000,
+        )
+        return msg
+
+    def deliver(self, producer: Any, timeout_s: float = 30.0) -> None:
+        """Produce every pending record with ``producer`` (a kafka-python ``KafkaProducer``),
+        flush and wait for each acknowledgement. Raises the first failure, leaving every record
+        in the outbox (nothing is committed after a failure; resending repeats ids)."""
+        if not self.pending:
+            return
+        futures = [
+            producer.send(r.topic, key=r.key, value=r.value, headers=r.headers)
+            for r in self.pending
+        ]
+        producer.flush(timeout=timeout_s)
+        for fut in futures:
+            fut.get(timeout=timeout_s)  # raises if a record was not acknowledged
+        self.pending.clear()

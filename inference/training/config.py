@@ -1,0 +1,112 @@
+"""Settings of a training run: :class:`TrainConfig`, the one place its defaults live."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dropstream.errors import DropstreamError
+
+
+class TrainingError(DropstreamError):
+    """Training data or settings that cannot give a model."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of :func:`train_classifier` and :func:`train_novelty`.
+
+    ``dropstream train`` passes on only the options given on its command line, so these
+    defaults are the command's defaults too.
+
+    Attributes
+    ----------
+    width : int
+        First-layer units ``m`` (dense layer; a conv layer derives ``m`` from its settings).
+    keep : int or None
+        Units kept per window ``K``; ``None`` uses ``keep_fraction``.
+    keep_fraction : float
+        ``K = round(keep_fraction * m)`` when ``keep`` is ``None``.
+    first_layer : {"dense", "conv"}
+    activation : str
+        ``relu``, ``leaky_relu``, ``tanh`` or ``sigmoid``.
+    conv_filters, conv_kernel, conv_stride : int
+        Settings of a ``conv`` first layer (kernel and stride in samples).
+    pool : int or None
+        Average-pool factor in time before a ``dense`` first layer (exported exactly as dense);
+        ``None`` picks :func:`default_pool` (about 64 averaged samples per channel).
+    hidden : tuple of int
+        Head MLP hidden sizes.
+    head_dropout : float
+        Ordinary dropout inside the head.
+    epochs, batch_size, lr, weight_decay : training settings (AdamW).
+    n_masks : int
+        Fresh keep masks per window per step (mask augmentation).
+    val_fraction : float
+        Share of the training windows held out (stratified) for early stopping and, for
+        novelty models, calibration. The test split is never used for any choice.
+    patience : int
+        Epochs without validation improvement before stopping.
+    select_by : {"val_acc", "val_loss"}
+        What picks the best epoch of a classifier (accuracy, ties broken by loss; the loss of a
+        dropped network on a small validation split bottoms out long before its accuracy).
+    refit : bool
+        After picking the best epoch count on the validation split, train afresh on all of
+        TRAIN for that many epochs (small EEG sets cannot spare 20 % of their windows).
+    preprocessing : dict
+        Causal filter and demeaning settings (see :mod:`dropstream.local_encoder.preprocessing`).
+    seed : int
+    device : str
+        ``"auto"`` (CUDA when present, else CPU), ``"cpu"`` or ``"cuda"``.
+    progress : bool
+        Show a tqdm progress bar over epochs.
+    embedding : int
+        Output size of a novelty head.
+    threads : int or None
+        torch CPU threads while training (restored afterwards). 1 is fastest for these small
+        networks, above all on a busy machine where more threads stall each other; ``None``
+        leaves torch's setting.
+    """
+
+    width: int = 256
+    keep: int | None = None
+    keep_fraction: float = 0.25
+    first_layer: str = "dense"
+    activation: str = "relu"
+    conv_filters: int = 16
+    conv_kernel: int = 32
+    conv_stride: int = 16
+    pool: int | None = None
+    hidden: tuple[int, ...] = (512, 256)
+    head_dropout: float = 0.25
+    epochs: int = 150
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    n_masks: int = 4
+    val_fraction: float = 0.2
+    patience: int = 30
+    select_by: str = "val_acc"
+    refit: bool = True
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+    embedding: int = 32
+    threads: int | None = 1
+
+    def resolve_keep(self, width: int) -> int:
+        """``K`` for a layer of ``width`` units."""
+        if self.keep is not None:
+            return int(self.keep)
+        return max(1, int(round(self.keep_fraction * width)))
+
+
+def default_pool(n_samples: int, target: int = 64) -> int:
+    """Default time pooling of a dense first layer: about ``target`` averages per channel.
+
+    On small EEG sets a dense layer over every sample overfits; averaging blocks of samples (a
+    linear map, exported exactly into the dense device weight) keeps the slow and mid-frequency
+    content. The layer's input rank becomes ``C * (T // pool)``, which the privacy guard uses.
+    """
+    return max(1, int(n_samples) // int(target))
