@@ -263,6 +263,15 @@ class LiveStream:
                 self._clock_offset = float(self._inlet.time_correction(timeout=0.1))
         return self._clock_offset
 
+    def recording_time(self, lsl_time: float) -> float | None:
+        """Seconds into the replayed recording of the sample stamped ``lsl_time`` (local LSL
+        clock), or ``None`` when the stream is not a replay that published its clock start
+        (:class:`~dropstream.acquisition.info.ReplayClock`)."""
+        clock = self.header.replay
+        if clock is None:
+            return None
+        return clock.recording_time(lsl_time - self._clock_offset)
+
     @property
     def lost(self) -> bool:
         """True while the stream is considered lost (no data for ``lost_after`` seconds)."""

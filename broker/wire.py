@@ -5,7 +5,8 @@ One Kafka message carries the kept first-layer activations of one window. Layout
     offset size  field
     0      4     magic b"DSAM"
     4      1     schema version (1)
-    5      1     flags: bit 0 set = values are float32, clear = float16; other bits must be 0
+    5      1     flags: bit 0 set = values are float32, clear = float16; bit 1 set = a recording
+                 time follows the values; other bits must be 0
     6      4     model version (uint32)
     10     8     sequence number of the window in its stream (uint64)
     18     8     window start on the LSL clock, seconds (float64)
@@ -19,6 +20,8 @@ One Kafka message carries the kept first-layer activations of one window. Layout
     61     ...   model id, device id, stream id (UTF-8)
     ...    K*i   kept unit indices, strictly increasing, < m (uint16 if m <= 65536, else uint32)
     ...    K*v   their activation values (float16 or float32, finite)
+    ...    8     only with flag bit 1: the window's first sample in seconds into the replayed
+                 recording (float64, finite, >= 0); set by devices reading ``dropstream replay``
 
 The message key is the device id, so one device's windows stay ordered in one partition.
 :func:`decode_activation` validates every field and raises :class:`WireFormatError` on anything
@@ -39,6 +42,10 @@ from dropstream.errors import DropstreamError
 MAGIC = b"DSAM"
 SCHEMA_VERSION = 1
 FLAG_FLOAT32 = 0x01
+#: A recording time (float64) follows the values (the stream is a replayed recording).
+FLAG_RECORDING_TIME = 0x02
+#: Every flag a reader of this schema understands.
+KNOWN_FLAGS = FLAG_FLOAT32 | FLAG_RECORDING_TIME
 #: Largest message accepted, in bytes (a 1 MiB message would be ~130k kept units).
 MAX_MESSAGE_BYTES = 1 << 20
 #: Largest first-layer width accepted.
@@ -69,6 +76,8 @@ class WireHeader(NamedTuple):
 #: The header's struct: one code per :class:`WireHeader` field, in the same order.
 HEADER = struct.Struct("<4sBBIQdddIIIIBBB")
 HEADER_BYTES = HEADER.size
+#: The optional recording time after the values (flag bit 1).
+RECORDING_TIME = struct.Struct("<d")
 
 
 def unpack_header(data: bytes) -> WireHeader:
@@ -110,6 +119,9 @@ class ActivationMessage:
         Kept unit indices, strictly increasing.
     values : numpy.ndarray of float, shape (K,)
         Activations of the kept units.
+    recording_time : float | None
+        The window's first sample in seconds into the replayed recording, when the stream is a
+        ``dropstream replay`` (``None`` for live sensors).
     """
 
     model_id: str
@@ -125,6 +137,7 @@ class ActivationMessage:
     width: int
     indices: np.ndarray = field(repr=False)
     values: np.ndarray = field(repr=False)
+    recording_time: float | None = None
 
     @property
     def keep(self) -> int:
@@ -238,7 +251,8 @@ def encode_activation(msg: ActivationMessage, value_dtype: str = "float16") -> b
         *WireHeader(
             magic=MAGIC,
             version=SCHEMA_VERSION,
-            flags=FLAG_FLOAT32 if value_dtype == "float32" else 0,
+            flags=(FLAG_FLOAT32 if value_dtype == "float32" else 0)
+            | (0 if msg.recording_time is None else FLAG_RECORDING_TIME),
             model_version=msg.model_version,
             sequence=msg.sequence,
             lsl_time=msg.lsl_time,
@@ -253,7 +267,16 @@ def encode_activation(msg: ActivationMessage, value_dtype: str = "float16") -> b
             n_stream=n_stream,
         )
     )
-    return b"".join([header, *texts, wire_idx.tobytes(), wire_val.tobytes()])
+    parts = [header, *texts, wire_idx.tobytes(), wire_val.tobytes()]
+    if msg.recording_time is not None:
+        _check_recording_time(msg.recording_time)
+        parts.append(RECORDING_TIME.pack(msg.recording_time))
+    return b"".join(parts)
+
+
+def _check_recording_time(value: float) -> None:
+    if not (math.isfinite(value) and value >= 0.0):
+        raise WireFormatError(f"recording time must be finite and >= 0 s, got {value}")
 
 
 def decode_activation(data: bytes) -> ActivationMessage:
@@ -279,7 +302,7 @@ def decode_activation(data: bytes) -> ActivationMessage:
             f"schema version {h.version} is not supported (this reader speaks "
             f"{SCHEMA_VERSION}); upgrade dropstream on the server"
         )
-    if h.flags & ~FLAG_FLOAT32:
+    if h.flags & ~KNOWN_FLAGS:
         raise WireFormatError(f"unknown flags 0x{h.flags:02x}")
     width, keep = h.width, h.keep
     _check_fields(
@@ -299,7 +322,9 @@ def decode_activation(data: bytes) -> ActivationMessage:
     val_dtype = np.dtype("<f4" if h.flags & FLAG_FLOAT32 else "<f2")
     ids_end = HEADER_BYTES + h.n_model
     pos = ids_end + h.n_device + h.n_stream
-    expected = pos + keep * (idx_dtype.itemsize + val_dtype.itemsize)
+    values_end = pos + keep * (idx_dtype.itemsize + val_dtype.itemsize)
+    has_recording = bool(h.flags & FLAG_RECORDING_TIME)
+    expected = values_end + (RECORDING_TIME.size if has_recording else 0)
     if len(data) != expected:
         raise WireFormatError(f"length {len(data)} bytes does not match its header ({expected})")
     model_id = _check_text("model id", data[HEADER_BYTES:ids_end])
@@ -308,6 +333,10 @@ def decode_activation(data: bytes) -> ActivationMessage:
     indices = np.frombuffer(data, idx_dtype, keep, pos)
     values = np.frombuffer(data, val_dtype, keep, pos + keep * idx_dtype.itemsize)
     _check_arrays(indices, values, width)
+    recording_time = None
+    if has_recording:
+        (recording_time,) = RECORDING_TIME.unpack_from(data, values_end)
+        _check_recording_time(recording_time)
     return ActivationMessage(
         model_id=model_id,
         model_version=h.model_version,
@@ -322,4 +351,5 @@ def decode_activation(data: bytes) -> ActivationMessage:
         width=width,
         indices=indices,
         values=values,
+        recording_time=recording_time,
     )

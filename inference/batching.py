@@ -29,11 +29,14 @@ import numpy as np
 
 from dropstream.broker.wire import (
     FLAG_FLOAT32,
+    FLAG_RECORDING_TIME,
     HEADER,
     HEADER_BYTES,
+    KNOWN_FLAGS,
     MAGIC,
     MAX_MESSAGE_BYTES,
     MAX_WIDTH,
+    RECORDING_TIME,
     SCHEMA_VERSION,
     WireFormatError,
     WireHeader,
@@ -61,6 +64,11 @@ class WindowGroup:
         LSL-clock times of each window's first and last sample, seconds.
     hop_s : numpy.ndarray of float64, shape (n,)
         Hop between windows, seconds.
+    wall_offset : numpy.ndarray of float64, shape (n,)
+        The device's wall clock minus its LSL clock at each window, seconds (LSL time +
+        offset = Unix time on the device).
+    recording_offset : numpy.ndarray of float64, shape (n,)
+        Seconds into the replayed recording minus LSL time, NaN for live streams.
     indices : numpy.ndarray of int64, shape (n, K)
     values : numpy.ndarray of float32, shape (n, K)
     """
@@ -76,6 +84,8 @@ class WindowGroup:
     window_start_lsl: np.ndarray
     window_end_lsl: np.ndarray
     hop_s: np.ndarray
+    wall_offset: np.ndarray
+    recording_offset: np.ndarray
     indices: np.ndarray = field(repr=False)
     values: np.ndarray = field(repr=False)
 
@@ -97,6 +107,8 @@ class WindowGroup:
             window_start_lsl=self.window_start_lsl[pick],
             window_end_lsl=self.window_end_lsl[pick],
             hop_s=self.hop_s[pick],
+            wall_offset=self.wall_offset[pick],
+            recording_offset=self.recording_offset[pick],
             indices=self.indices[pick],
             values=self.values[pick],
         )
@@ -124,6 +136,8 @@ class WindowGroup:
             window_start_lsl=np.concatenate([g.window_start_lsl for g in groups])[order],
             window_end_lsl=np.concatenate([g.window_end_lsl for g in groups])[order],
             hop_s=np.concatenate([g.hop_s for g in groups])[order],
+            wall_offset=np.concatenate([g.wall_offset for g in groups])[order],
+            recording_offset=np.concatenate([g.recording_offset for g in groups])[order],
             indices=np.concatenate([g.indices for g in groups])[order],
             values=np.concatenate([g.values for g in groups])[order],
         )
@@ -217,7 +231,7 @@ class BatchDecoder:
             if (
                 h.magic != MAGIC
                 or h.version != SCHEMA_VERSION
-                or flags & ~FLAG_FLOAT32
+                or flags & ~KNOWN_FLAGS
                 or not (0.0 < sfreq <= 1e6)
                 or not (isfinite(lsl) and isfinite(h.wall_time))
                 or h.window_samples < 1
@@ -233,7 +247,17 @@ class BatchDecoder:
             isz = 2 if width <= 65536 else 4
             vsz = 4 if flags & FLAG_FLOAT32 else 2
             pos = HEADER_BYTES + a + b + c
-            if len(data) != pos + keep * (isz + vsz):
+            end = pos + keep * (isz + vsz)
+            recording = math.nan
+            if flags & FLAG_RECORDING_TIME:
+                if len(data) != end + RECORDING_TIME.size:
+                    rejected.append((row, _reason(data)))
+                    continue
+                (recording,) = RECORDING_TIME.unpack_from(data, end)
+                if not (isfinite(recording) and recording >= 0.0):
+                    rejected.append((row, _reason(data)))
+                    continue
+            elif len(data) != end:
                 rejected.append((row, _reason(data)))
                 continue
             ids = self._ids.get(bytes(data[HEADER_BYTES:pos]), a, b)
@@ -251,7 +275,9 @@ class BatchDecoder:
                     h.hop_samples / sfreq,
                     ids,
                     data[pos:split],
-                    data[split:],
+                    data[split:end],
+                    h.wall_time - lsl,
+                    recording - lsl,
                 )
             )
         groups = []
@@ -294,6 +320,8 @@ def _build_group(
         window_start_lsl=np.fromiter((it[2] for it in sel), np.float64, len(sel)),
         window_end_lsl=np.fromiter((it[3] for it in sel), np.float64, len(sel)),
         hop_s=np.fromiter((it[4] for it in sel), np.float64, len(sel)),
+        wall_offset=np.fromiter((it[8] for it in sel), np.float64, len(sel)),
+        recording_offset=np.fromiter((it[9] for it in sel), np.float64, len(sel)),
         indices=idx[keepers],
         values=val[keepers].astype(np.float32),
     )

@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pylsl
 import torch
 from kafka import ConsumerRebalanceListener
 from kafka.errors import KafkaError
@@ -309,7 +308,7 @@ class InferenceService:
         """Score ``group`` in one forward pass: its finite scores by batch row; windows whose
         score is not finite go to dead letters."""
         scores, classes = self.scorer(group.dense())
-        self.metrics.batch(len(group), _now_lsl() - group.window_end_lsl)
+        self.metrics.batch(len(group), time.time() - (group.window_end_lsl + group.wall_offset))
         finite = np.isfinite(scores)
         rows = group.rows.tolist()
         # python scalars converted once per batch, not a numpy scalar per window and field
@@ -322,6 +321,8 @@ class InferenceService:
             group.window_end_lsl.tolist(),
             group.hop_s.tolist(),
             [None] * len(group) if classes is None else classes.tolist(),
+            group.wall_offset.tolist(),
+            group.recording_offset.tolist(),
         )
         scored = {row: w for row, w, ok in zip(rows, windows, finite.tolist(), strict=True) if ok}
         for i in np.flatnonzero(~finite).tolist():
@@ -389,6 +390,3 @@ class InferenceService:
 
 def _partition(record: Any) -> TopicPartition:
     return TopicPartition(record.topic, record.partition)
-
-
-_now_lsl = pylsl.local_clock

@@ -48,13 +48,18 @@ class ScoredWindow(NamedTuple):
     window_end: float  # LSL-clock time of the last sample, seconds
     hop_s: float  # hop between windows, seconds
     top_class: int | None  # classifier: index of the most probable abnormal class
+    wall_offset: float = 0.0  # the device's wall clock minus its LSL clock, seconds
+    recording_offset: float = float("nan")  # recording time minus LSL time (NaN: live)
 
 
 class StreamUpdate(NamedTuple):
-    """An alert update of a stream, with the label of its event."""
+    """An alert update of a stream, with the label of its event and the stream's clock offsets
+    (to render LSL times as wall-clock and recording times)."""
 
     event: AlertEvent
     label: str
+    wall_offset: float = 0.0
+    recording_offset: float = float("nan")
 
 
 class Admission(NamedTuple):
@@ -76,6 +81,8 @@ class _Stream:
     seen_max: int = -1  # highest sequence seen
     missing: set[int] = field(default_factory=set)  # gaps below seen_max not yet filled
     labels: dict[int, str] = field(default_factory=dict)  # open event onset -> its label
+    wall_offset: float = 0.0  # of the newest window fed (see ScoredWindow)
+    recording_offset: float = float("nan")
 
 
 class StreamTracker:
@@ -197,6 +204,7 @@ class StreamTracker:
             self.metrics.lost_windows(seq - st.highest - 1)
         st.highest = seq
         st.last_seen = now
+        st.wall_offset, st.recording_offset = window.wall_offset, window.recording_offset
         new = det.update(seq, window.score, window.window_start, window.window_end, window.hop_s)
         top = window.top_class
         for ev in new:
@@ -206,7 +214,7 @@ class StreamTracker:
                     label = st.labels[ev.onset_sequence] = self.class_names[top]
                 else:
                     label = st.labels.pop(ev.onset_sequence, self.class_names[top])
-            out.append(StreamUpdate(ev, label))
+            out.append(StreamUpdate(ev, label, st.wall_offset, st.recording_offset))
         return det.clean
 
     def silent(self, key: StreamKey, now: float, after_s: float) -> bool:
@@ -220,7 +228,12 @@ class StreamTracker:
 
     def _expire(self, st: _Stream) -> list[StreamUpdate]:
         return [
-            StreamUpdate(ev, st.labels.pop(ev.onset_sequence, self.policy.label))
+            StreamUpdate(
+                ev,
+                st.labels.pop(ev.onset_sequence, self.policy.label),
+                st.wall_offset,
+                st.recording_offset,
+            )
             for ev in st.detector.expire()
         ]
 

@@ -25,6 +25,14 @@ def test_demo_alerts_line_up_with_the_known_anomalies():
         # the alert opens within the anomaly (plus the 1 s window it needs to see it)
         assert -0.5 < anomaly.detection_delay_s < 4.0
         assert anomaly.service_latency_s is not None and anomaly.service_latency_s < 5.0
+        # the alert says where it is in the replayed recording and when it was (UTC)
+        opened = summary.alerts[anomaly.alert_id]["open"]
+        assert opened.recording_onset is not None and opened.onset_utc is not None
+        assert anomaly.onset_s - 1.0 <= opened.recording_onset <= anomaly.offset_s
+        assert abs(opened.onset_utc - opened.produced_at) < 10.0
+        closed = summary.alerts[anomaly.alert_id]["closed"]
+        assert closed.recording_offset is not None
+        assert opened.recording_onset < closed.recording_offset <= anomaly.offset_s + 3.0
     assert summary.false_alerts == [], "\n".join(lines)
     assert summary.ok
     # every window the device made was sent and scored; only kept activations travelled

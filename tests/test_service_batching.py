@@ -136,3 +136,19 @@ def test_layouts_of_one_model_merge_in_batch_order():
     assert merged.device_id == [m.device_id for m in msgs]
     for j, r in enumerate(raw):
         np.testing.assert_array_equal(merged.dense()[j], decode_activation(r).dense())
+
+
+def test_wall_and_recording_offsets_match_the_reference_decoder():
+    msgs = [message(i, recording_time=(3.5 + i if i % 2 else None)) for i in range(6)]
+    bad = encode_activation(message(9, recording_time=1.0))[:-8] + b"\x00" * 7 + b"\xff"
+    raw = [encode_activation(m) for m in msgs] + [bad]
+    out = decode_batch(raw)
+    assert [row for row, _ in out.rejected] == [6]  # NaN recording time
+    (g,) = out.groups
+    for j, row in enumerate(g.rows.tolist()):
+        ref = decode_activation(raw[row])
+        assert g.window_start_lsl[j] + g.wall_offset[j] == ref.wall_time
+        if ref.recording_time is None:
+            assert np.isnan(g.recording_offset[j])
+        else:
+            assert g.window_start_lsl[j] + g.recording_offset[j] == ref.recording_time

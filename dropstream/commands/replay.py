@@ -6,6 +6,10 @@ import argparse
 import logging
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dropstream.acquisition.replay import RecordingReplay
 
 HELP = "publish recordings (EDF, BDF, GDF, FIF, BrainVision, EEGLAB, XDF) as live LSL streams"
 
@@ -61,6 +65,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_units_argument(parser, "the files (as read; MNE reads volts)")
 
 
+def clock_line(replay: RecordingReplay) -> str:
+    """One line that says when the first sample was published (LSL and UTC) and where."""
+    import datetime as dt
+
+    pub = replay.publisher
+    utc = dt.datetime.fromtimestamp(pub.t0_utc or 0.0, dt.UTC).isoformat(timespec="milliseconds")
+    where = (
+        "in the stream headers (desc/dropstream_replay)"
+        if pub.wait_for_consumers <= 0
+        else "not in the headers (--wait-for-consumers)"
+    )
+    return (
+        f"clock started: recording second {pub.start_offset:g} published at LSL time "
+        f"{pub.t0:.6f} = {utc} (speed {pub.speed:g}); {where}"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``dropstream replay`` until the files end, ``--duration`` passes or Ctrl-C."""
     from dropstream.acquisition.errors import RecordingError
@@ -89,8 +110,12 @@ def run(args: argparse.Namespace) -> int:
     for info in replay.marker_streams:
         print(f"publishing markers {info.describe()}", flush=True)
     deadline = None if args.duration is None else time.monotonic() + args.duration
+    announced = False
     try:
         while not replay.wait(0.2):
+            if not announced and replay.t0 is not None:
+                announced = True
+                print(clock_line(replay), flush=True)
             if deadline is not None and time.monotonic() >= deadline:
                 break
     finally:
