@@ -66,6 +66,10 @@ class TrainConfig:
         torch CPU threads while training (restored afterwards). 1 is fastest for these small
         networks, above all on a busy machine where more threads stall each other; ``None``
         leaves torch's setting.
+    min_calibration_windows : int
+        Held-out normal windows a novelty model's threshold needs at least (below, training
+        stops with the number of normal windows to provide). The 0.99-quantile threshold of
+        fewer windows is little more than their maximum.
     """
 
     width: int = 256
@@ -94,6 +98,7 @@ class TrainConfig:
     progress: bool = True
     embedding: int = 32
     threads: int | None = 1
+    min_calibration_windows: int = 50
 
     def resolve_keep(self, width: int) -> int:
         """``K`` for a layer of ``width`` units."""
