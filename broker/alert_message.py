@@ -16,7 +16,8 @@ version                int          schema version, 1
 alert_id               str          deterministic id (see :func:`make_alert_id`)
 status                 str          ``"open"`` or ``"closed"``
 device_id, stream_id   str          where the windows came from
-kind                   str          ``"anomaly"`` (novelty score) or ``"class"`` (classifier)
+kind                   str          ``"anomaly"`` (novelty score), ``"class"`` (classifier) or
+                                    ``"drift"`` (the stream no longer resembles the training data)
 label                  str          class name, or ``"anomaly"``
 onset_time             float        device LSL-clock start of the first window over threshold
 offset_time            float|null   device LSL-clock end of the last window over threshold

@@ -101,7 +101,7 @@ class Outbox:
             status=ev.status,
             device_id=ev.device_id,
             stream_id=ev.stream_id,
-            kind=self.kind,
+            kind=update.kind or self.kind,
             label=update.label,
             onset_time=ev.onset_time,
             offset_time=ev.offset_time,

@@ -53,6 +53,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from dropstream.broker.clients import KafkaClientError, make_consumer, make_producer
 from dropstream.broker.config import ClientConfig
 from dropstream.inference.batching import BatchDecoder, WindowGroup
+from dropstream.inference.drift import DriftReference
 from dropstream.inference.head import ServerModel
 from dropstream.inference.metrics import ServiceMetrics
 from dropstream.inference.offsets import OffsetTracker
@@ -128,7 +129,8 @@ class InferenceService:
         self.keep = meta.keep
         self.decoder = BatchDecoder()
         classes = self.scorer.classes if self.model.kind == "classifier" else None
-        self.streams = StreamTracker(self.policy, s.dedup_windows, self.metrics, classes)
+        drift = DriftReference.from_config(meta.head_config.get("drift"))
+        self.streams = StreamTracker(self.policy, s.dedup_windows, self.metrics, classes, drift)
         self.offsets = OffsetTracker()
         self.outbox = Outbox(
             config.alerts_topic,
@@ -323,6 +325,7 @@ class InferenceService:
             [None] * len(group) if classes is None else classes.tolist(),
             group.wall_offset.tolist(),
             group.recording_offset.tolist(),
+            self.streams.drift_statistic(group.indices, group.values).tolist(),
         )
         scored = {row: w for row, w, ok in zip(rows, windows, finite.tolist(), strict=True) if ok}
         for i in np.flatnonzero(~finite).tolist():

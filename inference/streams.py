@@ -17,12 +17,18 @@ Per stream:
   restarted its numbering (a wiped spool) or the newest number was bogus: the stream's open
   event is closed and its state starts afresh;
 * **detector** - :class:`dropstream.inference.alerting.EventDetector` turns scores into alert
-  updates; for a classifier the label of an event's opening is kept until it closes.
+  updates; for a classifier the label of an event's opening is kept until it closes;
+* **drift** - with a bundle's :class:`~dropstream.inference.drift.DriftReference`, a
+  :class:`~dropstream.inference.drift.DriftMonitor` watches each window's drift statistic; when
+  the stream no longer looks like the training data it closes the open anomaly event, publishes
+  one ``kind="drift"`` event (label ``"drift"``) and stops feeding the anomaly detector until the
+  drift ends (then a fresh detector starts).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -30,6 +36,7 @@ from typing import NamedTuple
 import numpy as np
 
 from dropstream.inference.alerting import AlertEvent, AlertPolicy, EventDetector
+from dropstream.inference.drift import DriftMonitor, DriftReference
 from dropstream.inference.metrics import ServiceMetrics
 
 log = logging.getLogger("dropstream.inference.service")
@@ -50,6 +57,7 @@ class ScoredWindow(NamedTuple):
     top_class: int | None  # classifier: index of the most probable abnormal class
     wall_offset: float = 0.0  # the device's wall clock minus its LSL clock, seconds
     recording_offset: float = float("nan")  # recording time minus LSL time (NaN: live)
+    drift: float = float("nan")  # drift statistic (NaN: no drift reference)
 
 
 class StreamUpdate(NamedTuple):
@@ -60,6 +68,7 @@ class StreamUpdate(NamedTuple):
     label: str
     wall_offset: float = 0.0
     recording_offset: float = float("nan")
+    kind: str | None = None  # "drift" for drift events; None: the policy's kind
 
 
 class Admission(NamedTuple):
@@ -83,6 +92,9 @@ class _Stream:
     labels: dict[int, str] = field(default_factory=dict)  # open event onset -> its label
     wall_offset: float = 0.0  # of the newest window fed (see ScoredWindow)
     recording_offset: float = float("nan")
+    drift: DriftMonitor | None = None
+    drift_onset: tuple[int, float] = (0, 0.0)  # (sequence, LSL time) of the drift's start
+    last_end: float = 0.0  # LSL time of the newest window's last sample
 
 
 class StreamTracker:
@@ -98,6 +110,8 @@ class StreamTracker:
         Counts duplicates, late and lost windows and restarts.
     class_names : sequence of str, optional
         A classifier's classes: an event's label is its top abnormal class at opening.
+    drift : DriftReference, optional
+        The bundle's training statistics; ``None`` disables the drift guard.
     """
 
     def __init__(
@@ -106,7 +120,9 @@ class StreamTracker:
         dedup_windows: int,
         metrics: ServiceMetrics,
         class_names: Sequence[str] | None = None,
+        drift: DriftReference | None = None,
     ) -> None:
+        self.drift = drift
         self.policy = policy
         self.dedup_windows = int(dedup_windows)
         self.metrics = metrics
@@ -141,6 +157,7 @@ class StreamTracker:
                 st = streams[key] = _Stream(
                     EventDetector(key[0], key[1], self.policy), partition_of(i)
                 )
+                st.drift = DriftMonitor(self.drift) if self.drift is not None else None
             if 0 <= seq < st.seen_max - limit:
                 # far behind everything seen: the device restarted its sequence numbers (e.g. a
                 # wiped spool) or the newest one was bogus; start the stream afresh
@@ -174,6 +191,7 @@ class StreamTracker:
         self.metrics.restart()
         updates = self._expire(st)
         st.detector = EventDetector(key[0], key[1], self.policy)
+        st.drift = DriftMonitor(self.drift) if self.drift is not None else None
         st.highest, st.seen_max = -1, seq
         st.missing.clear()
         return updates
@@ -205,6 +223,11 @@ class StreamTracker:
         st.highest = seq
         st.last_seen = now
         st.wall_offset, st.recording_offset = window.wall_offset, window.recording_offset
+        st.last_end = window.window_end
+        if st.drift is not None and not math.isnan(window.drift):
+            if self._watch_drift(window, st, out):
+                return st.detector.clean  # drifting: the anomaly scores mean nothing
+            det = st.detector
         new = det.update(seq, window.score, window.window_start, window.window_end, window.hop_s)
         top = window.top_class
         for ev in new:
@@ -217,6 +240,53 @@ class StreamTracker:
             out.append(StreamUpdate(ev, label, st.wall_offset, st.recording_offset))
         return det.clean
 
+    def drift_statistic(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Drift statistic of windows ``(N, K)`` (NaN without a drift reference)."""
+        if self.drift is None:
+            return np.full(len(indices), np.nan)
+        return self.drift.statistic(indices, values)
+
+    def _watch_drift(self, window: ScoredWindow, st: _Stream, out: list[StreamUpdate]) -> bool:
+        """Feed the drift monitor; publish drift start/end; True while the stream drifts."""
+        mon = st.drift
+        assert mon is not None
+        change = mon.update(window.drift)
+        key = window.key
+        level = mon.reference.level
+        if change == "start":
+            log.warning(
+                "stream %s/%s does not look like the training data (drift statistic %.3g, "
+                "level %.3g): anomaly alerts paused until it does - check the sensor, its "
+                "placement and units, or train a model for this device",
+                *key,
+                mon.median,
+                level,
+            )
+            out.extend(self._expire_detector(st))
+            st.drift_onset = (window.sequence, window.window_start)
+            ev = AlertEvent(
+                "open", *key, window.sequence, window.window_start, None, None,
+                mon.median, level, window.window_end,
+            )  # fmt: skip
+            out.append(self._drift_update(ev, st))
+        elif change == "end":
+            out.append(self._drift_closed(key, st, window.sequence, window.window_end))
+            st.detector = EventDetector(key[0], key[1], self.policy)
+        return mon.active
+
+    def _drift_closed(self, key: StreamKey, st: _Stream, seq: int, end: float) -> StreamUpdate:
+        mon = st.drift
+        assert mon is not None
+        onset_seq, onset_time = st.drift_onset
+        ev = AlertEvent(
+            "closed", *key, onset_seq, onset_time, seq, end, mon.median,
+            mon.reference.level, end,
+        )  # fmt: skip
+        return self._drift_update(ev, st)
+
+    def _drift_update(self, ev: AlertEvent, st: _Stream) -> StreamUpdate:
+        return StreamUpdate(ev, "drift", st.wall_offset, st.recording_offset, "drift")
+
     def silent(self, key: StreamKey, now: float, after_s: float) -> bool:
         """Whether stream ``key`` is known and sent nothing for ``after_s`` seconds."""
         st = self.streams.get(key)
@@ -227,6 +297,14 @@ class StreamTracker:
         return self._expire(self.streams[key])
 
     def _expire(self, st: _Stream) -> list[StreamUpdate]:
+        out = self._expire_detector(st)
+        if st.drift is not None and st.drift.active:  # a silent drifting stream: close it
+            key = (st.detector.device_id, st.detector.stream_id)
+            out.append(self._drift_closed(key, st, max(st.highest, 0), st.last_end))
+            st.drift = DriftMonitor(st.drift.reference)
+        return out
+
+    def _expire_detector(self, st: _Stream) -> list[StreamUpdate]:
         return [
             StreamUpdate(
                 ev,

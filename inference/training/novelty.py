@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dropstream.inference.drift import DriftReference
 from dropstream.inference.model import NoveltyScorer
 from dropstream.inference.training.config import TrainConfig, TrainingError
 from dropstream.inference.training.fit import build, check_windows, fit, prepare, start
@@ -151,7 +152,7 @@ def train_novelty(
         "threshold_ci95": [lo, hi],
         "holdout": "last windows in recording order, overlapping ones left out",
     }
-    return finish(
+    model = finish(
         "novelty",
         net,
         run,
@@ -165,3 +166,9 @@ def train_novelty(
         history=history,
         extra={"calibration": calibration},
     )
+    # what the server will see of each window: the device's first layer on prepared windows
+    layer = model.first.to_numpy()
+    acts = layer.forward(model.prepare(X, prefiltered=prefiltered))
+    drift = DriftReference.fit(acts[fit_idx], acts[val_idx])
+    model.head_config["drift"] = drift.to_config()
+    return model
