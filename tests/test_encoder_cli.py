@@ -85,7 +85,7 @@ def test_agent_killed_and_restarted_loses_no_window(data_dir, kafka_config, tmp_
     src = unique_source()
     spool_dir = tmp_path / "spool"
     topic = kafka_config.activations_topic
-    pub = start_replay(eeg_track(data, sfreq, names, src), speed=4.0, wait_for_consumers=20.0)
+    pub = start_replay(eeg_track(data, sfreq, names, src), speed=2.0, wait_for_consumers=20.0)
     procs: list[subprocess.Popen] = []
     try:
         # 1. connected to the broker, killed without warning mid-stream
