@@ -257,34 +257,60 @@ def _union(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
 def _metrics(
     ev: Evaluation, opened_at: dict[str, float], duration: float
 ) -> dict[str, float | int | None]:
-    """Window AUC, event sensitivity and delay, false alerts per hour, normal time under alert."""
-    spans = _union([(a.onset, a.onset + max(a.duration, 1.0 / ev.sfreq)) for a in ev.events])
-    positive = np.array([_overlap(spans, s, s + ev.window_s) > 0 for s in ev.starts], dtype=bool)
+    """:func:`event_metrics` of an evaluation's alerts against its events."""
+    spans = [(a.onset, a.onset + max(a.duration, 1.0 / ev.sfreq)) for a in ev.events]
     alert_spans = []
     for m in ev.alerts:
         onset = m.recording_onset if m.recording_onset is not None else m.onset_time
         offset = m.recording_offset if m.recording_offset is not None else m.offset_time
-        alert_spans.append((onset, offset if offset is not None else duration, m.alert_id))
+        end = offset if offset is not None else duration
+        alert_spans.append((onset, end, opened_at.get(m.alert_id, end)))
+    return event_metrics(ev.starts, ev.window_s, ev.scores, alert_spans, spans, duration)
+
+
+def event_metrics(
+    starts: np.ndarray,
+    window_s: float,
+    scores: np.ndarray,
+    alerts: Sequence[tuple[float, float, float]],
+    events: Sequence[tuple[float, float]],
+    duration: float,
+) -> dict[str, float | int | None]:
+    """Window AUC, event sensitivity and delay, false alerts per hour, normal time under alert.
+
+    Parameters
+    ----------
+    starts : numpy.ndarray
+        Window starts, seconds; a window is positive when it overlaps an event.
+    window_s : float
+        Window length, seconds.
+    scores : numpy.ndarray
+        Window scores (higher = more anomalous).
+    alerts : sequence of (onset, offset, decided)
+        Alert spans and when each was decided (last sample of its opening window), seconds.
+    events : sequence of (start, end)
+        Anomaly events, seconds.
+    duration : float
+        Length of the signal, seconds.
+    """
+    spans = _union(list(events))
+    positive = np.array([_overlap(spans, s, s + window_s) > 0 for s in starts], dtype=bool)
     detected, delays = 0, []
     for s0, s1 in spans:
-        hits = [
-            (opened_at.get(aid, b), aid)
-            for a, b, aid in alert_spans
-            if a <= s1 + ev.window_s and b >= s0
-        ]
+        hits = [d for a, b, d in alerts if a <= s1 + window_s and b >= s0]
         if hits:
             detected += 1
-            delays.append(max(0.0, min(h for h, _ in hits) - s0))
-    false = [aid for a, b, aid in alert_spans if _overlap(spans, a, b + ev.window_s) <= 0]
+            delays.append(max(0.0, min(hits) - s0))
+    false = [a for a, b, _ in alerts if _overlap(spans, a, b + window_s) <= 0]
     normal_s = max(0.0, duration - sum(s1 - s0 for s0, s1 in spans))
-    alert_union = _union([(a, b) for a, b, _ in alert_spans])
+    alert_union = _union([(a, b) for a, b, _ in alerts])
     alert_s = sum(b - a for a, b in alert_union)
     alert_in_events = sum(_overlap(spans, a, b) for a, b in alert_union)
     return {
-        "windows": len(ev.starts),
+        "windows": len(starts),
         "events": len(spans),
-        "n_alerts": len(ev.alerts),
-        "window_auc": _auc(ev.scores, positive),
+        "n_alerts": len(alerts),
+        "window_auc": _auc(np.asarray(scores, dtype=np.float64), positive),
         "event_sensitivity": detected / len(spans) if spans else None,
         "detection_delay_s_max": max(delays) if delays else None,
         "detection_delay_s_median": float(np.median(delays)) if delays else None,

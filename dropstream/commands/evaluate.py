@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import fields
 from pathlib import Path
 
 from dropstream.commands import add_units_argument
+from dropstream.commands.serve import add_alert_arguments
 
 HELP = "run recordings through the device path and the server head offline; report alerts+metrics"
 
@@ -37,12 +39,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="stream id the alert ids use (default: the replay's, dropstream-replay-<stem>)",
     )
-    parser.add_argument(
-        "--threshold-level",
-        type=float,
-        default=None,
-        help="calibration quantile to alert at (default: serve's)",
-    )
     parser.add_argument("--seed", type=int, default=None, help="keep-mask seed (default: random)")
     parser.add_argument(
         "--start",
@@ -52,6 +48,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="where the device's first window starts in the recording (to match a live run)",
     )
     add_units_argument(parser, "the recordings (as read; MNE reads volts)")
+    add_alert_arguments(parser)  # the same alert policy options as serve
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,9 +56,8 @@ def run(args: argparse.Namespace) -> int:
     from dropstream.inference.evaluation import evaluate_recording, write_report
     from dropstream.inference.settings import ServiceSettings
 
-    settings = ServiceSettings()
-    if args.threshold_level is not None:
-        settings = ServiceSettings(threshold_level=args.threshold_level)
+    given = {f.name: getattr(args, f.name) for f in fields(ServiceSettings) if f.name in args}
+    settings = ServiceSettings(**given)
     results = [
         evaluate_recording(
             args.bundle,

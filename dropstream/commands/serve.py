@@ -40,6 +40,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="torch CPU threads (default 1: leaves the cores to the Kafka client; 0: torch's own)",
     )
+    add_alert_arguments(parser)
+    o = parser.add_argument_group("observability")
+    o.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    o.add_argument("--log-interval-s", type=float, default=unset, help="seconds between log lines")
+    o.add_argument("--max-seconds", type=float, help="stop after this long (default: run forever)")
+    add_client_arguments(parser)
+
+
+def add_alert_arguments(parser: argparse.ArgumentParser) -> None:
+    """The alert policy options (threshold levels, event timing, adaptation) of ``serve``, also
+    offered by ``evaluate``; each defaults to SUPPRESS so ServiceSettings' defaults apply."""
+    unset = argparse.SUPPRESS
     a = parser.add_argument_group("alerts (defaults: ServiceSettings')")
     a.add_argument(
         "--threshold-level",
@@ -69,11 +81,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=unset,
         help="adapt each device's threshold from its first N windows (0: off)",
     )
-    o = parser.add_argument_group("observability")
-    o.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
-    o.add_argument("--log-interval-s", type=float, default=unset, help="seconds between log lines")
-    o.add_argument("--max-seconds", type=float, help="stop after this long (default: run forever)")
-    add_client_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
