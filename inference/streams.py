@@ -226,7 +226,9 @@ class StreamTracker:
         st.last_end = window.window_end
         if st.drift is not None and not math.isnan(window.drift):
             if self._watch_drift(window, st, out):
-                return st.detector.clean  # drifting: the anomaly scores mean nothing
+                # drifting: the anomaly scores mean nothing; like an open event, the drift holds
+                # the stream dirty until it ends or the stream goes silent (then it is closed)
+                return False
             det = st.detector
         new = det.update(seq, window.score, window.window_start, window.window_end, window.hop_s)
         top = window.top_class

@@ -4,16 +4,24 @@ stream tracker as the live service (``evaluate_recording``)."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import mne
 import numpy as np
 import pytest
 
+from dropstream.acquisition.recording import load_tracks
+from dropstream.broker.alert_message import decode_alert
+from dropstream.broker.clients import make_producer
 from dropstream.inference.datasets import windows_from_recordings
+from dropstream.inference.demo import encode_recording
 from dropstream.inference.drift import DriftMonitor, DriftReference
 from dropstream.inference.evaluation import evaluate_recording
+from dropstream.inference.service import InferenceService, ServiceSettings
 from dropstream.inference.training import TrainConfig, train_novelty
+from dropstream.local_encoder.bundle import load_device_bundle
+from tests.test_service_kafka import read_all
 
 
 def test_statistic_and_monitor_on_known_data() -> None:
@@ -80,3 +88,35 @@ def test_a_drifting_stream_gets_drift_status_not_anomaly_alerts(
     assert onset is not None and onset < 40
     assert not [m for m in ev.alerts if m.kind == "anomaly" and m.recording_onset >= onset]
     assert drift[0].score > drift[0].threshold  # the rolling median of the statistic
+
+
+def test_the_service_publishes_drift_on_the_alert_topic(
+    ecg_bundle: Path, data_dir: Path, tmp_path: Path, kafka_config
+) -> None:
+    """The same on a real broker: the alert topic carries kind=drift, then no anomaly."""
+    emg = _as_ecg(data_dir / "body" / "emg_fatigue.fif", tmp_path / "emg.fif", 10, 40)
+    samples = load_tracks(emg)[0].data.T
+    msgs = [raw for _, raw in encode_recording(load_device_bundle(ecg_bundle), samples, "dev")]
+    settings = ServiceSettings(max_wait_ms=5, device="cpu", stale_after_s=1.0)
+    service = InferenceService(kafka_config, ecg_bundle, settings)
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    try:
+        assert service.ready.wait(20)
+        producer = make_producer(kafka_config)
+        for raw in msgs:
+            producer.send(kafka_config.activations_topic, key=b"dev", value=raw)
+        producer.flush()
+        producer.close()
+        records = read_all(
+            kafka_config,
+            kafka_config.alerts_topic,
+            lambda r: sum(decode_alert(m.value()).kind == "drift" for m in r) >= 2,
+        )
+    finally:
+        service.stop()
+        thread.join(15)
+    updates = [decode_alert(m.value()) for m in records]
+    drift = [a for a in updates if a.kind == "drift"]
+    assert [a.status for a in drift] == ["open", "closed"]  # closed when the stream went silent
+    assert not [a for a in updates if a.kind == "anomaly" and a.onset_time >= drift[0].onset_time]
