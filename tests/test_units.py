@@ -147,3 +147,31 @@ def test_amplitude_check_fits_every_shipped_voltage_recording(data_dir: Path) ->
     for path in sorted((data_dir / "body").glob("*.fif")) + [data_dir / "eeg/eegmmidb_S001R02.edf"]:
         track = load_tracks(path)[0]  # runs check_amplitude; raises on a misfit
         assert check_amplitude(track.data, track.info.sfreq, track.info.channel_types) == []
+
+
+def test_mne_lsl_player_streams_arrive_in_microvolts_or_are_refused(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """mne-lsl's PlayerLSL (the producer of issue 11) declares power-of-ten codes ('0' = volts):
+    a real recording arrives in microvolts; the same file 10^6 too large is refused."""
+    player_lsl = pytest.importorskip("mne_lsl.player").PlayerLSL
+    raw = mne.io.read_raw_fif(data_dir / EEG, preload=True, verbose="error").crop(0, 30)
+    truth = raw.get_data().T * 1e6
+    bad = mne.io.RawArray(raw.get_data() * 1e6, raw.info, verbose="error")
+    for source, expect in ((raw, "ok"), (bad, "--units uV")):
+        sid = f"test-mnelsl-{uuid.uuid4().hex[:8]}"
+        with player_lsl(source, name=sid, source_id=sid, chunk_size=50) as _player:
+            inlet = LiveStream.connect(source_id=sid, timeout=10)
+            try:
+                assert inlet.header.units == ("0", "0")  # mne-lsl's code for volts
+                if expect != "ok":
+                    with pytest.raises(UnitError, match=expect):
+                        _receive(inlet, 3000)
+                    continue
+                got = _receive(inlet, 3000)
+            finally:
+                inlet.close()
+        assert inlet.info.units == ("microvolts", "microvolts")
+        start = int(np.argmin(np.abs(truth[:, 0] - got[0, 0]) + np.abs(truth[:, 1] - got[0, 1])))
+        # float32 on the wire: microvolts to ~1e-6 relative
+        np.testing.assert_allclose(got, truth[start : start + len(got)], rtol=1e-5, atol=1e-4)
