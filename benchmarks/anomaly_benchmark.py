@@ -177,9 +177,7 @@ def _features(w: np.ndarray) -> np.ndarray:
     f = np.fft.rfftfreq(x.shape[1], 1 / SFREQ)
     bands = [(0.5, 4), (4, 13), (13, 40), (40, 150)]
     power = [np.log1p(spec[:, (f >= a) & (f < b)].sum(1)) for a, b in bands]
-    return np.column_stack(
-        [np.abs(np.diff(x, axis=1)).sum(1), x.std(1), np.ptp(x, axis=1), *power]
-    )
+    return np.column_stack([np.abs(np.diff(x, axis=1)).sum(1), x.std(1), np.ptp(x, axis=1), *power])
 
 
 class IsolationForest:
@@ -314,8 +312,11 @@ def _plot(all_results: dict, all_tasks: list[Task], path: Path) -> None:
 def _table(all_results: dict) -> list[str]:
     cols = ("window_auc", "event_sensitivity", "detection_delay_s_max", "false_alerts_per_hour",
             "normal_time_under_alert")  # fmt: skip
-    lines = ["| task | method | window AUC | events detected | max delay (s) | false alerts/h "
-             "| normal time under alert |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| task | method | window AUC | events detected | max delay (s) | false alerts/h "
+        "| normal time under alert |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for task, methods in all_results.items():
         for name, m in methods.items():
             vals = []

@@ -48,10 +48,10 @@ def run_once(
         DEMO_ALERTS,
         DEMO_BUNDLE,
         DEMO_RECORDING,
-        encode_recording,
         read_recording,
     )
     from dropstream.local_encoder.bundle import load_device_bundle
+    from dropstream.local_encoder.simulated import encode_recording
 
     tag = uuid.uuid4().hex[:8]
     config = ClientConfig(

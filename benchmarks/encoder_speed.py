@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 from dropstream.local_encoder.bundle import DeviceBundle, load_device_bundle  # noqa: E402
 from dropstream.local_encoder.encoder import WindowEncoder  # noqa: E402
 from dropstream.local_encoder.first_layer import FirstLayer  # noqa: E402
+from dropstream.local_encoder.framing import stream_windows  # noqa: E402
 from dropstream.local_encoder.preprocessing import filter_signal, fit_normalisation  # noqa: E402
 from dropstream.local_encoder.spool import Spool  # noqa: E402
 from dropstream.local_encoder.windowing import WindowBuffer  # noqa: E402
@@ -52,7 +53,7 @@ def eeg_bundle(data: np.ndarray, sfreq: float, names: list[str]) -> DeviceBundle
     """Default ``dropstream train`` shape: 1 s windows, no overlap, m=256, K=64."""
     c, t, m = data.shape[1], int(sfreq), 256
     filtered = filter_signal(data.T, sfreq, PRE)
-    wins = np.stack([filtered[:, i : i + t] for i in range(0, filtered.shape[1] - t + 1, t)])
+    wins = stream_windows(filtered, t, t)
     mean, std = fit_normalisation(wins, PRE)
     rng = np.random.default_rng(0)
     weight = (rng.standard_normal((m, c * t)) / np.sqrt(c * t)).astype(np.float32)

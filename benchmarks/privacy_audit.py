@@ -45,7 +45,6 @@ from dropstream.inference.audit.attacks import (  # noqa: E402
     WindowAttack,
     joint_attack,
     observe,
-    stream_windows,
 )
 from dropstream.inference.audit.encryption import measure_encrypted, measure_local  # noqa: E402
 from dropstream.inference.audit.metrics import pearson_r  # noqa: E402
@@ -58,6 +57,7 @@ from dropstream.inference.audit.report import (  # noqa: E402
 )
 from dropstream.local_encoder.bundle import DeviceBundle, load_device_bundle  # noqa: E402
 from dropstream.local_encoder.first_layer import FirstLayer  # noqa: E402
+from dropstream.local_encoder.framing import stream_windows  # noqa: E402
 from dropstream.local_encoder.preprocessing import filter_signal, normalise  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"

@@ -33,8 +33,9 @@ import numpy as np
 
 
 def _messages(args: argparse.Namespace, bundle_path: Path) -> list[tuple[bytes, bytes]]:
-    from dropstream.inference.demo import DEMO_RECORDING, encode_recording, read_recording
+    from dropstream.inference.demo import DEMO_RECORDING, read_recording
     from dropstream.local_encoder.bundle import load_device_bundle
+    from dropstream.local_encoder.simulated import encode_recording
 
     bundle = load_device_bundle(bundle_path)
     samples, _, _ = read_recording(DEMO_RECORDING)

@@ -50,6 +50,14 @@ KNOWN_FLAGS = FLAG_FLOAT32 | FLAG_RECORDING_TIME
 MAX_MESSAGE_BYTES = 1 << 20
 #: Largest first-layer width accepted.
 MAX_WIDTH = 1 << 20
+#: Sample rates accepted, Hz.
+MIN_SFREQ, MAX_SFREQ = 1e-3, 1e6
+#: Longest window and hop accepted, seconds (``(window - 1) / sfreq`` and ``hop / sfreq``).
+MAX_SPAN_S = 86_400.0
+#: Largest magnitude of an LSL-clock time accepted, seconds (~317 years).
+MAX_ABS_LSL_TIME = 1e10
+#: Wall-clock window starts accepted, Unix seconds (1970 .. ~5138).
+MAX_WALL_TIME = 1e11
 
 
 class WireHeader(NamedTuple):
@@ -172,29 +180,51 @@ def _check_text(name: str, raw: bytes) -> str:
     return text
 
 
-def _check_fields(
-    model_version: int,
-    sequence: int,
-    lsl_time: float,
-    wall_time: float,
-    sfreq: float,
-    window: int,
-    hop: int,
-    width: int,
-    keep: int,
-) -> None:
-    if not (math.isfinite(lsl_time) and math.isfinite(wall_time)):
-        raise WireFormatError("window start times must be finite")
-    if not (math.isfinite(sfreq) and 0.0 < sfreq <= 1e6):
-        raise WireFormatError(f"sample rate must be in (0, 1e6] Hz, got {sfreq}")
+def check_header(h: WireHeader) -> None:
+    """Validate the range of every fixed-header field; both decoders (and the encoder) use it.
+
+    Raises
+    ------
+    WireFormatError
+        Naming the first field out of range.
+    """
+    if h.magic != MAGIC:
+        raise WireFormatError("not a dropstream activation message (bad magic)")
+    if h.version != SCHEMA_VERSION:
+        raise WireFormatError(
+            f"schema version {h.version} is not supported (this reader speaks "
+            f"{SCHEMA_VERSION}); upgrade dropstream on the server"
+        )
+    if h.flags & ~KNOWN_FLAGS:
+        raise WireFormatError(f"unknown flags 0x{h.flags:02x}")
+    # comparisons are False for NaN and infinities: no separate isfinite checks needed
+    if not (
+        -MAX_ABS_LSL_TIME <= h.lsl_time <= MAX_ABS_LSL_TIME and 0.0 <= h.wall_time <= MAX_WALL_TIME
+    ):
+        raise WireFormatError(
+            f"window start times out of range (LSL {h.lsl_time}, must be finite and within "
+            f"+-{MAX_ABS_LSL_TIME:g} s; wall {h.wall_time}, must be in 0..{MAX_WALL_TIME:g})"
+        )
+    sfreq = h.sfreq
+    if not MIN_SFREQ <= sfreq <= MAX_SFREQ:
+        raise WireFormatError(
+            f"sample rate must be in [{MIN_SFREQ:g}, {MAX_SFREQ:g}] Hz, got {sfreq}"
+        )
+    window, hop = h.window_samples, h.hop_samples
     if window < 1 or hop < 1:
         raise WireFormatError(f"window ({window}) and hop ({hop}) must be >= 1 sample")
-    if not 1 <= width <= MAX_WIDTH:
-        raise WireFormatError(f"first-layer width must be in 1..{MAX_WIDTH}, got {width}")
-    if not 1 <= keep <= width:
-        raise WireFormatError(f"kept units K={keep} must be in 1..width ({width})")
-    if not (0 <= model_version < 2**32 and 0 <= sequence < 2**64):
+    if (window - 1) / sfreq > MAX_SPAN_S or hop / sfreq > MAX_SPAN_S:
+        raise WireFormatError(
+            f"window ({window}) or hop ({hop}) samples at {sfreq} Hz last over {MAX_SPAN_S:g} s"
+        )
+    if not 1 <= h.width <= MAX_WIDTH:
+        raise WireFormatError(f"first-layer width must be in 1..{MAX_WIDTH}, got {h.width}")
+    if not 1 <= h.keep <= h.width:
+        raise WireFormatError(f"kept units K={h.keep} must be in 1..width ({h.width})")
+    if not (0 <= h.model_version < 2**32 and 0 <= h.sequence < 2**64):
         raise WireFormatError("model version or sequence number out of range")
+    if 0 in (h.n_model, h.n_device, h.n_stream):
+        raise WireFormatError("model id, device id and stream id must be non-empty")
 
 
 def _check_arrays(indices: np.ndarray, values: np.ndarray, width: int) -> None:
@@ -224,17 +254,6 @@ def encode_activation(msg: ActivationMessage, value_dtype: str = "float16") -> b
     values = np.asarray(msg.values)
     if indices.ndim != 1 or values.shape != indices.shape:
         raise WireFormatError("indices and values must be 1-D arrays of the same length")
-    _check_fields(
-        msg.model_version,
-        msg.sequence,
-        msg.lsl_time,
-        msg.wall_time,
-        msg.sfreq,
-        msg.window_samples,
-        msg.hop_samples,
-        msg.width,
-        indices.size,
-    )
     if indices.size and (indices.min() < 0):
         raise WireFormatError("kept indices must be non-negative")
     wire_idx = indices.astype(_index_dtype(msg.width))
@@ -247,27 +266,26 @@ def encode_activation(msg: ActivationMessage, value_dtype: str = "float16") -> b
     for name, raw in zip(("model id", "device id", "stream id"), texts, strict=True):
         _check_text(name, raw)
     n_model, n_device, n_stream = map(len, texts)
-    header = HEADER.pack(
-        *WireHeader(
-            magic=MAGIC,
-            version=SCHEMA_VERSION,
-            flags=(FLAG_FLOAT32 if value_dtype == "float32" else 0)
-            | (0 if msg.recording_time is None else FLAG_RECORDING_TIME),
-            model_version=msg.model_version,
-            sequence=msg.sequence,
-            lsl_time=msg.lsl_time,
-            wall_time=msg.wall_time,
-            sfreq=msg.sfreq,
-            window_samples=msg.window_samples,
-            hop_samples=msg.hop_samples,
-            width=msg.width,
-            keep=indices.size,
-            n_model=n_model,
-            n_device=n_device,
-            n_stream=n_stream,
-        )
+    header = WireHeader(
+        magic=MAGIC,
+        version=SCHEMA_VERSION,
+        flags=(FLAG_FLOAT32 if value_dtype == "float32" else 0)
+        | (0 if msg.recording_time is None else FLAG_RECORDING_TIME),
+        model_version=msg.model_version,
+        sequence=msg.sequence,
+        lsl_time=msg.lsl_time,
+        wall_time=msg.wall_time,
+        sfreq=msg.sfreq,
+        window_samples=msg.window_samples,
+        hop_samples=msg.hop_samples,
+        width=msg.width,
+        keep=indices.size,
+        n_model=n_model,
+        n_device=n_device,
+        n_stream=n_stream,
     )
-    parts = [header, *texts, wire_idx.tobytes(), wire_val.tobytes()]
+    check_header(header)
+    parts = [HEADER.pack(*header), *texts, wire_idx.tobytes(), wire_val.tobytes()]
     if msg.recording_time is not None:
         _check_recording_time(msg.recording_time)
         parts.append(RECORDING_TIME.pack(msg.recording_time))
@@ -295,29 +313,8 @@ def decode_activation(data: bytes) -> ActivationMessage:
     if len(data) < HEADER_BYTES:
         raise WireFormatError(f"truncated: {len(data)} bytes, the header alone is {HEADER_BYTES}")
     h = unpack_header(data)
-    if h.magic != MAGIC:
-        raise WireFormatError("not a dropstream activation message (bad magic)")
-    if h.version != SCHEMA_VERSION:
-        raise WireFormatError(
-            f"schema version {h.version} is not supported (this reader speaks "
-            f"{SCHEMA_VERSION}); upgrade dropstream on the server"
-        )
-    if h.flags & ~KNOWN_FLAGS:
-        raise WireFormatError(f"unknown flags 0x{h.flags:02x}")
+    check_header(h)
     width, keep = h.width, h.keep
-    _check_fields(
-        h.model_version,
-        h.sequence,
-        h.lsl_time,
-        h.wall_time,
-        h.sfreq,
-        h.window_samples,
-        h.hop_samples,
-        width,
-        keep,
-    )
-    if 0 in (h.n_model, h.n_device, h.n_stream):
-        raise WireFormatError("model id, device id and stream id must be non-empty")
     idx_dtype = _index_dtype(width)
     val_dtype = np.dtype("<f4" if h.flags & FLAG_FLOAT32 else "<f2")
     ids_end = HEADER_BYTES + h.n_model

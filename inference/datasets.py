@@ -12,6 +12,7 @@ Two sources feed :mod:`dropstream.inference.training`:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 from dropstream.acquisition.publish import Track
 from dropstream.acquisition.recording import load_tracks
 from dropstream.errors import DropstreamError
+from dropstream.local_encoder.framing import window_starts
 from dropstream.local_encoder.preprocessing import filter_signal
 from dropstream.local_encoder.resampling import ResamplingError, decimate_signal, decimation_factor
 
@@ -30,7 +32,8 @@ class DatasetError(DropstreamError):
     """A data file that cannot be parsed or gives no usable windows."""
 
 
-#: Sample rates (Hz) of the UEA EEG problems shipped in ``../shared/data/uea``.
+#: Sample rates (Hz) of UEA EEG problems whose ``.ts`` files may not state it (a fallback after
+#: an explicit rate and the files' own metadata, see :func:`ts_sample_rate`).
 UEA_SFREQ: dict[str, float] = {
     "SelfRegulationSCP1": 256.0,
     "SelfRegulationSCP2": 256.0,
@@ -93,12 +96,19 @@ def load_ts(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     X : numpy.ndarray, shape (N, C, T), float32
     y : numpy.ndarray, shape (N,), str
     header : dict
-        The ``@`` header fields (lower-case keys, string values).
+        The ``@`` header fields (lower-case keys, string values); the ``#`` comment lines
+        before ``@data`` are joined under the key ``"#"``.
 
     Raises
     ------
     DatasetError
         On unequal lengths, missing labels, or text that is not a number.
+
+    Notes
+    -----
+    The header's ``@equalLength`` is a declaration, not a guarantee: some files declare
+    ``false`` (e.g. Blink) although every case has the same length. The lengths actually read
+    decide; files whose cases really differ in length are refused.
     """
     path = Path(path)
     if not path.exists():
@@ -106,11 +116,14 @@ def load_ts(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     header: dict[str, Any] = {}
     rows: list[np.ndarray] = []
     labels: list[str] = []
+    comments: list[str] = []
     in_data = False
     with path.open(encoding="utf-8", errors="replace") as fh:
         for lineno, raw in enumerate(fh, start=1):
             line = raw.strip()
             if not line or line.startswith("#"):
+                if line and not in_data:
+                    comments.append(line[1:].strip())
                 continue
             if not in_data:
                 if line.lower().startswith("@data"):
@@ -131,18 +144,53 @@ def load_ts(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
             if len(lengths) != 1:
                 raise DatasetError(
                     f"{path}:{lineno}: dimensions of unequal length {sorted(lengths)}; "
-                    "only equal-length problems are supported"
+                    "only equal-length problems are supported: pad or cut the cases first"
                 )
             rows.append(np.stack(dims))
     if not rows:
         raise DatasetError(f"{path} has no data rows")
     shapes = {r.shape for r in rows}
     if len(shapes) != 1:
-        raise DatasetError(f"{path}: cases differ in shape {sorted(shapes)}")
+        raise DatasetError(
+            f"{path}: cases differ in shape {sorted(shapes)} (header @equalLength "
+            f"{header.get('equallength', 'missing')}); only equal-length problems are "
+            "supported: pad or cut the cases first"
+        )
     X = np.stack(rows).astype(np.float32)
     if not np.all(np.isfinite(X)):
         raise DatasetError(f"{path} holds missing or non-finite values; not supported")
+    if comments:
+        header["#"] = " ".join(comments)
     return X, np.array(labels), header
+
+
+#: ``@`` header fields that state a sample rate in Hz (lower case, as :func:`load_ts` keys them).
+_RATE_FIELDS = ("samplerate", "samplingrate", "sfreq", "frequency")
+#: A rate stated in the comment header: "sampled at 255Hz", "sampling rate of 256 Hz",
+#: "downsampled at 100 Hz". Recording rates ("recorded at 1000 Hz") are deliberately not matched.
+_RATE_PHRASE = re.compile(
+    r"\b(?:down)?sampl(?:ed|ing rate|e rate)\s+(?:at|of|is|=|:)?\s*([0-9]+(?:\.[0-9]+)?)\s*hz\b",
+    re.IGNORECASE,
+)
+
+
+def ts_sample_rate(header: Mapping[str, Any]) -> float | None:
+    """The sample rate (Hz) a ``.ts`` header states, or ``None`` when it states none.
+
+    An ``@sampleRate`` / ``@samplingRate`` / ``@sfreq`` / ``@frequency`` field wins; otherwise
+    the comment lines are searched for one stated sampling rate ("sampled at 255Hz", "sampling
+    rate of 256 Hz"). Several different stated rates are ambiguous and give ``None``.
+    """
+    for key in _RATE_FIELDS:
+        if key in header:
+            try:
+                return float(str(header[key]).split()[0])
+            except (ValueError, IndexError):
+                raise DatasetError(
+                    f"header field @{key} {header[key]!r} is not a rate in Hz"
+                ) from None
+    rates = {float(m) for m in _RATE_PHRASE.findall(str(header.get("#", "")))}
+    return rates.pop() if len(rates) == 1 else None
 
 
 def load_uea(
@@ -157,18 +205,33 @@ def load_uea(
     root : path-like
         Folder holding ``<problem>_TRAIN.ts`` and ``<problem>_TEST.ts``.
     sfreq : float, optional
-        Sample rate in Hz; defaults to the known rate in :data:`UEA_SFREQ`.
+        Sample rate in Hz. Without it: the rate the ``.ts`` files state (:func:`ts_sample_rate`;
+        TRAIN and TEST must agree), else the known rate in :data:`UEA_SFREQ`, else an error.
+
+    Raises
+    ------
+    DatasetError
+        If a file is missing or malformed, or no sample rate can be found.
     """
     root = Path(root)
+    loaded = [(split, *load_ts(root / f"{problem}_{split}.ts")) for split in ("TRAIN", "TEST")]
     if sfreq is None:
-        if problem not in UEA_SFREQ:
+        stated = {ts_sample_rate(header) for _, _, _, header in loaded} - {None}
+        if len(stated) > 1:
             raise DatasetError(
-                f"sample rate of UEA problem {problem!r} is not known; pass sfreq explicitly"
+                f"TRAIN and TEST of UEA problem {problem!r} state different sample rates "
+                f"{sorted(stated)} Hz; pass the right one explicitly (--sfreq)"
             )
-        sfreq = UEA_SFREQ[problem]
+        sfreq = stated.pop() if stated else UEA_SFREQ.get(problem)
+        if sfreq is None:
+            raise DatasetError(
+                f"sample rate of UEA problem {problem!r} is not known and its .ts files do not "
+                "state it; pass it explicitly (sfreq=..., or --sfreq on the command line)"
+            )
+    if not sfreq > 0:
+        raise DatasetError(f"sample rate must be positive; got {sfreq}")
     out = []
-    for split in ("TRAIN", "TEST"):
-        X, y, header = load_ts(root / f"{problem}_{split}.ts")
+    for split, X, y, header in loaded:
         names = tuple(f"ch{i}" for i in range(X.shape[1]))
         out.append(
             WindowSet(
@@ -302,8 +365,7 @@ def windows_from_recordings(
             if label == "":
                 continue
             spans.append((ann.onset, ann.onset + ann.duration, label))
-        n = data.shape[1]
-        for start in range(0, n - win + 1, hop):
+        for start in window_starts(data.shape[1], win, hop).tolist():
             a, b = start / sfreq, (start + win) / sfreq
             best, best_overlap = default_label, 0.0
             for s0, s1, label in spans:

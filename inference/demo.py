@@ -18,7 +18,9 @@ alerts) by the alerts' times in the recording, gives the detection delay (anomal
 received, wall clock) and the service's own latency (last sample of the deciding window -> alert
 produced), and the bytes sent over Kafka against the raw samples.
 
-:func:`encode_recording` is also used by the tests and benchmarks as a simulated device.
+Offline, the tests and benchmarks stand in for the device with
+:func:`dropstream.local_encoder.simulated.encode_recording` (the same device code, no LSL), and
+:func:`reference_alerts` computes the alerts the service must produce for its messages.
 """
 
 from __future__ import annotations
@@ -35,12 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from dropstream.broker.alert_message import AlertMessage, decode_alert
-from dropstream.broker.wire import ActivationMessage, encode_activation
 from dropstream.errors import DropstreamError
 from dropstream.inference.alerting import AlertTiming
-from dropstream.local_encoder.bundle import DeviceBundle
-from dropstream.local_encoder.first_layer import draw_kept_units
-from dropstream.local_encoder.preprocessing import filter_signal, prepare_window
 
 log = logging.getLogger(__name__)
 
@@ -68,63 +66,6 @@ def read_recording(path: str | Path) -> tuple[np.ndarray, float, list[tuple[floa
         if a["description"] == "anomaly"
     ]
     return raw.get_data() * 1e6, float(raw.info["sfreq"]), spans
-
-
-def encode_recording(
-    bundle: DeviceBundle,
-    samples: np.ndarray,
-    device_id: str,
-    stream_id: str = "stream",
-    seed: int = 0,
-    lsl_start: float = 0.0,
-    value_dtype: str = "float16",
-) -> list[tuple[ActivationMessage, bytes]]:
-    """Encode a whole recording as a device would (causal filter, windows, first layer, keep).
-
-    Parameters
-    ----------
-    bundle : DeviceBundle
-    samples : numpy.ndarray, shape (C, n)
-        The stream in the units the bundle was trained on (microvolts for voltages).
-    device_id, stream_id : str
-    seed : int
-        Seed of the keep masks (a simulated device; real devices use OS entropy).
-    lsl_start : float
-        LSL-clock time of the first sample, seconds.
-
-    Returns
-    -------
-    list of (ActivationMessage, bytes)
-        One message per window, sequence numbers from 0.
-    """
-    xf = filter_signal(samples, bundle.sfreq, bundle.preprocessing)
-    win, hop = bundle.window_samples, bundle.hop_samples
-    starts = np.arange(0, xf.shape[1] - win + 1, hop)
-    windows = np.stack([xf[:, s : s + win] for s in starts])
-    acts = bundle.layer.forward(
-        prepare_window(windows, bundle.preprocessing, bundle.norm_mean, bundle.norm_std)
-    )
-    rng = np.random.default_rng(seed)
-    out = []
-    for seq, (start, a) in enumerate(zip(starts, acts, strict=True)):
-        idx = draw_kept_units(rng, bundle.layer.width, bundle.keep)
-        msg = ActivationMessage(
-            model_id=bundle.model_id,
-            model_version=bundle.model_version,
-            device_id=device_id,
-            stream_id=stream_id,
-            sequence=seq,
-            lsl_time=lsl_start + start / bundle.sfreq,
-            wall_time=time.time(),
-            sfreq=bundle.sfreq,
-            window_samples=win,
-            hop_samples=hop,
-            width=bundle.layer.width,
-            indices=idx,
-            values=a[idx].astype(np.float32),
-        )
-        out.append((msg, encode_activation(msg, value_dtype)))
-    return out
 
 
 def reference_alerts(
@@ -239,6 +180,8 @@ def run_demo(
     recording: str | Path = DEMO_RECORDING,
     bundle_path: str | Path = DEMO_BUNDLE,
     tolerance_s: float = 1.0,
+    alert_row: Callable[[AlertMessage], str] = str,
+    alert_header: str | None = None,
 ) -> DemoSummary:
     """Run the whole pipeline offline and return its summary (see the module docstring).
 
@@ -252,6 +195,11 @@ def run_demo(
         The shipped demo data by default.
     tolerance_s : float
         An alert within this many seconds of an anomaly span counts as detecting it.
+    alert_row : callable
+        Turns each alert update into its output line (``dropstream demo`` passes the table row
+        of ``dropstream alerts``; this layer does not import the CLI).
+    alert_header : str, optional
+        Emitted once before the first alert line.
     """
 
     from dropstream.acquisition.inlet import LiveStream
@@ -260,7 +208,6 @@ def run_demo(
     from dropstream.broker.config import ClientConfig
     from dropstream.broker.embedded import EmbeddedBroker
     from dropstream.broker.topics import ensure_topics
-    from dropstream.commands.alerts import format_alert, table_header
     from dropstream.inference.service import InferenceService, ServiceSettings
     from dropstream.local_encoder.agent import EncoderAgent
     from dropstream.local_encoder.bundle import load_device_bundle
@@ -307,7 +254,7 @@ def run_demo(
                         versions[msg.status] = msg
                         if msg.status == "open":
                             received[msg.alert_id] = time.time()
-                        emit(format_alert(msg))
+                        emit(alert_row(msg))
 
         follow_thread = threading.Thread(target=follow, name="demo-alerts", daemon=True)
         follow_thread.start()
@@ -326,7 +273,8 @@ def run_demo(
             f"{DEMO_DEVICE} encodes m={device_bundle.layer.width}, keeps "
             f"K={device_bundle.keep} per window"
         )
-        emit(table_header())
+        if alert_header is not None:
+            emit(alert_header)
         try:
             replay.wait_started(10)
             t0_utc = replay.publisher.t0_utc

@@ -1,10 +1,10 @@
 """Offline evaluation: a recording through the device path and the server head exactly as live.
 
 :func:`evaluate_recording` reads a recording as ``dropstream replay`` publishes it (same unit and
-amplitude checks), feeds it in 100 ms chunks to the device's
-:class:`~dropstream.local_encoder.windowing.WindowBuffer` (decimation, causal filter, windows) and
-:class:`~dropstream.local_encoder.encoder.WindowEncoder` (first layer, fresh keep mask per window,
-wire bytes), then gives the bytes to the service's own parts: the
+amplitude checks), runs it through the simulated device
+(:func:`dropstream.local_encoder.simulated.encode_recording`: the device's own ``WindowBuffer``
+and ``WindowEncoder``: decimation, causal filter, windows, first layer, fresh keep mask per
+window, wire bytes), then gives the bytes to the service's own parts: the
 :class:`~dropstream.inference.batching.BatchDecoder`, the
 :class:`~dropstream.inference.scoring.Scorer`, the
 :class:`~dropstream.inference.streams.StreamTracker` (event detector) and the
@@ -22,7 +22,6 @@ and annotations as one self-contained HTML file (inline SVG, no plotting library
 from __future__ import annotations
 
 import html
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,12 +39,8 @@ from dropstream.inference.metrics import ServiceMetrics
 from dropstream.inference.outbox import Outbox
 from dropstream.inference.scoring import Scorer, policy_for
 from dropstream.inference.settings import ServiceSettings
-from dropstream.inference.streams import ScoredWindow, StreamTracker, StreamUpdate
-from dropstream.local_encoder.encoder import WindowEncoder
-from dropstream.local_encoder.windowing import WindowBuffer
-
-#: Seconds of signal per push into the device's window buffer (an inlet's typical chunk).
-CHUNK_S = 0.1
+from dropstream.inference.streams import ScoredBatch, StreamTracker, StreamUpdate
+from dropstream.local_encoder.simulated import encode_recording
 
 
 @dataclass
@@ -96,23 +91,24 @@ def _run_device(
     seed: int | None,
     start: float,
 ) -> tuple[ServerModel, list[bytes], np.ndarray, Track]:
+    """The recording through the simulated device; the stream's clock is the recording's."""
     track = load_tracks(recording, units=units)[0]
     model = ServerModel.load(bundle_path)
-    bundle = model.bundle
     info = track.info
-    buffer = WindowBuffer(bundle, info.channel_names, info.sfreq)
-    encoder = WindowEncoder(bundle, device_id, stream_id, seed, recording_clock=float)
-    wall0 = time.time()
-    step = max(1, int(round(CHUNK_S * info.sfreq)))
-    stamps = np.arange(track.data.shape[0]) / info.sfreq  # the stream's clock: recording time
     first = min(int(round(start * info.sfreq)), track.data.shape[0])
-    payloads: list[bytes] = []
-    for i in range(first, track.data.shape[0], step):
-        for w in buffer.push(track.data[i : i + step], stamps[i : i + step]):
-            msg = encoder.encode(w, len(payloads), wall0 + w.lsl_time)
-            payloads.append(encoder.to_bytes(msg))
-    picks, _ = bundle.stream_plan(info.channel_names, info.sfreq)
-    return model, payloads, track.data[:, picks[0]], track
+    messages = encode_recording(
+        model.bundle,
+        track.data[first:].T,
+        device_id,
+        stream_id,
+        seed=seed,
+        lsl_start=first / info.sfreq,
+        sfreq=info.sfreq,
+        channel_names=info.channel_names,
+        recording_clock=float,
+    )
+    picks, _ = model.bundle.stream_plan(info.channel_names, info.sfreq)
+    return model, [raw for _, raw in messages], track.data[:, picks[0]], track
 
 
 def evaluate_recording(
@@ -166,26 +162,25 @@ def evaluate_recording(
     metrics = ServiceMetrics()
     classes = scorer.classes if model.kind == "classifier" else None
     drift = DriftReference.from_config(model.bundle.head_config.get("drift"))
-    tracker = StreamTracker(policy, settings.dedup_windows, metrics, classes, drift)
-    drift_stats = tracker.drift_statistic(group.indices, group.values)
+    tracker = StreamTracker(policy, settings.dedup_windows, metrics, classes, drift=drift)
     keys = list(zip(group.device_id, group.stream_id, strict=True))
     tracker.admit(keys, group.sequence.tolist(), lambda i: 0)
     scores, top = scorer(group.dense())
+    batch = ScoredBatch(
+        group.rows.tolist(),
+        keys,
+        group.sequence.tolist(),
+        scores.tolist(),
+        group.window_start_lsl.tolist(),
+        group.window_end_lsl.tolist(),
+        group.hop_s.tolist(),
+        [None] * len(group) if top is None else top.tolist(),
+        (group.wall_time - group.window_start_lsl).tolist(),
+        group.recording_offset.tolist(),
+        tracker.drift_statistic(group.indices, group.values).tolist(),
+    )
     updates: list[StreamUpdate] = []
-    for i in range(len(group)):
-        window = ScoredWindow(
-            keys[i],
-            int(group.sequence[i]),
-            float(scores[i]),
-            float(group.window_start_lsl[i]),
-            float(group.window_end_lsl[i]),
-            float(group.hop_s[i]),
-            None if top is None else int(top[i]),
-            float(group.wall_offset[i]),
-            float(group.recording_offset[i]),
-            float(drift_stats[i]),
-        )
-        tracker.feed(window, 0.0, updates)
+    tracker.feed(batch, 0.0, updates)
     if keys:
         updates.extend(tracker.expire(keys[0]))  # the stream ends: its event closes
     meta = model.bundle
@@ -194,6 +189,8 @@ def evaluate_recording(
     opened_at: dict[str, float] = {}
     for update in updates:
         msg = outbox.alert(update)
+        if msg is None:
+            continue
         last[msg.alert_id] = msg
         if msg.status == "open":
             opened_at[msg.alert_id] = update.event.deciding_window_end

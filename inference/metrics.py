@@ -18,6 +18,13 @@ exposes it at ``http://host:P/metrics``. Names (all prefixed ``dropstream_serve_
 ``window_latency_seconds``         histogram  window's last sample -> window scored (every window)
 ``consumer_lag``                   gauge      messages behind the end of the assigned partitions
 ``windows_per_second``             gauge      windows scored per second over the last interval
+``tracked_streams``                gauge      streams the service holds state for
+``tracked_gaps``                   gauge      remembered gap ranges (missing sequences) in all
+``streams_forgotten_total``        counter    idle or least recently seen streams dropped
+``gap_windows_forgotten_total``    counter    missing sequence numbers no longer remembered
+``rate_limited_total``             counter    windows refused by the per-device rate limit
+``producer_restarts_total``        counter    producers recreated after a fatal error
+``offset_resets_total``            counter    partitions whose log was reset under the service
 =================================  =========  ============================================
 """
 
@@ -67,6 +74,10 @@ class ServiceMetrics:
     dead_letters: int = 0
     alerts: int = 0
     lag: int = 0
+    rate_limited: int = 0
+    producer_restarts: int = 0
+    offset_resets: int = 0
+    streams_forgotten: int = 0
     alert_latencies: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
     _last_log: float = field(default_factory=time.monotonic)
     _last_windows: int = 0
@@ -100,9 +111,19 @@ class ServiceMetrics:
         )
         self.g_lag = Gauge(p + "consumer_lag", "messages behind the partition ends", registry=r)
         self.g_rate = Gauge(p + "windows_per_second", "windows scored per second", registry=r)
+        self.g_streams = Gauge(p + "tracked_streams", "streams with state", registry=r)
+        self.g_gaps = Gauge(p + "tracked_gaps", "remembered gap ranges", registry=r)
+        self.c_forgot = Counter(p + "streams_forgotten", "streams dropped", registry=r)
+        self.c_gap_drop = Counter(
+            p + "gap_windows_forgotten", "missing sequences no longer remembered", registry=r
+        )
+        self.c_limited = Counter(p + "rate_limited", "windows over a device's rate", registry=r)
+        self.c_producer = Counter(p + "producer_restarts", "producers recreated", registry=r)
+        self.c_reset = Counter(p + "offset_resets", "partitions reset under us", registry=r)
 
-    def serve_http(self, port: int, addr: str = "0.0.0.0") -> None:
-        """Expose the registry at ``http://addr:port/metrics`` (a daemon thread)."""
+    def serve_http(self, port: int, addr: str = "127.0.0.1") -> None:
+        """Expose the registry at ``http://addr:port/metrics`` (a daemon thread); only on this
+        host unless ``addr`` says otherwise (e.g. ``"0.0.0.0"``)."""
         start_http_server(port, addr=addr, registry=self.registry)
 
     def batch(self, n_windows: int, window_latencies: np.ndarray | None = None) -> None:
@@ -129,6 +150,29 @@ class ServiceMetrics:
     def restart(self) -> None:
         self.restarts += 1
         self.c_restart.inc()
+
+    def set_tracked(self, streams: int, gaps: int) -> None:
+        self.g_streams.set(streams)
+        self.g_gaps.set(gaps)
+
+    def forgot_streams(self, n: int) -> None:
+        self.streams_forgotten += n
+        self.c_forgot.inc(n)
+
+    def gaps_dropped(self, n_windows: int) -> None:
+        self.c_gap_drop.inc(n_windows)
+
+    def rate_limit(self, n: int) -> None:
+        self.rate_limited += n
+        self.c_limited.inc(n)
+
+    def producer_restart(self) -> None:
+        self.producer_restarts += 1
+        self.c_producer.inc()
+
+    def offset_reset(self) -> None:
+        self.offset_resets += 1
+        self.c_reset.inc()
 
     def dead_letter(self, reason: str) -> None:
         self.dead_letters += 1

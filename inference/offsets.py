@@ -25,21 +25,36 @@ class OffsetTracker:
         self.committed: dict[Hashable, int] = {}
         self.next: dict[Hashable, int] = {}
 
-    def window(self, partition: Hashable, stream: Hashable, clean: bool) -> None:
-        """A window of ``stream`` on ``partition`` was fed; ``clean``: the stream's state after."""
-        dirty = self.dirty.get(partition)
-        if dirty is None:  # not setdefault(partition, set()): no new set per window
-            dirty = self.dirty[partition] = set()
-        if clean:
-            dirty.discard(stream)
-        else:
-            dirty.add(stream)
+    def walk(
+        self,
+        partitions: list[Hashable],
+        offsets: list[int],
+        streams: dict[int, tuple[Hashable, bool]],
+    ) -> None:
+        """Account for a batch of records, in consumption order.
 
-    def consumed(self, partition: Hashable, offset: int) -> None:
-        """The record at ``offset`` of ``partition`` is processed (after its window, if any)."""
-        if not self.dirty.get(partition):
-            self.safe[partition] = offset + 1
-        self.next[partition] = offset + 1
+        Parameters
+        ----------
+        partitions, offsets : list
+            Partition and offset of each record.
+        streams : dict
+            Record position -> (its stream, whether that stream is clean after it), for the
+            records that fed a detector.
+        """
+        dirty_of, safe, nxt = self.dirty, self.safe, self.next
+        for row, (p, off) in enumerate(zip(partitions, offsets, strict=True)):
+            dirty = dirty_of.get(p)
+            mark = streams.get(row)
+            if mark is not None:
+                if dirty is None:  # not setdefault(p, set()): no new set per record
+                    dirty = dirty_of[p] = set()
+                if mark[1]:
+                    dirty.discard(mark[0])
+                else:
+                    dirty.add(mark[0])
+            if not dirty:
+                safe[p] = off + 1
+            nxt[p] = off + 1
 
     def release(self, partition: Hashable, stream: Hashable) -> None:
         """``stream``'s state in progress was discarded (expired or restarted): not dirty."""
@@ -65,6 +80,12 @@ class OffsetTracker:
     def committed_ok(self, offsets: dict[Hashable, int]) -> None:
         """``offsets`` (from :meth:`to_commit`) were committed."""
         self.committed.update(offsets)
+
+    def reset(self, partition: Hashable) -> None:
+        """``partition``'s log was reset (its offsets start again): forget its offsets but keep
+        its dirty streams (their state in progress is still real)."""
+        for d in (self.safe, self.committed, self.next):
+            d.pop(partition, None)
 
     def revoke(self, partitions: Iterable[Hashable]) -> None:
         """Forget ``partitions``: their next owner replays from their last commit."""

@@ -9,6 +9,7 @@ service commits any offset; records leave the outbox only once acknowledged.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -23,6 +24,11 @@ log = logging.getLogger("dropstream.inference.service")
 
 REASON_HEADER = "dropstream.reason"
 SOURCE_HEADER = "dropstream.source-topic"
+PARTITION_HEADER = "dropstream.source-partition"
+OFFSET_HEADER = "dropstream.source-offset"
+#: Headers of a dead letter sent by reference (its value, and key, left out).
+SIZE_HEADER = "dropstream.value-size"
+SHA256_HEADER = "dropstream.value-sha256"
 
 
 class OutgoingRecord(NamedTuple):
@@ -50,6 +56,8 @@ class Outbox:
         The wall clock, Unix seconds. Alert latency = now - the deciding window's last sample
         on the device's wall clock: two machines' clocks, as close as NTP keeps them (never
         the difference of two machines' LSL clocks, which is meaningless).
+    inline_bytes : int
+        Dead letters whose key and value together exceed this are sent by reference.
     """
 
     def __init__(
@@ -61,7 +69,9 @@ class Outbox:
         model_version: int,
         kind: str,
         clock: Callable[[], float] = time.time,
+        inline_bytes: int = 256 * 1024,
     ) -> None:
+        self.inline_bytes = int(inline_bytes)
         self.alerts_topic = alerts_topic
         self.dead_letter_topic = dead_letter_topic
         self.metrics = metrics
@@ -74,23 +84,74 @@ class Outbox:
     def __len__(self) -> int:
         return len(self.pending)
 
-    def dead_letter(self, record: Any, kind: str, reason: str) -> None:
+    def dead_letter(
+        self,
+        record: Any,
+        kind: str,
+        reason: str,
+        by_reference: bool = False,
+        quiet: bool = False,
+    ) -> None:
         """Queue consumer ``record`` (``topic``, ``partition``, ``offset``, ``key``, ``value``)
-        for the dead-letter topic; ``kind`` labels the metric, ``reason`` goes in a header."""
+        for the dead-letter topic; ``kind`` labels the metric, ``reason`` goes in a header.
+
+        The dead letter keeps the original key and value, with the reason, source topic,
+        partition and offset in headers; one whose key and value exceed ``inline_bytes`` is sent
+        *by reference* instead: no key or value, their size and the value's SHA-256 in headers
+        (the original stays in the source topic for its retention). ``by_reference`` forces
+        that; ``quiet`` skips the log line (the caller logs a summary).
+        """
         self.metrics.dead_letter(kind)
+        key, value = record.key, record.value
         headers = [
             (REASON_HEADER, reason.encode("utf-8")),
             (SOURCE_HEADER, record.topic.encode("utf-8")),
+            (PARTITION_HEADER, str(record.partition).encode()),
+            (OFFSET_HEADER, str(record.offset).encode()),
         ]
-        self.pending.append(
-            OutgoingRecord(self.dead_letter_topic, record.key, record.value, headers)
-        )
+        size = len(key or b"") + len(value or b"")
+        if by_reference or size > self.inline_bytes:
+            digest = hashlib.sha256(value or b"").hexdigest()
+            headers += [
+                (SIZE_HEADER, str(len(value or b"")).encode()),
+                (SHA256_HEADER, digest.encode()),
+            ]
+            key = value = None
+        self.pending.append(OutgoingRecord(self.dead_letter_topic, key, value, headers))
+        if quiet:
+            return
         log.warning(
-            "dead letter from %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
+            "dead letter from %s[%d]@%d%s: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            " (by reference)" if by_reference or size > self.inline_bytes else "",
+            reason[:500],
         )
 
-    def alert(self, update: StreamUpdate) -> AlertMessage:
-        """Queue the alert message of ``update``; returns it."""
+    def alert(self, update: StreamUpdate) -> AlertMessage | None:
+        """Queue the alert message of ``update``; returns it (``None``: it could not be
+        rendered, and a dead letter describing it is queued instead)."""
+        try:
+            return self._alert(update)
+        except (ValueError, TypeError, OverflowError) as exc:
+            # checked input makes this unreachable; if not, say so instead of stopping
+            self.metrics.dead_letter("unrenderable-alert")
+            ev = update.event
+            self.pending.append(
+                OutgoingRecord(
+                    self.dead_letter_topic,
+                    ev.device_id.encode("utf-8"),
+                    repr(ev).encode("utf-8"),
+                    [(REASON_HEADER, f"alert update cannot be rendered: {exc!r}".encode())],
+                )
+            )
+            log.error(
+                "alert update of %s/%s cannot be rendered: %r", ev.device_id, ev.stream_id, exc
+            )
+            return None
+
+    def _alert(self, update: StreamUpdate) -> AlertMessage:
         ev = update.event
         wall, rec = update.wall_offset, update.recording_offset
         now = self.clock()

@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -58,9 +58,10 @@ from dropstream.inference.head import ServerModel
 from dropstream.inference.metrics import ServiceMetrics
 from dropstream.inference.offsets import OffsetTracker
 from dropstream.inference.outbox import REASON_HEADER, SOURCE_HEADER, Outbox
+from dropstream.inference.ratelimit import DeviceRateLimiter
 from dropstream.inference.scoring import Scorer, policy_for
 from dropstream.inference.settings import ServiceError, ServiceSettings
-from dropstream.inference.streams import ScoredWindow, StreamTracker, StreamUpdate
+from dropstream.inference.streams import ScoredBatch, StreamTracker, StreamUpdate
 from dropstream.inference.torch_device import torch_device as select_torch_device
 
 __all__ = [
@@ -75,6 +76,16 @@ __all__ = [
 ]
 
 log = logging.getLogger("dropstream.inference.service")
+
+
+class Authenticator(Protocol):
+    """What the service needs of an authenticator (e.g. ``dropstream.broker.auth.DeviceKeys``)."""
+
+    def check_batch(
+        self, keys: list[bytes | None], values: list[bytes | None]
+    ) -> list[tuple[int, str]]:
+        """``(row, reason)`` of every record refused, in order."""
+        ...
 
 
 def torch_device(name: str) -> torch.device:
@@ -93,6 +104,9 @@ class InferenceService:
         The model bundle (``.dsb``) whose head scores the windows.
     settings : ServiceSettings, optional
     metrics : ServiceMetrics, optional
+    authenticator : Authenticator, optional
+        Checks every record before anything else (e.g. the device key store); refused records
+        go to dead letters and never touch stream state.
 
     Attributes
     ----------
@@ -112,6 +126,7 @@ class InferenceService:
         bundle: str | Path | ServerModel,
         settings: ServiceSettings | None = None,
         metrics: ServiceMetrics | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.config = config
         self.settings = s = settings or ServiceSettings()
@@ -129,8 +144,16 @@ class InferenceService:
         self.keep = meta.keep
         self.decoder = BatchDecoder()
         classes = self.scorer.classes if self.model.kind == "classifier" else None
-        drift = DriftReference.from_config(meta.head_config.get("drift"))
-        self.streams = StreamTracker(self.policy, s.dedup_windows, self.metrics, classes, drift)
+        self.streams = StreamTracker(
+            self.policy,
+            s.dedup_windows,
+            self.metrics,
+            classes,
+            max_gaps=s.max_gaps,
+            max_gaps_total=s.max_gaps_total,
+            jump_tolerance_s=s.jump_tolerance_s,
+            drift=DriftReference.from_config(meta.head_config.get("drift")),
+        )
         self.offsets = OffsetTracker()
         self.outbox = Outbox(
             config.alerts_topic,
@@ -139,7 +162,14 @@ class InferenceService:
             self.model_id,
             self.model_version,
             self.policy.kind,
+            inline_bytes=s.dead_letter_inline_bytes,
         )
+        self.limiter = (
+            DeviceRateLimiter(s.device_rate, s.device_burst) if s.device_rate is not None else None
+        )
+        #: Verifies records before anything else reads them: ``check_batch(keys, values)`` ->
+        #: ``[(row, reason), ...]`` refused (see docs/security-service.md). ``None``: none.
+        self.authenticator: Authenticator | None = authenticator
         self._pending: list[Any] = []
         self._stop = threading.Event()
         self._consumer: Any = None
@@ -240,8 +270,7 @@ class InferenceService:
                 if not self._pending:
                     first_at = None
                 if now - last_lag >= 1.0:
-                    self.metrics.set_lag(self.offsets.lag(self._consumer.highwater))
-                    self._expire_stale(now)
+                    self._housekeeping(now)
                     last_lag = now
                 self.metrics.maybe_log()
             if self._pending:
@@ -249,21 +278,169 @@ class InferenceService:
                 self.process(batch)
         except KafkaError as exc:
             raise ServiceError(
-                f"Kafka failed ({exc!r}); offsets were committed only up to alerts already "
-                "delivered, so restarting the service resumes without losing any"
+                f"Kafka failed for over {s.delivery_timeout_s:g} s ({exc!r}); offsets were "
+                f"committed only up to alerts already delivered ({len(self.outbox)} updates "
+                "were still waiting). Restarting the service replays from those offsets if the "
+                "broker kept its log (a reset broker lost those windows: see docs/service.md)"
             ) from exc
         finally:
             self.metrics.maybe_log(force=True)
             self._close()
         return self.metrics
 
+    def _housekeeping(self, now: float) -> None:
+        """Once a second: lag, reset logs, silent streams, idle state."""
+        self._check_resets()
+        self.metrics.set_lag(self.offsets.lag(self._consumer.highwater))
+        self._expire_stale(now)
+        s = self.settings
+        self.streams.forget_idle(now, s.idle_forget_s, s.max_streams)
+        if self.limiter is not None:
+            self.limiter.prune(now)
+
+    def _check_resets(self) -> None:
+        """A partition whose log now ends before what was already consumed was reset under
+        the service (e.g. a broker with memory storage restarted): read it from its start.
+
+        Stream state is kept (devices keep numbering their windows, so whatever the reset log
+        holds again is recognised as duplicates or scored as new); offsets restart from zero.
+        """
+        for tp, nxt in list(self.offsets.next.items()):
+            hw = self._consumer.highwater(tp)
+            if hw is None or hw >= nxt:
+                continue
+            log.warning(
+                "partition %s[%d] ends at offset %d but %d were already consumed: its log was "
+                "reset (a restarted in-memory broker?); reading it again from its start",
+                tp.topic,
+                tp.partition,
+                hw,
+                nxt,
+            )
+            self.metrics.offset_reset()
+            self.offsets.reset(tp)
+            try:
+                self._consumer.seek_to_beginning(tp)
+            except (KafkaError, AssertionError) as exc:  # not assigned any more
+                log.warning("cannot rewind %s[%d]: %r", tp.topic, tp.partition, exc)
+
     # ------------------------------------------------------------------ one batch
     def process(self, records: list[Any]) -> None:
-        """Score one micro-batch of consumer records, produce alerts, then commit."""
+        """Score one micro-batch of consumer records, produce alerts, then commit.
+
+        No record can stop the service: a record refused for a reason goes to dead letters
+        with it; an unexpected error in the batch dead-letters the batch (reason
+        ``internal-error``) and the service goes on. Only Kafka failures that outlast
+        ``delivery_timeout_s`` propagate.
+        """
+        try:
+            self._process(records)
+        except KafkaError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last resort: never stop on one batch
+            log.exception("processing a batch of %d records failed", len(records))
+            for rec in records:
+                self.outbox.dead_letter(
+                    rec,
+                    "internal-error",
+                    f"internal error while processing this record's batch: {exc!r}"[:2000],
+                )
+            self.offsets.walk([_partition(r) for r in records], [r.offset for r in records], {})
+            self._deliver()
+            self._commit()
+
+    def _process(self, records: list[Any]) -> None:
         outbox = self.outbox
-        decoded = self.decoder.decode([r.value for r in records])
+        live = self._admit_records(records)
+        batch = records if live is None else [records[i] for i in live]
+        updates: list[StreamUpdate] = []
+        scored: ScoredBatch | None = None
+        restarted: list = []
+        usable = self._decode(batch)
+        if usable is not None:
+            now_mono = time.monotonic()
+            keys = list(zip(usable.device_id, usable.stream_id, strict=True))
+            admission = self.streams.admit(
+                keys,
+                usable.sequence.tolist(),
+                lambda i: _partition(batch[int(usable.rows[i])]),
+                usable.wall_time.tolist(),
+                usable.hop_s.tolist(),
+                now_mono,
+            )
+            for i, reason in admission.implausible:
+                outbox.dead_letter(batch[int(usable.rows[i])], "implausible-sequence", reason)
+            updates.extend(admission.updates)
+            restarted = admission.restarted
+            fresh = admission.fresh
+            group = usable.take(fresh) if not fresh.all() else usable
+            if len(group):
+                scored = self._score(group, batch)
+        for partition, key in restarted:
+            self.offsets.release(partition, key)
+        marks: dict[int, tuple[Any, bool]] = {}
+        if scored is not None and scored.rows:
+            rows = scored.rows if live is None else [live[r] for r in scored.rows]
+            fed = self.streams.feed(scored, time.monotonic(), updates)
+            marks = dict(zip(rows, zip(scored.keys, fed.clean, strict=True), strict=True))
+            for i, reason in fed.failed:
+                outbox.dead_letter(records[rows[i]], "internal-error", reason)
+        # clean points per partition, in consumption order
+        self.offsets.walk(
+            [TopicPartition(r.topic, r.partition) for r in records],
+            [r.offset for r in records],
+            marks,
+        )
+        for update in updates:
+            outbox.alert(update)
+        self._deliver()
+        self._commit()
+        if len(self.streams.streams) > self.settings.max_streams:
+            s = self.settings
+            self.streams.forget_idle(time.monotonic(), s.idle_forget_s, s.max_streams)
+
+    def _admit_records(self, records: list[Any]) -> list[int] | None:
+        """Authenticate, then rate-limit each record, before anything decodes it; the rows
+        that go on (``None``: all of them)."""
+        refused: dict[int, tuple[str, str]] = {}
+        if self.authenticator is not None:
+            keys = [r.key for r in records]
+            values = [r.value for r in records]
+            for row, reason in self.authenticator.check_batch(keys, values):
+                refused[row] = ("unauthenticated", reason)
+        if self.limiter is not None:
+            allow, now, n_limited = self.limiter.allow, time.monotonic(), 0
+            for row, rec in enumerate(records):
+                if row not in refused and not allow(rec.key or b"", now):
+                    refused[row] = ("rate-limited", "")
+                    n_limited += 1
+            if n_limited:
+                self.metrics.rate_limit(n_limited)
+                rate = self.settings.device_rate
+                log.warning("%d windows over the rate limit (%g/s per device)", n_limited, rate)
+        if not refused:
+            return None
+        for row, (kind, reason) in refused.items():
+            if kind == "rate-limited":
+                rec = records[row]
+                self.outbox.dead_letter(
+                    rec,
+                    kind,
+                    f"device {rec.key!r:.80} sends over {self.settings.device_rate:g} windows/s",
+                    by_reference=True,
+                    quiet=True,
+                )
+            else:
+                self.outbox.dead_letter(records[row], kind, reason)
+        return [row for row in range(len(records)) if row not in refused]
+
+    def _decode(self, batch: list[Any]) -> WindowGroup | None:
+        """Decode ``batch``; everything that cannot be served goes to dead letters. Returns the
+        servable windows (rows of ``batch``), or ``None``."""
+        outbox = self.outbox
+        decoded = self.decoder.decode([r.value for r in batch])
         for row, reason in decoded.rejected:
-            outbox.dead_letter(records[row], "malformed", f"malformed message: {reason}")
+            outbox.dead_letter(batch[row], "malformed", f"malformed message: {reason}")
         servable: list[WindowGroup] = []
         for group in decoded.groups:
             problem = self._mismatch(group)
@@ -272,70 +449,80 @@ class InferenceService:
                 continue
             kind, text = problem
             for row in group.rows.tolist():
-                outbox.dead_letter(records[row], kind, text)
-        updates: list[StreamUpdate] = []
-        scored: dict[int, ScoredWindow] = {}  # batch row -> its scored window
-        restarted: list = []
-        usable = WindowGroup.concat(servable) if servable else None
-        if usable is not None and len(usable):
-            keys = list(zip(usable.device_id, usable.stream_id, strict=True))
-            admission = self.streams.admit(
-                keys,
-                usable.sequence.tolist(),
-                lambda i: _partition(records[int(usable.rows[i])]),
-            )
-            updates.extend(admission.updates)
-            restarted = admission.restarted
-            fresh = admission.fresh
-            group = usable.take(fresh) if not fresh.all() else usable
-            if len(group):
-                scored = self._score(group, records)
-        for partition, key in restarted:
-            self.offsets.release(partition, key)
-        # walk the batch in order: feed detectors, track clean points per partition
-        now = time.monotonic()
-        feed, window, consumed = self.streams.feed, self.offsets.window, self.offsets.consumed
-        for row, rec in enumerate(records):
-            tp = TopicPartition(rec.topic, rec.partition)
-            w = scored.get(row)
-            if w is not None:
-                window(tp, w.key, feed(w, now, updates))
-            consumed(tp, rec.offset)
-        for update in updates:
-            outbox.alert(update)
-        outbox.deliver(self._producer)
-        self._commit()
-
-    def _score(self, group: WindowGroup, records: list[Any]) -> dict[int, ScoredWindow]:
-        """Score ``group`` in one forward pass: its finite scores by batch row; windows whose
-        score is not finite go to dead letters."""
-        scores, classes = self.scorer(group.dense())
-        self.metrics.batch(len(group), time.time() - (group.window_end_lsl + group.wall_offset))
-        finite = np.isfinite(scores)
+                outbox.dead_letter(batch[row], kind, text)
+        if not servable:
+            return None
+        group = WindowGroup.concat(servable)
+        ok = np.ones(len(group), bool)
         rows = group.rows.tolist()
+        for i, (row, device) in enumerate(zip(rows, group.device_id, strict=True)):
+            key = batch[row].key
+            if key != device.encode("utf-8"):
+                ok[i] = False
+                outbox.dead_letter(
+                    batch[row],
+                    "key-mismatch",
+                    f"Kafka key {key!r:.80} is not the device id {device!r} inside the message",
+                )
+        s = self.settings
+        if s.freshness_s is not None:
+            now = time.time()
+            wall = group.wall_time
+            for i in np.flatnonzero(ok & (wall < now - s.freshness_s)).tolist():
+                ok[i] = False
+                outbox.dead_letter(
+                    batch[rows[i]],
+                    "stale",
+                    f"window started {now - wall[i]:.0f} s ago, over the freshness window of "
+                    f"{s.freshness_s:g} s (a replay, or spooled through a long outage)",
+                )
+        if s.max_clock_skew_s is not None:
+            now = time.time()
+            wall = group.wall_time
+            for i in np.flatnonzero(ok & (wall > now + s.max_clock_skew_s)).tolist():
+                ok[i] = False
+                outbox.dead_letter(
+                    batch[rows[i]],
+                    "from-the-future",
+                    f"window starts {wall[i] - now:.0f} s ahead of the server's clock (more "
+                    f"than {s.max_clock_skew_s:g} s): check the device's clock",
+                )
+        if not ok.all():
+            group = group.take(ok)
+        return group if len(group) else None
+
+    def _score(self, group: WindowGroup, records: list[Any]) -> ScoredBatch:
+        """Score ``group`` in one forward pass: its windows with a finite score; the others go
+        to dead letters."""
+        scores, classes = self.scorer(group.dense())
+        # wall clocks (NTP), never two machines' LSL clocks
+        wall_end = group.wall_time + (group.window_end_lsl - group.window_start_lsl)
+        self.metrics.batch(len(group), time.time() - wall_end)
+        finite = np.isfinite(scores)
+        if not finite.all():
+            for i in np.flatnonzero(~finite).tolist():
+                self.outbox.dead_letter(
+                    records[int(group.rows[i])],
+                    "non-finite-score",
+                    "the model's score of this window is not finite: activation values "
+                    "out of the range the model was trained on",
+                )
+            group, scores = group.take(finite), scores[finite]
+            classes = None if classes is None else classes[finite]
         # python scalars converted once per batch, not a numpy scalar per window and field
-        windows = map(
-            ScoredWindow,
-            zip(group.device_id, group.stream_id, strict=True),
+        return ScoredBatch(
+            group.rows.tolist(),
+            list(zip(group.device_id, group.stream_id, strict=True)),
             group.sequence.tolist(),
             scores.tolist(),
             group.window_start_lsl.tolist(),
             group.window_end_lsl.tolist(),
             group.hop_s.tolist(),
             [None] * len(group) if classes is None else classes.tolist(),
-            group.wall_offset.tolist(),
+            (group.wall_time - group.window_start_lsl).tolist(),
             group.recording_offset.tolist(),
             self.streams.drift_statistic(group.indices, group.values).tolist(),
         )
-        scored = {row: w for row, w, ok in zip(rows, windows, finite.tolist(), strict=True) if ok}
-        for i in np.flatnonzero(~finite).tolist():
-            self.outbox.dead_letter(
-                records[rows[i]],
-                "non-finite-score",
-                "the model's score of this window is not finite: activation values "
-                "out of the range the model was trained on",
-            )
-        return scored
 
     def _expire_stale(self, now: float) -> None:
         """Close the events of streams that went silent, then commit past them."""
@@ -348,8 +535,46 @@ class InferenceService:
                 self.outbox.alert(update)
             self.offsets.release(partition, key)
         self.offsets.settle()
-        self.outbox.deliver(self._producer)
+        self._deliver()
         self._commit()
+
+    def _deliver(self) -> None:
+        """Deliver the outbox; on a Kafka error recreate the producer and deliver again, for up
+        to ``delivery_timeout_s`` (then the error propagates and the service stops). Nothing
+        is committed until the outbox is delivered."""
+        if not len(self.outbox):
+            return
+        give_up = None
+        pause = 0.2
+        while True:
+            try:
+                if self._producer is None:
+                    self._producer = make_producer(self.config)
+                    self.metrics.producer_restart()
+                self.outbox.deliver(self._producer)
+                return
+            except (KafkaError, KafkaClientError) as exc:
+                now = time.monotonic()
+                give_up = give_up or now + self.settings.delivery_timeout_s
+                if now >= give_up:
+                    raise exc if isinstance(exc, KafkaError) else KafkaError(str(exc)) from exc
+                log.warning(
+                    "delivering %d alert updates / dead letters failed (%r); recreating the "
+                    "producer and delivering them again",
+                    len(self.outbox),
+                    exc,
+                )
+                self._drop_producer()
+                time.sleep(pause)
+                pause = min(5.0, pause * 2)
+
+    def _drop_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                producer.close(timeout=0)
+            except Exception as exc:  # noqa: BLE001 - it failed already; just let it go
+                log.debug("closing the failed producer: %r", exc)
 
     def _mismatch(self, group: WindowGroup) -> tuple[str, str] | None:
         if group.model_id != self.model_id:

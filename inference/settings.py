@@ -43,6 +43,36 @@ class ServiceSettings:
         A stream with an event (or candidate, merge gap, refractory period) in progress that
         sends nothing for this long (wall clock) is expired: its open event is closed at its
         last active window, and its partition can commit past it again.
+    freshness_s : float or None
+        Windows whose wall-clock start is older than this many seconds are refused (dead
+        letter ``stale``): a replay of captured windows cannot reopen old alerts, and a stream
+        forgotten after ``idle_forget_s`` cannot be replayed. ``None``: no freshness check.
+        Windows a device spooled through a longer outage are dead-lettered, not lost.
+    max_clock_skew_s : float
+        Windows whose wall-clock start is more than this ahead of the server's clock are
+        refused (dead letter ``from-the-future``).
+    jump_tolerance_s : float or None
+        A window more than one sequence number ahead of its stream's newest must start that
+        many hops later on the wall clock, give or take this many seconds; otherwise it is
+        refused (``implausible-sequence``) without touching the stream (``None``: no check).
+    idle_forget_s : float
+        Streams with nothing in progress and silent this long are forgotten (memory).
+    max_streams : int
+        Most streams held; above it the least recently seen idle ones are forgotten.
+    max_gaps, max_gaps_total : int
+        Most gap ranges (runs of missing sequence numbers) remembered per stream and in all.
+    device_rate : float or None
+        Windows per second one device may send on average (token bucket; ``None``: no limit).
+        Windows above it are refused (``rate-limited``) before decoding, so one device cannot
+        starve the others.
+    device_burst : float
+        Windows a device may send at once above its rate (a spool catching up).
+    dead_letter_inline_bytes : int
+        A refused record whose key and value exceed this is dead-lettered by reference (topic,
+        partition, offset, size, SHA-256 in headers), without its value.
+    delivery_timeout_s : float
+        How long the service keeps re-delivering alerts (recreating its producer after fatal
+        errors) before it gives up and exits; nothing is committed meanwhile.
     log_interval_s : float
         Seconds between metric log lines.
     torch_threads : int or None
@@ -66,11 +96,31 @@ class ServiceSettings:
     adapt_level: float = 0.99
     dedup_windows: int = 4096
     stale_after_s: float = 30.0
+    freshness_s: float | None = 900.0
+    max_clock_skew_s: float = 30.0
+    jump_tolerance_s: float | None = 2.0
+    idle_forget_s: float = 1800.0
+    max_streams: int = 100_000
+    max_gaps: int = 64
+    max_gaps_total: int = 200_000
+    device_rate: float | None = 50.0
+    device_burst: float = 3000.0
+    dead_letter_inline_bytes: int = 256 * 1024
+    delivery_timeout_s: float = 300.0
     log_interval_s: float = 10.0
     torch_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_wait_ms < 0:
             raise ServiceError("max_batch must be >= 1 and max_wait_ms >= 0")
+        if self.max_streams < 1 or self.max_gaps < 1 or self.max_gaps_total < 1:
+            raise ServiceError("max_streams, max_gaps and max_gaps_total must be >= 1")
+        if self.device_rate is not None and (self.device_rate <= 0 or self.device_burst < 1):
+            raise ServiceError("device_rate must be > 0 windows/s and device_burst >= 1 window")
+        if self.freshness_s is not None and self.idle_forget_s < self.freshness_s:
+            raise ServiceError(
+                f"idle_forget_s ({self.idle_forget_s}) must be >= freshness_s "
+                f"({self.freshness_s}): a stream forgotten sooner could be replayed"
+            )
         if self.device not in ("auto", "cpu", "cuda"):
             raise ServiceError(f"device must be auto, cpu or cuda, not {self.device!r}")

@@ -10,9 +10,15 @@ Per stream:
 
 * **duplicates** - a window at or below the newest sequence seen that does not fill a known gap
   (e.g. re-sent by the device spool after a lost acknowledgement) is dropped before scoring;
-* **gaps** - sequence numbers skipped below the newest one are remembered (at most
-  ``dedup_windows`` back); a window filling one later is *late*: scored, counted, but not fed
+* **gaps** - sequence numbers skipped below the newest one are remembered as ranges (at most
+  ``dedup_windows`` back, at most ``max_gaps`` ranges per stream, ``max_gaps_total`` in all: the
+  oldest range goes first); a window filling one later is *late*: scored, counted, but not fed
   to the detector, which has moved on; gaps count as lost windows;
+* **implausible jumps** - a window 2..``dedup_windows`` ahead of the newest must have a
+  wall-clock start that many hops later (``jump_tolerance_s`` of slack); otherwise it is refused
+  without touching the stream, so a forged or bogus sequence number cannot make the genuine
+  windows after it late or duplicate (a jump beyond ``dedup_windows`` makes the next genuine
+  window restart the stream, below);
 * **restarts** - a window more than ``dedup_windows`` behind the newest one means the device
   restarted its numbering (a wiped spool) or the newest number was bogus: the stream's open
   event is closed and its state starts afresh;
@@ -23,6 +29,9 @@ Per stream:
   the stream no longer looks like the training data it closes the open anomaly event, publishes
   one ``kind="drift"`` event (label ``"drift"``) and stops feeding the anomaly detector until the
   drift ends (then a fresh detector starts).
+
+Memory is bounded: :meth:`StreamTracker.forget_idle` drops clean streams silent for a while and,
+above ``max_streams``, the least recently seen clean ones.
 """
 
 from __future__ import annotations
@@ -45,19 +54,28 @@ log = logging.getLogger("dropstream.inference.service")
 StreamKey = tuple[str, str]
 
 
-class ScoredWindow(NamedTuple):
-    """One scored window, in Python scalars, as fed to :meth:`StreamTracker.feed`."""
+class ScoredBatch(NamedTuple):
+    """The scored windows of a batch, column by column in Python scalars, in batch order
+    (columns rather than one object per window: nothing to build per window on the hot path)."""
 
-    key: StreamKey
-    sequence: int
-    score: float
-    window_start: float  # LSL-clock time of the first sample, seconds
-    window_end: float  # LSL-clock time of the last sample, seconds
-    hop_s: float  # hop between windows, seconds
-    top_class: int | None  # classifier: index of the most probable abnormal class
-    wall_offset: float = 0.0  # the device's wall clock minus its LSL clock, seconds
-    recording_offset: float = float("nan")  # recording time minus LSL time (NaN: live)
-    drift: float = float("nan")  # drift statistic (NaN: no drift reference)
+    rows: list[int]  # position of each window in the batch
+    keys: list[StreamKey]
+    sequences: list[int]
+    scores: list[float]
+    starts: list[float]  # LSL-clock time of each window's first sample, seconds
+    ends: list[float]  # LSL-clock time of each window's last sample, seconds
+    hops: list[float]  # hop between windows, seconds
+    top_classes: list[int | None]  # classifier: index of the most probable abnormal class
+    wall_offsets: list[float] | None = None  # device wall clock minus its LSL clock, seconds
+    recording_offsets: list[float] | None = None  # recording time minus LSL time (NaN: live)
+    drifts: list[float] | None = None  # drift statistic of each window (NaN: no reference)
+
+
+class Fed(NamedTuple):
+    """Result of :meth:`StreamTracker.feed`."""
+
+    clean: list[bool]  # per window: the stream is clean after it
+    failed: list[tuple[int, str]]  # (window, error) the detector could not take
 
 
 class StreamUpdate(NamedTuple):
@@ -74,9 +92,10 @@ class StreamUpdate(NamedTuple):
 class Admission(NamedTuple):
     """Result of :meth:`StreamTracker.admit` for a batch of windows."""
 
-    fresh: np.ndarray  # bool (n,): windows to score (not duplicates)
+    fresh: np.ndarray  # bool (n,): windows to score (not duplicates, not implausible)
     restarted: list[tuple[Hashable, StreamKey]]  # (partition, stream) started afresh
     updates: list[StreamUpdate]  # closing updates of the restarted streams' open events
+    implausible: list[tuple[int, str]]  # (window, reason) refused: sequence jump vs wall clock
 
 
 @dataclass
@@ -85,16 +104,24 @@ class _Stream:
 
     detector: EventDetector
     partition: Hashable
-    last_seen: float = 0.0  # monotonic time of the stream's last window fed
+    last_seen: float = 0.0  # monotonic time of the stream's last window
     highest: int = -1  # last sequence fed to the detector
     seen_max: int = -1  # highest sequence seen
-    missing: set[int] = field(default_factory=set)  # gaps below seen_max not yet filled
+    seen_wall: float = 0.0  # wall-clock start of the window with sequence seen_max
+    missing: list[list[int]] = field(
+        default_factory=list
+    )  # unfilled gaps [start, end), oldest first
     labels: dict[int, str] = field(default_factory=dict)  # open event onset -> its label
-    wall_offset: float = 0.0  # of the newest window fed (see ScoredWindow)
+    wall_offset: float = 0.0  # of the newest window fed (see ScoredBatch)
     recording_offset: float = float("nan")
     drift: DriftMonitor | None = None
     drift_onset: tuple[int, float] = (0, 0.0)  # (sequence, LSL time) of the drift's start
     last_end: float = 0.0  # LSL time of the newest window's last sample
+
+    @property
+    def clean(self) -> bool:
+        """No event, candidate or drift in progress (see :attr:`EventDetector.clean`)."""
+        return self.detector.clean and not (self.drift is not None and self.drift.active)
 
 
 class StreamTracker:
@@ -110,6 +137,10 @@ class StreamTracker:
         Counts duplicates, late and lost windows and restarts.
     class_names : sequence of str, optional
         A classifier's classes: an event's label is its top abnormal class at opening.
+    max_gaps, max_gaps_total : int
+        Most gap ranges remembered per stream and over all streams.
+    jump_tolerance_s : float or None
+        Slack of the sequence-jump check, seconds (``None``: no check).
     drift : DriftReference, optional
         The bundle's training statistics; ``None`` disables the drift guard.
     """
@@ -120,6 +151,9 @@ class StreamTracker:
         dedup_windows: int,
         metrics: ServiceMetrics,
         class_names: Sequence[str] | None = None,
+        max_gaps: int = 64,
+        max_gaps_total: int = 100_000,
+        jump_tolerance_s: float | None = 2.0,
         drift: DriftReference | None = None,
     ) -> None:
         self.drift = drift
@@ -127,13 +161,20 @@ class StreamTracker:
         self.dedup_windows = int(dedup_windows)
         self.metrics = metrics
         self.class_names = list(class_names) if class_names is not None else None
+        self.max_gaps = int(max_gaps)
+        self.max_gaps_total = int(max_gaps_total)
+        self.jump_tolerance_s = jump_tolerance_s
         self.streams: dict[StreamKey, _Stream] = {}
+        self.n_gaps = 0  # gap ranges over all streams
 
     def admit(
         self,
         keys: Sequence[StreamKey],
         sequences: Sequence[int],
         partition_of: Callable[[int], Hashable],
+        walls: Sequence[float] | None = None,
+        hops: Sequence[float] | None = None,
+        now: float = 0.0,
     ) -> Admission:
         """Mark duplicate windows (already seen (device, stream, sequence)); note late ones.
 
@@ -144,33 +185,60 @@ class StreamTracker:
         partition_of : callable
             ``partition_of(i)``: the partition window ``i`` arrived on (asked only for a
             stream seen for the first time).
+        walls, hops : sequence of float, optional
+            Wall-clock start (Unix seconds) and hop (seconds) of each window, for the
+            sequence-jump check (skipped without them).
+        now : float
+            Monotonic time, seconds (a new stream's first sighting).
         """
-        fresh = np.ones(len(keys), bool)
+        n = len(keys)
+        fresh = np.ones(n, bool)
         limit = self.dedup_windows
         streams = self.streams
         restarted: list[tuple[Hashable, StreamKey]] = []
         updates: list[StreamUpdate] = []
+        implausible: list[tuple[int, str]] = []
+        tol = self.jump_tolerance_s if walls is not None and hops is not None else None
         n_dup = n_late = 0
         for i, (key, seq) in enumerate(zip(keys, sequences, strict=True)):
             st = streams.get(key)
             if st is None:
                 st = streams[key] = _Stream(
-                    EventDetector(key[0], key[1], self.policy), partition_of(i)
+                    EventDetector(key[0], key[1], self.policy), partition_of(i), last_seen=now
                 )
                 st.drift = DriftMonitor(self.drift) if self.drift is not None else None
-            if 0 <= seq < st.seen_max - limit:
+            seen = st.seen_max
+            if 0 <= seq < seen - limit:
                 # far behind everything seen: the device restarted its sequence numbers (e.g. a
                 # wiped spool) or the newest one was bogus; start the stream afresh
                 updates.extend(self._restart(key, st, seq))
                 restarted.append((st.partition, key))
-            elif seq > st.seen_max:
-                if st.seen_max >= 0 and seq > st.seen_max + 1:
-                    st.missing.update(range(max(st.seen_max + 1, seq - limit), seq))
-                    if len(st.missing) > limit:
-                        st.missing = {q for q in st.missing if q > seq - limit}
+                if walls is not None:
+                    st.seen_wall = walls[i]
+            elif seq > seen:
+                if seen >= 0 and seq > seen + 1:
+                    if tol is not None and seq - seen <= limit:
+                        # a jump within the dedup window would make the genuine windows it
+                        # skipped late: it must agree with the wall clock (a jump beyond it
+                        # restarts the stream at the next genuine window instead, see above)
+                        span = walls[i] - st.seen_wall  # type: ignore[index]
+                        if (seq - seen - 1) * hops[i] > span + tol:  # type: ignore[index]
+                            fresh[i] = False
+                            implausible.append(
+                                (
+                                    i,
+                                    f"sequence {seq} is {seq - seen} windows ahead of {seen} but "
+                                    f"its wall-clock start is only {span:.3f} s later",
+                                )
+                            )
+                            continue
+                    self._add_gap(st, max(seen + 1, seq - limit), seq)
                 st.seen_max = seq
-            elif seq in st.missing:
-                st.missing.discard(seq)
+                if walls is not None:
+                    st.seen_wall = walls[i]
+                if st.missing and st.missing[0][0] < seq - limit:
+                    self._prune(st, seq - limit - 1)  # below seq - limit is a restart anyway
+            elif self._fill(st, seq):
                 n_late += 1
             else:
                 fresh[i] = False
@@ -179,7 +247,47 @@ class StreamTracker:
             self.metrics.duplicate(n_dup)
         if n_late:
             self.metrics.late_window(n_late)
-        return Admission(fresh, restarted, updates)
+        return Admission(fresh, restarted, updates, implausible)
+
+    # -- gap ranges --------------------------------------------------------------------------
+    def _add_gap(self, st: _Stream, start: int, end: int) -> None:
+        if len(st.missing) >= self.max_gaps or self.n_gaps >= self.max_gaps_total:
+            if not st.missing:
+                self.metrics.gaps_dropped(end - start)
+                return  # the total budget is spent: this gap is not remembered
+            lo, hi = st.missing.pop(0)
+            self.n_gaps -= 1
+            self.metrics.gaps_dropped(hi - lo)
+        st.missing.append([start, end])
+        self.n_gaps += 1
+
+    def _prune(self, st: _Stream, floor: int) -> None:
+        """Forget missing numbers at or below ``floor`` (too far back to matter)."""
+        missing = st.missing
+        while missing and missing[0][1] <= floor + 1:
+            missing.pop(0)
+            self.n_gaps -= 1
+        if missing and missing[0][0] <= floor:
+            missing[0][0] = floor + 1
+
+    def _fill(self, st: _Stream, seq: int) -> bool:
+        """Remove ``seq`` from the stream's gaps; whether it was missing."""
+        for j, gap in enumerate(st.missing):
+            lo, hi = gap
+            if lo <= seq < hi:
+                if hi - lo == 1:
+                    del st.missing[j]
+                    self.n_gaps -= 1
+                elif seq == lo:
+                    gap[0] = seq + 1
+                elif seq == hi - 1:
+                    gap[1] = seq
+                else:  # split: the budget may go one over until the next gap is added
+                    gap[1] = seq
+                    st.missing.insert(j + 1, [seq + 1, hi])
+                    self.n_gaps += 1
+                return True
+        return False
 
     def _restart(self, key: StreamKey, st: _Stream, seq: int) -> list[StreamUpdate]:
         log.warning(
@@ -193,54 +301,71 @@ class StreamTracker:
         st.detector = EventDetector(key[0], key[1], self.policy)
         st.drift = DriftMonitor(self.drift) if self.drift is not None else None
         st.highest, st.seen_max = -1, seq
+        self.n_gaps -= len(st.missing)
         st.missing.clear()
         return updates
 
-    def feed(self, window: ScoredWindow, now: float, out: list[StreamUpdate]) -> bool:
-        """Feed one scored, admitted window to its stream's detector (batch order).
+    def feed(self, batch: ScoredBatch, now: float, out: list[StreamUpdate]) -> Fed:
+        """Feed scored, admitted windows to their streams' detectors, in batch order.
 
         Parameters
         ----------
-        window : ScoredWindow
+        batch : ScoredBatch
         now : float
-            Monotonic time, seconds (when the stream was last seen).
+            Monotonic time, seconds (when the streams were last seen).
         out : list
-            Receives the alert updates the window causes.
+            Receives the alert updates the windows cause.
 
         Returns
         -------
-        bool
-            Whether the stream is *clean* afterwards (replaying from the next window with a
-            fresh detector gives the same alerts).
+        Fed
+            Per window, whether its stream is *clean* afterwards (replaying from the next
+            window with a fresh detector gives the same alerts); windows the detector failed on.
         """
-        st = self.streams[window.key]
-        det = st.detector
-        seq = window.sequence
-        if seq <= st.highest:
-            return det.clean  # a late window: scored, but the detector has moved past it
-        if st.highest >= 0 and seq > st.highest + 1:
-            self.metrics.lost_windows(seq - st.highest - 1)
-        st.highest = seq
-        st.last_seen = now
-        st.wall_offset, st.recording_offset = window.wall_offset, window.recording_offset
-        st.last_end = window.window_end
-        if st.drift is not None and not math.isnan(window.drift):
-            if self._watch_drift(window, st, out):
-                # drifting: the anomaly scores mean nothing; like an open event, the drift holds
-                # the stream dirty until it ends or the stream goes silent (then it is closed)
-                return False
+        streams, names, label0 = self.streams, self.class_names, self.policy.label
+        clean: list[bool] = []
+        failed: list[tuple[int, str]] = []
+        n = len(batch.rows)
+        walls = batch.wall_offsets or [0.0] * n
+        recs = batch.recording_offsets or [math.nan] * n
+        drifts = batch.drifts or [math.nan] * n
+        columns = (*batch[1:8], walls, recs, drifts)
+        for i, (key, seq, score, start, end, hop, top, wall, rec, drift) in enumerate(
+            zip(*columns, strict=True)
+        ):
+            st = streams[key]
             det = st.detector
-        new = det.update(seq, window.score, window.window_start, window.window_end, window.hop_s)
-        top = window.top_class
-        for ev in new:
-            label = self.policy.label
-            if top is not None and self.class_names is not None:
-                if ev.status == "open":
-                    label = st.labels[ev.onset_sequence] = self.class_names[top]
-                else:
-                    label = st.labels.pop(ev.onset_sequence, self.class_names[top])
-            out.append(StreamUpdate(ev, label, st.wall_offset, st.recording_offset))
-        return det.clean
+            if seq <= st.highest:
+                clean.append(st.clean)  # late: scored, but the detector has moved past it
+                continue
+            if st.highest >= 0 and seq > st.highest + 1:
+                self.metrics.lost_windows(seq - st.highest - 1)
+            st.highest = seq
+            st.last_seen = now
+            st.wall_offset, st.recording_offset, st.last_end = wall, rec, end
+            if st.drift is not None and not math.isnan(drift):
+                if self._watch_drift(key, st, seq, start, end, drift, out):
+                    # drifting: the anomaly scores mean nothing; like an open event, the drift
+                    # holds the stream dirty until it ends or the stream goes silent
+                    clean.append(False)
+                    continue
+                det = st.detector
+            try:
+                new = det.update(seq, score, start, end, hop)
+            except Exception as exc:  # noqa: BLE001 - one window must not stop the others
+                log.exception("the event detector of %s/%s failed", *key)
+                failed.append((i, f"event detector failed: {exc!r}"))
+                new = []
+            for ev in new:
+                label = label0
+                if top is not None and names is not None:
+                    if ev.status == "open":
+                        label = st.labels[ev.onset_sequence] = names[top]
+                    else:
+                        label = st.labels.pop(ev.onset_sequence, names[top])
+                out.append(StreamUpdate(ev, label, wall, rec))
+            clean.append(st.clean)
+        return Fed(clean, failed)
 
     def drift_statistic(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Drift statistic of windows ``(N, K)`` (NaN without a drift reference)."""
@@ -248,12 +373,20 @@ class StreamTracker:
             return np.full(len(indices), np.nan)
         return self.drift.statistic(indices, values)
 
-    def _watch_drift(self, window: ScoredWindow, st: _Stream, out: list[StreamUpdate]) -> bool:
+    def _watch_drift(
+        self,
+        key: StreamKey,
+        st: _Stream,
+        seq: int,
+        start: float,
+        end: float,
+        statistic: float,
+        out: list[StreamUpdate],
+    ) -> bool:
         """Feed the drift monitor; publish drift start/end; True while the stream drifts."""
         mon = st.drift
         assert mon is not None
-        change = mon.update(window.drift)
-        key = window.key
+        change = mon.update(statistic)
         level = mon.reference.level
         if change == "start":
             log.warning(
@@ -265,14 +398,11 @@ class StreamTracker:
                 level,
             )
             out.extend(self._expire_detector(st))
-            st.drift_onset = (window.sequence, window.window_start)
-            ev = AlertEvent(
-                "open", *key, window.sequence, window.window_start, None, None,
-                mon.median, level, window.window_end,
-            )  # fmt: skip
+            st.drift_onset = (seq, start)
+            ev = AlertEvent("open", *key, seq, start, None, None, mon.median, level, end)
             out.append(self._drift_update(ev, st))
         elif change == "end":
-            out.append(self._drift_closed(key, st, window.sequence, window.window_end))
+            out.append(self._drift_closed(key, st, seq, end))
             st.detector = EventDetector(key[0], key[1], self.policy)
         return mon.active
 
@@ -280,10 +410,8 @@ class StreamTracker:
         mon = st.drift
         assert mon is not None
         onset_seq, onset_time = st.drift_onset
-        ev = AlertEvent(
-            "closed", *key, onset_seq, onset_time, seq, end, mon.median,
-            mon.reference.level, end,
-        )  # fmt: skip
+        level = mon.reference.level
+        ev = AlertEvent("closed", *key, onset_seq, onset_time, seq, end, mon.median, level, end)
         return self._drift_update(ev, st)
 
     def _drift_update(self, ev: AlertEvent, st: _Stream) -> StreamUpdate:
@@ -307,18 +435,44 @@ class StreamTracker:
         return out
 
     def _expire_detector(self, st: _Stream) -> list[StreamUpdate]:
+        label = self.policy.label
         return [
-            StreamUpdate(
-                ev,
-                st.labels.pop(ev.onset_sequence, self.policy.label),
-                st.wall_offset,
-                st.recording_offset,
-            )
+            StreamUpdate(ev, st.labels.pop(ev.onset_sequence, label), st.wall_offset,
+                         st.recording_offset)
             for ev in st.detector.expire()
-        ]
+        ]  # fmt: skip
 
     def forget(self, partitions: Iterable[Hashable]) -> None:
         """Forget every stream of ``partitions`` (revoked: their next owner replays them)."""
         gone = set(partitions)
         for key in [k for k, s in self.streams.items() if s.partition in gone]:
-            del self.streams[key]
+            self._drop(key)
+
+    def _drop(self, key: StreamKey) -> None:
+        st = self.streams.pop(key)
+        self.n_gaps -= len(st.missing)
+
+    def forget_idle(self, now: float, idle_s: float, max_streams: int) -> int:
+        """Forget clean streams silent for ``idle_s`` seconds and, while more than
+        ``max_streams`` remain, the least recently seen clean ones; returns how many.
+
+        A forgotten stream that comes back starts afresh: windows it sent before are no longer
+        recognised as duplicates (the service's freshness window refuses old ones).
+        """
+        streams = self.streams
+        idle = [k for k, st in streams.items() if now - st.last_seen >= idle_s and st.clean]
+        for key in idle:
+            self._drop(key)
+        n = len(idle)
+        excess = len(streams) - max_streams
+        if excess > 0:
+            clean = sorted((st.last_seen, k) for k, st in streams.items() if st.clean)
+            # down to 90 % of the limit, so that a full tracker does not sort on every batch
+            excess += max_streams // 10
+            for _, key in clean[:excess]:
+                self._drop(key)
+            n += min(excess, len(clean))
+        if n:
+            self.metrics.forgot_streams(n)
+        self.metrics.set_tracked(len(streams), self.n_gaps)
+        return n

@@ -73,13 +73,13 @@ def build_recording(data: Path, out: Path) -> list[tuple[float, float]]:
 def train_bundle(data: Path, out: Path) -> dict:
     """Train the novelty bundle on clean ECG and write it; returns its calibration."""
     from dropstream.inference.training import TrainConfig, train_novelty
+    from dropstream.local_encoder.framing import stream_windows
     from dropstream.local_encoder.preprocessing import filter_signal
 
     x = _load(data / "body" / BASELINE[0], TRAIN_SPAN[0], TRAIN_SPAN[1] - TRAIN_SPAN[0])
     xf = filter_signal(x[None], SFREQ, PREPROCESSING)
     win, hop = int(WINDOW_S * SFREQ), int(HOP_S * SFREQ)
-    starts = np.arange(0, xf.shape[1] - win + 1, hop)
-    windows = np.stack([xf[:, s : s + win] for s in starts]).astype(np.float32)
+    windows = stream_windows(xf, win, hop).astype(np.float32)
     config = TrainConfig(
         width=128,
         keep=32,

@@ -13,10 +13,10 @@ from dropstream.inference.audit.attacks import (
     naive_attack,
     observe,
     preactivation_bounds,
-    stream_windows,
 )
 from dropstream.inference.audit.metrics import pearson_r
 from dropstream.local_encoder.first_layer import FirstLayer, PrivacyGuardError, check_keep
+from dropstream.local_encoder.framing import stream_windows
 
 C, T = 4, 32
 N_IN = C * T

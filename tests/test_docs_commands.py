@@ -21,7 +21,9 @@ _FENCE = re.compile(r"```[a-z]*\n(.*?)```", re.S)
 def documented_commands(prefix: str) -> list[tuple[str, str]]:
     """``(file name, command line)`` of every line in a fenced block that starts with
     ``prefix`` (continuations joined, comments and a trailing ``&`` removed). Usage synopses
-    (``[--flag X]``) and program output (``dropstream replay: error: ...``) are left out."""
+    (``[--flag X]``), program output (``dropstream replay: error: ...``) and diagram lines
+    naming modules (a word in parentheses, ``dropstream alerts (commands/alerts.py)``) are left
+    out."""
     found = []
     for path in DOCS:
         for block in _FENCE.findall(path.read_text()):
@@ -33,7 +35,7 @@ def documented_commands(prefix: str) -> list[tuple[str, str]]:
                 words = shlex.split(line, comments=True)
                 if words and words[-1] == "&":
                     words = words[:-1]
-                if any(w.startswith("[") for w in words) or words[1].endswith(":"):
+                if any(w.startswith(("[", "(")) for w in words) or words[1].endswith(":"):
                     continue
                 found.append((path.name, shlex.join(words)))
     return found

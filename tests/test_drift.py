@@ -15,12 +15,12 @@ from dropstream.acquisition.recording import load_tracks
 from dropstream.broker.alert_message import decode_alert
 from dropstream.broker.clients import make_producer
 from dropstream.inference.datasets import windows_from_recordings
-from dropstream.inference.demo import encode_recording
 from dropstream.inference.drift import DriftMonitor, DriftReference
 from dropstream.inference.evaluation import evaluate_recording
 from dropstream.inference.service import InferenceService, ServiceSettings
 from dropstream.inference.training import TrainConfig, train_novelty
 from dropstream.local_encoder.bundle import load_device_bundle
+from dropstream.local_encoder.simulated import encode_recording
 from tests.test_service_kafka import read_all
 
 

@@ -20,7 +20,7 @@ from dropstream.broker.topics import ensure_topics, partition_count
 from dropstream.broker.wire import decode_activation
 from dropstream.local_encoder.agent import EncoderAgent
 from dropstream.local_encoder.spool import Spool
-from tests.test_encoder_support import (
+from tests.encoder_support import (
     consume_all,
     eeg_track,
     load_eeg,

@@ -15,7 +15,7 @@ import pytest
 
 from dropstream.broker.embedded import free_port
 from dropstream.local_encoder.spool import Spool
-from tests.test_encoder_support import (
+from tests.encoder_support import (
     consume_all,
     eeg_track,
     load_eeg,

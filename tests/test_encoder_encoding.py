@@ -13,7 +13,7 @@ from dropstream.local_encoder.encoder import WindowEncoder
 from dropstream.local_encoder.first_layer import PrivacyGuardError
 from dropstream.local_encoder.spool import Spool
 from dropstream.local_encoder.windowing import Window, WindowBuffer
-from tests.test_encoder_support import load_eeg, make_bundle, save_bundle
+from tests.encoder_support import load_eeg, make_bundle, save_bundle
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,7 @@ from dropstream.broker.wire import ActivationMessage, decode_activation, encode_
 from dropstream.local_encoder.agent import EncoderAgent
 from dropstream.local_encoder.preprocessing import filter_signal, normalise
 from dropstream.local_encoder.spool import Spool
-from tests.test_encoder_agent import expected_windows, wait_until
-from tests.test_encoder_support import (
+from tests.encoder_support import (
     PREPROCESSING,
     consume_all,
     eeg_track,
@@ -35,6 +34,7 @@ from tests.test_encoder_support import (
     start_replay,
     unique_source,
 )
+from tests.test_encoder_agent import expected_windows, wait_until
 
 RUN_BYTES = 8  # consecutive samples searched for as bytes
 RUN_CORR = 16  # consecutive values checked for correlation

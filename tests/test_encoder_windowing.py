@@ -8,7 +8,7 @@ import pytest
 from dropstream.local_encoder.bundle import BundleError
 from dropstream.local_encoder.preprocessing import PreprocessingError, filter_signal, prepare_window
 from dropstream.local_encoder.windowing import WindowBuffer
-from tests.test_encoder_support import PREPROCESSING, load_eeg, make_bundle
+from tests.encoder_support import PREPROCESSING, load_eeg, make_bundle
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from dropstream.cli import main
-from dropstream.inference.datasets import DatasetError, load_ts, load_uea, windows_from_recordings
+from dropstream.inference.datasets import (
+    DatasetError,
+    load_ts,
+    load_uea,
+    ts_sample_rate,
+    windows_from_recordings,
+)
 from dropstream.inference.head import ServerModel
 from dropstream.inference.training import (
     TrainConfig,
@@ -114,8 +120,36 @@ def test_load_ts_parses_official_split(data_dir: Path, tmp_path: Path) -> None:
     bad.write_text("@problemName x\n@data\n1,2,x:4,5,6:a\n")
     with pytest.raises(DatasetError, match="not a number"):
         load_ts(bad)
-    with pytest.raises(DatasetError, match="sample rate"):
+    with pytest.raises(DatasetError, match="does not exist"):
         load_uea("Unknown", tmp_path)
+
+
+def test_uea_sample_rate_comes_from_the_files_or_is_a_clear_error(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # Blink declares @equalLength false, yet every case is 4 x 510: the lengths read decide
+    tr, te = load_uea("Blink", data_dir / "uea")
+    assert tr.meta["header"]["equallength"] == "false"
+    assert tr.X.shape == (500, 4, 510) and te.X.shape == (450, 4, 510)
+    assert tr.sfreq == te.sfreq == 255.0  # "sampled at 255Hz" in the header comments
+    assert set(tr.y) == {"LongBlink", "ShortBlink"}
+    # SCP1 states its rate in prose too; the fallback table agrees
+    assert load_uea("SelfRegulationSCP1", data_dir / "uea")[0].sfreq == 256.0
+    assert ts_sample_rate({"#": "recorded at 1000 Hz, then downsampled at 100 Hz"}) == 100.0
+    assert ts_sample_rate({"samplerate": "128"}) == 128.0
+    rows = "@problemName p\n@equalLength false\n@data\n1,2,3:4,5,6:a\n1,2,3:4,5,6:b\n"
+    for split in ("TRAIN", "TEST"):
+        (tmp_path / f"P_{split}.ts").write_text(rows)
+    with pytest.raises(DatasetError, match="sample rate.*--sfreq"):
+        load_uea("P", tmp_path)
+    assert load_uea("P", tmp_path, sfreq=50.0)[0].sfreq == 50.0
+    (tmp_path / "P_TEST.ts").write_text("# sampled at 10 Hz\n" + rows)
+    (tmp_path / "P_TRAIN.ts").write_text("# sampled at 20 Hz\n" + rows)
+    with pytest.raises(DatasetError, match="different sample rates"):
+        load_uea("P", tmp_path)
+    (tmp_path / "P_TRAIN.ts").write_text(rows.replace("1,2,3:4,5,6:b", "1,2:4,5:b"))
+    with pytest.raises(DatasetError, match="equalLength false.*pad or cut"):
+        load_uea("P", tmp_path)
 
 
 def test_windows_take_the_label_of_the_overlapping_annotation(data_dir: Path) -> None:
@@ -222,3 +256,17 @@ def test_novelty_from_an_annotated_baseline_names_its_labels(
         report = json.loads(capsys.readouterr().out)
         assert report["normal_windows"] == 481 and out.exists()
         assert "95% CI" in report["threshold"]
+
+
+def test_cli_trains_any_uea_problem_with_its_rate(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dropstream.local_encoder.bundle import load_device_bundle
+
+    out = tmp_path / "blink.dsb"
+    common = ["--uea-dir", str(data_dir / "uea"), "--width", "64", "--keep", "16"]
+    rc = main(["train", "--uea", "Blink", *common, "--epochs", "1", "--quiet", "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["sfreq"] == 255.0  # from the .ts header
+    bundle = load_device_bundle(out)
+    assert (bundle.sfreq, bundle.window_samples, bundle.n_channels) == (255.0, 510, 4)

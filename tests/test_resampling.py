@@ -29,7 +29,7 @@ from dropstream.local_encoder.resampling import (
     decimation_factor,
 )
 from dropstream.local_encoder.windowing import WindowBuffer
-from tests.test_encoder_support import (
+from tests.encoder_support import (
     PREPROCESSING,
     make_bundle,
     start_replay,
@@ -259,5 +259,3 @@ def test_cli_trains_a_500hz_model_from_a_1000hz_recording(data_dir, tmp_path, ca
     buf = WindowBuffer(bundle, list(ecg.info.channel_names), STREAM_HZ)
     windows = buf.push(ecg.data[:10_000], np.arange(10_000) / STREAM_HZ)
     assert len(windows) == 10 and windows[0].data.shape == (1, 500)
-    rc = main(["train", "--uea", "FingerMovements", "--sfreq", "50"] + common)
-    assert rc == 1 and "--sfreq applies to --recording" in capsys.readouterr().err

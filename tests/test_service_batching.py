@@ -138,7 +138,7 @@ def test_layouts_of_one_model_merge_in_batch_order():
         np.testing.assert_array_equal(merged.dense()[j], decode_activation(r).dense())
 
 
-def test_wall_and_recording_offsets_match_the_reference_decoder():
+def test_wall_times_and_recording_offsets_match_the_reference_decoder():
     msgs = [message(i, recording_time=(3.5 + i if i % 2 else None)) for i in range(6)]
     bad = encode_activation(message(9, recording_time=1.0))[:-8] + b"\x00" * 7 + b"\xff"
     raw = [encode_activation(m) for m in msgs] + [bad]
@@ -147,7 +147,7 @@ def test_wall_and_recording_offsets_match_the_reference_decoder():
     (g,) = out.groups
     for j, row in enumerate(g.rows.tolist()):
         ref = decode_activation(raw[row])
-        assert g.window_start_lsl[j] + g.wall_offset[j] == ref.wall_time
+        assert g.wall_time[j] == ref.wall_time
         if ref.recording_time is None:
             assert np.isnan(g.recording_offset[j])
         else:

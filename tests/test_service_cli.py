@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from dropstream.broker.alert_message import AlertMessage, decode_alert, make_alert_id
 from dropstream.broker.clients import make_producer
@@ -58,3 +59,27 @@ def test_alerts_table_json_and_device_filter(kafka_config):
     assert table[0].split()[:4] == ["produced", "(UTC)", "status", "alert"]
     assert len(table) == 4  # header + 3 distinct updates (the duplicate is shown once)
     assert sum(sent[0].alert_id in row for row in table) == 2
+
+
+def test_serve_stopped_while_loading_exits_cleanly(tmp_path):
+    """SIGTERM while torch and the bundle load (a rolling restart) ends serve with exit 0."""
+    import signal
+
+    from dropstream.inference.demo import DEMO_BUNDLE
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dropstream", "serve", "--bundle", str(DEMO_BUNDLE),
+         "--bootstrap", "127.0.0.1:9", "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    # Wait until the CLI handles SIGTERM (Linux: bit 15 of SigCgt), i.e. it is loading now.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        caught = next(ln for ln in status.splitlines() if ln.startswith("SigCgt")).split()[1]
+        if int(caught, 16) & (1 << (signal.SIGTERM - 1)):
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out

@@ -23,11 +23,11 @@ from dropstream.inference.demo import (
     DEMO_ALERTS,
     DEMO_BUNDLE,
     DEMO_RECORDING,
-    encode_recording,
     read_recording,
     reference_alerts,
 )
 from dropstream.local_encoder.bundle import load_device_bundle
+from dropstream.local_encoder.simulated import encode_recording
 
 N_DEVICES = 6
 PHASE_1 = 45  # windows per device before the kill: the first anomaly's events are open

@@ -18,7 +18,6 @@ from dropstream.inference.demo import (
     DEMO_ALERTS,
     DEMO_BUNDLE,
     DEMO_RECORDING,
-    encode_recording,
     read_recording,
     reference_alerts,
 )
@@ -29,6 +28,7 @@ from dropstream.inference.service import (
     ServiceSettings,
 )
 from dropstream.local_encoder.bundle import load_device_bundle
+from dropstream.local_encoder.simulated import encode_recording
 
 
 @pytest.fixture(scope="module")

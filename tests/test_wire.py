@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from dropstream.broker.wire import (
     HEADER_BYTES,
     MAX_MESSAGE_BYTES,
+    MAX_SPAN_S,
     ActivationMessage,
     WireFormatError,
     decode_activation,
@@ -36,6 +37,8 @@ def messages(draw: st.DrawFn) -> ActivationMessage:
         draw(st.lists(st.floats(-60000, 60000, width=16), min_size=keep, max_size=keep)),
         dtype=np.float32,
     )
+    sfreq = draw(st.floats(0.001, 1e6))
+    longest = int(MAX_SPAN_S * sfreq)  # samples in the longest window or hop accepted
     return ActivationMessage(
         model_id=draw(ident),
         model_version=draw(st.integers(0, 2**32 - 1)),
@@ -44,9 +47,9 @@ def messages(draw: st.DrawFn) -> ActivationMessage:
         sequence=draw(st.integers(0, 2**64 - 1)),
         lsl_time=draw(st.floats(-1e9, 1e9)),
         wall_time=draw(st.floats(0, 4e9)),
-        sfreq=draw(st.floats(0.001, 1e6)),
-        window_samples=draw(st.integers(1, 2**32 - 1)),
-        hop_samples=draw(st.integers(1, 2**32 - 1)),
+        sfreq=sfreq,
+        window_samples=draw(st.integers(1, min(2**32 - 1, longest + 1))),
+        hop_samples=draw(st.integers(1, max(1, min(2**32 - 1, longest)))),
         width=width,
         indices=idx,
         values=values,
@@ -229,3 +232,26 @@ def test_recording_time_travels_only_when_set_and_old_readers_see_an_unknown_fla
     bad = replayed[:-8] + struct.pack("<d", -1.0)
     with pytest.raises(WireFormatError, match="recording time"):
         decode_activation(bad)
+
+
+@pytest.mark.parametrize(
+    ("offset", "fmt", "value", "reason"),
+    [
+        (34, "<d", 5e-324, "sample rate"),  # made the window end overflow (issue 15)
+        (34, "<d", 2e6, "sample rate"),
+        (42, "<I", 2**32 - 1, "last over"),  # 199 days at 250 Hz
+        (46, "<I", 2**32 - 1, "last over"),
+        (18, "<d", 1e300, "out of range"),
+        (26, "<d", -1.0, "out of range"),
+        (26, "<d", float("nan"), "out of range"),
+    ],
+)
+def test_both_decoders_refuse_fields_out_of_range(offset, fmt, value, reason) -> None:
+    from dropstream.inference.batching import decode_batch
+
+    bad = _patch(GOOD, offset, fmt, value)
+    with pytest.raises(WireFormatError, match=reason):
+        decode_activation(bad)
+    batch = decode_batch([GOOD, bad])
+    assert batch.n_windows == 1 and [r for r, _ in batch.rejected] == [1]
+    assert reason in batch.rejected[0][1]

@@ -16,7 +16,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; exit code 0 when every known anomaly was alerted and nothing else."""
+    from dropstream.commands.alerts import format_alert, table_header
     from dropstream.inference.demo import run_demo
 
-    summary = run_demo(speed=args.speed, emit=lambda line: print(line, flush=True))
+    summary = run_demo(
+        speed=args.speed,
+        emit=lambda line: print(line, flush=True),
+        alert_row=format_alert,
+        alert_header=table_header(),
+    )
     return 0 if summary.ok else 1

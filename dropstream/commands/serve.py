@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 from dataclasses import fields
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dropstream.inference.service import InferenceService
 
 HELP = "score activation windows (consumer group, micro-batching, CUDA if present) and alert"
 
@@ -41,8 +46,37 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="torch CPU threads (default 1: leaves the cores to the Kafka client; 0: torch's own)",
     )
     add_alert_arguments(parser)
+    r = parser.add_argument_group("hostile input and bounded state (defaults: ServiceSettings')")
+    r.add_argument(
+        "--freshness-s",
+        type=float,
+        default=unset,
+        help="refuse windows whose wall-clock start is older than this (replays, long outages)",
+    )
+    r.add_argument(
+        "--device-rate",
+        type=float,
+        default=unset,
+        help="windows per second one device may send on average (the rest: dead letters)",
+    )
+    r.add_argument(
+        "--device-burst", type=float, default=unset, help="windows a device may send at once"
+    )
+    r.add_argument("--max-streams", type=int, default=unset, help="most streams held in memory")
+    r.add_argument(
+        "--idle-forget-s",
+        type=float,
+        default=unset,
+        help="forget streams with nothing in progress after this long silent",
+    )
     o = parser.add_argument_group("observability")
     o.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    o.add_argument(
+        "--metrics-addr",
+        default="127.0.0.1",
+        help="address the metrics endpoint binds (default 127.0.0.1: this host only; "
+        "0.0.0.0 for every interface)",
+    )
     o.add_argument("--log-interval-s", type=float, default=unset, help="seconds between log lines")
     o.add_argument("--max-seconds", type=float, help="stop after this long (default: run forever)")
     add_client_arguments(parser)
@@ -84,7 +118,26 @@ def add_alert_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``dropstream serve`` until Ctrl-C / SIGTERM."""
+    """Run ``dropstream serve`` until Ctrl-C / SIGTERM.
+
+    A stop asked for while torch and the model are still loading ends the process cleanly
+    (exit 0): nothing was consumed yet, so nothing is lost.
+    """
+    try:
+        service = _start(args)
+    except KeyboardInterrupt:
+        print("stopped before serving: nothing was consumed", file=sys.stderr)
+        return 0
+    signal.signal(signal.SIGTERM, lambda *_: service.stop())
+    try:
+        service.run(max_seconds=args.max_seconds)
+    except KeyboardInterrupt:
+        service.stop()
+    return 0
+
+
+def _start(args: argparse.Namespace) -> InferenceService:
+    """Import the server side (torch), load the bundle and build the service."""
     from dropstream.broker.config import ClientConfig
     from dropstream.inference.service import InferenceService, ServiceSettings
 
@@ -95,13 +148,7 @@ def run(args: argparse.Namespace) -> int:
     config = ClientConfig.from_args(args)
     given = {f.name: getattr(args, f.name) for f in fields(ServiceSettings) if f.name in args}
     given["torch_threads"] = args.torch_threads or None
-    settings = ServiceSettings(**given)
-    service = InferenceService(config, args.bundle, settings)
+    service = InferenceService(config, args.bundle, ServiceSettings(**given))
     if args.metrics_port:
-        service.metrics.serve_http(args.metrics_port)
-    signal.signal(signal.SIGTERM, lambda *_: service.stop())
-    try:
-        service.run(max_seconds=args.max_seconds)
-    except KeyboardInterrupt:
-        service.stop()
-    return 0
+        service.metrics.serve_http(args.metrics_port, addr=args.metrics_addr)
+    return service

@@ -4,6 +4,7 @@ Examples::
 
     # supervised, UEA problem with its official TRAIN split (TEST is only reported)
     dropstream train --uea SelfRegulationSCP1 -o scp1.dsb
+    dropstream train --uea Blink -o blink.dsb          # rate (255 Hz) read from the .ts header
 
     # supervised, continuous recordings whose annotations label the windows
     dropstream train --recording a.fif --recording b.fif --window 1.0 --hop 1.0 -o m.dsb
@@ -54,8 +55,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="HZ",
-        help="model sample rate in Hz (recordings; default: theirs); recordings at an integer "
-        "multiple are decimated to it, and the device decimates such streams the same way",
+        help="recordings: model sample rate (default: theirs); recordings at an integer "
+        "multiple are decimated to it, and the device decimates such streams the same way. "
+        "UEA: the problem's sample rate (default: what its .ts files state, else the known "
+        "rate)",
     )
     src.add_argument("--window", type=float, default=1.0, help="window length in s (recordings)")
     src.add_argument("--hop", type=float, default=None, help="hop in s (default: the window)")
@@ -176,8 +179,6 @@ def run(args: argparse.Namespace) -> int:
 
     if bool(args.uea) == bool(args.recording):
         raise DropstreamError("give either --uea PROBLEM or one or more --recording PATH")
-    if args.uea and args.sfreq is not None:
-        raise DropstreamError("--sfreq applies to --recording only; UEA problems keep their rate")
     preprocessing = {
         "l_freq": args.l_freq,
         "h_freq": args.h_freq,
@@ -188,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(**given, preprocessing=preprocessing, progress=not args.quiet)
     test = None
     if args.uea:
-        train, test = load_uea(args.uea, args.uea_dir)
+        train, test = load_uea(args.uea, args.uea_dir, sfreq=args.sfreq)
     else:
         hop = args.hop if args.hop is not None else args.window
         train = windows_from_recordings(
@@ -209,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         "hop_samples": train.hop_samples,
         "prefiltered": train.filtered,
     }
-    report: dict[str, object] = {"windows": int(train.X.shape[0])}
+    report: dict[str, object] = {"windows": int(train.X.shape[0]), "sfreq": train.sfreq}
     if args.novelty:
         normal = _normal_windows(train.y, args)
         model = train_novelty(train.X[normal], config, **common)

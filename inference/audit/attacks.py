@@ -40,6 +40,7 @@ import numpy as np
 from scipy import optimize
 
 from dropstream.local_encoder.first_layer import FirstLayer, draw_kept_units
+from dropstream.local_encoder.framing import window_starts
 
 #: Names of the numpy attacks in this module, strongest assumptions last.
 ATTACKS = ("naive", "ridge", "prior", "joint")
@@ -334,23 +335,6 @@ def naive_attack(layer: FirstLayer, messages: Messages, n_channels: int) -> np.n
     target = z - np.asarray(layer.bias, np.float64)[None, :]
     x, *_ = np.linalg.lstsq(w, target.T, rcond=1e-6)
     return x.T.reshape(len(messages), n_channels, -1).astype(np.float32)
-
-
-def window_starts(n_samples: int, window: int, hop: int) -> np.ndarray:
-    """Start sample of every full window of a stream (the device's framing)."""
-    if n_samples < window:
-        return np.zeros(0, np.int64)
-    return np.arange(0, n_samples - window + 1, hop, dtype=np.int64)
-
-
-def stream_windows(stream: np.ndarray, window: int, hop: int) -> np.ndarray:
-    """Cut a stream ``(C, L)`` into windows ``(N, C, T)`` at :func:`window_starts`."""
-    starts = window_starts(stream.shape[1], window, hop)
-    return (
-        np.stack([stream[:, s : s + window] for s in starts])
-        if starts.size
-        else (np.zeros((0, stream.shape[0], window), stream.dtype))
-    )
 
 
 def joint_attack(

@@ -25,11 +25,11 @@ from dropstream.inference.audit.attacks import (
     joint_attack,
     naive_attack,
     observe,
-    stream_windows,
 )
 from dropstream.inference.audit.metrics import BANDS, score
 from dropstream.local_encoder.bundle import DeviceBundle
 from dropstream.local_encoder.first_layer import FirstLayer
+from dropstream.local_encoder.framing import stream_windows
 from dropstream.local_encoder.preprocessing import (
     complete_preprocessing,
     filter_signal,
@@ -51,7 +51,7 @@ class AuditError(DropstreamError):
 def cut_windows(stream: np.ndarray, window: int, hop: int, demean: bool) -> np.ndarray:
     """Windows ``(N, C, T)`` float32 of a stream ``(C, L)`` as the first layer sees them.
 
-    Cut at the device's framing (:func:`~dropstream.inference.audit.attacks.stream_windows`) and,
+    Cut at the device's framing (:func:`~dropstream.local_encoder.framing.stream_windows`) and,
     when the model asks for it, demeaned per window and channel.
     """
     w = stream_windows(stream, window, hop)

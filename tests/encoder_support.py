@@ -21,6 +21,7 @@ from dropstream.broker.config import ClientConfig
 from dropstream.broker.wire import ActivationMessage, decode_activation
 from dropstream.local_encoder.bundle import DeviceBundle, write_bundle
 from dropstream.local_encoder.first_layer import FirstLayer
+from dropstream.local_encoder.framing import stream_windows
 from dropstream.local_encoder.preprocessing import filter_signal, fit_normalisation
 
 EEG_FILE = "eeg/eegmmidb_S001R02.edf"
@@ -50,8 +51,7 @@ def make_bundle(
     """A device bundle for ``data (n, C)`` with normalisation fitted on the filtered signal."""
     c = len(names)
     filtered = filter_signal(data.T, sfreq, PREPROCESSING)
-    n = (filtered.shape[1] - window) // hop + 1
-    windows = np.stack([filtered[:, i * hop : i * hop + window] for i in range(n)])
+    windows = stream_windows(filtered, window, hop)
     mean, std = fit_normalisation(windows, PREPROCESSING)
     rng = np.random.default_rng(7)
     weight = (rng.standard_normal((width, c * window)) / np.sqrt(c * window)).astype(np.float32)
