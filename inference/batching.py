@@ -16,7 +16,7 @@ validation for a whole batch at once:
   :class:`~dropstream.broker.wire.WireFormatError` message becomes the rejection reason. The fast
   path therefore never accepts anything the reference decoder rejects.
 
-:func:`scatter_dense` then writes the kept values of ``N`` windows into a zero ``(N, m)`` matrix
+:func:`scatter_dense` then writes the kept values of ``N`` windows into a NaN ``(N, m)`` matrix
 with one fancy-indexing assignment.
 """
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -140,7 +141,7 @@ class WindowGroup:
         )
 
     def dense(self) -> np.ndarray:
-        """Dense ``(n, m)`` float32 activations, zeros at dropped units."""
+        """Dense ``(n, m)`` float32 activations, NaN at dropped units (the head's input)."""
         return scatter_dense(self.indices, self.values, self.width)
 
 
@@ -157,13 +158,17 @@ class DecodedBatch:
         return sum(len(g) for g in self.groups)
 
 
-def scatter_dense(indices: np.ndarray, values: np.ndarray, width: int) -> np.ndarray:
-    """Scatter kept values ``(N, K)`` at ``indices`` ``(N, K)`` into a zero ``(N, m)`` matrix.
+def scatter_dense(
+    indices: np.ndarray, values: np.ndarray, width: int, fill: float = np.nan
+) -> np.ndarray:
+    """Scatter kept values ``(N, K)`` at ``indices`` ``(N, K)`` into an ``(N, m)`` matrix.
 
-    One numpy assignment, no loop over windows or values.
+    Dropped units hold ``fill``: NaN by default, which is how a head
+    (:class:`dropstream.inference.model.Head`) tells a dropped unit from a kept one (kept values
+    are finite: the wire refuses others). One numpy assignment, no loop over windows or values.
     """
     n = indices.shape[0]
-    out = np.zeros((n, width), np.float32)
+    out = np.full((n, width), fill, np.float32)
     out[np.arange(n)[:, None], indices] = values
     return out
 
@@ -212,7 +217,7 @@ class BatchDecoder:
         # layout key -> list of (row, header tuple, ids, index bytes, value bytes)
         layouts: dict[tuple, list] = {}
         unpack = HEADER.unpack_from
-        make_header = WireHeader._make
+        make_header = partial(tuple.__new__, WireHeader)  # WireHeader._make without its overhead
         for row, data in enumerate(payloads):
             if (
                 not isinstance(data, (bytes, bytearray))

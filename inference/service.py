@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -270,7 +271,12 @@ class InferenceService:
                 if not self._pending:
                     first_at = None
                 if now - last_lag >= 1.0:
-                    self._housekeeping(now)
+                    try:
+                        self._housekeeping(now)
+                    except KafkaError:
+                        raise
+                    except Exception:  # noqa: BLE001 - bookkeeping must not stop the service
+                        log.exception("housekeeping failed; going on")
                     last_lag = now
                 self.metrics.maybe_log()
             if self._pending:
@@ -409,12 +415,24 @@ class InferenceService:
             for row, reason in self.authenticator.check_batch(keys, values):
                 refused[row] = ("unauthenticated", reason)
         if self.limiter is not None:
-            allow, now, n_limited = self.limiter.allow, time.monotonic(), 0
-            for row, rec in enumerate(records):
-                if row not in refused and not allow(rec.key or b"", now):
-                    refused[row] = ("rate-limited", "")
-                    n_limited += 1
-            if n_limited:
+            keys = [r.key or b"" for r in records]
+            counts = Counter(
+                keys if not refused else (k for row, k in enumerate(keys) if row not in refused)
+            )
+            now, over = time.monotonic(), {}
+            for key, n in counts.items():
+                granted = self.limiter.take(key, n, now)
+                if granted < n:
+                    over[key] = granted  # its first ``granted`` windows pass
+            if over:
+                n_limited = 0
+                for row, key in enumerate(keys):
+                    if key in over and row not in refused:
+                        if over[key] > 0:
+                            over[key] -= 1
+                        else:
+                            refused[row] = ("rate-limited", "")
+                            n_limited += 1
                 self.metrics.rate_limit(n_limited)
                 rate = self.settings.device_rate
                 log.warning("%d windows over the rate limit (%g/s per device)", n_limited, rate)
@@ -455,15 +473,17 @@ class InferenceService:
         group = WindowGroup.concat(servable)
         ok = np.ones(len(group), bool)
         rows = group.rows.tolist()
-        for i, (row, device) in enumerate(zip(rows, group.device_id, strict=True)):
-            key = batch[row].key
-            if key != device.encode("utf-8"):
-                ok[i] = False
-                outbox.dead_letter(
-                    batch[row],
-                    "key-mismatch",
-                    f"Kafka key {key!r:.80} is not the device id {device!r} inside the message",
-                )
+        keys = [batch[row].key for row in rows]
+        # the key must be the device id: checked per distinct pair, per record only on a mismatch
+        if any(k != d.encode("utf-8") for k, d in set(zip(keys, group.device_id, strict=True))):
+            for i, (key, device) in enumerate(zip(keys, group.device_id, strict=True)):
+                if key != device.encode("utf-8"):
+                    ok[i] = False
+                    outbox.dead_letter(
+                        batch[rows[i]],
+                        "key-mismatch",
+                        f"Kafka key {key!r:.80} is not the device id {device!r} inside the message",
+                    )
         s = self.settings
         if s.freshness_s is not None:
             now = time.time()

@@ -48,7 +48,9 @@ def test_batch_matches_reference_decoder_and_dense():
         dense = g.dense()
         for j, row in enumerate(g.rows.tolist()):
             ref = decode_activation(raw[row])
-            np.testing.assert_array_equal(dense[j], ref.dense())
+            # NaN at the dropped units (the head's input), the message's values elsewhere
+            assert np.isnan(dense[j]).sum() == g.width - g.keep
+            np.testing.assert_array_equal(np.nan_to_num(dense[j]), ref.dense())
             assert (g.device_id[j], g.stream_id[j], int(g.sequence[j])) == (
                 ref.device_id,
                 ref.stream_id,
@@ -90,7 +92,11 @@ def test_non_finite_and_unsorted_arrays_are_rejected_in_batch():
 def test_scatter_dense():
     idx = np.array([[0, 2], [1, 3]])
     val = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
-    np.testing.assert_array_equal(scatter_dense(idx, val, 4), [[1, 0, 2, 0], [0, 3, 0, 4]])
+    nan = np.nan  # dropped units are NaN: the head tells them from kept zeros
+    np.testing.assert_array_equal(scatter_dense(idx, val, 4), [[1, nan, 2, nan], [nan, 3, nan, 4]])
+    np.testing.assert_array_equal(
+        scatter_dense(idx, val, 4, fill=0.0), [[1, 0, 2, 0], [0, 3, 0, 4]]
+    )
 
 
 GOOD = encode_activation(message(7, width=16, keep=4))
@@ -135,7 +141,10 @@ def test_layouts_of_one_model_merge_in_batch_order():
     assert merged.sequence.tolist() == list(range(9))
     assert merged.device_id == [m.device_id for m in msgs]
     for j, r in enumerate(raw):
-        np.testing.assert_array_equal(merged.dense()[j], decode_activation(r).dense())
+        np.testing.assert_array_equal(
+            np.nan_to_num(merged.dense()[j]), decode_activation(r).dense()
+        )
+
 
 
 def test_wall_times_and_recording_offsets_match_the_reference_decoder():
