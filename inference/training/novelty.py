@@ -9,8 +9,8 @@ the bundle as the calibration the server thresholds on.
 
 Calibration you can trust: overlapping windows (hop < window) share samples, so a random
 hold-out would score windows the network has almost seen and set the threshold too low. The
-held-out windows are therefore the *last* ``val_fraction`` of the windows (in recording order),
-with the windows that overlap the fitted ones dropped at the boundary; at least
+held-out windows are therefore the *last* ``calibration_fraction`` (20 %) of the windows (in
+recording order), with the windows that overlap the fitted ones dropped at the boundary; at least
 ``config.min_calibration_windows`` of them are required, and the threshold's 95 % confidence
 interval (moving-block bootstrap over the held-out scores, blocks as long as a window's
 overlap) is stored beside it.
@@ -90,9 +90,9 @@ def train_novelty(
     """Learn what normal windows look like and score novelty (Deep SVDD on dropped activations).
 
     Parameters are those of :func:`dropstream.inference.training.train_classifier` without
-    labels: ``X_normal`` holds only baseline (normal) windows. ``config.val_fraction`` of them is
-    held out for early stopping and for the calibration (quantiles of held-out scores) stored in
-    ``head_config["calibration"]``.
+    labels: ``X_normal`` holds only baseline (normal) windows. ``config.calibration_fraction`` of
+    them (the last ones) is held out for early stopping and for the calibration (quantiles of
+    held-out scores) stored in ``head_config["calibration"]``.
 
     Returns
     -------
@@ -105,7 +105,7 @@ def train_novelty(
     if X.shape[0] < 10:
         raise TrainingError(f"need at least 10 normal windows to learn normal; got {X.shape[0]}")
     run = start(X, config, channel_names, channel_types, hop_samples)
-    fraction = max(config.val_fraction, 0.1)
+    fraction = config.calibration_fraction
     overlap = int(np.ceil(run.samples / run.hop)) - 1  # windows sharing samples with a window
     fit_idx, val_idx = tail_split(run.n, fraction, overlap)
     need = int(config.min_calibration_windows)
