@@ -39,7 +39,7 @@ from dropstream.inference.metrics import ServiceMetrics
 from dropstream.inference.outbox import Outbox
 from dropstream.inference.scoring import Scorer, policy_for
 from dropstream.inference.settings import ServiceSettings
-from dropstream.inference.streams import ScoredBatch, StreamTracker, StreamUpdate
+from dropstream.inference.streams import StreamTracker, StreamUpdate
 from dropstream.local_encoder.simulated import encode_recording
 
 
@@ -166,19 +166,7 @@ def evaluate_recording(
     keys = list(zip(group.device_id, group.stream_id, strict=True))
     tracker.admit(keys, group.sequence.tolist(), lambda i: 0)
     scores, top = scorer(group.dense())
-    batch = ScoredBatch(
-        group.rows.tolist(),
-        keys,
-        group.sequence.tolist(),
-        scores.tolist(),
-        group.window_start_lsl.tolist(),
-        group.window_end_lsl.tolist(),
-        group.hop_s.tolist(),
-        [None] * len(group) if top is None else top.tolist(),
-        (group.wall_time - group.window_start_lsl).tolist(),
-        group.recording_offset.tolist(),
-        tracker.drift_statistic(group.indices, group.values).tolist(),
-    )
+    batch = tracker.batch_of(group, scores, top)
     updates: list[StreamUpdate] = []
     tracker.feed(batch, 0.0, updates)
     if keys:

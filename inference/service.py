@@ -529,20 +529,7 @@ class InferenceService:
                 )
             group, scores = group.take(finite), scores[finite]
             classes = None if classes is None else classes[finite]
-        # python scalars converted once per batch, not a numpy scalar per window and field
-        return ScoredBatch(
-            group.rows.tolist(),
-            list(zip(group.device_id, group.stream_id, strict=True)),
-            group.sequence.tolist(),
-            scores.tolist(),
-            group.window_start_lsl.tolist(),
-            group.window_end_lsl.tolist(),
-            group.hop_s.tolist(),
-            [None] * len(group) if classes is None else classes.tolist(),
-            (group.wall_time - group.window_start_lsl).tolist(),
-            group.recording_offset.tolist(),
-            self.streams.drift_statistic(group.indices, group.values).tolist(),
-        )
+        return self.streams.batch_of(group, scores, classes)
 
     def _expire_stale(self, now: float) -> None:
         """Close the events of streams that went silent, then commit past them."""

@@ -45,6 +45,7 @@ from typing import NamedTuple
 import numpy as np
 
 from dropstream.inference.alerting import AlertEvent, AlertPolicy, EventDetector
+from dropstream.inference.batching import WindowGroup
 from dropstream.inference.drift import DriftMonitor, DriftReference
 from dropstream.inference.metrics import ServiceMetrics
 
@@ -372,6 +373,25 @@ class StreamTracker:
         if self.drift is None:
             return np.full(len(indices), np.nan)
         return self.drift.statistic(indices, values)
+
+    def batch_of(
+        self, group: WindowGroup, scores: np.ndarray, classes: np.ndarray | None
+    ) -> ScoredBatch:
+        """The :class:`ScoredBatch` of a decoded group and its scores (and top classes), with
+        the clock offsets and drift statistics; python scalars converted once per batch."""
+        return ScoredBatch(
+            group.rows.tolist(),
+            list(zip(group.device_id, group.stream_id, strict=True)),
+            group.sequence.tolist(),
+            scores.tolist(),
+            group.window_start_lsl.tolist(),
+            group.window_end_lsl.tolist(),
+            group.hop_s.tolist(),
+            [None] * len(group) if classes is None else classes.tolist(),
+            (group.wall_time - group.window_start_lsl).tolist(),
+            group.recording_offset.tolist(),
+            self.drift_statistic(group.indices, group.values).tolist(),
+        )
 
     def _watch_drift(
         self,
