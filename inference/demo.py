@@ -182,6 +182,7 @@ def run_demo(
     tolerance_s: float = 1.0,
     alert_row: Callable[[AlertMessage], str] = str,
     alert_header: str | None = None,
+    seed: int | None = None,
 ) -> DemoSummary:
     """Run the whole pipeline offline and return its summary (see the module docstring).
 
@@ -200,6 +201,9 @@ def run_demo(
         of ``dropstream alerts``; this layer does not import the CLI).
     alert_header : str, optional
         Emitted once before the first alert line.
+    seed : int | None
+        Seed of the device's keep masks, for tests that reproduce the run offline
+        (``dropstream evaluate --seed``); ``None``: OS entropy, as on a real device.
     """
 
     from dropstream.acquisition.inlet import LiveStream
@@ -265,7 +269,7 @@ def run_demo(
         replay = RecordingReplay([recording], speed=speed, source_id=source_id).start()
         inlet = LiveStream.connect(source_id=source_id, timeout=10.0)
         spool = Spool(Path(tmp) / "spool")
-        agent = EncoderAgent(device_bundle, inlet, config, spool, device_id=DEMO_DEVICE)
+        agent = EncoderAgent(device_bundle, inlet, config, spool, device_id=DEMO_DEVICE, seed=seed)
         agent.start()
         emit(
             f"replaying {Path(recording).name} ({samples.shape[1] / sfreq:.0f} s, "

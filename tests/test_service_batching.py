@@ -146,7 +146,6 @@ def test_layouts_of_one_model_merge_in_batch_order():
         )
 
 
-
 def test_wall_times_and_recording_offsets_match_the_reference_decoder():
     msgs = [message(i, recording_time=(3.5 + i if i % 2 else None)) for i in range(6)]
     bad = encode_activation(message(9, recording_time=1.0))[:-8] + b"\x00" * 7 + b"\xff"
