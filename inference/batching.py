@@ -35,11 +35,15 @@ from dropstream.broker.wire import (
     HEADER,
     HEADER_BYTES,
     MAX_MESSAGE_BYTES,
+    MAX_UNENCODED_S,
     RECORDING_TIME,
+    UNENCODED,
     WireFormatError,
     WireHeader,
     check_header,
     decode_activation,
+    header_bytes,
+    trailer_bytes,
 )
 
 _IDS_CACHE_LIMIT = 100_000
@@ -217,6 +221,7 @@ class BatchDecoder:
         # layout key -> list of (row, header tuple, ids, index bytes, value bytes)
         layouts: dict[tuple, list] = {}
         unpack = HEADER.unpack_from
+        unpack_unencoded = UNENCODED.unpack_from
         make_header = partial(tuple.__new__, WireHeader)  # WireHeader._make without its overhead
         for row, data in enumerate(payloads):
             if (
@@ -236,21 +241,28 @@ class BatchDecoder:
             a, b, c = h.n_model, h.n_device, h.n_stream
             isz = 2 if width <= 65536 else 4
             vsz = 4 if flags & FLAG_FLOAT32 else 2
-            pos = HEADER_BYTES + a + b + c
-            end = pos + keep * (isz + vsz)
-            recording = math.nan
+            start = header_bytes(h.version)
+            pos = start + a + b + c
+            end = len(data) - trailer_bytes(h.version)
+            recording, bad_time = math.nan, False
             if flags & FLAG_RECORDING_TIME:
-                if len(data) != end + RECORDING_TIME.size:
-                    rejected.append((row, _reason(data)))
-                    continue
-                (recording,) = RECORDING_TIME.unpack_from(data, end)
-                if not (math.isfinite(recording) and recording >= 0.0):
-                    rejected.append((row, _reason(data)))
-                    continue
-            elif len(data) != end:
+                end -= RECORDING_TIME.size
+                if end < pos:
+                    bad_time = True
+                else:
+                    (recording,) = RECORDING_TIME.unpack_from(data, end)
+                    bad_time = not (math.isfinite(recording) and recording >= 0.0)
+            if (
+                bad_time
+                or end != pos + keep * (isz + vsz)
+                or (
+                    h.version == 2
+                    and not 0.0 <= unpack_unencoded(data, HEADER_BYTES)[0] <= MAX_UNENCODED_S
+                )
+            ):
                 rejected.append((row, _reason(data)))
                 continue
-            ids = self._ids.get(bytes(data[HEADER_BYTES:pos]), a, b)
+            ids = self._ids.get(bytes(data[start:pos]), a, b)
             if ids is None:
                 rejected.append((row, _reason(data)))
                 continue

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from dropstream.broker.auth import DeviceKey
 from dropstream.broker.wire import ActivationMessage
 from dropstream.local_encoder.bundle import DeviceBundle
 from dropstream.local_encoder.encoder import WindowEncoder
@@ -31,6 +32,7 @@ def encode_recording(
     sfreq: float | None = None,
     channel_names: Sequence[str] | None = None,
     recording_clock: Callable[[float], float | None] | None = None,
+    key: DeviceKey | None = None,
 ) -> list[tuple[ActivationMessage, bytes]]:
     """Encode a whole recording as the device does.
 
@@ -53,12 +55,18 @@ def encode_recording(
     recording_clock : callable, optional
         ``recording_clock(lsl_time)``: seconds into the recording, sent with each window (see
         :class:`~dropstream.local_encoder.encoder.WindowEncoder`).
+    key : DeviceKey, optional
+        Sign every message with this device key, as the agent does (its id must be
+        ``device_id``); without it the messages carry a zeroed tag, which a service that
+        authenticates refuses.
 
     Returns
     -------
     list of (ActivationMessage, bytes)
         One message per window with its wire bytes, sequence numbers from 0.
     """
+    if key is not None and key.device_id != device_id:
+        raise ValueError(f"the key is for device {key.device_id!r}, not {device_id!r}")
     rate = float(sfreq or bundle.sfreq)
     samples = np.asarray(samples)
     stamps = lsl_start + np.arange(samples.shape[1]) / rate
@@ -68,5 +76,6 @@ def encode_recording(
     out = []
     for seq, window in enumerate(windows):
         msg = encoder.encode(window, seq, time.time())
-        out.append((msg, encoder.to_bytes(msg)))
+        raw = encoder.to_bytes(msg)
+        out.append((msg, raw if key is None else key.sign(raw)))
     return out

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dropstream.broker.wire import (
+    TAG_BYTES,
     ActivationMessage,
     WireFormatError,
     decode_activation,
@@ -78,15 +79,28 @@ def test_rejects_carry_the_reference_reason_and_keep_the_rest():
 def test_non_finite_and_unsorted_arrays_are_rejected_in_batch():
     m = message(2, keep=4, width=8)
     raw = bytearray(encode_activation(m, "float32"))
+    end = len(raw) - TAG_BYTES  # the values end before the authentication tag
     nan = bytearray(raw)
-    nan[-4:] = np.float32(np.nan).tobytes()
+    nan[end - 4 : end] = np.float32(np.nan).tobytes()
     unsorted = bytearray(raw)
-    k0 = len(raw) - 4 * 4 - 4 * 2  # start of the indices
+    k0 = end - 4 * 4 - 4 * 2  # start of the indices
     unsorted[k0 : k0 + 4] = np.array([3, 1], "<u2").tobytes()
     out = decode_batch([bytes(raw), bytes(nan), bytes(unsorted)])
     assert [r for r, _ in out.rejected] == [1, 2]
     assert "finite" in out.rejected[0][1]
     assert "strictly increasing" in out.rejected[1][1]
+
+
+def test_versions_1_and_2_decode_alike_in_one_batch():
+    m = message(3)
+    v1, v2 = encode_activation(m, version=1), encode_activation(m)
+    bad = bytearray(v2)
+    bad[61:69] = np.float64(-1.0).tobytes()  # negative unencoded signal
+    out = decode_batch([v1, v2, bytes(bad)])
+    assert [r for r, _ in out.rejected] == [2] and "unencoded signal" in out.rejected[0][1]
+    (group,) = out.groups
+    np.testing.assert_array_equal(group.values[0], group.values[1])
+    assert group.sequence.tolist() == [m.sequence, m.sequence]
 
 
 def test_scatter_dense():

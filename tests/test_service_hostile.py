@@ -249,3 +249,35 @@ def test_a_flooding_device_is_rate_limited_and_the_others_are_served(
     assert service.metrics.rate_limited == 20 and dead_letter_kinds(service) == {"rate-limited": 20}
     assert all(r.key is None and SHA256_HEADER in dict(r.headers) for r in dead)
     assert newest == 9  # the windows over the rate never touched the stream
+
+
+def test_replayed_windows_are_refused_after_a_restart(kafka_config, recording_messages, tmp_path):
+    """Issue 15: after a serve restart, windows captured minutes earlier were accepted as new.
+    The high-water marks saved with the committed offsets make them duplicates after it."""
+    genuine = recording_messages["sim-0"][:30]
+    producer = make_producer(kafka_config)
+    for raw in genuine:
+        producer.send(kafka_config.activations_topic, key=b"sim-0", value=raw, partition=0)
+    producer.flush()
+    state = {"state_dir": str(tmp_path), "marks_interval_s": 0.0}
+    service, thread = start(kafka_config, **state)
+    wait_for(lambda: service.offsets.committed.get(next(iter(service.offsets.next), None)) == 30)
+    service.stop()
+    thread.join(15)
+    for raw in genuine[10:20]:  # an attacker re-injects captured windows, byte for byte
+        producer.send(kafka_config.activations_topic, key=b"sim-0", value=raw, partition=0)
+    producer.send(
+        kafka_config.activations_topic,
+        key=b"sim-0",
+        value=recording_messages["sim-0"][30],
+        partition=0,
+    )
+    producer.flush()
+    producer.close()
+    again, thread = start(kafka_config, **state)
+    wait_for(lambda: again.metrics.windows + again.metrics.duplicates >= 11)
+    time.sleep(0.5)
+    again.stop()
+    thread.join(15)
+    assert again.metrics.duplicates == 10  # the replays
+    assert again.metrics.windows == 1 and again.metrics.late == 0  # the next genuine window

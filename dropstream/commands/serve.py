@@ -64,6 +64,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     r.add_argument("--max-streams", type=int, default=unset, help="most streams held in memory")
     r.add_argument(
+        "--state-dir",
+        default=unset,
+        help="save per-stream high-water marks here, so windows replayed after a restart of "
+        "serve are refused (default: not saved)",
+    )
+    r.add_argument(
         "--idle-forget-s",
         type=float,
         default=unset,
