@@ -162,7 +162,8 @@ def test_layouts_of_one_model_merge_in_batch_order():
 
 def test_wall_times_and_recording_offsets_match_the_reference_decoder():
     msgs = [message(i, recording_time=(3.5 + i if i % 2 else None)) for i in range(6)]
-    bad = encode_activation(message(9, recording_time=1.0))[:-8] + b"\x00" * 7 + b"\xff"
+    good = encode_activation(message(9, recording_time=1.0))  # ... time (8 bytes), tag (32)
+    bad = good[:-40] + b"\x00" * 7 + b"\xff" + good[-32:]  # the time is NaN
     raw = [encode_activation(m) for m in msgs] + [bad]
     out = decode_batch(raw)
     assert [row for row, _ in out.rejected] == [6]  # NaN recording time

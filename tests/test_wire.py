@@ -237,9 +237,12 @@ def test_one_header_definition_names_every_struct_field():
 
 
 def test_recording_time_travels_only_when_set_and_old_readers_see_an_unknown_flag() -> None:
-    live = encode_activation(_example())
+    replayed = encode_activation(_example(recording_time=9.25))  # v2: time, then the tag
+    assert decode_activation(replayed).recording_time == 9.25
+    assert decode_activation(encode_activation(_example())).recording_time is None
+    live = encode_activation(_example(), version=1)  # v1: nothing after the values
+    replayed = encode_activation(_example(recording_time=9.25), version=1)
     assert decode_activation(live).recording_time is None
-    replayed = encode_activation(_example(recording_time=9.25))
     assert len(replayed) == len(live) + 8
     assert decode_activation(replayed).recording_time == 9.25
     assert replayed[5] & 0x02 and not live[5] & 0x02
