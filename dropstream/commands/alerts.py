@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 HELP = "follow the alert topic (a table, or --json lines; --device filters)"
 
-_COLUMNS = "{:<19} {:<6} {:<24} {:<12} {:<12} {:>17} {:>9} {:>9} {:>8} {:<10}  {}"
+_COLUMNS = "{:<19} {:<6} {:<24} {:<12} {:<12} {:>17} {:>9} {:>9} {:>8}  {:<40} {:<10}"
 
 
 def table_header() -> str:
@@ -35,8 +35,8 @@ def table_header() -> str:
         "score",
         "threshold",
         "lat. ms",
-        "signature",
         "device / stream",
+        "signature",
     )
 
 
@@ -49,8 +49,8 @@ def _clock(unix: float | None, lsl: float | None) -> str:
 
 def format_alert(msg: AlertMessage, verified: bool | None = None) -> str:
     """One table row for an alert update: UTC times, the span in the recording when the stream
-    is a replay, the signature check (``verified``; ``None``: not checked) and the full device
-    and stream ids."""
+    is a replay, the full device and stream ids (never cut; the column widens) and, last, the
+    signature check (``verified``; ``None``: not checked)."""
     produced = _dt.datetime.fromtimestamp(msg.produced_at, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
     span = ""
     if msg.recording_onset is not None:
@@ -66,8 +66,8 @@ def format_alert(msg: AlertMessage, verified: bool | None = None) -> str:
         f"{msg.score:.4g}",
         f"{msg.threshold:.4g}",
         f"{1000 * msg.detection_latency_s:.0f}",
-        "-" if verified is None else "verified" if verified else "UNVERIFIED",
         f"{msg.device_id} / {msg.stream_id}",
+        "-" if verified is None else "verified" if verified else "UNVERIFIED",
     )
 
 
