@@ -213,14 +213,46 @@ def _check_text(name: str, raw: bytes) -> str:
     return text
 
 
-def check_header(h: WireHeader) -> None:
+def check_header(h: tuple) -> None:
     """Validate the range of every fixed-header field; both decoders (and the encoder) use it.
+
+    Parameters
+    ----------
+    h : WireHeader or tuple
+        The header, or the plain tuple ``HEADER.unpack_from`` returns (the batch decoder's
+        case: no :class:`WireHeader` is built for a valid message).
 
     Raises
     ------
     WireFormatError
         Naming the first field out of range.
     """
+    # the common case in one expression (~0.3 us; the field-by-field checks below cost ~1 us)
+    (magic, version, flags, mver, seq, lsl, wall, sfreq, window, hop, width, keep, a, b, c) = h
+    if (  # comparisons are False for NaN and infinities: no separate isfinite checks needed
+        magic == MAGIC
+        and version in READABLE_VERSIONS
+        and not flags & ~FLAG_FLOAT32
+        and -MAX_ABS_LSL_TIME <= lsl <= MAX_ABS_LSL_TIME
+        and 0.0 <= wall <= MAX_WALL_TIME
+        and MIN_SFREQ <= sfreq <= MAX_SFREQ
+        and window >= 1
+        and hop >= 1
+        and window - 1 <= MAX_SPAN_S * sfreq
+        and hop <= MAX_SPAN_S * sfreq
+        and 1 <= keep <= width <= MAX_WIDTH
+        and 0 <= mver < 2**32
+        and 0 <= seq < 2**64
+        and a
+        and b
+        and c
+    ):
+        return
+    _header_error(WireHeader._make(h))
+
+
+def _header_error(h: WireHeader) -> None:
+    """Raise the :class:`WireFormatError` naming the first field of ``h`` out of range."""
     if h.magic != MAGIC:
         raise WireFormatError("not a dropstream activation message (bad magic)")
     if h.version not in READABLE_VERSIONS:
@@ -230,7 +262,6 @@ def check_header(h: WireHeader) -> None:
         )
     if h.flags & ~KNOWN_FLAGS:
         raise WireFormatError(f"unknown flags 0x{h.flags:02x}")
-    # comparisons are False for NaN and infinities: no separate isfinite checks needed
     if not (
         -MAX_ABS_LSL_TIME <= h.lsl_time <= MAX_ABS_LSL_TIME and 0.0 <= h.wall_time <= MAX_WALL_TIME
     ):
@@ -258,6 +289,7 @@ def check_header(h: WireHeader) -> None:
         raise WireFormatError("model version or sequence number out of range")
     if 0 in (h.n_model, h.n_device, h.n_stream):
         raise WireFormatError("model id, device id and stream id must be non-empty")
+    raise WireFormatError(f"header fields out of range: {h}")  # unreachable if both agree
 
 
 def _check_arrays(indices: np.ndarray, values: np.ndarray, width: int) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
 
@@ -47,6 +46,15 @@ from dropstream.broker.wire import (
 )
 
 _IDS_CACHE_LIMIT = 100_000
+# positions of the header fields in the tuple HEADER.unpack_from returns (from WireHeader's names)
+_F = {name: i for i, name in enumerate(WireHeader._fields)}
+_FVERSION, _FFLAGS, _FMVER, _FSEQ, _FLSL, _FWALL = (
+    _F[n] for n in ("version", "flags", "model_version", "sequence", "lsl_time", "wall_time")
+)
+_FSFREQ, _FWINDOW, _FHOP, _FWIDTH, _FKEEP = (
+    _F[n] for n in ("sfreq", "window_samples", "hop_samples", "width", "keep")
+)
+_FNMODEL, _FNDEVICE, _FNSTREAM = (_F[n] for n in ("n_model", "n_device", "n_stream"))
 
 
 @dataclass
@@ -222,7 +230,6 @@ class BatchDecoder:
         layouts: dict[tuple, list] = {}
         unpack = HEADER.unpack_from
         unpack_unencoded = UNENCODED.unpack_from
-        make_header = partial(tuple.__new__, WireHeader)  # WireHeader._make without its overhead
         for row, data in enumerate(payloads):
             if (
                 not isinstance(data, (bytes, bytearray))
@@ -231,19 +238,20 @@ class BatchDecoder:
             ):
                 rejected.append((row, _reason(data)))
                 continue
-            h = make_header(unpack(data))
+            h = unpack(data)  # a plain tuple in WireHeader order, read by the _F* indices
             try:
                 check_header(h)  # the reference decoder's own range checks
             except WireFormatError as exc:
                 rejected.append((row, str(exc)))
                 continue
-            flags, sfreq, lsl, width, keep = h.flags, h.sfreq, h.lsl_time, h.width, h.keep
-            a, b, c = h.n_model, h.n_device, h.n_stream
+            flags, sfreq, lsl, width, keep = h[_FFLAGS], h[_FSFREQ], h[_FLSL], h[_FWIDTH], h[_FKEEP]
+            a, b, c = h[_FNMODEL], h[_FNDEVICE], h[_FNSTREAM]
             isz = 2 if width <= 65536 else 4
             vsz = 4 if flags & FLAG_FLOAT32 else 2
-            start = header_bytes(h.version)
+            version = h[_FVERSION]
+            start = header_bytes(version)
             pos = start + a + b + c
-            end = len(data) - trailer_bytes(h.version)
+            end = len(data) - trailer_bytes(version)
             recording, bad_time = math.nan, False
             if flags & FLAG_RECORDING_TIME:
                 end -= RECORDING_TIME.size
@@ -256,7 +264,7 @@ class BatchDecoder:
                 bad_time
                 or end != pos + keep * (isz + vsz)
                 or (
-                    h.version == 2
+                    version == 2
                     and not 0.0 <= unpack_unencoded(data, HEADER_BYTES)[0] <= MAX_UNENCODED_S
                 )
             ):
@@ -267,18 +275,18 @@ class BatchDecoder:
                 rejected.append((row, _reason(data)))
                 continue
             split = pos + keep * isz
-            key = (ids[0], h.model_version, width, keep, isz, vsz)
+            key = (ids[0], h[_FMVER], width, keep, isz, vsz)
             layouts.setdefault(key, []).append(
                 (
                     row,
-                    h.sequence,
+                    h[_FSEQ],
                     lsl,
-                    lsl + (h.window_samples - 1) / sfreq,
-                    h.hop_samples / sfreq,
+                    lsl + (h[_FWINDOW] - 1) / sfreq,
+                    h[_FHOP] / sfreq,
                     ids,
                     data[pos:split],
                     data[split:end],
-                    h.wall_time,
+                    h[_FWALL],
                     recording - lsl,
                 )
             )

@@ -59,6 +59,8 @@ class Outbox:
         the difference of two machines' LSL clocks, which is meaningless).
     inline_bytes : int
         Dead letters whose key and value together exceed this are sent by reference.
+    signer : object with ``headers(key, value)``, optional
+        Signs every alert (``dropstream.broker.auth.AlertSigner``): its headers go with it.
     """
 
     def __init__(
@@ -71,8 +73,10 @@ class Outbox:
         kind: str,
         clock: Callable[[], float] = time.time,
         inline_bytes: int = 256 * 1024,
+        signer: Any = None,
     ) -> None:
         self.inline_bytes = int(inline_bytes)
+        self.signer = signer
         self.alerts_topic = alerts_topic
         self.dead_letter_topic = dead_letter_topic
         self.metrics = metrics
@@ -186,9 +190,9 @@ class Outbox:
             else max(0.0, ev.offset_time + rec),
         )
         self.metrics.alert(ev.status, latency)
-        self.pending.append(
-            OutgoingRecord(self.alerts_topic, ev.device_id.encode(), msg.to_json(), None)
-        )
+        key, value = ev.device_id.encode(), msg.to_json()
+        headers = self.signer.headers(key, value) if self.signer is not None else None
+        self.pending.append(OutgoingRecord(self.alerts_topic, key, value, headers))
         log.info(
             "alert %s %s device=%s stream=%s onset_seq=%d score=%.4g latency=%.1f ms",
             msg.alert_id,

@@ -81,6 +81,14 @@ __all__ = [
 log = logging.getLogger("dropstream.inference.service")
 
 
+class AlertSigning(Protocol):
+    """What the service needs of an alert signer (``dropstream.broker.auth.AlertSigner``)."""
+
+    def headers(self, key: bytes | None, value: bytes) -> list[tuple[str, bytes]]:
+        """The Kafka headers that sign ``value`` under ``key``."""
+        ...
+
+
 class Authenticator(Protocol):
     """What the service needs of an authenticator (e.g. ``dropstream.broker.auth.DeviceKeys``)."""
 
@@ -110,6 +118,8 @@ class InferenceService:
     authenticator : Authenticator, optional
         Checks every record before anything else (e.g. the device key store); refused records
         go to dead letters and never touch stream state.
+    signer : AlertSigning, optional
+        Signs every alert (e.g. ``dropstream.broker.auth.AlertSigner``: its headers go with it).
 
     Attributes
     ----------
@@ -130,6 +140,7 @@ class InferenceService:
         settings: ServiceSettings | None = None,
         metrics: ServiceMetrics | None = None,
         authenticator: Authenticator | None = None,
+        signer: AlertSigning | None = None,
     ) -> None:
         self.config = config
         self.settings = s = settings or ServiceSettings()
@@ -166,6 +177,7 @@ class InferenceService:
             self.model_version,
             self.policy.kind,
             inline_bytes=s.dead_letter_inline_bytes,
+            signer=signer,
         )
         self.limiter = (
             DeviceRateLimiter(s.device_rate, s.device_burst) if s.device_rate is not None else None

@@ -6,8 +6,9 @@ A bundle is a zip archive (suffix ``.dsb``) with three members:
     model id and version, window/stream settings, preprocessing, the head's configuration, and
     the SHA-256 of the two other members.
 ``device.npz``
-    first-layer ``weight`` (m, C*T) and ``bias`` (m,), and the normalisation ``norm_mean`` and
-    ``norm_std`` (per channel, applied after filtering).
+    first-layer ``weight`` (m, C*T) and ``bias`` (m,), the normalisation ``norm_mean`` and
+    ``norm_std`` (per channel, applied after filtering) and, for a noisy low-rank layer, the
+    noise mixing ``noise_mix`` (m, r).
 ``head.pt``
     the server part as a torch ``state_dict`` (read by :mod:`inference`, never on the device).
 
@@ -64,6 +65,10 @@ class DeviceBundle:
         Output labels of the head (for an anomaly model: ``("normal", "anomaly")``).
     head_config : dict
         Architecture of the server head, used by :mod:`inference` to rebuild it.
+    privacy : dict
+        The privacy defences the model was trained with (``defences``) and its privacy label
+        (``label``: floor r, strongest attack and its r on held-out windows; see
+        :mod:`dropstream.inference.audit.label`). Empty in bundles written before the label.
     checksum : str
         SHA-256 over the device and head members, as stored in the manifest.
     """
@@ -82,12 +87,31 @@ class DeviceBundle:
     norm_std: np.ndarray = field(default_factory=lambda: np.ones(0, np.float32))
     classes: tuple[str, ...] = ("normal", "anomaly")
     head_config: dict[str, Any] = field(default_factory=dict)
+    privacy: dict[str, Any] = field(default_factory=dict)
     checksum: str = ""
 
     @property
     def n_channels(self) -> int:
         """Number of channels ``C``."""
         return len(self.channel_names)
+
+    def privacy_line(self) -> str:
+        """One line on the model's defences and privacy label, for the device operator."""
+        d = self.privacy.get("defences") or {}
+        parts = [f"noise {self.layer.noise:g}"]
+        if d.get("rank"):
+            parts.append(f"rank {d['rank']}")
+        parts += [f"{k} {d[k]:g}" for k in ("nopeek", "adversary") if d.get(k)]
+        label = self.privacy.get("label") or {}
+        if not label:
+            what = "no privacy label (bundle written before labels); run 'dropstream audit'"
+        else:
+            what = (
+                f"label: strongest attack {label['strongest_attack']} reconstructs held-out "
+                f"windows with r={label['strongest_r']:.2f} (task floor r={label['floor_r']:.2f},"
+                f" excess {label['excess_r']:+.2f}; {label.get('windows', '?')} windows)"
+            )
+        return f"privacy: defences {', '.join(parts)}; {what}"
 
     def check_privacy(self) -> None:
         """Raise :class:`~dropstream.local_encoder.first_layer.PrivacyGuardError` if invertible."""
@@ -183,13 +207,15 @@ def write_bundle(path: str | Path, device: DeviceBundle, head_state: bytes) -> s
     """
     device.check_privacy()
     buf = io.BytesIO()
-    np.savez(
-        buf,
-        weight=device.layer.weight.astype(np.float32),
-        bias=device.layer.bias.astype(np.float32),
-        norm_mean=np.asarray(device.norm_mean, np.float32),
-        norm_std=np.asarray(device.norm_std, np.float32),
-    )
+    arrays = {
+        "weight": device.layer.weight.astype(np.float32),
+        "bias": device.layer.bias.astype(np.float32),
+        "norm_mean": np.asarray(device.norm_mean, np.float32),
+        "norm_std": np.asarray(device.norm_std, np.float32),
+    }
+    if device.layer.noise_mix is not None:
+        arrays["noise_mix"] = device.layer.noise_mix.astype(np.float32)
+    np.savez(buf, **arrays)
     device_bytes = buf.getvalue()
     checksum = _sha256(device_bytes, head_state)
     manifest = {
@@ -198,6 +224,7 @@ def write_bundle(path: str | Path, device: DeviceBundle, head_state: bytes) -> s
         "model_version": device.model_version,
         "activation": device.layer.activation,
         "negative_slope": device.layer.negative_slope,
+        "noise": float(device.layer.noise),
         "keep": device.keep,
         "sfreq": device.sfreq,
         "window_samples": device.window_samples,
@@ -207,6 +234,7 @@ def write_bundle(path: str | Path, device: DeviceBundle, head_state: bytes) -> s
         "preprocessing": device.preprocessing,
         "classes": list(device.classes),
         "head_config": device.head_config,
+        "privacy": device.privacy,
         "sha256": checksum,
     }
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -257,6 +285,8 @@ def load_bundle(path: str | Path) -> tuple[DeviceBundle, bytes]:
             bias=arrays["bias"],
             activation=m["activation"],
             negative_slope=float(m.get("negative_slope", 0.01)),
+            noise=float(m.get("noise", 0.0)),
+            noise_mix=arrays["noise_mix"] if "noise_mix" in arrays.files else None,
         )
         bundle = DeviceBundle(
             model_id=str(m["model_id"]),
@@ -273,6 +303,7 @@ def load_bundle(path: str | Path) -> tuple[DeviceBundle, bytes]:
             norm_std=arrays["norm_std"],
             classes=tuple(m.get("classes", ())),
             head_config=dict(m.get("head_config", {})),
+            privacy=dict(m.get("privacy") or {}),
             checksum=str(m["sha256"]),
         )
     except (KeyError, ValueError, TypeError) as exc:

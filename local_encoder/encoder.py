@@ -62,8 +62,9 @@ class WindowEncoder:
         self._rng = np.random.default_rng(seed)
 
     def activations(self, window: np.ndarray) -> np.ndarray:
-        """All ``m`` first-layer activations of a preprocessed window ``(C, T)`` (float32)."""
-        return self.bundle.layer.forward(window)
+        """All ``m`` first-layer activations of a preprocessed window ``(C, T)`` (float32), with
+        the layer's privacy noise drawn from the same OS-seeded generator as the mask."""
+        return self.bundle.layer.forward(window, self._rng)
 
     def encode(
         self, window: Window, sequence: int, wall_time: float, unencoded_s: float = 0.0

@@ -71,18 +71,35 @@ class FirstLayer:
         One of :data:`ACTIVATIONS`.
     negative_slope : float
         Slope of ``leaky_relu`` for negative inputs.
+    noise : float
+        Privacy noise: the device computes ``f(W x + b + noise * M e)`` with a fresh
+        ``e ~ N(0, I)`` per window from an unpredictable generator (0 = none).
+    noise_mix : numpy.ndarray or None, shape (m, r)
+        ``M``; ``None`` is the identity (independent noise per unit). A low-rank layer
+        ``W = A B`` stores ``A`` here, so the noise lives in the ``r`` projections.
     """
 
     weight: np.ndarray
     bias: np.ndarray
     activation: str = "relu"
     negative_slope: float = 0.01
+    noise: float = 0.0
+    noise_mix: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.weight.ndim != 2 or self.bias.shape != (self.weight.shape[0],):
             raise DropstreamError(
                 f"first layer weight must be (m, n) and bias (m,); got {self.weight.shape} "
                 f"and {self.bias.shape}"
+            )
+        if not (np.isfinite(self.noise) and self.noise >= 0):
+            raise DropstreamError(f"first layer noise must be finite and >= 0, not {self.noise}")
+        if self.noise_mix is not None and (
+            self.noise_mix.ndim != 2 or self.noise_mix.shape[0] != self.weight.shape[0]
+        ):
+            raise DropstreamError(
+                f"noise_mix must be (m, r) with m={self.weight.shape[0]}; "
+                f"got {self.noise_mix.shape}"
             )
         if self.activation not in ACTIVATIONS:
             raise DropstreamError(
@@ -109,11 +126,26 @@ class FirstLayer:
             return np.tanh(z)
         return 1.0 / (1.0 + np.exp(-z))
 
-    def forward(self, windows: np.ndarray) -> np.ndarray:
-        """Activations of a window ``(C, T)`` -> ``(m,)`` or a batch ``(N, C, T)`` -> ``(N, m)``."""
+    def forward(self, windows: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Activations of a window ``(C, T)`` -> ``(m,)`` or a batch ``(N, C, T)`` -> ``(N, m)``.
+
+        With ``rng`` the layer's privacy noise (if any) is drawn from it and added to the
+        pre-activations, as the device does; without, the noise-free map (for checks).
+        """
         x = np.asarray(windows, dtype=np.float32)
         flat = x.reshape(-1, self.n_inputs) if x.ndim == 3 else x.reshape(self.n_inputs)
-        return self.activate(flat @ self.weight.T + self.bias)
+        z = flat @ self.weight.T + self.bias
+        if rng is not None and self.noise > 0:
+            z = z + self.draw_noise(rng, z.shape[:-1])
+        return self.activate(z)
+
+    def draw_noise(self, rng: np.random.Generator, batch: tuple[int, ...] = ()) -> np.ndarray:
+        """``noise * M e`` for ``batch`` windows: shape ``(*batch, m)`` float32."""
+        if self.noise_mix is None:
+            e = rng.standard_normal((*batch, self.width), dtype=np.float32)
+            return self.noise * e
+        e = rng.standard_normal((*batch, self.noise_mix.shape[1]), dtype=np.float32)
+        return self.noise * (e @ self.noise_mix.T)
 
 
 def draw_kept_units(rng: np.random.Generator, width: int, keep: int) -> np.ndarray:

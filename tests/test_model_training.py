@@ -25,6 +25,7 @@ from dropstream.inference.training import (
     train_classifier,
     train_novelty,
 )
+from dropstream.local_encoder.bundle import load_device_bundle
 from dropstream.local_encoder.first_layer import draw_kept_units
 from dropstream.local_encoder.preprocessing import filter_signal
 
@@ -197,6 +198,8 @@ def test_cli_train_writes_bundle(
             "16",
             "--epochs",
             "2",
+            "--label-seconds",
+            "0",
             "--quiet",
             "-o",
             str(out),
@@ -206,6 +209,10 @@ def test_cli_train_writes_bundle(
     report = json.loads(capsys.readouterr().out)
     assert report["keep"] == 16 and 0.0 <= report["test_accuracy"] <= 1.0
     assert report["model_id"] == "fm" and len(report["sha256"]) == 64
+    # the privacy label: a quick audit of the TEST trials, stored in the manifest
+    label = report["privacy_label"]
+    assert label["strongest_attack"] in ("prior", "kernel") and 0 < label["windows"] <= 200
+    assert load_device_bundle(out).privacy["label"] == label
     rc = main(
         [
             "train",

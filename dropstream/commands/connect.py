@@ -108,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
             sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
+    status(bundle.privacy_line(), True)
     try:
         if spool.depth:
             status(f"{spool.depth} window(s) from an earlier run waiting in {spool_dir}", True)

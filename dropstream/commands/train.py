@@ -134,6 +134,42 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="novelty: held-out normal windows the threshold needs at least (default 50)",
     )
 
+    prv = parser.add_argument_group("privacy defences (docs/privacy.md; defaults: TrainConfig's)")
+    prv.add_argument(
+        "--rank",
+        type=int,
+        default=unset,
+        help="low-rank first layer W = A B with this inner rank (0: full rank; default auto: "
+        "max(2, classes - 1) for a dense classifier, full rank for novelty or conv)",
+    )
+    prv.add_argument(
+        "--noise",
+        type=float,
+        default=unset,
+        help="device noise on the standardised projections, relative to their std",
+    )
+    prv.add_argument(
+        "--nopeek",
+        type=float,
+        default=unset,
+        help="weight of the NoPeek distance-correlation penalty",
+    )
+    prv.add_argument(
+        "--adversary",
+        type=float,
+        default=unset,
+        help="weight of the Gaussian-MAP reconstruction-adversary penalty",
+    )
+    prv.add_argument(
+        "--label-seconds",
+        type=float,
+        default=20.0,
+        help="decoder budget of the privacy label's quick audit, s (0: no decoder)",
+    )
+    prv.add_argument(
+        "--no-privacy-label", action="store_true", help="skip the quick audit (label left empty)"
+    )
+
     out = parser.add_argument_group("output")
     out.add_argument("-o", "--output", type=Path, required=True, help="bundle path (.dsb)")
     out.add_argument("--model-id", default=None, help="model id (default: output file stem)")
@@ -186,6 +222,8 @@ def run(args: argparse.Namespace) -> int:
         "window_demean": bool(args.demean),
     }
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name in args}
+    if given.get("rank") == 0:
+        given["rank"] = None  # --rank 0: a full-rank first layer
     config = TrainConfig(**given, preprocessing=preprocessing, progress=not args.quiet)
     test = None
     if args.uea:
@@ -236,6 +274,9 @@ def run(args: argparse.Namespace) -> int:
         if test is not None:
             acc = float(np.mean(model.predict(test.X) == test.y))
             report["test_accuracy"] = round(acc, 4)
+    if not args.no_privacy_label:
+        model.privacy_label = _privacy_label(model, train, test, args)
+        report["privacy_label"] = model.privacy_label
     model_id = args.model_id or args.output.stem
     checksum = model.save(args.output, model_id=model_id, model_version=args.model_version)
     report.update(
@@ -250,3 +291,34 @@ def run(args: argparse.Namespace) -> int:
     )
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _privacy_label(model: object, train: object, test: object, args: argparse.Namespace) -> dict:
+    """Quick audit of the trained model on held-out windows (see
+    :mod:`dropstream.inference.audit.label`): a UEA problem's TEST trials, attacked with the TRAIN
+    trials as the attacker's data; recordings: the later half of the windows, attacker the
+    earlier half."""
+    from dropstream.inference.audit.label import privacy_label, windows_recording
+
+    x = model.prepare(train.X, prefiltered=train.filtered)
+    y = None if args.novelty else train.y
+    hop = model.hop_samples
+    if test is not None:
+        held = windows_recording("test", model.prepare(test.X), test.y, hop)
+        attacker = windows_recording("train", x, y, hop)
+        note = "TRAIN windows; TEST windows attacked"
+    else:
+        half = len(x) // 2
+        held = windows_recording("later", x[half:], None if y is None else y[half:], hop)
+        attacker = windows_recording("earlier", x[:half], None if y is None else y[:half], hop)
+        note = "earlier half of the windows; the later half attacked"
+    budget = float(args.label_seconds)
+    attacks_note = f"{note}; decoder {budget:g} s"
+    return privacy_label(
+        model.device_bundle(),
+        [held],
+        [attacker],
+        attacker_note=attacks_note,
+        decoder_seconds=budget,
+        seed=model.config.seed,
+    )
