@@ -232,7 +232,7 @@ def check_header(h: tuple) -> None:
     if (  # comparisons are False for NaN and infinities: no separate isfinite checks needed
         magic == MAGIC
         and version in READABLE_VERSIONS
-        and not flags & ~FLAG_FLOAT32
+        and not flags & ~KNOWN_FLAGS
         and -MAX_ABS_LSL_TIME <= lsl <= MAX_ABS_LSL_TIME
         and 0.0 <= wall <= MAX_WALL_TIME
         and MIN_SFREQ <= sfreq <= MAX_SFREQ
