@@ -120,7 +120,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     mdl.add_argument("--h-freq", type=float, default=None, help="causal low-pass edge, Hz")
     mdl.add_argument("--notch", type=float, default=None, help="mains notch, Hz")
     mdl.add_argument("--demean", action="store_true", help="subtract each window's mean")
-    mdl.add_argument("--epochs", type=int, default=unset, help="most training epochs")
+    mdl.add_argument("--epochs", type=int, default=unset, help="training epochs")
     mdl.add_argument("--lr", type=float, default=unset, help="AdamW learning rate")
     mdl.add_argument("--weight-decay", type=float, default=unset, help="AdamW weight decay")
     mdl.add_argument("--n-masks", type=int, default=unset, help="keep masks per window per step")
