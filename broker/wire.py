@@ -5,7 +5,8 @@ One Kafka message carries the kept first-layer activations of one window. Layout
     offset size  field
     0      4     magic b"DSAM"
     4      1     schema version (2; 1 in old topics)
-    5      1     flags: bit 0 set = values are float32, clear = float16; other bits must be 0
+    5      1     flags: bit 0 set = values are float32, clear = float16; bit 1 set = a recording
+                 time follows the values; other bits must be 0
     6      4     model version (uint32)
     10     8     sequence number of the window in its stream (uint64)
     18     8     window start on the LSL clock, seconds (float64)
@@ -20,6 +21,8 @@ One Kafka message carries the kept first-layer activations of one window. Layout
     61|69  ...   model id, device id, stream id (UTF-8)
     ...    K*i   kept unit indices, strictly increasing, < m (uint16 if m <= 65536, else uint32)
     ...    K*v   their activation values (float16 or float32, finite)
+    ...    8     only with flag bit 1: the window's first sample in seconds into the replayed
+                 recording (float64, finite, >= 0); set by devices reading ``dropstream replay``
     ...    32    v2 only: authentication tag, HMAC-SHA256 over the Kafka key and every byte
                  before it (written and checked by :mod:`dropstream.broker.auth`)
 
@@ -47,6 +50,10 @@ SCHEMA_VERSION = 2
 #: Versions :func:`decode_activation` reads.
 READABLE_VERSIONS = (1, 2)
 FLAG_FLOAT32 = 0x01
+#: A recording time (float64) follows the values (the stream is a replayed recording).
+FLAG_RECORDING_TIME = 0x02
+#: Every flag a reader of this schema understands.
+KNOWN_FLAGS = FLAG_FLOAT32 | FLAG_RECORDING_TIME
 #: Largest message accepted, in bytes (a 1 MiB message would be ~130k kept units).
 MAX_MESSAGE_BYTES = 1 << 20
 #: Largest first-layer width accepted.
@@ -91,6 +98,8 @@ HEADER_BYTES = HEADER.size
 UNENCODED = struct.Struct("<d")
 #: Bytes of the fixed header of version 2 (the v1 header then the unencoded-signal field).
 HEADER_BYTES_V2 = HEADER_BYTES + UNENCODED.size
+#: The optional recording time after the values (flag bit 1).
+RECORDING_TIME = struct.Struct("<d")
 #: Bytes of the authentication tag that ends every version-2 message.
 TAG_BYTES = 32
 #: Largest unencoded-signal duration accepted, seconds (about 31 years).
@@ -150,6 +159,9 @@ class ActivationMessage:
         Seconds of signal just before this window that the device did not encode: its agent
         was down (the first window after a restart) or the stream broke. 0 when the window
         follows its predecessor; the server treats a positive value as a gap in the stream.
+    recording_time : float | None
+        The window's first sample in seconds into the replayed recording, when the stream is a
+        ``dropstream replay`` (``None`` for live sensors).
     """
 
     model_id: str
@@ -166,6 +178,7 @@ class ActivationMessage:
     indices: np.ndarray = field(repr=False)
     values: np.ndarray = field(repr=False)
     unencoded_s: float = 0.0
+    recording_time: float | None = None
 
     @property
     def keep(self) -> int:
@@ -219,7 +232,7 @@ def check_header(h: tuple) -> None:
     if (  # comparisons are False for NaN and infinities: no separate isfinite checks needed
         magic == MAGIC
         and version in READABLE_VERSIONS
-        and not flags & ~FLAG_FLOAT32
+        and not flags & ~KNOWN_FLAGS
         and -MAX_ABS_LSL_TIME <= lsl <= MAX_ABS_LSL_TIME
         and 0.0 <= wall <= MAX_WALL_TIME
         and MIN_SFREQ <= sfreq <= MAX_SFREQ
@@ -247,7 +260,7 @@ def _header_error(h: WireHeader) -> None:
             f"schema version {h.version} is not supported (this reader speaks "
             f"{READABLE_VERSIONS}); upgrade dropstream on the server"
         )
-    if h.flags & ~FLAG_FLOAT32:
+    if h.flags & ~KNOWN_FLAGS:
         raise WireFormatError(f"unknown flags 0x{h.flags:02x}")
     if not (
         -MAX_ABS_LSL_TIME <= h.lsl_time <= MAX_ABS_LSL_TIME and 0.0 <= h.wall_time <= MAX_WALL_TIME
@@ -334,7 +347,8 @@ def encode_activation(
     header = WireHeader(
         magic=MAGIC,
         version=version,
-        flags=FLAG_FLOAT32 if value_dtype == "float32" else 0,
+        flags=(FLAG_FLOAT32 if value_dtype == "float32" else 0)
+        | (0 if msg.recording_time is None else FLAG_RECORDING_TIME),
         model_version=msg.model_version,
         sequence=msg.sequence,
         lsl_time=msg.lsl_time,
@@ -350,6 +364,9 @@ def encode_activation(
     )
     check_header(header)
     parts = [HEADER.pack(*header), *texts, wire_idx.tobytes(), wire_val.tobytes()]
+    if msg.recording_time is not None:
+        _check_recording_time(msg.recording_time)
+        parts.append(RECORDING_TIME.pack(msg.recording_time))
     if version == 2:
         parts.insert(1, UNENCODED.pack(float(msg.unencoded_s)))
         parts.append(bytes(TAG_BYTES))
@@ -357,6 +374,11 @@ def encode_activation(
     if len(data) > MAX_MESSAGE_BYTES:
         raise WireFormatError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
     return data
+
+
+def _check_recording_time(value: float) -> None:
+    if not (math.isfinite(value) and value >= 0.0):
+        raise WireFormatError(f"recording time must be finite and >= 0 s, got {value}")
 
 
 def _check_unencoded(unencoded_s: float) -> None:
@@ -399,7 +421,8 @@ def decode_activation(data: bytes) -> ActivationMessage:
     ids_end = start + h.n_model
     pos = ids_end + h.n_device + h.n_stream
     values_end = pos + keep * (idx_dtype.itemsize + val_dtype.itemsize)
-    expected = values_end + trailer_bytes(h.version)
+    has_recording = bool(h.flags & FLAG_RECORDING_TIME)
+    expected = values_end + (RECORDING_TIME.size if has_recording else 0) + trailer_bytes(h.version)
     if len(data) != expected:
         raise WireFormatError(f"length {len(data)} bytes does not match its header ({expected})")
     model_id = _check_text("model id", data[start:ids_end])
@@ -408,6 +431,10 @@ def decode_activation(data: bytes) -> ActivationMessage:
     indices = np.frombuffer(data, idx_dtype, keep, pos)
     values = np.frombuffer(data, val_dtype, keep, pos + keep * idx_dtype.itemsize)
     _check_arrays(indices, values, width)
+    recording_time = None
+    if has_recording:
+        (recording_time,) = RECORDING_TIME.unpack_from(data, values_end)
+        _check_recording_time(recording_time)
     return ActivationMessage(
         model_id=model_id,
         model_version=h.model_version,
@@ -423,6 +450,7 @@ def decode_activation(data: bytes) -> ActivationMessage:
         indices=indices,
         values=values,
         unencoded_s=unencoded_s,
+        recording_time=recording_time,
     )
 
 

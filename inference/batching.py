@@ -22,6 +22,7 @@ with one fancy-indexing assignment.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -29,10 +30,12 @@ import numpy as np
 
 from dropstream.broker.wire import (
     FLAG_FLOAT32,
+    FLAG_RECORDING_TIME,
     HEADER,
     HEADER_BYTES,
     MAX_MESSAGE_BYTES,
     MAX_UNENCODED_S,
+    RECORDING_TIME,
     UNENCODED,
     WireFormatError,
     WireHeader,
@@ -74,6 +77,8 @@ class WindowGroup:
         Wall-clock start of each window, Unix seconds.
     hop_s : numpy.ndarray of float64, shape (n,)
         Hop between windows, seconds.
+    recording_offset : numpy.ndarray of float64, shape (n,)
+        Seconds into the replayed recording minus LSL time, NaN for live streams.
     indices : numpy.ndarray of int64, shape (n, K)
     values : numpy.ndarray of float32, shape (n, K)
     """
@@ -90,6 +95,7 @@ class WindowGroup:
     window_end_lsl: np.ndarray
     wall_time: np.ndarray
     hop_s: np.ndarray
+    recording_offset: np.ndarray
     indices: np.ndarray = field(repr=False)
     values: np.ndarray = field(repr=False)
 
@@ -112,6 +118,7 @@ class WindowGroup:
             window_end_lsl=self.window_end_lsl[pick],
             wall_time=self.wall_time[pick],
             hop_s=self.hop_s[pick],
+            recording_offset=self.recording_offset[pick],
             indices=self.indices[pick],
             values=self.values[pick],
         )
@@ -140,6 +147,7 @@ class WindowGroup:
             window_end_lsl=np.concatenate([g.window_end_lsl for g in groups])[order],
             wall_time=np.concatenate([g.wall_time for g in groups])[order],
             hop_s=np.concatenate([g.hop_s for g in groups])[order],
+            recording_offset=np.concatenate([g.recording_offset for g in groups])[order],
             indices=np.concatenate([g.indices for g in groups])[order],
             values=np.concatenate([g.values for g in groups])[order],
         )
@@ -244,9 +252,21 @@ class BatchDecoder:
             start = header_bytes(version)
             pos = start + a + b + c
             end = len(data) - trailer_bytes(version)
-            if end != pos + keep * (isz + vsz) or (
-                version == 2
-                and not 0.0 <= unpack_unencoded(data, HEADER_BYTES)[0] <= MAX_UNENCODED_S
+            recording, bad_time = math.nan, False
+            if flags & FLAG_RECORDING_TIME:
+                end -= RECORDING_TIME.size
+                if end < pos:
+                    bad_time = True
+                else:
+                    (recording,) = RECORDING_TIME.unpack_from(data, end)
+                    bad_time = not (math.isfinite(recording) and recording >= 0.0)
+            if (
+                bad_time
+                or end != pos + keep * (isz + vsz)
+                or (
+                    version == 2
+                    and not 0.0 <= unpack_unencoded(data, HEADER_BYTES)[0] <= MAX_UNENCODED_S
+                )
             ):
                 rejected.append((row, _reason(data)))
                 continue
@@ -267,6 +287,7 @@ class BatchDecoder:
                     data[pos:split],
                     data[split:end],
                     h[_FWALL],
+                    recording - lsl,
                 )
             )
         groups = []
@@ -310,6 +331,7 @@ def _build_group(
         window_end_lsl=np.fromiter((it[3] for it in sel), np.float64, len(sel)),
         wall_time=np.fromiter((it[8] for it in sel), np.float64, len(sel)),
         hop_s=np.fromiter((it[4] for it in sel), np.float64, len(sel)),
+        recording_offset=np.fromiter((it[9] for it in sel), np.float64, len(sel)),
         indices=idx[keepers],
         values=val[keepers].astype(np.float32),
     )

@@ -12,11 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
-
-import pylsl
 
 from dropstream.broker.alert_message import AlertMessage, make_alert_id
 from dropstream.inference.metrics import ServiceMetrics
@@ -55,7 +54,9 @@ class Outbox:
     kind : str
         The alert kind of the policy (``"novelty"`` or ``"class"``).
     clock : callable
-        The LSL clock, seconds (alert latency = now - the deciding window's last sample).
+        The wall clock, Unix seconds. Alert latency = now - the deciding window's last sample
+        on the device's wall clock: two machines' clocks, as close as NTP keeps them (never
+        the difference of two machines' LSL clocks, which is meaningless).
     inline_bytes : int
         Dead letters whose key and value together exceed this are sent by reference.
     signer : object with ``headers(key, value)``, optional
@@ -70,7 +71,7 @@ class Outbox:
         model_id: str,
         model_version: int,
         kind: str,
-        clock: Callable[[], float] = pylsl.local_clock,
+        clock: Callable[[], float] = time.time,
         inline_bytes: int = 256 * 1024,
         signer: Any = None,
     ) -> None:
@@ -160,13 +161,16 @@ class Outbox:
 
     def _alert(self, update: StreamUpdate) -> AlertMessage:
         ev = update.event
-        latency = self.clock() - ev.deciding_window_end
+        wall, rec = update.wall_offset, update.recording_offset
+        now = self.clock()
+        latency = now - (ev.deciding_window_end + wall)
+        live = math.isnan(rec)
         msg = AlertMessage(
             alert_id=make_alert_id(ev.device_id, ev.stream_id, ev.onset_sequence),
             status=ev.status,
             device_id=ev.device_id,
             stream_id=ev.stream_id,
-            kind=self.kind,
+            kind=update.kind or self.kind,
             label=update.label,
             onset_time=ev.onset_time,
             offset_time=ev.offset_time,
@@ -176,8 +180,14 @@ class Outbox:
             threshold=float(ev.threshold),
             model_id=self.model_id,
             model_version=self.model_version,
-            produced_at=time.time(),
+            produced_at=now,
             detection_latency_s=float(latency),
+            onset_utc=ev.onset_time + wall,
+            offset_utc=None if ev.offset_time is None else ev.offset_time + wall,
+            recording_onset=None if live else max(0.0, ev.onset_time + rec),
+            recording_offset=None
+            if live or ev.offset_time is None
+            else max(0.0, ev.offset_time + rec),
         )
         self.metrics.alert(ev.status, latency)
         key, value = ev.device_id.encode(), msg.to_json()

@@ -12,6 +12,8 @@ what the paper's analysis assumes. An explicit ``seed`` exists for tests only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from dropstream.broker.wire import ActivationMessage, WireFormatError, encode_activation
@@ -33,6 +35,10 @@ class WindowEncoder:
         Identifies the stream (its LSL source id).
     seed : int | None
         ``None`` (always, outside tests) seeds the mask generator from the OS entropy.
+    recording_clock : callable, optional
+        ``recording_clock(lsl_time)``: seconds into the replayed recording of a window's first
+        sample, or ``None`` for a live sensor (e.g.
+        :meth:`dropstream.acquisition.LiveStream.recording_time`); sent with each window.
 
     Raises
     ------
@@ -41,9 +47,15 @@ class WindowEncoder:
     """
 
     def __init__(
-        self, bundle: DeviceBundle, device_id: str, stream_id: str, seed: int | None = None
+        self,
+        bundle: DeviceBundle,
+        device_id: str,
+        stream_id: str,
+        seed: int | None = None,
+        recording_clock: Callable[[float], float | None] | None = None,
     ) -> None:
         bundle.check_privacy()
+        self.recording_clock = recording_clock
         self.bundle = bundle
         self.device_id = device_id
         self.stream_id = stream_id
@@ -89,6 +101,9 @@ class WindowEncoder:
             indices=kept,
             values=a[kept],
             unencoded_s=float(unencoded_s),
+            recording_time=None
+            if self.recording_clock is None
+            else self.recording_clock(float(window.lsl_time)),
         )
 
     def to_bytes(self, message: ActivationMessage) -> bytes:

@@ -158,3 +158,20 @@ def test_layouts_of_one_model_merge_in_batch_order():
         np.testing.assert_array_equal(
             np.nan_to_num(merged.dense()[j]), decode_activation(r).dense()
         )
+
+
+def test_wall_times_and_recording_offsets_match_the_reference_decoder():
+    msgs = [message(i, recording_time=(3.5 + i if i % 2 else None)) for i in range(6)]
+    good = encode_activation(message(9, recording_time=1.0))  # ... time (8 bytes), tag (32)
+    bad = good[:-40] + b"\x00" * 7 + b"\xff" + good[-32:]  # the time is NaN
+    raw = [encode_activation(m) for m in msgs] + [bad]
+    out = decode_batch(raw)
+    assert [row for row, _ in out.rejected] == [6]  # NaN recording time
+    (g,) = out.groups
+    for j, row in enumerate(g.rows.tolist()):
+        ref = decode_activation(raw[row])
+        assert g.wall_time[j] == ref.wall_time
+        if ref.recording_time is None:
+            assert np.isnan(g.recording_offset[j])
+        else:
+            assert g.window_start_lsl[j] + g.recording_offset[j] == ref.recording_time

@@ -236,6 +236,27 @@ def test_one_header_definition_names_every_struct_field():
     assert decode_activation(GOOD).sequence == h.sequence
 
 
+def test_recording_time_travels_only_when_set_and_old_readers_see_an_unknown_flag() -> None:
+    replayed = encode_activation(_example(recording_time=9.25))  # v2: time, then the tag
+    assert decode_activation(replayed).recording_time == 9.25
+    assert decode_activation(encode_activation(_example())).recording_time is None
+    live = encode_activation(_example(), version=1)  # v1: nothing after the values
+    replayed = encode_activation(_example(recording_time=9.25), version=1)
+    assert decode_activation(live).recording_time is None
+    assert len(replayed) == len(live) + 8
+    assert decode_activation(replayed).recording_time == 9.25
+    assert replayed[5] & 0x02 and not live[5] & 0x02
+    with pytest.raises(WireFormatError, match="length"):
+        decode_activation(replayed[:-8])  # flag set, time missing
+    with pytest.raises(WireFormatError, match="length"):
+        decode_activation(live + b"\0" * 8)  # time without the flag
+    with pytest.raises(WireFormatError, match="recording time"):
+        encode_activation(_example(recording_time=float("nan")))
+    bad = replayed[:-8] + struct.pack("<d", -1.0)
+    with pytest.raises(WireFormatError, match="recording time"):
+        decode_activation(bad)
+
+
 @pytest.mark.parametrize(
     ("offset", "fmt", "value", "reason"),
     [

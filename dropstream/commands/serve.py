@@ -45,35 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="torch CPU threads (default 1: leaves the cores to the Kafka client; 0: torch's own)",
     )
-    a = parser.add_argument_group("alerts (defaults: ServiceSettings')")
-    a.add_argument(
-        "--threshold-level",
-        type=float,
-        default=unset,
-        help="calibration quantile of normal scores for the alert threshold (default: bundle's)",
-    )
-    a.add_argument(
-        "--hysteresis-level",
-        type=float,
-        default=unset,
-        help="calibration quantile for the lower threshold an event must stay above",
-    )
-    a.add_argument("--class-threshold", type=float, default=unset, help="classifier: 1-P(normal)")
-    a.add_argument("--min-duration-s", type=float, default=unset, help="shortest reported event")
-    a.add_argument("--merge-gap-s", type=float, default=unset, help="quiet time joining 2 bursts")
-    a.add_argument("--refractory-s", type=float, default=unset, help="quiet time after an event")
-    a.add_argument(
-        "--stale-after-s",
-        type=float,
-        default=unset,
-        help="close the open event of a stream silent for this long (wall clock)",
-    )
-    a.add_argument(
-        "--adapt-windows",
-        type=int,
-        default=unset,
-        help="adapt each device's threshold from its first N windows (0: off)",
-    )
+    add_alert_arguments(parser)
     r = parser.add_argument_group("hostile input and bounded state (defaults: ServiceSettings')")
     r.add_argument(
         "--freshness-s",
@@ -115,6 +87,41 @@ def configure(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--max-seconds", type=float, help="stop after this long (default: run forever)")
     add_client_arguments(parser)
     add_service_auth_arguments(parser)
+
+
+def add_alert_arguments(parser: argparse.ArgumentParser) -> None:
+    """The alert policy options (threshold levels, event timing, adaptation) of ``serve``, also
+    offered by ``evaluate``; each defaults to SUPPRESS so ServiceSettings' defaults apply."""
+    unset = argparse.SUPPRESS
+    a = parser.add_argument_group("alerts (defaults: ServiceSettings')")
+    a.add_argument(
+        "--threshold-level",
+        type=float,
+        default=unset,
+        help="calibration quantile of normal scores for the alert threshold (default: bundle's)",
+    )
+    a.add_argument(
+        "--hysteresis-level",
+        type=float,
+        default=unset,
+        help="calibration quantile for the lower threshold an event must stay above",
+    )
+    a.add_argument("--class-threshold", type=float, default=unset, help="classifier: 1-P(normal)")
+    a.add_argument("--min-duration-s", type=float, default=unset, help="shortest reported event")
+    a.add_argument("--merge-gap-s", type=float, default=unset, help="quiet time joining 2 bursts")
+    a.add_argument("--refractory-s", type=float, default=unset, help="quiet time after an event")
+    a.add_argument(
+        "--stale-after-s",
+        type=float,
+        default=unset,
+        help="close the open event of a stream silent for this long (wall clock)",
+    )
+    a.add_argument(
+        "--adapt-windows",
+        type=int,
+        default=unset,
+        help="adapt each device's threshold from its first N windows (0: off)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,8 +23,13 @@ import argparse
 import json
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from dropstream.commands import add_units_argument
 from dropstream.errors import DropstreamError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 HELP = "train a split model with activation dropping and write its bundle (.dsb)"
 
@@ -70,14 +75,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="map an annotation description to a label ('DESC=' ignores it)",
     )
     src.add_argument("--channels", nargs="+", default=None, help="channels to use, in order")
+    add_units_argument(src, "the recordings (as read; MNE reads volts)")
     src.add_argument(
         "--novelty",
         action="store_true",
-        help="unsupervised: learn normal from baseline windows (label --normal-label) and "
-        "score novelty",
+        help="unsupervised: learn normal from baseline windows (those labelled --normal-label, "
+        "by default the windows outside every annotation) and score novelty",
     )
     src.add_argument(
-        "--normal-label", default="normal", help="label of the windows that are normal"
+        "--normal-label",
+        action="append",
+        default=None,
+        metavar="LABEL",
+        help="with --novelty: a label whose windows are normal (repeatable; default: "
+        "--default-label, i.e. the windows outside every annotation)",
+    )
+    src.add_argument(
+        "--all-normal",
+        action="store_true",
+        help="with --novelty: every window of the recordings is normal, whatever its annotation "
+        "(a baseline recording whose annotations mark events, beats or stages)",
     )
 
     # Options that set a TrainConfig field default to SUPPRESS: run() passes on only what was
@@ -110,6 +127,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     mdl.add_argument("--seed", type=int, default=unset)
     mdl.add_argument("--device", default=unset, help="auto (CUDA when present), cpu or cuda")
     mdl.add_argument("--threads", type=int, default=unset, help="torch CPU threads while training")
+    mdl.add_argument(
+        "--min-calibration-windows",
+        type=int,
+        default=unset,
+        help="novelty: held-out normal windows the threshold needs at least (default 50)",
+    )
 
     prv = parser.add_argument_group("privacy defences (docs/privacy.md; defaults: TrainConfig's)")
     prv.add_argument(
@@ -164,6 +187,25 @@ def _label_map(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _normal_windows(y: np.ndarray, args: argparse.Namespace) -> np.ndarray:
+    """Boolean mask of the windows ``--novelty`` learns from (see ``--normal-label``)."""
+    import numpy as np
+
+    if args.all_normal:
+        return np.ones(len(y), dtype=bool)
+    wanted = args.normal_label or [args.default_label or "normal"]
+    normal = np.isin(y, wanted)
+    if normal.sum() < 10:
+        labels, counts = np.unique(y, return_counts=True)
+        found = ", ".join(f"{str(lab)!r}: {n}" for lab, n in zip(labels, counts, strict=True))
+        raise DropstreamError(
+            f"{int(normal.sum())} windows labelled {wanted} to learn normal from; windows per "
+            f"label: {found}. Name the normal ones with --normal-label (repeatable), or pass "
+            "--all-normal when every window of the baseline is normal"
+        )
+    return normal
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``dropstream train``."""
     import numpy as np
@@ -197,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
             label_map=_label_map(args.label_map),
             channels=args.channels,
             sfreq=args.sfreq,
+            units=args.units,
         )
     common = {
         "sfreq": train.sfreq,
@@ -207,18 +250,24 @@ def run(args: argparse.Namespace) -> int:
     }
     report: dict[str, object] = {"windows": int(train.X.shape[0]), "sfreq": train.sfreq}
     if args.novelty:
-        normal = train.y == args.normal_label
-        if not normal.any():
-            raise DropstreamError(
-                f"no windows labelled {args.normal_label!r}; labels are {list(train.classes)}"
-            )
+        normal = _normal_windows(train.y, args)
         model = train_novelty(train.X[normal], config, **common)
         report["normal_windows"] = int(normal.sum())
-        report["calibration"] = model.head_config["calibration"]
+        calibration = model.head_config["calibration"]
+        report["calibration"] = calibration
+        lo, hi = calibration["threshold_ci95"]
+        report["threshold"] = (
+            f"{calibration['threshold']:.4g} (95% CI {lo:.4g}-{hi:.4g}, from "
+            f"{calibration['n_windows']} held-out normal windows)"
+        )
         if (~normal).any():
             scores = model.score(train.X[~normal], prefiltered=train.filtered)
-            thr = model.head_config["calibration"]["threshold"]
-            report["other_windows_over_threshold"] = float(np.mean(scores > thr))
+            over = scores > calibration["threshold"]
+            report["other_windows_over_threshold"] = float(np.mean(over))
+            labels = train.y[~normal]
+            report["over_threshold_by_label"] = {
+                str(lab): round(float(np.mean(over[labels == lab])), 4) for lab in np.unique(labels)
+            }
     else:
         model = train_classifier(train.X, train.y, config, **common)
         report["classes"] = list(model.classes)

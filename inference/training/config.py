@@ -64,9 +64,8 @@ class TrainConfig:
         equal weight per epoch) over this last share of the epochs; 0 keeps the last weights.
     val_fraction : float
         Share of the training windows held out (stratified) for early stopping; 0 (default)
-        trains a classifier for exactly ``epochs`` on all windows. Novelty models hold out at
-        least 10 % for early stopping and calibration. The test split is never used for any
-        choice.
+        trains a classifier for exactly ``epochs`` on all windows. Novelty models hold out
+        ``calibration_fraction`` instead. The test split is never used for any choice.
     patience : int
         Epochs without validation improvement before stopping.
     select_by : {"val_acc", "val_loss"}
@@ -88,6 +87,13 @@ class TrainConfig:
         torch CPU threads while training (restored afterwards). 1 is fastest for these small
         networks, above all on a busy machine where more threads stall each other; ``None``
         leaves torch's setting.
+    calibration_fraction : float
+        Share of a novelty model's normal windows held out (the last ones in time) for early
+        stopping and the threshold's calibration.
+    min_calibration_windows : int
+        Held-out normal windows a novelty model's threshold needs at least (below, training
+        stops with the number of normal windows to provide). The 0.99-quantile threshold of
+        fewer windows is little more than their maximum.
     rank, noise : int, "auto" or None; float
         Privacy defences in the first layer: a low-rank layer and calibrated device noise (see
         :class:`~dropstream.inference.model.TorchFirstLayer`). ``rank="auto"`` (the default)
@@ -133,6 +139,8 @@ class TrainConfig:
     progress: bool = True
     embedding: int = 32
     threads: int | None = 1
+    calibration_fraction: float = 0.2
+    min_calibration_windows: int = 50
     rank: int | str | None = "auto"
     noise: float = 0.0
     nopeek: float = 0.0
