@@ -325,7 +325,7 @@ def encode_activation(
         raise WireFormatError(f"value_dtype must be float16 or float32, not {value_dtype!r}")
     if version not in READABLE_VERSIONS:
         raise WireFormatError(f"schema version must be one of {READABLE_VERSIONS}, not {version}")
-    _check_unencoded(msg.unencoded_s)
+    check_unencoded(msg.unencoded_s)
     if version == 1 and msg.unencoded_s:
         raise WireFormatError("schema version 1 cannot carry unencoded_s; use version 2")
     indices = np.asarray(msg.indices)
@@ -365,7 +365,7 @@ def encode_activation(
     check_header(header)
     parts = [HEADER.pack(*header), *texts, wire_idx.tobytes(), wire_val.tobytes()]
     if msg.recording_time is not None:
-        _check_recording_time(msg.recording_time)
+        check_recording_time(msg.recording_time)
         parts.append(RECORDING_TIME.pack(msg.recording_time))
     if version == 2:
         parts.insert(1, UNENCODED.pack(float(msg.unencoded_s)))
@@ -376,12 +376,14 @@ def encode_activation(
     return data
 
 
-def _check_recording_time(value: float) -> None:
+def check_recording_time(value: float) -> None:
+    """Refuse a recording time that is not finite and >= 0 s (both decoders use it)."""
     if not (math.isfinite(value) and value >= 0.0):
         raise WireFormatError(f"recording time must be finite and >= 0 s, got {value}")
 
 
-def _check_unencoded(unencoded_s: float) -> None:
+def check_unencoded(unencoded_s: float) -> None:
+    """Refuse unencoded signal outside [0, MAX_UNENCODED_S] s (both decoders use it)."""
     if not (math.isfinite(unencoded_s) and 0.0 <= unencoded_s <= MAX_UNENCODED_S):
         raise WireFormatError(
             f"unencoded signal must be in [0, {MAX_UNENCODED_S:g}] s, got {unencoded_s}"
@@ -415,7 +417,7 @@ def decode_activation(data: bytes) -> ActivationMessage:
         if len(data) < start:
             raise WireFormatError(f"truncated: {len(data)} bytes, the header alone is {start}")
         (unencoded_s,) = UNENCODED.unpack_from(data, HEADER_BYTES)
-        _check_unencoded(unencoded_s)
+        check_unencoded(unencoded_s)
     idx_dtype = _index_dtype(width)
     val_dtype = np.dtype("<f4" if h.flags & FLAG_FLOAT32 else "<f2")
     ids_end = start + h.n_model
@@ -434,7 +436,7 @@ def decode_activation(data: bytes) -> ActivationMessage:
     recording_time = None
     if has_recording:
         (recording_time,) = RECORDING_TIME.unpack_from(data, values_end)
-        _check_recording_time(recording_time)
+        check_recording_time(recording_time)
     return ActivationMessage(
         model_id=model_id,
         model_version=h.model_version,

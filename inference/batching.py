@@ -34,12 +34,13 @@ from dropstream.broker.wire import (
     HEADER,
     HEADER_BYTES,
     MAX_MESSAGE_BYTES,
-    MAX_UNENCODED_S,
     RECORDING_TIME,
     UNENCODED,
     WireFormatError,
     WireHeader,
     check_header,
+    check_recording_time,
+    check_unencoded,
     decode_activation,
     header_bytes,
     trailer_bytes,
@@ -252,23 +253,21 @@ class BatchDecoder:
             start = header_bytes(version)
             pos = start + a + b + c
             end = len(data) - trailer_bytes(version)
-            recording, bad_time = math.nan, False
-            if flags & FLAG_RECORDING_TIME:
+            timed = flags & FLAG_RECORDING_TIME
+            if timed:
                 end -= RECORDING_TIME.size
-                if end < pos:
-                    bad_time = True
-                else:
-                    (recording,) = RECORDING_TIME.unpack_from(data, end)
-                    bad_time = not (math.isfinite(recording) and recording >= 0.0)
-            if (
-                bad_time
-                or end != pos + keep * (isz + vsz)
-                or (
-                    version == 2
-                    and not 0.0 <= unpack_unencoded(data, HEADER_BYTES)[0] <= MAX_UNENCODED_S
-                )
-            ):
+            if end != pos + keep * (isz + vsz):
                 rejected.append((row, _reason(data)))
+                continue
+            recording = math.nan
+            try:  # the reference decoder's own checks of the optional fields, in its order
+                if version == 2:
+                    check_unencoded(unpack_unencoded(data, HEADER_BYTES)[0])
+                if timed:
+                    (recording,) = RECORDING_TIME.unpack_from(data, end)
+                    check_recording_time(recording)
+            except WireFormatError as exc:
+                rejected.append((row, str(exc)))
                 continue
             ids = self._ids.get(bytes(data[start:pos]), a, b)
             if ids is None:
