@@ -244,7 +244,15 @@ def _alerts(scores: np.ndarray, starts: np.ndarray, cal: dict) -> list[tuple[flo
     return spans
 
 
-def run_task(task: Task, epochs: int, seed: int) -> dict[str, dict[str, Any]]:
+#: dropstream rows: (name, novelty model, m, K); K None is the default (m / 4).
+DROPSTREAM_ROWS = (
+    ("dropstream", "energy", 256, None),
+    ("dropstream-nodrop", "energy", 64, 64),
+    ("dropstream-svdd", "svdd", 256, None),
+)
+
+
+def run_task(task: Task, epochs: int, seed: int, svdd: bool = True) -> dict[str, dict[str, Any]]:
     from dropstream.inference.evaluation import event_metrics
     from dropstream.inference.training import TrainConfig, train_novelty
     from dropstream.inference.training.novelty import tail_split
@@ -256,8 +264,8 @@ def run_task(task: Task, epochs: int, seed: int) -> dict[str, dict[str, Any]]:
     duration = len(task.test) / SFREQ
     results: dict[str, dict[str, Any]] = {}
 
-    def record(name: str, val: np.ndarray, test: np.ndarray, seconds: float) -> None:
-        cal = _calibration(val)
+    def record(name: str, val: np.ndarray | dict, test: np.ndarray, seconds: float) -> None:
+        cal = val if isinstance(val, dict) else _calibration(val)
         alerts = _alerts(test, starts, cal)
         m = event_metrics(starts, WINDOW_S, test, alerts, task.events, duration)
         m["fit_seconds"] = round(seconds, 1)
@@ -265,15 +273,17 @@ def run_task(task: Task, epochs: int, seed: int) -> dict[str, dict[str, Any]]:
         results[name]["_scores"] = test.tolist()
         results[name]["_threshold"] = cal["threshold"]
 
-    for name, width, keep in (("dropstream", 256, None), ("dropstream-nodrop", 64, 64)):
+    for name, novelty, width, keep in DROPSTREAM_ROWS:
+        if novelty == "svdd" and not svdd:
+            continue
         t0 = time.perf_counter()
         cfg = TrainConfig(width=width, keep=keep, epochs=epochs, seed=seed, progress=False,
-                          preprocessing=task.preprocessing)  # fmt: skip
+                          preprocessing=task.preprocessing, novelty_model=novelty)  # fmt: skip
         model = train_novelty(Xtr, cfg, sfreq=SFREQ, hop_samples=int(HOP_S * SFREQ),
                               prefiltered=True)  # fmt: skip
-        val = np.asarray(model.score(Xtr[val_idx], prefiltered=True, seed=seed + 1))
         test = np.asarray(model.score(Xte, prefiltered=True, seed=seed + 2))
-        record(name, val, test, time.perf_counter() - t0)
+        # the bundle's own calibration, as serve and evaluate use it
+        record(name, model.head_config["calibration"], test, time.perf_counter() - t0)
     ftr, fte = _features(Xtr), _features(Xte)
     mu, sd = ftr[fit_idx].mean(0), ftr[fit_idx].std(0) + 1e-12
     for name, col in (("line-length-z", 0), ("amplitude-z", 1)):
