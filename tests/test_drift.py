@@ -14,7 +14,7 @@ import pytest
 from dropstream.acquisition.recording import load_tracks
 from dropstream.broker.alert_message import decode_alert
 from dropstream.broker.clients import make_producer
-from dropstream.inference.datasets import windows_from_recordings
+from dropstream.inference.datasets import WindowSet, windows_from_recordings
 from dropstream.inference.drift import SCALE_LOG, DriftMonitor, DriftReference
 from dropstream.inference.evaluation import evaluate_recording
 from dropstream.inference.service import InferenceService, ServiceSettings
@@ -70,18 +70,22 @@ def test_a_stream_far_smaller_or_larger_than_the_training_data_drifts() -> None:
 def ecg_bundle(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     ecg = windows_from_recordings([data_dir / "body" / "ecg_5min.fif"], 1.0, 0.5, {})
     cfg = TrainConfig(width=64, keep=16, pool=8, hidden=(64,), epochs=8, progress=False)
+    return _save_novelty(ecg, ecg.X[:500], cfg, tmp_path_factory.mktemp("drift") / "ecg.dsb")
+
+
+def _save_novelty(ws: WindowSet, X: np.ndarray, cfg: TrainConfig, path: Path) -> Path:
+    """Train a novelty bundle on windows ``X`` of ``ws`` and write it to ``path``."""
     model = train_novelty(
-        ecg.X[:500],
+        X,
         cfg,
-        sfreq=ecg.sfreq,
-        channel_names=ecg.channel_names,
-        channel_types=ecg.channel_types,
-        hop_samples=ecg.hop_samples,
+        sfreq=ws.sfreq,
+        channel_names=ws.channel_names,
+        channel_types=ws.channel_types,
+        hop_samples=ws.hop_samples,
         prefiltered=True,
     )
     assert "drift" in model.head_config
-    path = tmp_path_factory.mktemp("drift") / "ecg.dsb"
-    model.save(path, model_id="ecg-drift")
+    model.save(path, model_id=path.stem)
     return path
 
 
@@ -123,17 +127,7 @@ def test_real_eeg_at_an_implausible_scale_drifts_on_a_real_eeg_bundle(
         [body / "eeg_movement_artefacts_1.fif"], 1.0, 0.25, {"l_freq": 1.0, "h_freq": 40.0}
     )
     cfg = TrainConfig(width=64, keep=16, progress=False, preprocessing=eeg.preprocessing)
-    model = train_novelty(
-        eeg.X,
-        cfg,
-        sfreq=eeg.sfreq,
-        channel_names=eeg.channel_names,
-        channel_types=eeg.channel_types,
-        hop_samples=eeg.hop_samples,
-        prefiltered=True,
-    )
-    path = tmp_path / "eeg.dsb"
-    model.save(path, model_id="eeg-drift")
+    path = _save_novelty(eeg, eeg.X, cfg, tmp_path / "eeg.dsb")
     other = evaluate_recording(path, body / "eeg_movement_artefacts_2.fif")  # same device
     assert not [m for m in other.alerts if m.kind == "drift"]
     ev = evaluate_recording(path, body / "eeg_em_noise.fif", units="V")
