@@ -68,8 +68,9 @@ class TorchFirstLayer(nn.Module):
         Convolution settings (kernel and stride in samples).
     pool : int
         For ``kind="dense"``: average each channel over non-overlapping blocks of ``pool``
-        samples before the dense map (a trailing remainder is ignored). Linear, so the exported
-        dense weight is exact; it cuts the trainable weights by ``pool`` (useful on small data).
+        samples before the dense map (a trailing remainder is ignored). It cuts the trainable
+        weights by ``pool`` (useful on small data) and is exported as pooling + the small matrix,
+        so it cuts the device's work by ``pool`` too.
     """
 
     def __init__(
@@ -125,10 +126,18 @@ class TorchFirstLayer(nn.Module):
 
     @torch.no_grad()
     def to_numpy(self) -> FirstLayer:
-        """Export the equivalent dense :class:`FirstLayer` for the device (float32)."""
-        if self.kind == "dense" and self.pool == 1:
+        """Export the device's :class:`FirstLayer` (float32).
+
+        A dense layer keeps its factored form: time pooling, then the small matrix (the device
+        computes ``C * T / pool`` multiply-adds per unit); a convolution is exported as its
+        equivalent dense matrix.
+        """
+        pool, n_samples = 1, 0
+        if self.kind == "dense":
             weight = self.linear.weight.detach().cpu().double().numpy()
             bias = self.linear.bias.detach().cpu().double().numpy()
+            if self.pool > 1:
+                pool, n_samples = self.pool, self.n_samples
         else:
             n = self.n_channels * self.n_samples
             # any linear pre-map: read the dense matrix off the unit basis
@@ -151,6 +160,8 @@ class TorchFirstLayer(nn.Module):
             bias=bias.astype(np.float32),
             activation=self.activation_name,
             negative_slope=self.negative_slope,
+            pool=pool,
+            n_samples=n_samples,
         )
 
 

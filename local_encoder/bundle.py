@@ -6,8 +6,12 @@ A bundle is a zip archive (suffix ``.dsb``) with three members:
     model id and version, window/stream settings, preprocessing, the head's configuration, and
     the SHA-256 of the two other members.
 ``device.npz``
-    first-layer ``weight`` (m, C*T) and ``bias`` (m,), and the normalisation ``norm_mean`` and
-    ``norm_std`` (per channel, applied after filtering).
+    first-layer ``weight`` (m, C*T, or m, C*T/pool with time pooling) and ``bias`` (m,), and the
+    normalisation ``norm_mean`` and ``norm_std`` (per channel, applied after filtering).
+
+Format 2 adds the manifest key ``first_layer_pool`` (the first layer's time pooling; ``weight``
+is then the small matrix over the pooled window). Format 1 bundles (no key: a dense weight) are
+still read.
 ``head.pt``
     the server part as a torch ``state_dict`` (read by :mod:`inference`, never on the device).
 
@@ -30,7 +34,9 @@ import numpy as np
 from dropstream.errors import DropstreamError
 from dropstream.local_encoder.first_layer import FirstLayer, check_keep
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
+#: Bundle formats this version reads.
+READABLE_FORMATS = (1, 2)
 
 
 class BundleError(DropstreamError):
@@ -91,7 +97,7 @@ class DeviceBundle:
 
     def check_privacy(self) -> None:
         """Raise :class:`~dropstream.local_encoder.first_layer.PrivacyGuardError` if invertible."""
-        n_inputs = self.n_channels * self.window_samples
+        n_inputs = min(self.n_channels * self.window_samples, self.layer.rank_inputs)
         overlapping = self.hop_samples < self.window_samples
         hop_inputs = self.n_channels * self.hop_samples if overlapping else None
         check_keep(self.keep, self.layer.width, n_inputs, hop_inputs)
@@ -198,6 +204,7 @@ def write_bundle(path: str | Path, device: DeviceBundle, head_state: bytes) -> s
         "model_version": device.model_version,
         "activation": device.layer.activation,
         "negative_slope": device.layer.negative_slope,
+        "first_layer_pool": device.layer.pool,
         "keep": device.keep,
         "sfreq": device.sfreq,
         "window_samples": device.window_samples,
@@ -229,10 +236,10 @@ def read_bundle_members(path: str | Path) -> tuple[dict[str, Any], bytes, bytes]
         raise BundleError(
             f"{path} is not a dropstream bundle ({exc}); train one with 'dropstream train'"
         ) from exc
-    if manifest.get("format") != BUNDLE_FORMAT:
+    if manifest.get("format") not in READABLE_FORMATS:
         raise BundleError(
             f"bundle format {manifest.get('format')!r} is not supported "
-            f"(this dropstream reads format {BUNDLE_FORMAT})"
+            f"(this dropstream reads formats {READABLE_FORMATS}); upgrade dropstream"
         )
     if _sha256(device_bytes, head_bytes) != manifest.get("sha256"):
         raise BundleError(f"bundle {path} fails its checksum: the file is corrupt or was edited")
@@ -257,6 +264,8 @@ def load_bundle(path: str | Path) -> tuple[DeviceBundle, bytes]:
             bias=arrays["bias"],
             activation=m["activation"],
             negative_slope=float(m.get("negative_slope", 0.01)),
+            pool=int(m.get("first_layer_pool", 1)),
+            n_samples=int(m["window_samples"]),
         )
         bundle = DeviceBundle(
             model_id=str(m["model_id"]),

@@ -48,10 +48,11 @@ class WindowEncoder:
         self.device_id = device_id
         self.stream_id = stream_id
         self._rng = np.random.default_rng(seed)
+        self._layer = bundle.layer.runner()  # preallocated buffers, reused every window
 
     def activations(self, window: np.ndarray) -> np.ndarray:
         """All ``m`` first-layer activations of a preprocessed window ``(C, T)`` (float32)."""
-        return self.bundle.layer.forward(window)
+        return self._layer(window).copy()
 
     def encode(self, window: Window, sequence: int, wall_time: float) -> ActivationMessage:
         """The message for one window: kept unit indices and their activations.
@@ -66,7 +67,7 @@ class WindowEncoder:
             Wall-clock time (Unix seconds) of the window's first sample.
         """
         b = self.bundle
-        a = self.activations(window.data)
+        a = self._layer(window.data)  # reused buffer: only a[kept] (a copy) leaves
         kept = draw_kept_units(self._rng, b.layer.width, b.keep)
         return ActivationMessage(
             model_id=b.model_id,

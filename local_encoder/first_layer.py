@@ -1,8 +1,14 @@
 """The localized first layer and its activation dropping, in numpy.
 
 The first layer is an affine map of a flattened window (C channels x T samples, channel-major)
-to ``m`` units, followed by an element-wise activation. A linear convolution is stored in its
-equivalent dense form, so the device always computes ``a = f(W x + b)``. For every window a fresh
+to ``m`` units, followed by an element-wise activation: ``a = f(W x + b)``. It is stored in a
+factored form the device computes cheaply: an optional average pooling in time (blocks of
+``pool`` samples per channel, a trailing remainder ignored, as ``torch.nn.functional.avg_pool1d``)
+followed by a matrix over the pooled inputs, so a time-pooled layer costs ``C * T / pool``
+multiply-adds per unit instead of ``C * T``. A linear convolution is stored in its equivalent
+dense form (``pool = 1``). :attr:`FirstLayer.dense_weight` gives the equivalent dense ``W`` of
+any layer (for audits); further factors (e.g. a low-rank ``W = A B``) fit the same shape: a chain
+of linear maps whose composition is ``dense_weight``. For every window a fresh
 set of ``K`` units is kept and the rest are dropped (Dong et al., TIFS 2018): with ``K`` smaller
 than the number of unknowns the server faces an under-determined system and cannot invert the
 layer.
@@ -11,6 +17,7 @@ layer.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -64,19 +71,28 @@ class FirstLayer:
 
     Attributes
     ----------
-    weight : numpy.ndarray, shape (m, C*T), float32
-        Dense weights over the flattened (channel-major) window.
+    weight : numpy.ndarray, shape (m, n), float32
+        The matrix the device multiplies: over the flattened (channel-major) window, ``n = C*T``,
+        or with ``pool > 1`` over the pooled window, ``n = C * (T // pool)``.
     bias : numpy.ndarray, shape (m,), float32
     activation : str
         One of :data:`ACTIVATIONS`.
     negative_slope : float
         Slope of ``leaky_relu`` for negative inputs.
+    pool : int
+        Average each channel over non-overlapping blocks of ``pool`` samples before ``weight``;
+        ``1`` (the default, and every bundle written before pooling was factored) for none.
+    n_samples : int
+        Window length ``T`` in samples; required when ``pool > 1`` (it fixes ``C`` and the
+        ignored remainder ``T % pool``), optional otherwise.
     """
 
     weight: np.ndarray
     bias: np.ndarray
     activation: str = "relu"
     negative_slope: float = 0.01
+    pool: int = 1
+    n_samples: int = 0
 
     def __post_init__(self) -> None:
         if self.weight.ndim != 2 or self.bias.shape != (self.weight.shape[0],):
@@ -88,6 +104,20 @@ class FirstLayer:
             raise DropstreamError(
                 f"unknown activation {self.activation!r}; choose one of {ACTIVATIONS}"
             )
+        if self.pool < 1 or (self.pool > 1 and self.n_samples < self.pool):
+            raise DropstreamError(
+                f"first layer pool={self.pool} needs n_samples >= pool (got {self.n_samples}); "
+                "give the window length T with a pooled layer"
+            )
+        if self.pool > 1 and self.weight.shape[1] % (self.n_samples // self.pool):
+            raise DropstreamError(
+                f"pooled weight has {self.weight.shape[1]} inputs, not a multiple of the "
+                f"{self.n_samples // self.pool} pooled samples per channel (T={self.n_samples}, "
+                f"pool={self.pool})"
+            )
+        # the device computes in float32 from contiguous arrays
+        object.__setattr__(self, "weight", np.ascontiguousarray(self.weight, np.float32))
+        object.__setattr__(self, "bias", np.ascontiguousarray(self.bias, np.float32))
 
     @property
     def width(self) -> int:
@@ -95,25 +125,115 @@ class FirstLayer:
         return int(self.weight.shape[0])
 
     @property
+    def pooled_samples(self) -> int:
+        """Pooled samples per channel, ``T // pool`` (``0`` when ``T`` is not given, pool 1)."""
+        return self.n_samples // self.pool
+
+    @property
+    def n_channels(self) -> int | None:
+        """Channels ``C`` when known from the layer alone (pooled, or ``n_samples`` given)."""
+        if self.n_samples:
+            return int(self.weight.shape[1]) // self.pooled_samples
+        return None
+
+    @property
     def n_inputs(self) -> int:
-        """Input dimension ``C * T``."""
+        """Input dimension of one window, ``C * T``."""
+        if self.pool == 1:
+            return int(self.weight.shape[1])
+        return int(self.n_channels or 0) * self.n_samples
+
+    @property
+    def rank_inputs(self) -> int:
+        """Inputs the matrix sees, ``C * T // pool``: the most independent values a window gives."""
         return int(self.weight.shape[1])
 
-    def activate(self, z: np.ndarray) -> np.ndarray:
-        """Apply the element-wise activation to pre-activations ``z``."""
+    @cached_property
+    def dense_weight(self) -> np.ndarray:
+        """The equivalent dense ``W`` of shape ``(m, C*T)`` (float32), for audits."""
+        if self.pool == 1:
+            return self.weight
+        c, p, t = int(self.n_channels or 0), self.pooled_samples, self.n_samples
+        dense = np.zeros((self.width, c, t), np.float32)
+        w = self.weight.reshape(self.width, c, p) / np.float32(self.pool)
+        for k in range(self.pool):  # sample j * pool + k of block j gets the block's weight
+            dense[:, :, k : p * self.pool : self.pool] = w
+        return dense.reshape(self.width, c * t)
+
+    def activate(self, z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Apply the element-wise activation to pre-activations ``z`` (into ``out`` if given)."""
         if self.activation == "relu":
-            return np.maximum(z, 0.0)
+            return np.maximum(z, 0.0, out=out)
         if self.activation == "leaky_relu":
-            return np.where(z >= 0, z, self.negative_slope * z)
+            y = np.where(z >= 0, z, np.float32(self.negative_slope) * z)
+            if out is None:
+                return y
+            out[...] = y
+            return out
         if self.activation == "tanh":
-            return np.tanh(z)
-        return 1.0 / (1.0 + np.exp(-z))
+            return np.tanh(z, out=out)
+        if out is None:
+            return 1.0 / (1.0 + np.exp(-z))
+        np.negative(z, out=out)
+        np.exp(out, out=out)
+        out += 1.0
+        return np.reciprocal(out, out=out)
+
+    def pool_windows(self, windows: np.ndarray) -> np.ndarray:
+        """Pooled flat inputs ``(..., C*T//pool)`` of windows ``(..., C, T)``, channel-major."""
+        x = np.asarray(windows, dtype=np.float32)
+        if self.pool == 1:
+            return x.reshape(*x.shape[:-2], -1)
+        p = self.pooled_samples
+        blocks = x[..., : p * self.pool].reshape(*x.shape[:-1], p, self.pool)
+        return blocks.mean(axis=-1, dtype=np.float32).reshape(*x.shape[:-2], -1)
 
     def forward(self, windows: np.ndarray) -> np.ndarray:
         """Activations of a window ``(C, T)`` -> ``(m,)`` or a batch ``(N, C, T)`` -> ``(N, m)``."""
         x = np.asarray(windows, dtype=np.float32)
-        flat = x.reshape(-1, self.n_inputs) if x.ndim == 3 else x.reshape(self.n_inputs)
+        if self.pool == 1:
+            flat = x.reshape(-1, self.n_inputs) if x.ndim == 3 else x.reshape(self.n_inputs)
+        else:
+            flat = self.pool_windows(x)
         return self.activate(flat @ self.weight.T + self.bias)
+
+    def runner(self) -> LayerRunner:
+        """A single-window evaluator with its own preallocated buffers (one per stream)."""
+        return LayerRunner(self)
+
+
+class LayerRunner:
+    """Evaluate one :class:`FirstLayer` window after window without allocating.
+
+    Holds the pooled-input and output buffers; the pooling's ``1 / pool`` is folded into a
+    float32 copy of the matrix, so a window costs one strided sum and one matrix-vector product.
+    Not thread-safe: each stream (encoder) owns one.
+
+    Parameters
+    ----------
+    layer : FirstLayer
+    """
+
+    def __init__(self, layer: FirstLayer) -> None:
+        self.layer = layer
+        self._weight = layer.weight if layer.pool == 1 else layer.weight / np.float32(layer.pool)
+        self._pooled = np.empty(layer.rank_inputs, np.float32)
+        self._out = np.empty(layer.width, np.float32)
+
+    def __call__(self, window: np.ndarray) -> np.ndarray:
+        """Activations ``(m,)`` of one window ``(C, T)``; a view of a buffer reused next call."""
+        layer = self.layer
+        x = window if window.dtype == np.float32 else window.astype(np.float32)
+        if layer.pool == 1:
+            flat = x.reshape(layer.rank_inputs)
+        else:
+            p = layer.pooled_samples
+            blocks = x[:, : p * layer.pool].reshape(x.shape[0], p, layer.pool)
+            np.add.reduce(blocks, axis=2, out=self._pooled.reshape(x.shape[0], p))
+            flat = self._pooled
+        z = np.matmul(self._weight, flat, out=self._out)
+        z += layer.bias
+        return layer.activate(z, out=z)
 
 
 def draw_kept_units(rng: np.random.Generator, width: int, keep: int) -> np.ndarray:

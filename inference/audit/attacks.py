@@ -256,7 +256,7 @@ class WindowAttack:
     ) -> None:
         self.layer = layer
         self.use_bounds = use_bounds
-        w = np.asarray(layer.weight, np.float64)
+        w = np.asarray(layer.dense_weight, np.float64)
         self.bias = np.asarray(layer.bias, np.float64)
         self.mu = prior.flat_mean()
         self.sw = prior.times_weights(w)  # (n, m) = Sigma W'
@@ -295,7 +295,7 @@ class WindowAttack:
             q -= p_eu.T @ g
         s_u *= sign[None, :]
         q *= np.outer(sign, sign)
-        z_now = sign * (self.layer.weight[u].astype(np.float64) @ x + self.bias[u])
+        z_now = sign * (self.layer.dense_weight[u].astype(np.float64) @ x + self.bias[u])
         c = z_now - h  # constraint values minus bounds: violated where > 0
         if not np.any(c > 0):
             return x
@@ -331,7 +331,7 @@ def naive_attack(layer: FirstLayer, messages: Messages, n_channels: int) -> np.n
     dense, _ = messages.dense(fill=0.0)
     lo, hi, var = preactivation_bounds(dense, layer, messages.value_dtype)
     z = np.where(lo == hi, lo, np.where(np.isfinite(hi), hi, lo))
-    w = np.asarray(layer.weight, np.float64)
+    w = np.asarray(layer.dense_weight, np.float64)
     target = z - np.asarray(layer.bias, np.float64)[None, :]
     x, *_ = np.linalg.lstsq(w, target.T, rcond=1e-6)
     return x.T.reshape(len(messages), n_channels, -1).astype(np.float32)
@@ -360,7 +360,7 @@ def joint_attack(
     numpy.ndarray, shape (C, L)
         The reconstructed stream; samples no window covers stay 0.
     """
-    w = np.asarray(layer.weight, np.float64)
+    w = np.asarray(layer.dense_weight, np.float64)
     b = np.asarray(layer.bias, np.float64)
     t = layer.n_inputs // n_channels
     starts = window_starts(n_samples, t, hop)

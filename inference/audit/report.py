@@ -177,9 +177,10 @@ def effective_layer(layer: FirstLayer, n_channels: int, demean: bool) -> FirstLa
     """
     if not demean:
         return layer
-    w = layer.weight.reshape(layer.width, n_channels, -1)
+    w = layer.dense_weight.reshape(layer.width, n_channels, -1)
     w = w - w.mean(axis=-1, keepdims=True)
-    return replace(layer, weight=w.reshape(layer.width, -1).astype(np.float32))
+    dense = w.reshape(layer.width, -1).astype(np.float32)
+    return replace(layer, weight=dense, pool=1, n_samples=0)
 
 
 def run_audit(
