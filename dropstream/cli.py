@@ -21,6 +21,7 @@ from dropstream.errors import DropstreamError
 #: Subcommand name -> module in :mod:`dropstream.commands`, in the order ``--help`` lists them.
 COMMANDS: dict[str, str] = {
     "broker": "broker",
+    "keys": "keys",
     "replay": "replay",
     "connect": "connect",
     "train": "train",

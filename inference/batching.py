@@ -16,7 +16,7 @@ validation for a whole batch at once:
   :class:`~dropstream.broker.wire.WireFormatError` message becomes the rejection reason. The fast
   path therefore never accepts anything the reference decoder rejects.
 
-:func:`scatter_dense` then writes the kept values of ``N`` windows into a zero ``(N, m)`` matrix
+:func:`scatter_dense` then writes the kept values of ``N`` windows into a NaN ``(N, m)`` matrix
 with one fancy-indexing assignment.
 """
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -32,10 +33,14 @@ from dropstream.broker.wire import (
     HEADER,
     HEADER_BYTES,
     MAX_MESSAGE_BYTES,
+    MAX_UNENCODED_S,
+    UNENCODED,
     WireFormatError,
     WireHeader,
     check_header,
     decode_activation,
+    header_bytes,
+    trailer_bytes,
 )
 
 _IDS_CACHE_LIMIT = 100_000
@@ -132,7 +137,7 @@ class WindowGroup:
         )
 
     def dense(self) -> np.ndarray:
-        """Dense ``(n, m)`` float32 activations, zeros at dropped units."""
+        """Dense ``(n, m)`` float32 activations, NaN at dropped units (the head's input)."""
         return scatter_dense(self.indices, self.values, self.width)
 
 
@@ -149,13 +154,17 @@ class DecodedBatch:
         return sum(len(g) for g in self.groups)
 
 
-def scatter_dense(indices: np.ndarray, values: np.ndarray, width: int) -> np.ndarray:
-    """Scatter kept values ``(N, K)`` at ``indices`` ``(N, K)`` into a zero ``(N, m)`` matrix.
+def scatter_dense(
+    indices: np.ndarray, values: np.ndarray, width: int, fill: float = np.nan
+) -> np.ndarray:
+    """Scatter kept values ``(N, K)`` at ``indices`` ``(N, K)`` into an ``(N, m)`` matrix.
 
-    One numpy assignment, no loop over windows or values.
+    Dropped units hold ``fill``: NaN by default, which is how a head
+    (:class:`dropstream.inference.model.Head`) tells a dropped unit from a kept one (kept values
+    are finite: the wire refuses others). One numpy assignment, no loop over windows or values.
     """
     n = indices.shape[0]
-    out = np.zeros((n, width), np.float32)
+    out = np.full((n, width), fill, np.float32)
     out[np.arange(n)[:, None], indices] = values
     return out
 
@@ -204,7 +213,8 @@ class BatchDecoder:
         # layout key -> list of (row, header tuple, ids, index bytes, value bytes)
         layouts: dict[tuple, list] = {}
         unpack = HEADER.unpack_from
-        make_header = WireHeader._make
+        unpack_unencoded = UNENCODED.unpack_from
+        make_header = partial(tuple.__new__, WireHeader)  # WireHeader._make without its overhead
         for row, data in enumerate(payloads):
             if (
                 not isinstance(data, (bytes, bytearray))
@@ -223,11 +233,16 @@ class BatchDecoder:
             a, b, c = h.n_model, h.n_device, h.n_stream
             isz = 2 if width <= 65536 else 4
             vsz = 4 if flags & FLAG_FLOAT32 else 2
-            pos = HEADER_BYTES + a + b + c
-            if len(data) != pos + keep * (isz + vsz):
+            start = header_bytes(h.version)
+            pos = start + a + b + c
+            end = len(data) - trailer_bytes(h.version)
+            if end != pos + keep * (isz + vsz) or (
+                h.version == 2
+                and not 0.0 <= unpack_unencoded(data, HEADER_BYTES)[0] <= MAX_UNENCODED_S
+            ):
                 rejected.append((row, _reason(data)))
                 continue
-            ids = self._ids.get(bytes(data[HEADER_BYTES:pos]), a, b)
+            ids = self._ids.get(bytes(data[start:pos]), a, b)
             if ids is None:
                 rejected.append((row, _reason(data)))
                 continue
@@ -242,7 +257,7 @@ class BatchDecoder:
                     h.hop_samples / sfreq,
                     ids,
                     data[pos:split],
-                    data[split:],
+                    data[split:end],
                     h.wall_time,
                 )
             )

@@ -196,6 +196,7 @@ def run_demo(
 
     from dropstream.acquisition.inlet import LiveStream
     from dropstream.acquisition.replay import RecordingReplay
+    from dropstream.broker.auth import DeviceKey, DeviceKeys
     from dropstream.broker.clients import make_topic_reader
     from dropstream.broker.config import ClientConfig
     from dropstream.broker.embedded import EmbeddedBroker
@@ -226,7 +227,10 @@ def run_demo(
             f"{config.alerts_topic}, {config.dead_letter_topic}"
         )
         settings = ServiceSettings(max_wait_ms=10.0, log_interval_s=60.0, **DEMO_ALERTS)
-        service = InferenceService(config, bundle_path, settings)
+        # an ephemeral device key, known to this run's service only: every window is verified
+        device_key = DeviceKey.generate(DEMO_DEVICE)
+        authenticator = DeviceKeys({DEMO_DEVICE: device_key.secret})
+        service = InferenceService(config, bundle_path, settings, authenticator=authenticator)
         serve_thread = threading.Thread(target=service.run, name="demo-serve", daemon=True)
         serve_thread.start()
 
@@ -257,7 +261,7 @@ def run_demo(
         replay = RecordingReplay([recording], speed=speed, source_id=source_id).start()
         inlet = LiveStream.connect(source_id=source_id, timeout=10.0)
         spool = Spool(Path(tmp) / "spool")
-        agent = EncoderAgent(device_bundle, inlet, config, spool, device_id=DEMO_DEVICE)
+        agent = EncoderAgent(device_bundle, inlet, config, spool, device_key)
         agent.start()
         emit(
             f"replaying {Path(recording).name} ({samples.shape[1] / sfreq:.0f} s, "

@@ -26,12 +26,26 @@ import torch
 from torch import nn
 
 from dropstream.inference.batching import scatter_dense
-from dropstream.inference.model import Head, ModelConfigError, NoveltyScorer
+from dropstream.inference.model import HEAD_FORMAT, Head, ModelConfigError, NoveltyScorer
 from dropstream.local_encoder.bundle import BundleError, DeviceBundle, load_bundle
 
 
 def build_head(head_config: Mapping[str, Any]) -> nn.Module:
-    """Rebuild an (untrained) head from a bundle's ``head_config``."""
+    """Rebuild an (untrained) head from a bundle's ``head_config``.
+
+    ``head_config["format"]`` (absent = 1) is the head's input and layout version
+    (:data:`dropstream.inference.model.HEAD_FORMAT`): format 1 heads (zero-filled, rescaled) load
+    as they were; a newer format than this dropstream knows is refused with a clear error.
+    """
+    try:
+        head_format = int(head_config.get("format", 1))
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"head_config format {head_config.get('format')!r} is invalid") from exc
+    if not 1 <= head_format <= HEAD_FORMAT:
+        raise BundleError(
+            f"the bundle's head has format {head_format}, this dropstream reads head formats 1 "
+            f"to {HEAD_FORMAT}: upgrade dropstream on the server (or retrain the bundle)"
+        )
     try:
         head = Head(
             int(head_config["width"]),
@@ -41,8 +55,9 @@ def build_head(head_config: Mapping[str, Any]) -> nn.Module:
             dropout=float(head_config.get("dropout", 0.0)),
             bias=bool(head_config.get("bias", True)),
             rescale=bool(head_config.get("rescale", True)),
+            fill=str(head_config.get("fill", "zero")) if head_format >= 2 else "zero",
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, ModelConfigError) as exc:
         raise BundleError(f"head_config is incomplete or invalid: {exc!r}") from exc
     kind = head_config.get("type", "classifier")
     if kind == "novelty":
@@ -111,7 +126,7 @@ class ServerModel:
 
     def forward(self, dense: np.ndarray) -> torch.Tensor:
         """Raw head outputs (on :attr:`torch_device`) for dense activations ``(N, m)`` float32
-        with zeros at dropped units; the caller chooses the grad mode."""
+        with NaN at dropped units (:func:`scatter_dense`); the caller chooses the grad mode."""
         x = torch.from_numpy(dense).to(self.torch_device, non_blocking=True)
         return self.head(x)
 

@@ -121,10 +121,14 @@ class ServiceMetrics:
         self.c_producer = Counter(p + "producer_restarts", "producers recreated", registry=r)
         self.c_reset = Counter(p + "offset_resets", "partitions reset under us", registry=r)
 
-    def serve_http(self, port: int, addr: str = "127.0.0.1") -> None:
+    def serve_http(self, port: int, addr: str = "127.0.0.1") -> tuple[str, int]:
         """Expose the registry at ``http://addr:port/metrics`` (a daemon thread); only on this
-        host unless ``addr`` says otherwise (e.g. ``"0.0.0.0"``)."""
-        start_http_server(port, addr=addr, registry=self.registry)
+        host unless ``addr`` says otherwise (e.g. ``"0.0.0.0"``). Returns the bound address."""
+        started = start_http_server(port, addr=addr, registry=self.registry)
+        if isinstance(started, tuple):  # (server, thread) in prometheus-client >= 0.17
+            host, bound_port = started[0].server_address[:2]
+            return str(host), int(bound_port)
+        return addr, port  # pragma: no cover - older prometheus-client returns nothing
 
     def batch(self, n_windows: int, window_latencies: np.ndarray | None = None) -> None:
         """Record one scored micro-batch."""

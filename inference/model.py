@@ -4,13 +4,16 @@ Layout (Dong et al., TIFS 2018, arXiv:1711.07520)::
 
     window (C, T) --[device]--> first layer a = f(W x + b), m units
                   --[device]--> keep K random units, drop the rest (fresh set per window)
-                  --[server]--> head: scatter kept values into an m-vector (zeros elsewhere),
-                                rescale by m/K, MLP m -> 512 -> 256 -> outputs
+                  --[server]--> head: scatter kept values into an m-vector (NaN elsewhere),
+                                fill the dropped units with learned values, append the keep
+                                mask, MLP 2m -> 512 -> 256 -> outputs
 
-The device sends the raw kept values (no rescaling on the device). The server knows ``m`` and
-``K`` from the bundle and multiplies the scattered vector by ``m / K`` (inverted-dropout
-scaling) so that the head sees activations of the same scale for any keep setting. Training
-applies exactly the same dropping, so the head works for any kept set.
+The device sends the raw kept values. The server knows which units it received, so the head
+(``fill="learned"``, the default since head format 2) gives every dropped unit a learned value
+and sees the keep mask beside the values: a kept unit at zero (ReLU) and a dropped unit are no
+longer the same input. Heads of format 1 (older bundles) zero the dropped units and rescale by
+``m / K`` (inverted dropout); they still load. Training applies exactly the same dropping, so
+the head works for any kept set.
 
 The first layer is either ``"dense"`` (``nn.Linear`` over the channel-major flattened window) or
 ``"conv"`` (a spatio-temporal ``nn.Conv1d`` over all channels with a temporal kernel and stride,
@@ -25,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from dropstream.errors import DropstreamError
 from dropstream.local_encoder.first_layer import (
@@ -52,6 +56,43 @@ def activation_fn(name: str, negative_slope: float = 0.01) -> nn.Module:
     raise ModelConfigError(f"unknown activation {name!r}; choose one of {ACTIVATIONS}")
 
 
+class LevelShapeScale(nn.Module):
+    """Weight parametrisation of a dense layer over pooled windows ``(C, P)``, flattened: the
+    layer sees each channel's window **level** (its mean over the window) and **shape** (the
+    deviations from it) as separately standardised inputs.
+
+    With ``W`` the trained weight, the effective weight is ``W M`` with, per channel ``c``,
+    ``M_c = (I - J/P) / s_c + gain / (l_c P sqrt(P)) 1 1'`` (``J = 1 1'``; ``s_c`` the spread of
+    the shape and ``l_c`` of the level over the training windows, :meth:`fit`). ``W x`` then
+    equals ``W_shape . shape / s + (gain / l) level . (W 1 / sqrt(P))``: AdamW and weight decay
+    act on ``W``, where level and shape are on one scale, instead of on raw samples where a
+    large trial-to-trial offset drowns the shape. Still one linear map of the window: the device
+    gets the effective weight (``layer.weight`` returns it).
+    """
+
+    def __init__(self, n_channels: int, n_positions: int, gain: float = 1.0) -> None:
+        super().__init__()
+        self.n_channels, self.n_positions, self.gain = int(n_channels), int(n_positions), gain
+        self.register_buffer("shape_scale", torch.ones(self.n_channels))
+        self.register_buffer("level_scale", torch.ones(self.n_channels))
+
+    @torch.no_grad()
+    def fit(self, pooled: torch.Tensor) -> None:
+        """Set ``1/s`` and ``gain/l`` from pooled training windows ``(N, C, P)``."""
+        level = pooled.mean(-1, keepdim=True)
+        shape_sd = (pooled - level).std(dim=(0, 2)).clamp(min=1e-6)
+        level_sd = level[..., 0].std(dim=0).clamp(min=1e-6) if len(pooled) > 1 else shape_sd
+        self.shape_scale.copy_(1.0 / shape_sd)
+        self.level_scale.copy_(self.gain / (level_sd * self.n_positions**1.5))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        """The effective weight ``W M`` of the trained weight ``W (m, C*P)``."""
+        w = weight.reshape(weight.shape[0], self.n_channels, self.n_positions)
+        shape = (w - w.mean(-1, keepdim=True)) * self.shape_scale[:, None]
+        level = w.sum(-1, keepdim=True) * self.level_scale[:, None]
+        return (shape + level).reshape(weight.shape)
+
+
 class TorchFirstLayer(nn.Module):
     """Device-side first layer in torch, dense or a linear convolution.
 
@@ -71,6 +112,10 @@ class TorchFirstLayer(nn.Module):
         samples before the dense map (a trailing remainder is ignored). It cuts the trainable
         weights by ``pool`` (useful on small data) and is exported as pooling + the small matrix,
         so it cuts the device's work by ``pool`` too.
+    level_gain : float or None
+        For ``kind="dense"``: train the weight in level/shape coordinates
+        (:class:`LevelShapeScale`, call :meth:`fit_input_scale` on training windows first) with
+        this weight of the standardised level; ``None`` trains it on the samples directly.
     """
 
     def __init__(
@@ -85,6 +130,7 @@ class TorchFirstLayer(nn.Module):
         conv_kernel: int = 32,
         conv_stride: int = 16,
         pool: int = 1,
+        level_gain: float | None = None,
     ) -> None:
         super().__init__()
         self.n_channels = int(n_channels)
@@ -99,6 +145,9 @@ class TorchFirstLayer(nn.Module):
             pooled = self.n_samples // self.pool
             self.linear = nn.Linear(self.n_channels * pooled, int(width))
             self.width = int(width)
+            if level_gain is not None:
+                scale = LevelShapeScale(self.n_channels, pooled, float(level_gain))
+                parametrize.register_parametrization(self.linear, "weight", scale)
         elif kind == "conv":
             if conv_kernel > n_samples or conv_kernel < 1 or conv_stride < 1:
                 raise ModelConfigError(
@@ -111,6 +160,17 @@ class TorchFirstLayer(nn.Module):
         else:
             raise ModelConfigError(f"first layer kind must be 'dense' or 'conv', not {kind!r}")
         self.act = activation_fn(activation, negative_slope)
+
+    @torch.no_grad()
+    def fit_input_scale(self, x: torch.Tensor) -> None:
+        """Fit the level/shape standardisation (``level_gain`` set) on training windows
+        ``(N, C, T)``; a no-op otherwise."""
+        if self.kind != "dense" or not parametrize.is_parametrized(self.linear, "weight"):
+            return
+        pooled = nn.functional.avg_pool1d(x, self.pool) if self.pool > 1 else x
+        for p in self.linear.parametrizations["weight"]:
+            if isinstance(p, LevelShapeScale):
+                p.fit(pooled[..., : p.n_positions])
 
     def preactivation(self, x: torch.Tensor) -> torch.Tensor:
         """``W x + b`` for windows ``(N, C, T)`` -> ``(N, m)``."""
@@ -178,15 +238,28 @@ def random_keep_mask(
     return mask
 
 
+#: Version of the head's inputs and ``state_dict`` layout, stored as ``head_config["format"]``.
+#: 1: zeros at dropped units, rescaled by ``m/K`` (bundles without the key). 2: ``fill`` is
+#: ``"learned"`` or ``"zero"``, and dropped units arrive as NaN (or with an explicit mask).
+HEAD_FORMAT = 2
+
+#: How a head treats dropped units (see :class:`Head`).
+FILLS = ("zero", "learned")
+
+
 class Head(nn.Module):
-    """Server part: rescale the dropped activations by ``m/K`` and run an MLP.
+    """Server part: fill the dropped units, then an MLP.
+
+    The input is the dense ``(N, m)`` activation matrix with **NaN at dropped units** (what
+    :func:`dropstream.inference.batching.scatter_dense` builds), or any values with an explicit
+    boolean keep ``mask``.
 
     Parameters
     ----------
     width : int
-        First-layer width ``m`` (input size).
+        First-layer width ``m``.
     keep : int
-        Units kept per window ``K``; the input is multiplied by ``m / K`` when ``rescale``.
+        Units kept per window ``K``.
     hidden : sequence of int
         Hidden layer sizes (default ``(512, 256)``).
     n_outputs : int
@@ -196,7 +269,12 @@ class Head(nn.Module):
     bias : bool
         Whether linear layers have a bias (a Deep SVDD novelty head uses ``False``).
     rescale : bool
-        Multiply the input by ``m / K``.
+        ``fill="zero"`` only: multiply the input by ``m / K`` (inverted-dropout scaling).
+    fill : {"zero", "learned"}
+        ``"zero"``: dropped units are zero (the head cannot tell a dropped unit from a kept unit
+        at zero). ``"learned"``: a dropped unit takes a learned value (``fill_base``, the mean
+        training activation, plus the learned ``fill_offset``) and the keep mask joins the
+        input, so the MLP sees ``2 m`` numbers and knows which units were measured.
     """
 
     def __init__(
@@ -208,13 +286,20 @@ class Head(nn.Module):
         dropout: float = 0.25,
         bias: bool = True,
         rescale: bool = True,
+        fill: str = "zero",
     ) -> None:
         super().__init__()
+        if fill not in FILLS:
+            raise ModelConfigError(f"head fill must be one of {FILLS}, not {fill!r}")
         self.width = int(width)
         self.keep = int(keep)
         self.rescale = bool(rescale)
+        self.fill = fill
+        if fill == "learned":
+            self.register_buffer("fill_base", torch.zeros(self.width))
+            self.fill_offset = nn.Parameter(torch.zeros(self.width))
         layers: list[nn.Module] = []
-        prev = self.width
+        prev = self.width * (2 if fill == "learned" else 1)
         for h in hidden:
             layers += [nn.Linear(prev, int(h), bias=bias), nn.ReLU()]
             if dropout > 0:
@@ -223,11 +308,24 @@ class Head(nn.Module):
         layers.append(nn.Linear(prev, int(n_outputs), bias=bias))
         self.mlp = nn.Sequential(*layers)
 
-    def forward(self, dropped: torch.Tensor) -> torch.Tensor:
-        """Outputs for dropped activations ``(N, m)`` (zeros at dropped units)."""
-        if self.rescale:
-            dropped = dropped * (self.width / self.keep)
-        return self.mlp(dropped)
+    @torch.no_grad()
+    def set_fill_base(self, activations: torch.Tensor) -> None:
+        """Start the learned fill at the mean of undropped training activations ``(N, m)``."""
+        if self.fill == "learned":
+            self.fill_base.copy_(activations.mean(0))
+
+    def forward(self, dense: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Outputs for activations ``(N, m)``: NaN at dropped units, or ``mask`` (bool, True =
+        kept) given."""
+        kept = ~torch.isnan(dense) if mask is None else mask.bool()
+        if self.fill == "zero":
+            x = torch.where(kept, dense, torch.zeros((), dtype=dense.dtype, device=dense.device))
+            if self.rescale:
+                x = x * (self.width / self.keep)
+        else:
+            x = torch.where(kept, dense, self.fill_base + self.fill_offset)
+            x = torch.cat([x, kept.to(x.dtype)], dim=1)
+        return self.mlp(x)
 
 
 class NoveltyScorer(nn.Module):
@@ -248,9 +346,9 @@ class NoveltyScorer(nn.Module):
         """Units kept per window ``K`` (the head's, so the two never disagree)."""
         return self.head.keep
 
-    def forward(self, dropped: torch.Tensor) -> torch.Tensor:
-        """Anomaly scores ``(N,)`` of dropped activations ``(N, m)``."""
-        return ((self.head(dropped) - self.center) ** 2).sum(dim=1)
+    def forward(self, dense: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Anomaly scores ``(N,)`` of activations ``(N, m)`` (dropped units as in :class:`Head`)."""
+        return ((self.head(dense, mask) - self.center) ** 2).sum(dim=1)
 
 
 class SplitNet(nn.Module):
@@ -271,7 +369,7 @@ class SplitNet(nn.Module):
         if n_masks > 1:
             a = a.repeat_interleave(n_masks, dim=0)
         mask = random_keep_mask(a.shape[0], a.shape[1], self.keep, generator, a.device)
-        return self.head(a * mask)
+        return self.head(a, mask.bool())
 
 
 def validate_keep(

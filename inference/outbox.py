@@ -10,6 +10,7 @@ service commits any offset; records leave the outbox only once acknowledged.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -115,7 +116,10 @@ class Outbox:
                 (SIZE_HEADER, str(len(value or b"")).encode()),
                 (SHA256_HEADER, digest.encode()),
             ]
-            key = value = None
+            key = None
+            value = _reference(record, digest)
+        elif key is None and value is None:
+            value = b""  # a record must carry a key or a value
         self.pending.append(OutgoingRecord(self.dead_letter_topic, key, value, headers))
         if quiet:
             return
@@ -193,11 +197,25 @@ class Outbox:
         in the outbox (nothing is committed after a failure; resending repeats ids)."""
         if not self.pending:
             return
-        futures = [
-            producer.send(r.topic, key=r.key, value=r.value, headers=r.headers)
-            for r in self.pending
-        ]
+        futures = []
+        for i, r in enumerate(self.pending):
+            try:
+                futures.append(producer.send(r.topic, key=r.key, value=r.value, headers=r.headers))
+            except (ValueError, TypeError, AssertionError) as exc:
+                # the client refuses this record itself (not the broker): send why instead
+                log.error("record for %s refused by the Kafka client: %r", r.topic, exc)
+                self.metrics.dead_letter("undeliverable")
+                note = json.dumps({"undeliverable_to": r.topic, "error": repr(exc)[:500]})
+                self.pending[i] = OutgoingRecord(self.dead_letter_topic, None, note.encode(), None)
+                futures.append(producer.send(self.dead_letter_topic, value=note.encode()))
         producer.flush(timeout=timeout_s)
         for fut in futures:
             fut.get(timeout=timeout_s)  # raises if a record was not acknowledged
         self.pending.clear()
+
+
+def _reference(record: Any, digest: str) -> bytes:
+    """The value of a by-reference dead letter: where the original is, its size and hash."""
+    size = len(record.value or b"")
+    ref = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+    return json.dumps(ref | {"size": size, "sha256": digest}).encode()

@@ -1,8 +1,8 @@
 """Per-device rate limiting: a token bucket per device, so one device cannot starve the others.
 
-Pure bookkeeping, no Kafka: the service asks :meth:`DeviceRateLimiter.allow` for each record
-(by its Kafka key, the device id, after authentication) before decoding it; a refused record
-costs a dictionary lookup and a by-reference dead letter, not a decode or a forward pass.
+Pure bookkeeping, no Kafka: per batch the service takes each device's tokens at once
+(:meth:`DeviceRateLimiter.take`, by Kafka key, the device id, after authentication) before
+decoding; a refused record costs a by-reference dead letter, not a decode or a forward pass.
 """
 
 from __future__ import annotations
@@ -27,19 +27,23 @@ class DeviceRateLimiter:
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def allow(self, device: bytes, now: float) -> bool:
-        """Take one token of ``device`` at monotonic time ``now`` (seconds); whether it had one."""
+    def take(self, device: bytes, n: int, now: float) -> int:
+        """Take up to ``n`` tokens of ``device`` at monotonic time ``now`` (seconds); returns
+        how many it had (its first that many windows pass)."""
         bucket = self._buckets.get(device)
         if bucket is None:
-            self._buckets[device] = [self.burst - 1.0, now]
-            return True
-        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
-        bucket[1] = now
-        if tokens >= 1.0:
-            bucket[0] = tokens - 1.0
-            return True
-        bucket[0] = tokens
-        return False
+            tokens = self.burst
+            bucket = self._buckets[device] = [tokens, now]
+        else:
+            tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+            bucket[1] = now
+        granted = min(n, int(tokens))
+        bucket[0] = tokens - granted
+        return granted
+
+    def allow(self, device: bytes, now: float) -> bool:
+        """Take one token of ``device`` at monotonic time ``now`` (seconds); whether it had one."""
+        return self.take(device, 1, now) == 1
 
     def prune(self, now: float) -> None:
         """Forget devices whose bucket is full again (they are as good as new)."""

@@ -37,9 +37,12 @@ testable without a broker, are:
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -169,6 +172,9 @@ class InferenceService:
         #: Verifies records before anything else reads them: ``check_batch(keys, values)`` ->
         #: ``[(row, reason), ...]`` refused (see docs/security-service.md). ``None``: none.
         self.authenticator: Authenticator | None = authenticator
+        self._marks: dict[str, str] = {}  # partition -> marks text, saved in state_dir
+        self._marks_at = -1e9
+        self._to_restore: list[TopicPartition] = []
         self._pending: list[Any] = []
         self._stop = threading.Event()
         self._consumer: Any = None
@@ -191,10 +197,61 @@ class InferenceService:
 
             def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
                 log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
+                # read their marks from the main loop: no client calls inside this callback
+                service._to_restore.extend(assigned)
                 service.ready.set()
 
         self._consumer.unsubscribe()  # subscribe again, with the rebalance listener
         self._consumer.subscribe([self.config.activations_topic], listener=Listener())
+
+    def _marks_path(self) -> Path | None:
+        d = self.settings.state_dir
+        if d is None:
+            return None
+        name = f"marks-{self.config.group_id}-{self.config.activations_topic}.json"
+        return Path(d) / "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+    def _restore_marks(self) -> None:
+        """Seed the high-water marks saved for each newly assigned partition (replay
+        protection that survives a restart of the service)."""
+        assigned, self._to_restore = self._to_restore, []
+        path = self._marks_path()
+        if path is None or not path.exists():
+            return
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read the high-water marks in %s (%r): starting without", path, exc)
+            return
+        now = time.monotonic()
+        for tp in assigned:
+            text = saved.get(str(tp.partition)) if isinstance(saved, dict) else None
+            if isinstance(text, str):
+                n = self.streams.restore(tp, text, now)
+                log.info("partition %d: %d streams' high-water marks restored", tp.partition, n)
+
+    def _save_marks(self, offsets: dict[TopicPartition, int]) -> None:
+        """Save the high-water marks of partitions clean up to their end (never beyond what
+        their committed offset covers: a process resuming there accepts every genuine window
+        after it and refuses replays at or below the marks), at most every
+        ``marks_interval_s``."""
+        path, s, now = self._marks_path(), self.settings, time.monotonic()
+        if path is None or now - self._marks_at < s.marks_interval_s:
+            return
+        clean = [tp for tp, off in offsets.items() if self.offsets.next.get(tp) == off]
+        if not clean:
+            return
+        self._marks.update(
+            {str(tp.partition): m for tp, m in self.streams.marks(clean, s.max_marks_bytes).items()}
+        )
+        tmp = path.with_suffix(".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(self._marks))
+            os.replace(tmp, path)  # atomic: a crash leaves the old or the new file
+        except OSError as exc:
+            log.warning("cannot save high-water marks to %s: %r", path, exc)
+        self._marks_at = now
 
     def _revoke(self, revoked: set[TopicPartition]) -> None:
         """Forget everything about revoked partitions: their next owner replays from the last
@@ -207,6 +264,8 @@ class InferenceService:
         ]
         self.streams.forget(revoked)
         self.offsets.revoke(revoked)
+        for tp in revoked:
+            self._marks.pop(str(tp.partition), None)
 
     def _close(self) -> None:
         if self._producer is not None:
@@ -256,6 +315,8 @@ class InferenceService:
                 polled = self._consumer.poll(
                     timeout_ms=int(wait * 1000), max_records=s.max_batch - len(self._pending)
                 )
+                if self._to_restore:
+                    self._restore_marks()
                 for records in polled.values():
                     self._pending.extend(records)
                 now = time.monotonic()
@@ -269,7 +330,12 @@ class InferenceService:
                 if not self._pending:
                     first_at = None
                 if now - last_lag >= 1.0:
-                    self._housekeeping(now)
+                    try:
+                        self._housekeeping(now)
+                    except KafkaError:
+                        raise
+                    except Exception:  # noqa: BLE001 - bookkeeping must not stop the service
+                        log.exception("housekeeping failed; going on")
                     last_lag = now
                 self.metrics.maybe_log()
             if self._pending:
@@ -277,10 +343,11 @@ class InferenceService:
                 self.process(batch)
         except KafkaError as exc:
             raise ServiceError(
-                f"Kafka failed for over {s.delivery_timeout_s:g} s ({exc!r}); offsets were "
-                f"committed only up to alerts already delivered ({len(self.outbox)} updates "
-                "were still waiting). Restarting the service replays from those offsets if the "
-                "broker kept its log (a reset broker lost those windows: see docs/service.md)"
+                f"Kafka failed ({exc!r}; deliveries are retried for {s.delivery_timeout_s:g} s "
+                f"first); offsets were committed only up to alerts already delivered "
+                f"({len(self.outbox)} records were still waiting). Restarting the service "
+                "replays from those offsets if the broker kept its log (a reset broker lost "
+                "them: see docs/service.md, Broker restarts)"
             ) from exc
         finally:
             self.metrics.maybe_log(force=True)
@@ -408,12 +475,24 @@ class InferenceService:
             for row, reason in self.authenticator.check_batch(keys, values):
                 refused[row] = ("unauthenticated", reason)
         if self.limiter is not None:
-            allow, now, n_limited = self.limiter.allow, time.monotonic(), 0
-            for row, rec in enumerate(records):
-                if row not in refused and not allow(rec.key or b"", now):
-                    refused[row] = ("rate-limited", "")
-                    n_limited += 1
-            if n_limited:
+            keys = [r.key or b"" for r in records]
+            counts = Counter(
+                keys if not refused else (k for row, k in enumerate(keys) if row not in refused)
+            )
+            now, over = time.monotonic(), {}
+            for key, n in counts.items():
+                granted = self.limiter.take(key, n, now)
+                if granted < n:
+                    over[key] = granted  # its first ``granted`` windows pass
+            if over:
+                n_limited = 0
+                for row, key in enumerate(keys):
+                    if key in over and row not in refused:
+                        if over[key] > 0:
+                            over[key] -= 1
+                        else:
+                            refused[row] = ("rate-limited", "")
+                            n_limited += 1
                 self.metrics.rate_limit(n_limited)
                 rate = self.settings.device_rate
                 log.warning("%d windows over the rate limit (%g/s per device)", n_limited, rate)
@@ -454,15 +533,17 @@ class InferenceService:
         group = WindowGroup.concat(servable)
         ok = np.ones(len(group), bool)
         rows = group.rows.tolist()
-        for i, (row, device) in enumerate(zip(rows, group.device_id, strict=True)):
-            key = batch[row].key
-            if key != device.encode("utf-8"):
-                ok[i] = False
-                outbox.dead_letter(
-                    batch[row],
-                    "key-mismatch",
-                    f"Kafka key {key!r:.80} is not the device id {device!r} inside the message",
-                )
+        keys = [batch[row].key for row in rows]
+        # the key must be the device id: checked per distinct pair, per record only on a mismatch
+        if any(k != d.encode("utf-8") for k, d in set(zip(keys, group.device_id, strict=True))):
+            for i, (key, device) in enumerate(zip(keys, group.device_id, strict=True)):
+                if key != device.encode("utf-8"):
+                    ok[i] = False
+                    outbox.dead_letter(
+                        batch[rows[i]],
+                        "key-mismatch",
+                        f"Kafka key {key!r:.80} is not the device id {device!r} inside the message",
+                    )
         s = self.settings
         if s.freshness_s is not None:
             now = time.time()
@@ -591,6 +672,7 @@ class InferenceService:
         return None
 
     def _commit(self) -> None:
+        """Commit the safe offsets (then save the high-water marks they cover)."""
         offsets = self.offsets.to_commit()
         if not offsets:
             return
@@ -608,6 +690,7 @@ class InferenceService:
             )
             return
         self.offsets.committed_ok(offsets)
+        self._save_marks(offsets)
 
 
 def _partition(record: Any) -> TopicPartition:

@@ -73,6 +73,14 @@ class ServiceSettings:
     delivery_timeout_s : float
         How long the service keeps re-delivering alerts (recreating its producer after fatal
         errors) before it gives up and exits; nothing is committed meanwhile.
+    state_dir : str or None
+        Folder where the service saves per-stream high-water marks of its partitions (replay
+        protection across a restart of the service); ``None``: not saved.
+    marks_interval_s : float
+        How often those marks are saved, seconds.
+    max_marks_bytes : int
+        Most bytes of marks per partition; the most recently seen streams are kept when they do
+        not all fit.
     log_interval_s : float
         Seconds between metric log lines.
     torch_threads : int or None
@@ -107,6 +115,9 @@ class ServiceSettings:
     device_burst: float = 3000.0
     dead_letter_inline_bytes: int = 256 * 1024
     delivery_timeout_s: float = 300.0
+    state_dir: str | None = None
+    marks_interval_s: float = 5.0
+    max_marks_bytes: int = 1 << 20
     log_interval_s: float = 10.0
     torch_threads: int | None = None
 

@@ -27,10 +27,16 @@ Per stream:
 
 Memory is bounded: :meth:`StreamTracker.forget_idle` drops clean streams silent for a while and,
 above ``max_streams``, the least recently seen clean ones.
+
+Replay protection across restarts: :meth:`StreamTracker.marks` renders a partition's per-stream
+high-water marks as text the service saves with its committed offsets (``state_dir``);
+:meth:`StreamTracker.restore` seeds them back when the partition is assigned again, so windows
+at or below a mark are duplicates even for a fresh process.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -372,4 +378,49 @@ class StreamTracker:
         if n:
             self.metrics.forgot_streams(n)
         self.metrics.set_tracked(len(streams), self.n_gaps)
+        return n
+
+    # -- high-water marks across restarts ----------------------------------------------------
+    def marks(self, partitions: Iterable[Hashable], max_bytes: int) -> dict[Hashable, str]:
+        """Per partition, ``{"device\\x1fstream": newest sequence}`` of its streams as JSON of
+        at most ``max_bytes`` (the most recently seen streams first when they do not all fit)."""
+        wanted = set(partitions)
+        by_partition: dict[Hashable, list[tuple[float, str, int]]] = {p: [] for p in wanted}
+        for (dev, stm), st in self.streams.items():
+            if st.partition in wanted and st.seen_max >= 0:
+                by_partition[st.partition].append((st.last_seen, f"{dev}\x1f{stm}", st.seen_max))
+        out = {}
+        for p, rows in by_partition.items():
+            rows.sort(reverse=True)
+            marks: dict[str, int] = {}
+            size = 2
+            for _, name, seq in rows:
+                size += len(json.dumps(name)) + len(str(seq)) + 2
+                if size > max_bytes:
+                    break
+                marks[name] = seq
+            out[p] = json.dumps(marks, separators=(",", ":"))
+        return out
+
+    def restore(self, partition: Hashable, text: str, now: float = 0.0) -> int:
+        """Seed the streams of ``partition`` from :meth:`marks` text; returns how many (bad
+        text, e.g. another tool's metadata, seeds nothing)."""
+        try:
+            marks = json.loads(text) if text else {}
+            items = [(name.split("\x1f", 1), int(seq)) for name, seq in marks.items()]
+        except (ValueError, TypeError, AttributeError):
+            return 0
+        n = 0
+        for key_parts, seq in items:
+            if len(key_parts) != 2 or seq < 0:
+                continue
+            key = (key_parts[0], key_parts[1])
+            st = self.streams.get(key)
+            if st is None:
+                st = self.streams[key] = _Stream(
+                    EventDetector(key[0], key[1], self.policy), partition, last_seen=now
+                )
+            if seq > st.seen_max:
+                st.seen_max = seq
+                n += 1
         return n

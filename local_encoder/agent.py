@@ -21,7 +21,8 @@ full policy.
 
 Use it in-process::
 
-    agent = EncoderAgent(bundle, inlet, config, spool, device_id="clinic-7-eeg")
+    key = DeviceKey.load("clinic-7-eeg.key")   # from 'dropstream keys provision'
+    agent = EncoderAgent(bundle, inlet, config, spool, key)
     agent.start()            # background threads
     print(agent.stats)       # windows sent, spool depth, send latency, lost samples
     agent.stop()             # flushes what the broker takes in time, spools the rest
@@ -40,6 +41,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from dropstream.broker.auth import DeviceKey
 from dropstream.broker.config import ClientConfig
 from dropstream.errors import DropstreamError
 from dropstream.local_encoder.bundle import DeviceBundle
@@ -91,6 +93,9 @@ class AgentStats:
         Sequence number of the next window.
     stream_ok : bool
         False while the inlet reports the stream lost (it reconnects by itself).
+    unencoded_s : float
+        Seconds of signal reported as not encoded (``unencoded_s`` of the messages) since
+        start: downtime before this start, stream breaks.
     """
 
     windows_made: int
@@ -104,6 +109,7 @@ class AgentStats:
     broker_ok: bool
     next_sequence: int
     stream_ok: bool = True
+    unencoded_s: float = 0.0
 
     def line(self) -> str:
         """One status line for a terminal."""
@@ -114,6 +120,7 @@ class AgentStats:
             f"{self.lost_samples}  dropped {self.windows_dropped}  "
             f"broker {'ok' if self.broker_ok else 'UNREACHABLE'}"
             + ("" if self.stream_ok else "  stream LOST")
+            + (f"  unencoded {self.unencoded_s:.1f} s" if self.unencoded_s else "")
         )
 
 
@@ -130,8 +137,9 @@ class EncoderAgent:
         Kafka connection and topic settings.
     spool : Spool
         The on-disk spool; the caller closes it.
-    device_id : str
-        Device identifier, the Kafka key of every message.
+    device_key : DeviceKey
+        This device's id (the Kafka key of every message) and secret; every message is signed
+        with it (:meth:`~dropstream.broker.auth.DeviceKey.sign`).
     poll_interval : float
         Seconds between inlet polls.
     max_in_flight : int
@@ -157,7 +165,7 @@ class EncoderAgent:
         inlet: InletLike,
         config: ClientConfig,
         spool: Spool,
-        device_id: str,
+        device_key: DeviceKey,
         *,
         poll_interval: float = 0.01,
         max_in_flight: int = 256,
@@ -166,6 +174,12 @@ class EncoderAgent:
         clock: Callable[[], float] | None = None,
     ) -> None:
         bundle.check_privacy()
+        if not isinstance(device_key, DeviceKey):
+            raise AgentError(
+                "the agent needs the device's key (DeviceKey); make one with 'dropstream keys "
+                "provision --device-id ID'"
+            )
+        device_id = device_key.device_id
         if not device_id or len(device_id.encode("utf-8")) > 255:
             raise AgentError("device id must be 1..255 UTF-8 bytes")
         info = inlet.info
@@ -174,6 +188,7 @@ class EncoderAgent:
         self.config = config
         self.spool = spool
         self.device_id = device_id
+        self.device_key = device_key
         self.stream_id = str(info.source_id or info.name)
         self.buffer = WindowBuffer(bundle, info.channel_names, info.sfreq)
         self.encoder = WindowEncoder(bundle, device_id, self.stream_id, seed)
@@ -194,6 +209,12 @@ class EncoderAgent:
         self._key = device_id.encode("utf-8")
         self._stream_key = f"{device_id}\x1f{self.stream_id}"
         self._seq = spool.next_sequence(self._stream_key)
+        # where the next window is due: on the wall clock after a restart (from the spool), on
+        # the LSL clock within this run; signal before a later window was not encoded
+        self._resume_wall = spool.resume_wall_time(self._stream_key)
+        self._next_lsl: float | None = None
+        self._hop_s = bundle.hop_samples / bundle.sfreq
+        self._unencoded_s = 0.0
         self._lock = threading.Lock()
         self._made = 0
         self._sent = 0
@@ -231,6 +252,7 @@ class EncoderAgent:
                 broker_ok=self._broker_ok and time.monotonic() - self._waiting_since < 5.0,
                 next_sequence=self._seq,
                 stream_ok=not self._stream_lost,
+                unencoded_s=self._unencoded_s,
             )
 
     @property
@@ -286,14 +308,32 @@ class EncoderAgent:
             return 0
         wall_offset = time.time() - self._clock()
         for w in windows:
-            msg = self.encoder.encode(w, self._seq, w.lsl_time + wall_offset)
-            value = self.encoder.to_bytes(msg)
+            seq, wall = self._seq, w.lsl_time + wall_offset
+            unencoded = self._unencoded(w.lsl_time, wall)
+            msg = self.encoder.encode(w, seq, wall, unencoded)
+            value = self.device_key.sign(self.encoder.to_bytes(msg))
+            # spooled first, with the resume point; if this raises the number is not spent
+            self.spool.put(self._key, value, self._stream_key, seq + 1, wall + self._hop_s)
             with self._lock:
-                self._seq += 1
+                self._seq = seq + 1
                 self._made += 1
-            self.spool.put(self._key, value, self._stream_key, self._seq)
+                self._unencoded_s += unencoded
+            self._next_lsl, self._resume_wall = w.lsl_time + self._hop_s, None
         self._wake.set()
         return len(windows)
+
+    def _unencoded(self, lsl_time: float, wall_time: float) -> float:
+        """Seconds of signal before a window starting at ``lsl_time`` / ``wall_time`` that were
+        not encoded: since the previous window of this run (LSL clock), or for the first window
+        after a restart since the window that was due when the last run stopped (wall clock)."""
+        if self._next_lsl is not None:
+            gap = lsl_time - self._next_lsl
+        elif self._resume_wall is not None:
+            gap = wall_time - self._resume_wall
+        else:
+            return 0.0  # the stream's first window ever
+        # under half a sample is clock rounding, not lost signal
+        return float(gap) if gap > 0.5 / self.bundle.sfreq else 0.0
 
     # -- threads ---------------------------------------------------------------------------
 

@@ -54,7 +54,9 @@ class WindowEncoder:
         """All ``m`` first-layer activations of a preprocessed window ``(C, T)`` (float32)."""
         return self._layer(window).copy()
 
-    def encode(self, window: Window, sequence: int, wall_time: float) -> ActivationMessage:
+    def encode(
+        self, window: Window, sequence: int, wall_time: float, unencoded_s: float = 0.0
+    ) -> ActivationMessage:
         """The message for one window: kept unit indices and their activations.
 
         Parameters
@@ -65,6 +67,9 @@ class WindowEncoder:
             Window number in this stream, from 0.
         wall_time : float
             Wall-clock time (Unix seconds) of the window's first sample.
+        unencoded_s : float
+            Seconds of signal just before this window that were not encoded (agent down,
+            stream break); 0 when it follows the previous window.
         """
         b = self.bundle
         a = self._layer(window.data)  # reused buffer: only a[kept] (a copy) leaves
@@ -83,6 +88,7 @@ class WindowEncoder:
             width=b.layer.width,
             indices=kept,
             values=a[kept],
+            unencoded_s=float(unencoded_s),
         )
 
     def to_bytes(self, message: ActivationMessage) -> bytes:

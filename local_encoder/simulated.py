@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from dropstream.broker.auth import DeviceKey
 from dropstream.broker.wire import ActivationMessage
 from dropstream.local_encoder.bundle import DeviceBundle
 from dropstream.local_encoder.encoder import WindowEncoder
@@ -28,6 +29,7 @@ def encode_recording(
     seed: int = 0,
     lsl_start: float = 0.0,
     sfreq: float | None = None,
+    key: DeviceKey | None = None,
 ) -> list[tuple[ActivationMessage, bytes]]:
     """Encode a whole recording as the device does.
 
@@ -44,12 +46,18 @@ def encode_recording(
         LSL-clock time of the first sample, seconds.
     sfreq : float, optional
         Rate of ``samples`` in Hz (default: the bundle's; an integer multiple is decimated).
+    key : DeviceKey, optional
+        Sign every message with this device key, as the agent does (its id must be
+        ``device_id``); without it the messages carry a zeroed tag, which a service that
+        authenticates refuses.
 
     Returns
     -------
     list of (ActivationMessage, bytes)
         One message per window with its wire bytes, sequence numbers from 0.
     """
+    if key is not None and key.device_id != device_id:
+        raise ValueError(f"the key is for device {key.device_id!r}, not {device_id!r}")
     rate = float(sfreq or bundle.sfreq)
     samples = np.asarray(samples)
     stamps = lsl_start + np.arange(samples.shape[1]) / rate
@@ -58,5 +66,6 @@ def encode_recording(
     out = []
     for seq, window in enumerate(windows):
         msg = encoder.encode(window, seq, time.time())
-        out.append((msg, encoder.to_bytes(msg)))
+        raw = encoder.to_bytes(msg)
+        out.append((msg, raw if key is None else key.sign(raw)))
     return out

@@ -2,9 +2,10 @@
 
 Every message the agent produces is written here first (SQLite in WAL mode with
 ``synchronous=FULL``, so a committed message is on disk - fsync - before :meth:`Spool.put`
-returns) and removed only after the broker acknowledged it. The spool also stores the next
-sequence number of each stream in the same transaction, so a restarted agent continues the
-numbering where it stopped and every lost window shows up as a gap.
+returns) and removed only after the broker acknowledged it. The spool also stores each
+stream's resume point (next sequence number, and the wall-clock time its next window is due) in
+the same transaction, so a restarted agent continues the numbering where it stopped, every
+dropped window shows up as a sequence gap, and the time the agent was down is known.
 
 When the spool would exceed ``max_bytes`` the ``full_policy`` decides, explicitly:
 
@@ -165,11 +166,19 @@ class Spool:
 
     def next_sequence(self, stream_key: str) -> int:
         """The next sequence number stored for ``stream_key`` (0 if none)."""
+        value = self._meta("seq:" + stream_key)
+        return 0 if value is None else int(value)
+
+    def resume_wall_time(self, stream_key: str) -> float | None:
+        """Wall-clock time (Unix seconds) at which the stream's next window was due when the
+        last window was spooled (``None`` if none was): the start of any unencoded signal."""
+        value = self._meta("wall:" + stream_key)
+        return None if value is None else float(value)
+
+    def _meta(self, name: str) -> float | int | None:
         with self._cond:
-            row = self._db.execute(
-                "SELECT value FROM meta WHERE name = ?", ("seq:" + stream_key,)
-            ).fetchone()
-        return int(row[0]) if row else 0
+            row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else row[0]
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -179,21 +188,33 @@ class Spool:
         value: bytes,
         stream_key: str | None = None,
         next_sequence: int | None = None,
+        next_wall_time: float | None = None,
     ) -> bool:
         """Append a message durably; returns False when the full policy dropped it.
+
+        One transaction: the oldest messages the ``drop-oldest`` policy deletes, the new
+        message and the stream's resume point are committed together or not at all. When this
+        raises, nothing was written (the caller must not count the window's sequence number
+        as spent).
 
         Parameters
         ----------
         key, value : bytes
             Kafka key and value.
-        stream_key, next_sequence : str, int, optional
-            Stored in the same transaction: the sequence number the stream continues with.
+        stream_key : str, optional
+            The stream whose resume point is stored with the message.
+        next_sequence : int, optional
+            The sequence number the stream continues with.
+        next_wall_time : float, optional
+            Wall-clock time (Unix seconds) at which the stream's next window is due.
 
         Raises
         ------
         SpoolFullError
             Under the ``block`` policy when no room appeared within ``block_timeout`` seconds,
             or under any policy for a message larger than the whole spool.
+        SpoolError
+            If the database write failed (nothing was written).
         """
         size = len(key) + len(value)
         if size > self.max_bytes:
@@ -203,59 +224,72 @@ class Spool:
             )
         with self._cond:
             self._check_open()
-            if self._bytes + size > self.max_bytes:
-                if self.full_policy == "block":
-                    ok = self._cond.wait_for(
-                        lambda: self._closed or self._bytes + size <= self.max_bytes,
-                        self.block_timeout,
+            full = self._bytes + size > self.max_bytes
+            if full and self.full_policy == "block":
+                ok = self._cond.wait_for(
+                    lambda: self._closed or self._bytes + size <= self.max_bytes,
+                    self.block_timeout,
+                )
+                self._check_open()
+                if not ok:
+                    raise SpoolFullError(
+                        f"spool {self.directory} full ({self._bytes} bytes) for "
+                        f"{self.block_timeout:g} s: is the broker reachable? Raise "
+                        "--spool-max-mb or use --full-policy drop-oldest"
                     )
-                    self._check_open()
-                    if not ok:
-                        raise SpoolFullError(
-                            f"spool {self.directory} full ({self._bytes} bytes) for "
-                            f"{self.block_timeout:g} s: is the broker reachable? Raise "
-                            "--spool-max-mb or use --full-policy drop-oldest"
-                        )
-                elif self.full_policy == "drop-newest":
-                    self.dropped += 1
-                    try:
-                        self._store_sequence(stream_key, next_sequence)
-                    except sqlite3.Error as exc:
-                        raise SpoolError(f"writing to spool {self.path} failed: {exc}") from exc
-                    log.warning(
-                        "spool full (%d bytes): dropped the newest window (%d dropped so far)",
-                        self._bytes,
-                        self.dropped,
-                    )
-                    return False
-                else:
-                    self._drop_oldest(size)
+                full = False
+            drop_newest = full and self.full_policy == "drop-newest"
+            dropped_n = dropped_bytes = 0
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute(
-                    "INSERT INTO messages (key, value, size, created) VALUES (?, ?, ?, ?)",
-                    (key, value, size, time.time()),
-                )
-                self._store_sequence(stream_key, next_sequence)
+                if full and not drop_newest:
+                    dropped_n, dropped_bytes = self._drop_oldest(size)
+                if not drop_newest:
+                    self._db.execute(
+                        "INSERT INTO messages (key, value, size, created) VALUES (?, ?, ?, ?)",
+                        (key, value, size, time.time()),
+                    )
+                if stream_key is not None:
+                    self._store_meta("seq:" + stream_key, next_sequence)
+                    self._store_meta("wall:" + stream_key, next_wall_time)
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
                 raise SpoolError(f"writing to spool {self.path} failed: {exc}") from exc
+            if drop_newest:
+                self.dropped += 1
+                log.warning(
+                    "spool full (%d bytes): dropped the newest window (%d dropped so far)",
+                    self._bytes,
+                    self.dropped,
+                )
+                return False
+            if dropped_n:
+                self._count -= dropped_n
+                self._bytes -= dropped_bytes
+                self.dropped += dropped_n
+                log.warning(
+                    "spool full (max %d bytes): dropped the %d oldest window(s), %d dropped so "
+                    "far; the server will see the sequence gap. Is the broker reachable?",
+                    self.max_bytes,
+                    dropped_n,
+                    self.dropped,
+                )
             self._count += 1
             self._bytes += size
             self._cond.notify_all()
         return True
 
-    def _store_sequence(self, stream_key: str | None, next_sequence: int | None) -> None:
-        """Record the stream's next sequence number (lock held; raises ``sqlite3.Error``)."""
-        if stream_key is not None and next_sequence is not None:
+    def _store_meta(self, name: str, value: float | None) -> None:
+        """Record a resume value inside the open transaction (raises ``sqlite3.Error``)."""
+        if value is not None:
             self._db.execute(
-                "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
-                ("seq:" + stream_key, int(next_sequence)),
+                "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value)
             )
 
-    def _drop_oldest(self, size: int) -> None:
-        """Delete the oldest messages until ``size`` more bytes fit (lock held)."""
+    def _drop_oldest(self, size: int) -> tuple[int, int]:
+        """Delete the oldest messages until ``size`` more bytes fit, inside the open
+        transaction; returns the number and bytes deleted (counters are the caller's)."""
         rows = self._db.execute("SELECT id, size FROM messages ORDER BY id")
         freed, last, n = 0, None, 0
         for rid, rsize in rows:
@@ -264,22 +298,9 @@ class Spool:
             freed += rsize
             last = rid
             n += 1
-        if last is None:
-            return
-        try:
+        if last is not None:
             self._db.execute("DELETE FROM messages WHERE id <= ?", (last,))
-        except sqlite3.Error as exc:
-            raise SpoolError(f"writing to spool {self.path} failed: {exc}") from exc
-        self._count -= n
-        self._bytes -= freed
-        self.dropped += n
-        log.warning(
-            "spool full (max %d bytes): dropped the %d oldest window(s), %d dropped so far; "
-            "the server will see the sequence gap. Is the broker reachable?",
-            self.max_bytes,
-            n,
-            self.dropped,
-        )
+        return n, freed
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ def test_help_lists_every_flow() -> None:
     ).stdout
     for name in (
         "broker",
+        "keys",
         "replay",
         "connect",
         "train",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -80,3 +81,47 @@ def test_broker_command_prints_address_and_creates_topics() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="resident memory is read from /proc")
+def test_broker_command_stops_at_its_memory_limit() -> None:
+    """tansu's memory storage never frees messages: the command stops it at --max-memory-mb
+    with a clear message instead of letting it grow without bound."""
+    from kafka.errors import KafkaError
+
+    from dropstream.broker.clients import make_producer
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dropstream", "broker", "--partitions", "1",
+         "--max-memory-mb", "64"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        bootstrap = proc.stdout.readline().strip()  # type: ignore[union-attr]
+        config = ClientConfig(bootstrap=bootstrap, partitions=1)
+        producer = make_producer(config, max_block_ms=2000, request_timeout_ms=3000)
+        value = os.urandom(100_000)
+        with contextlib.suppress(KafkaError):
+            for i in range(2000):  # up to 200 MB, far past the limit
+                if proc.poll() is not None:
+                    break
+                producer.send(config.activations_topic, value=value)
+                if i % 100 == 99:  # 10 MB, then give the command time to look
+                    producer.flush(3)
+                    time.sleep(0.6)  # the command checks every 0.5 s
+        with contextlib.suppress(Exception):
+            producer.close(timeout=1)
+        assert proc.wait(20) == 3
+        err = proc.stderr.read()  # type: ignore[union-attr]
+        assert "over --max-memory-mb 64" in err and "Kafka cluster" in err
+        assert "warning: the embedded broker holds" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]

@@ -14,6 +14,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from dropstream.acquisition import LiveStream
+from dropstream.broker.auth import DeviceKey, DeviceKeys
 from dropstream.broker.config import ClientConfig
 from dropstream.broker.embedded import EmbeddedBroker, free_port
 from dropstream.broker.topics import ensure_topics, partition_count
@@ -59,8 +60,9 @@ def test_replay_30s_every_window_arrives_exactly_once_in_order(eeg, kafka_config
     pub = start_replay(eeg_track(data, sfreq, names, src), speed=SPEED)
     inlet = LiveStream.connect(source_id=src, timeout=10.0)
     spool = Spool(tmp_path / "spool")
+    key = DeviceKey.generate("device-A")
     try:
-        agent = EncoderAgent(bundle, inlet, kafka_config, spool, "device-A").start()
+        agent = EncoderAgent(bundle, inlet, kafka_config, spool, key).start()
         assert pub.wait(30.0 / SPEED + 15.0), "replay did not finish"
         n = expected_windows(len(data))
         assert wait_until(lambda: agent.stats.windows_made == n, 5.0), agent.stats
@@ -79,6 +81,13 @@ def test_replay_30s_every_window_arrives_exactly_once_in_order(eeg, kafka_config
     assert all(m.keep == bundle.keep and m.width == 256 for m, _, _ in got)
     times = [m.lsl_time for m, _, _ in got]
     assert all(b > a for a, b in zip(times, times[1:], strict=False))
+    # every message that went through the broker is signed: the service's check accepts it,
+    # and refuses it under another key or with one byte changed
+    keys = DeviceKeys({"device-A": key.secret})
+    assert keys.check_batch([k for _, k, _ in got], [v for _, _, v in got]) == []
+    other = DeviceKeys({"device-A": DeviceKey.generate("device-A").secret})
+    assert len(other.check_batch([k for _, k, _ in got], [v for _, _, v in got])) == n
+    assert all(m.unencoded_s == 0.0 for m, _, _ in got)  # an unbroken stream
 
 
 class TopicReader:
@@ -137,7 +146,7 @@ def test_broker_down_10s_mid_stream_loses_no_window(eeg, tmp_path):
     spool = Spool(tmp_path / "spool")
     reader = TopicReader(config)
     try:
-        agent = EncoderAgent(bundle, inlet, config, spool, "device-B").start()
+        agent = EncoderAgent(bundle, inlet, config, spool, DeviceKey.generate("device-B")).start()
         assert wait_until(lambda: agent.stats.windows_sent >= 8, 10.0), agent.stats
         # stop the broker right after an acknowledgement that the reader has seen, so that
         # everything the old broker acknowledged is known (its memory storage dies with it)
@@ -183,9 +192,10 @@ def test_broker_unreachable_spools_everything_then_a_restart_drains_it(eeg, kafk
     pub = start_replay(eeg_track(data, sfreq, names, src), speed=SPEED)
     inlet = LiveStream.connect(source_id=src, timeout=10.0)
     n = expected_windows(len(data))
+    key = DeviceKey.generate("device-C")
     try:
         with Spool(tmp_path / "spool") as spool:
-            agent = EncoderAgent(bundle, inlet, dead, spool, "device-C").start()
+            agent = EncoderAgent(bundle, inlet, dead, spool, key).start()
             assert pub.wait(15.0)
             assert wait_until(lambda: agent.stats.windows_made == n, 5.0), agent.stats
             assert wait_until(lambda: not agent.stats.broker_ok, 10.0), agent.stats
@@ -196,12 +206,14 @@ def test_broker_unreachable_spools_everything_then_a_restart_drains_it(eeg, kafk
     finally:
         inlet.close()
         pub.stop()
+    down_from = time.time()
+    time.sleep(2.0)  # the agent is down: this signal is never encoded
     # a new agent on the same spool with the broker reachable: it drains, in order
     pub = start_replay(eeg_track(data[: int(2 * sfreq)], sfreq, names, src), speed=SPEED)
     inlet = LiveStream.connect(source_id=src, timeout=10.0)
     try:
         with Spool(tmp_path / "spool") as spool:
-            agent = EncoderAgent(bundle, inlet, kafka_config, spool, "device-C")
+            agent = EncoderAgent(bundle, inlet, kafka_config, spool, key)
             assert agent.stats.next_sequence == n  # numbering continues
             agent.start()
             assert pub.wait(10.0)
@@ -212,5 +224,13 @@ def test_broker_unreachable_spools_everything_then_a_restart_drains_it(eeg, kafk
         inlet.close()
         pub.stop()
     assert stats.spool_depth == 0
-    got = [msg.sequence for msg, _, _ in consume_all(kafka_config, expected=m)]
-    assert got == list(range(m))
+    msgs = consume_all(kafka_config, expected=m)
+    assert [msg.sequence for msg, _, _ in msgs] == list(range(m))
+    # the first window after the restart reports the downtime, and only that one
+    unencoded = [msg.unencoded_s for msg, _, _ in msgs]
+    assert unencoded[:n] == [0.0] * n and unencoded[n + 1 :] == [0.0] * (m - n - 1)
+    # at least the 2 s pause less one hop (0.5 s), at most the time since the first run stopped
+    assert 1.5 <= unencoded[n] <= time.time() - down_from + 10.0
+    assert stats.unencoded_s == unencoded[n]
+    keys = DeviceKeys({"device-C": key.secret})
+    assert keys.check_batch([k for _, k, _ in msgs], [v for _, _, v in msgs]) == []

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from dropstream.broker.auth import DeviceKey, DeviceKeys
 from dropstream.broker.embedded import free_port
 from dropstream.local_encoder.spool import Spool
 from tests.encoder_support import (
@@ -27,7 +28,7 @@ from tests.encoder_support import (
 
 
 def agent_process(
-    bundle: Path, src: str, bootstrap: str, topic: str, spool: Path, log: Path
+    bundle: Path, src: str, bootstrap: str, topic: str, spool: Path, log: Path, key: Path
 ) -> subprocess.Popen:
     cmd = [
         sys.executable,
@@ -40,6 +41,8 @@ def agent_process(
         src,
         "--device-id",
         "device-K",
+        "--device-key",
+        str(key),
         "--bootstrap",
         bootstrap,
         "--activations-topic",
@@ -85,12 +88,16 @@ def test_agent_killed_and_restarted_loses_no_window(data_dir, kafka_config, tmp_
     src = unique_source()
     spool_dir = tmp_path / "spool"
     topic = kafka_config.activations_topic
+    device_key = DeviceKey.generate("device-K")
+    key = device_key.save(tmp_path / "device-K.key")
     pub = start_replay(eeg_track(data, sfreq, names, src), speed=2.0, wait_for_consumers=20.0)
     procs: list[subprocess.Popen] = []
     try:
         # 1. connected to the broker, killed without warning mid-stream
         log1 = tmp_path / "agent1.log"
-        procs.append(agent_process(bundle, src, kafka_config.bootstrap, topic, spool_dir, log1))
+        procs.append(
+            agent_process(bundle, src, kafka_config.bootstrap, topic, spool_dir, log1, key)
+        )
         assert wait_for_text(log1, "connected", 20.0), log1.read_text()
         deadline = time.monotonic() + 10.0
         while windows_in_log(log1) < 8 and time.monotonic() < deadline:
@@ -100,7 +107,7 @@ def test_agent_killed_and_restarted_loses_no_window(data_dir, kafka_config, tmp_
         # 2. the broker unreachable: windows pile up in the spool; killed again
         log2 = tmp_path / "agent2.log"
         dead = f"127.0.0.1:{free_port()}"
-        procs.append(agent_process(bundle, src, dead, topic, spool_dir, log2))
+        procs.append(agent_process(bundle, src, dead, topic, spool_dir, log2, key))
         assert wait_for_text(log2, "connected", 20.0), log2.read_text()
         deadline = time.monotonic() + 10.0
         while windows_in_log(log2) < 6 and time.monotonic() < deadline:
@@ -111,7 +118,9 @@ def test_agent_killed_and_restarted_loses_no_window(data_dir, kafka_config, tmp_
         assert waiting >= 6, log2.read_text()
         # 3. restarted with the broker back: the spool drains, the stream continues
         log3 = tmp_path / "agent3.log"
-        procs.append(agent_process(bundle, src, kafka_config.bootstrap, topic, spool_dir, log3))
+        procs.append(
+            agent_process(bundle, src, kafka_config.bootstrap, topic, spool_dir, log3, key)
+        )
         assert wait_for_text(log3, f"{waiting} window(s) from an earlier run", 20.0)
         assert pub.wait(40.0), "replay did not finish"
         time.sleep(1.0)
@@ -128,8 +137,12 @@ def test_agent_killed_and_restarted_loses_no_window(data_dir, kafka_config, tmp_
     with Spool(spool_dir) as spool:
         assert spool.depth == 0
         n = spool.next_sequence("device-K\x1f" + src)
-    got = [m.sequence for m, _, _ in consume_all(kafka_config, expected=n)]
+    records = consume_all(kafka_config, expected=n)
+    got = [m.sequence for m, _, _ in records]
     assert n > 30
+    # signed by the device key file, across three processes
+    keys = DeviceKeys({"device-K": device_key.secret})
+    assert keys.check_batch([k for _, k, _ in records], [v for _, _, v in records]) == []
     assert sorted(set(got)) == list(range(n)), (n, got)  # no window lost
     first_seen = list(dict.fromkeys(got))
     assert first_seen == sorted(first_seen)  # in order
@@ -140,9 +153,11 @@ def test_agent_killed_and_restarted_loses_no_window(data_dir, kafka_config, tmp_
 def test_bad_invocations_fail_with_a_clear_message(tmp_path, capsys):
     from dropstream.cli import main
 
+    key = DeviceKey.generate("d").save(tmp_path / "d.key")
     base = ["connect", "--device-id", "d", "--spool-dir", str(tmp_path / "spool")]
+    base += ["--device-key", str(key)]
     assert main([*base, "--bundle", str(tmp_path / "none.dsb"), "--source-id", "x"]) == 1
-    assert "does not exist" in capsys.readouterr().err
+    assert "none.dsb does not exist" in capsys.readouterr().err
     assert main([*base, "--bundle", str(tmp_path / "none.dsb")]) == 1
     assert "--source-id, --stream-name or --stream-type" in capsys.readouterr().err
     (tmp_path / "junk.dsb").write_bytes(b"not a bundle")
@@ -155,7 +170,9 @@ def test_a_missing_stream_is_reported(data_dir, tmp_path, capsys):
 
     data, sfreq, names = load_eeg(data_dir)
     bundle = save_bundle(tmp_path / "eeg.dsb", make_bundle(data[:3200], sfreq, names))
+    key = DeviceKey.generate("d").save(tmp_path / "d.key")
     argv = ["connect", "--bundle", str(bundle), "--device-id", "d", "--source-id", "nope-x9"]
     argv += ["--spool-dir", str(tmp_path / "spool"), "--resolve-timeout", "0.5"]
+    argv += ["--device-key", str(key)]
     assert main(argv) == 1
     assert "nope-x9" in capsys.readouterr().err

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
+from dropstream.broker.auth import DeviceKey, DeviceKeys
 from dropstream.broker.config import ClientConfig
 from dropstream.broker.wire import decode_activation
 from dropstream.local_encoder.agent import EncoderAgent
 from dropstream.local_encoder.bundle import load_device_bundle
 from dropstream.local_encoder.encoder import WindowEncoder
 from dropstream.local_encoder.first_layer import PrivacyGuardError
-from dropstream.local_encoder.spool import Spool
+from dropstream.local_encoder.spool import Spool, SpoolFullError
 from dropstream.local_encoder.windowing import Window, WindowBuffer
 from tests.encoder_support import load_eeg, make_bundle, save_bundle
 
@@ -89,7 +92,7 @@ def test_privacy_guard_refuses_invertible_bundles(eeg, tmp_path, keep, hop, matc
             raise AssertionError("never polled")
 
     with Spool(tmp_path / "spool") as spool, pytest.raises(PrivacyGuardError, match=match):
-        EncoderAgent(bundle, Inlet(), ClientConfig(), spool, "d")
+        EncoderAgent(bundle, Inlet(), ClientConfig(), spool, DeviceKey.generate("d"))
     # a bundle file with such settings cannot even be written or loaded
     with pytest.raises(PrivacyGuardError):
         save_bundle(tmp_path / "bad.dsb", bundle)
@@ -100,3 +103,66 @@ def test_just_below_the_bound_is_accepted(eeg, tmp_path):
     bundle = make_bundle(data, sfreq, names, hop=80, width=1024, keep=639)
     loaded = load_device_bundle(save_bundle(tmp_path / "ok.dsb", bundle))
     WindowEncoder(loaded, "d", "s")
+
+
+class _FeedInlet:
+    """A fake inlet handing out prepared chunks of the real recording, one per poll."""
+
+    def __init__(self, names: list[str], sfreq: float, chunks: list[tuple[np.ndarray, float]]):
+        self.info = type(
+            "Info", (), {"source_id": "s", "name": "n", "channel_names": names, "sfreq": sfreq}
+        )
+        self._sfreq = sfreq
+        self._chunks = list(chunks)
+
+    def poll(self):
+        data, t0 = self._chunks.pop(0)
+        ts = t0 + np.arange(len(data)) / self._sfreq
+        return type("Chunk", (), {"data": data, "timestamps": ts, "gaps": ()})()
+
+
+def test_a_window_the_spool_refuses_spends_no_sequence_number(eeg, tmp_path):
+    """SpoolFullError on the 3rd window: numbers 0, 1 used, 2 not; the next window gets 2 and
+    reports the refused windows' signal as unencoded."""
+    data, sfreq, names = eeg
+    bundle = make_bundle(data, sfreq, names)  # window 160, hop 80 samples at 160 Hz
+    key = DeviceKey.generate("d")
+    inlet = _FeedInlet(names, sfreq, [(data[:400], 0.0), (data[400:800], 400 / sfreq)])
+    with Spool(tmp_path / "spool", 1000, "block", block_timeout=0.05) as spool:
+        agent = EncoderAgent(bundle, inlet, ClientConfig(), spool, key, clock=lambda: 0.0)
+        with pytest.raises(SpoolFullError):
+            agent.poll_once()  # 4 windows cut; 2 fit (~400 B each)
+        assert agent.stats.next_sequence == 2 and agent.stats.windows_made == 2
+        assert spool.next_sequence(agent._stream_key) == 2
+        spool.remove([it.id for it in spool.peek(10)])  # the sender caught up
+        spool.max_bytes = 1 << 20
+        assert agent.poll_once() == 5
+        msgs = [decode_activation(it.value) for it in spool.peek(10)]
+    assert [m.sequence for m in msgs] == [2, 3, 4, 5, 6]  # no number skipped
+    assert msgs[0].lsl_time == 320 / sfreq  # windows at 160 and 240 samples were refused...
+    assert msgs[0].unencoded_s == pytest.approx(160 / sfreq)  # ...and are reported
+    assert [m.unencoded_s for m in msgs[1:]] == [0.0] * 4
+
+
+def test_the_first_window_after_a_restart_reports_the_downtime(eeg, tmp_path):
+    data, sfreq, names = eeg
+    bundle = make_bundle(data, sfreq, names)
+    key = DeviceKey.generate("d")
+    with Spool(tmp_path / "spool") as spool:
+        inlet = _FeedInlet(names, sfreq, [(data[:400], 0.0)])
+        EncoderAgent(bundle, inlet, ClientConfig(), spool, key, clock=lambda: 0.0).poll_once()
+    # last window starts at 240 samples = 1.5 s, so the next one was due at 2.0 s; the agent
+    # comes back 10 s into the signal (wall clock = time.time() + LSL time here)
+    t_stop = time.time()
+    with Spool(tmp_path / "spool") as spool:
+        inlet = _FeedInlet(names, sfreq, [(data[:400], 10.0)])
+        agent = EncoderAgent(bundle, inlet, ClientConfig(), spool, key, clock=lambda: 0.0)
+        assert agent.poll_once() == 4
+        values = [it.value for it in spool.peek(10)]
+    msgs = [decode_activation(v) for v in values]
+    assert [m.sequence for m in msgs] == list(range(8))
+    assert [m.unencoded_s for m in msgs[:4]] == [0.0] * 4
+    assert 8.0 <= msgs[4].unencoded_s <= 8.0 + (time.time() - t_stop) + 0.1
+    assert [m.unencoded_s for m in msgs[5:]] == [0.0] * 3
+    keys = DeviceKeys({"d": key.secret})
+    assert keys.check_batch([b"d"] * 8, values) == []  # signed, across the restart

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from dropstream.acquisition import LiveStream
+from dropstream.broker.auth import DeviceKey
 from dropstream.broker.wire import ActivationMessage, decode_activation, encode_activation
 from dropstream.local_encoder.agent import EncoderAgent
 from dropstream.local_encoder.preprocessing import filter_signal, normalise
@@ -100,7 +101,9 @@ def test_no_raw_window_nor_a_scaled_copy_leaves_the_device(data_dir, kafka_confi
     inlet = LiveStream.connect(source_id=src, timeout=10.0)
     spool = Spool(tmp_path / "spool")
     try:
-        agent = EncoderAgent(bundle, inlet, kafka_config, spool, "device-P").start()
+        agent = EncoderAgent(
+            bundle, inlet, kafka_config, spool, DeviceKey.generate("device-P")
+        ).start()
         assert pub.wait(20.0)
         n = expected_windows(len(data))
         assert wait_until(lambda: agent.stats.windows_made == n, 5.0), agent.stats

@@ -72,8 +72,9 @@ def test_block_waits_for_room_then_times_out(tmp_path):
         assert time.monotonic() - t0 >= 0.05
         assert [it.value[:1] for it in spool.peek(10)] == [b"b", b"c"]
         with pytest.raises(SpoolFullError, match="full"):
-            spool.put(b"k", b"d" * 19)
+            spool.put(b"k", b"d" * 19, "s", 7)
         assert spool.depth == 2  # nothing already accepted was lost
+        assert spool.next_sequence("s") == 0  # nor was the refused window's number spent
 
 
 def test_bad_settings_and_files_give_typed_errors(tmp_path):
@@ -93,3 +94,35 @@ def test_bad_settings_and_files_give_typed_errors(tmp_path):
     spool.close()
     with pytest.raises(SpoolError, match="closed"):
         spool.put(b"k", b"v")
+
+
+class _Unbindable:
+    """A 19-byte "value" SQLite refuses to bind: the INSERT fails after the drop-oldest DELETE."""
+
+    def __len__(self) -> int:
+        return 19
+
+
+def test_drop_oldest_and_insert_are_one_transaction(tmp_path):
+    """A failed insert must not leave the oldest messages deleted (they were committed)."""
+    with Spool(tmp_path, max_bytes=100, full_policy="drop-oldest") as spool:
+        for i in range(5):
+            spool.put(b"k", bytes([i]) * 19, "s", i + 1, 1000.0 + i)
+        before = [it.value for it in spool.peek(10)]
+        with pytest.raises(SpoolError, match="writing to spool"):
+            spool.put(b"k", _Unbindable(), "s", 6, 1005.0)  # drops one, then fails
+        assert [it.value for it in spool.peek(10)] == before  # the drop was rolled back
+        assert (spool.depth, spool.size_bytes, spool.dropped) == (5, 100, 0)
+        assert spool.next_sequence("s") == 5 and spool.resume_wall_time("s") == 1004.0
+    with Spool(tmp_path) as again:  # and on disk
+        assert [it.value for it in again.peek(10)] == before
+
+
+def test_resume_point_is_stored_with_the_message(tmp_path):
+    with Spool(tmp_path) as spool:
+        assert spool.resume_wall_time("s") is None
+        spool.put(b"k", b"v", "s", 1, 1_790_000_000.125)
+        spool.put(b"k", b"v", "s", 2, 1_790_000_000.625)
+    with Spool(tmp_path) as again:
+        assert again.next_sequence("s") == 2
+        assert again.resume_wall_time("s") == 1_790_000_000.625

@@ -130,7 +130,7 @@ def test_server_head_from_bundle_matches_trained_head(
     idx = np.stack([draw_kept_units(rng, dev.layer.width, dev.keep) for _ in range(10)])
     vals = np.take_along_axis(a, idx.astype(np.int64), axis=1)
     proba = server.predict_proba(idx, vals)
-    dense = np.zeros_like(a)
+    dense = np.full_like(a, np.nan)  # NaN marks the dropped units
     np.put_along_axis(dense, idx.astype(np.int64), vals, axis=1)
     with torch.no_grad():
         expected = torch.softmax(trained.head(torch.as_tensor(dense)), 1).numpy()
@@ -248,3 +248,53 @@ def test_bundle_encodes_without_torch(
         expected = trained.first(torch.as_tensor(trained.prepare(te.X[5:6])))[0].numpy()
     np.testing.assert_allclose(res["activations"], expected, atol=1e-5)
     np.testing.assert_allclose(res["values"], expected[res["indices"]], atol=1e-5)
+
+
+def test_level_shape_layer_exports_one_dense_weight() -> None:
+    # the default classifier layer: pooled, trained in level/shape coordinates
+    torch.manual_seed(0)
+    layer = TorchFirstLayer(3, 70, width=16, pool=7, level_gain=1.0)
+    x = torch.randn(50, 3, 70) + 5 * torch.randn(50, 3, 1)  # large trial-to-trial offsets
+    before = layer.to_numpy().weight
+    layer.fit_input_scale(x)
+    dense = layer.to_numpy()
+    assert not np.allclose(before, dense.weight)  # the fitted scales change the weight
+    with torch.no_grad():
+        np.testing.assert_allclose(dense.forward(x.numpy()), layer(x).numpy(), atol=1e-5)
+
+
+def test_bundles_from_before_head_format_2_load_and_newer_ones_fail_clearly(
+    trained: TrainedModel, tmp_path: Path
+) -> None:
+    import dataclasses
+    import io
+
+    from dropstream.inference.model import Head
+    from dropstream.local_encoder.bundle import write_bundle
+
+    dev = trained.device_bundle()
+    rng = np.random.default_rng(0)
+    idx = np.stack([draw_kept_units(rng, dev.layer.width, dev.keep) for _ in range(6)])
+    vals = rng.random(idx.shape).astype(np.float32)
+    zeros = np.zeros((6, dev.layer.width), np.float32)
+    np.put_along_axis(zeros, idx.astype(np.int64), vals, axis=1)
+    # a format-1 bundle as written before: no "format" / "fill", zero-filled rescaled head
+    old_config = {k: v for k, v in dev.head_config.items() if k not in ("format", "fill")}
+    torch.manual_seed(0)
+    old_head = Head(dev.layer.width, dev.keep, hidden=(64, 32), n_outputs=2).eval()
+    buf = io.BytesIO()
+    torch.save(old_head.state_dict(), buf)
+    path = tmp_path / "old.dsb"
+    write_bundle(path, dataclasses.replace(dev, head_config=old_config), buf.getvalue())
+    server = ServerModel.load(path)
+    with torch.no_grad():  # zeros at dropped units, times m/K: exactly the old head
+        scaled = torch.from_numpy(zeros) * (dev.layer.width / dev.keep)
+        expected = torch.softmax(old_head.mlp(scaled), 1).numpy()
+    np.testing.assert_allclose(server.predict_proba(idx, vals), expected, atol=1e-6)
+    # the shipped demo bundle predates format 2 and still loads
+    demo = ServerModel.load(Path(__file__).parents[1] / "inference/demo_data/ecg_novelty.dsb")
+    assert "format" not in demo.bundle.head_config and demo.kind == "novelty"
+    newer = dict(dev.head_config, format=3)
+    write_bundle(tmp_path / "new.dsb", dataclasses.replace(dev, head_config=newer), b"")
+    with pytest.raises(BundleError, match="head formats 1 to 2.*upgrade"):
+        ServerModel.load(tmp_path / "new.dsb")

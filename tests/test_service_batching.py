@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dropstream.broker.wire import (
+    TAG_BYTES,
     ActivationMessage,
     WireFormatError,
     decode_activation,
@@ -48,7 +49,9 @@ def test_batch_matches_reference_decoder_and_dense():
         dense = g.dense()
         for j, row in enumerate(g.rows.tolist()):
             ref = decode_activation(raw[row])
-            np.testing.assert_array_equal(dense[j], ref.dense())
+            # NaN at the dropped units (the head's input), the message's values elsewhere
+            assert np.isnan(dense[j]).sum() == g.width - g.keep
+            np.testing.assert_array_equal(np.nan_to_num(dense[j]), ref.dense())
             assert (g.device_id[j], g.stream_id[j], int(g.sequence[j])) == (
                 ref.device_id,
                 ref.stream_id,
@@ -76,10 +79,11 @@ def test_rejects_carry_the_reference_reason_and_keep_the_rest():
 def test_non_finite_and_unsorted_arrays_are_rejected_in_batch():
     m = message(2, keep=4, width=8)
     raw = bytearray(encode_activation(m, "float32"))
+    end = len(raw) - TAG_BYTES  # the values end before the authentication tag
     nan = bytearray(raw)
-    nan[-4:] = np.float32(np.nan).tobytes()
+    nan[end - 4 : end] = np.float32(np.nan).tobytes()
     unsorted = bytearray(raw)
-    k0 = len(raw) - 4 * 4 - 4 * 2  # start of the indices
+    k0 = end - 4 * 4 - 4 * 2  # start of the indices
     unsorted[k0 : k0 + 4] = np.array([3, 1], "<u2").tobytes()
     out = decode_batch([bytes(raw), bytes(nan), bytes(unsorted)])
     assert [r for r, _ in out.rejected] == [1, 2]
@@ -87,10 +91,26 @@ def test_non_finite_and_unsorted_arrays_are_rejected_in_batch():
     assert "strictly increasing" in out.rejected[1][1]
 
 
+def test_versions_1_and_2_decode_alike_in_one_batch():
+    m = message(3)
+    v1, v2 = encode_activation(m, version=1), encode_activation(m)
+    bad = bytearray(v2)
+    bad[61:69] = np.float64(-1.0).tobytes()  # negative unencoded signal
+    out = decode_batch([v1, v2, bytes(bad)])
+    assert [r for r, _ in out.rejected] == [2] and "unencoded signal" in out.rejected[0][1]
+    (group,) = out.groups
+    np.testing.assert_array_equal(group.values[0], group.values[1])
+    assert group.sequence.tolist() == [m.sequence, m.sequence]
+
+
 def test_scatter_dense():
     idx = np.array([[0, 2], [1, 3]])
     val = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
-    np.testing.assert_array_equal(scatter_dense(idx, val, 4), [[1, 0, 2, 0], [0, 3, 0, 4]])
+    nan = np.nan  # dropped units are NaN: the head tells them from kept zeros
+    np.testing.assert_array_equal(scatter_dense(idx, val, 4), [[1, nan, 2, nan], [nan, 3, nan, 4]])
+    np.testing.assert_array_equal(
+        scatter_dense(idx, val, 4, fill=0.0), [[1, 0, 2, 0], [0, 3, 0, 4]]
+    )
 
 
 GOOD = encode_activation(message(7, width=16, keep=4))
@@ -135,4 +155,6 @@ def test_layouts_of_one_model_merge_in_batch_order():
     assert merged.sequence.tolist() == list(range(9))
     assert merged.device_id == [m.device_id for m in msgs]
     for j, r in enumerate(raw):
-        np.testing.assert_array_equal(merged.dense()[j], decode_activation(r).dense())
+        np.testing.assert_array_equal(
+            np.nan_to_num(merged.dense()[j]), decode_activation(r).dense()
+        )

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from dropstream.broker.alert_message import AlertMessage, decode_alert, make_alert_id
 from dropstream.broker.clients import make_producer
@@ -51,10 +52,36 @@ def test_alerts_table_json_and_device_filter(kafka_config):
     producer.close()
 
     lines = alerts_cli(kafka_config, "--json", "--device", "dev-a").splitlines()
-    got = [decode_alert(json.dumps(json.loads(line)).encode()) for line in lines]
+    bodies = [json.loads(line) for line in lines]
+    assert [b.pop("verified") for b in bodies] == [False, False]  # nobody signed these
+    got = [decode_alert(json.dumps(b).encode()) for b in bodies]
     assert [(a.device_id, a.status) for a in got] == [("dev-a", "open"), ("dev-a", "closed")]
 
     table = alerts_cli(kafka_config).splitlines()
     assert table[0].split()[:3] == ["produced", "status", "alert"]
     assert len(table) == 4  # header + 3 distinct updates (the duplicate is shown once)
     assert sum(sent[0].alert_id in row for row in table) == 2
+
+
+def test_serve_stopped_while_loading_exits_cleanly(tmp_path):
+    """SIGTERM while torch and the bundle load (a rolling restart) ends serve with exit 0."""
+    import signal
+
+    from dropstream.inference.demo import DEMO_BUNDLE
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dropstream", "serve", "--bundle", str(DEMO_BUNDLE),
+         "--bootstrap", "127.0.0.1:9", "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    # Wait until the CLI handles SIGTERM (Linux: bit 15 of SigCgt), i.e. it is loading now.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        caught = next(ln for ln in status.splitlines() if ln.startswith("SigCgt")).split()[1]
+        if int(caught, 16) & (1 << (signal.SIGTERM - 1)):
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out

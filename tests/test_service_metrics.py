@@ -43,3 +43,16 @@ def test_log_line_reports_rate_batches_lag_and_counts(caplog):
     line = caplog.records[-1].getMessage()
     assert "batches 2 (mean 20.0, max 30)" in line
     assert "lag 7" in line and "windows 40" in line and "dead letters 1" in line
+
+
+def test_the_metrics_endpoint_binds_localhost_unless_told_otherwise():
+    import urllib.request
+
+    from dropstream.broker.embedded import free_port
+    from dropstream.inference.metrics import ServiceMetrics
+
+    metrics = ServiceMetrics()
+    host, port = metrics.serve_http(free_port())
+    assert host == "127.0.0.1"
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        assert b"dropstream_serve_tracked_streams" in resp.read()

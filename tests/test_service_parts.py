@@ -317,11 +317,18 @@ def test_an_oversized_dead_letter_goes_by_reference():
     box.dead_letter(record(b"x" * 10), "rate-limited", "over", by_reference=True)
     (ref, forced) = box.pending
     headers = dict(ref.headers)
-    assert (ref.key, ref.value) == (None, None)
+    digest = hashlib.sha256(big).hexdigest()
+    assert ref.key is None and json.loads(ref.value) == {
+        "topic": "acts",
+        "partition": 2,
+        "offset": 17,
+        "size": len(big),
+        "sha256": digest,
+    }
     assert headers[SIZE_HEADER] == str(len(big)).encode()
-    assert headers[SHA256_HEADER] == hashlib.sha256(big).hexdigest().encode()
+    assert headers[SHA256_HEADER] == digest.encode()
     assert headers[OFFSET_HEADER] == b"17"
-    assert (forced.key, forced.value) == (None, None)
+    assert forced.key is None and json.loads(forced.value)["size"] == 10
 
 
 def test_a_reset_partition_forgets_offsets_but_keeps_streams_in_progress():

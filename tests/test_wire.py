@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 
 from dropstream.broker.wire import (
     HEADER_BYTES,
+    HEADER_BYTES_V2,
     MAX_MESSAGE_BYTES,
     MAX_SPAN_S,
+    TAG_BYTES,
     ActivationMessage,
     WireFormatError,
     decode_activation,
@@ -53,6 +55,7 @@ def messages(draw: st.DrawFn) -> ActivationMessage:
         width=width,
         indices=idx,
         values=values,
+        unencoded_s=draw(st.floats(0, 1e9)),
     )
 
 
@@ -69,6 +72,7 @@ def _fields(m: ActivationMessage) -> tuple:
         m.window_samples,
         m.hop_samples,
         m.width,
+        m.unencoded_s,
     )
 
 
@@ -103,11 +107,23 @@ def test_round_trip(msg: ActivationMessage, dtype: str) -> None:
     assert encode_activation(back, value_dtype=dtype) == data  # canonical bytes
 
 
+def test_version_1_is_still_read() -> None:
+    msg = _example()
+    old = encode_activation(msg, version=1)
+    assert old[4] == 1
+    back = decode_activation(old)
+    assert _fields(back) == _fields(msg) and back.unencoded_s == 0.0
+    with pytest.raises(WireFormatError, match="version 1 cannot carry"):
+        encode_activation(_example(unencoded_s=3.0), version=1)
+
+
 def test_default_message_size_and_dense() -> None:
     msg = _example()
     data = encode_activation(msg)
-    # 64 kept of 256: 64 uint16 indices + 64 float16 values = 256 bytes of payload
-    assert len(data) == HEADER_BYTES + len("eeg-anomaly") + len("clinic-7/cap-3") + 8 + 256
+    # 64 kept of 256: 64 uint16 indices + 64 float16 values = 256 bytes of payload, then the tag
+    ids = len("eeg-anomaly") + len("clinic-7/cap-3") + 8
+    assert len(data) == HEADER_BYTES_V2 + ids + 256 + TAG_BYTES
+    assert len(encode_activation(msg, version=1)) == HEADER_BYTES + ids + 256
     dense = decode_activation(data).dense()
     assert dense.shape == (256,)
     assert np.count_nonzero(dense[1::4]) == 0
@@ -158,7 +174,10 @@ GOOD = encode_activation(_example())
         (GOOD[:-1], "does not match"),
         (GOOD + b"\x00", "does not match"),
         (b"XXXX" + GOOD[4:], "bad magic"),
-        (_patch(GOOD, 4, "<B", 2), "version 2 is not supported"),
+        (_patch(GOOD, 4, "<B", 3), "version 3 is not supported"),
+        (_patch(GOOD, 4, "<B", 1), "does not match"),
+        (_patch(GOOD, 61, "<d", -1.0), "unencoded signal"),
+        (_patch(GOOD, 61, "<d", float("nan")), "unencoded signal"),
         (_patch(GOOD, 5, "<B", 0x80), "unknown flags"),
         (_patch(GOOD, 34, "<d", float("nan")), "sample rate"),
         (_patch(GOOD, 34, "<d", -160.0), "sample rate"),
@@ -169,10 +188,10 @@ GOOD = encode_activation(_example())
         (_patch(GOOD, 54, "<I", 0), "kept units"),
         (_patch(GOOD, 54, "<I", 65), "does not match"),
         (_patch(GOOD, 58, "<B", 0), "non-empty"),
-        (_patch(GOOD, HEADER_BYTES, "<B", 0xFF), "UTF-8"),
-        (_patch(GOOD, HEADER_BYTES, "<B", 0x07), "control characters"),
-        (_patch(GOOD, len(GOOD) - 256 + 2, "<H", 0), "strictly increasing"),
-        (_patch(GOOD, len(GOOD) - 2, "<H", 0x7C00), "finite"),  # float16 +inf
+        (_patch(GOOD, HEADER_BYTES_V2, "<B", 0xFF), "UTF-8"),
+        (_patch(GOOD, HEADER_BYTES_V2, "<B", 0x07), "control characters"),
+        (_patch(GOOD, len(GOOD) - TAG_BYTES - 256 + 2, "<H", 0), "strictly increasing"),
+        (_patch(GOOD, len(GOOD) - TAG_BYTES - 2, "<H", 0x7C00), "finite"),  # float16 +inf
         (b"\x00" * (MAX_MESSAGE_BYTES + 1), "exceeds"),
     ],
 )
@@ -197,6 +216,7 @@ def test_decoder_rejects_non_bytes() -> None:
         ({"device_id": ""}, "device id"),
         ({"model_id": "x" * 256}, "model id"),
         ({"sfreq": 0.0}, "sample rate"),
+        ({"unencoded_s": -0.5}, "unencoded signal"),
         ({"values": np.zeros(3)}, "same length"),
     ],
 )

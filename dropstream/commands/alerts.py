@@ -1,4 +1,10 @@
-"""``dropstream alerts``: follow the alert topic as a readable table or JSON lines."""
+"""``dropstream alerts``: follow the alert topic as a readable table or JSON lines.
+
+Every alert's signature is checked against the service's public key (``--alert-public-key``, or
+``$XDG_CONFIG_HOME/dropstream/alert-signing.pub``): the table's last column says ``verified`` or
+``UNVERIFIED`` (forged, altered, or signed by another key), ``--json`` adds ``"verified"``, and
+``--verified-only`` leaves unverified alerts out (counting them on stderr).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,11 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from dropstream.broker.alert_message import AlertMessage
+    from dropstream.broker.auth import AlertVerifier
 
 HELP = "follow the alert topic (a table, or --json lines; --device filters)"
 
-_COLUMNS = "{:<19} {:<6} {:<24} {:<16} {:<22} {:>12} {:>12} {:>9} {:>9} {:>8}"
+_COLUMNS = "{:<19} {:<6} {:<24} {:<16} {:<22} {:>12} {:>12} {:>9} {:>9} {:>8} {:<10}"
 
 
 def table_header() -> str:
@@ -29,11 +36,12 @@ def table_header() -> str:
         "score",
         "threshold",
         "lat. ms",
+        "signature",
     )
 
 
-def format_alert(msg: AlertMessage) -> str:
-    """One table row for an alert update."""
+def format_alert(msg: AlertMessage, verified: bool | None = None) -> str:
+    """One table row for an alert update (``verified``: signature checked, ``None``: not)."""
     produced = _dt.datetime.fromtimestamp(msg.produced_at).strftime("%Y-%m-%d %H:%M:%S")
     offset = "" if msg.offset_time is None else f"{msg.offset_time:.2f}"
     return _COLUMNS.format(
@@ -47,6 +55,7 @@ def format_alert(msg: AlertMessage) -> str:
         f"{msg.score:.4g}",
         f"{msg.threshold:.4g}",
         f"{1000 * msg.detection_latency_s:.0f}",
+        "-" if verified is None else "verified" if verified else "UNVERIFIED",
     )
 
 
@@ -61,6 +70,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-seconds", type=float, help="stop after this long (default: follow until Ctrl-C)"
+    )
+    parser.add_argument(
+        "--alert-public-key",
+        dest="alert_public_key",
+        help="the service's alert public key(s), comma-separated PEM files (or "
+        "DROPSTREAM_ALERT_PUBLIC_KEY; default $XDG_CONFIG_HOME/dropstream/alert-signing.pub)",
+    )
+    parser.add_argument(
+        "--verified-only",
+        action="store_true",
+        help="leave out alerts whose signature does not verify (counted on stderr)",
     )
     parser.add_argument(
         "--all-updates",
@@ -80,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from dropstream.broker.wire import WireFormatError
 
     config = ClientConfig.from_args(args)
+    verifier = _verifier(config.alert_public_key)
     consumer = make_topic_reader(config, config.alerts_topic, args.from_beginning)
     devices = set(args.device or [])
     seen: set[tuple[str, str]] = set()
@@ -100,16 +121,44 @@ def run(args: argparse.Namespace) -> int:
                         continue
                     if devices and msg.device_id not in devices:
                         continue
+                    verified = verifier is not None and verifier.verify(
+                        rec.key, rec.value, rec.headers
+                    )
+                    if args.verified_only and not verified:
+                        print(
+                            f"UNVERIFIED alert {msg.alert_id} ({msg.status}, device "
+                            f"{msg.device_id}) at offset {rec.offset} left out",
+                            file=sys.stderr,
+                        )
+                        continue
                     if not args.all_updates:
                         if (msg.alert_id, msg.status) in seen:
                             continue
                         seen.add((msg.alert_id, msg.status))
                     if args.json:
-                        print(json.dumps(json.loads(msg.to_json())), flush=True)
+                        body = json.loads(msg.to_json()) | {"verified": verified}
+                        print(json.dumps(body), flush=True)
                     else:
-                        print(format_alert(msg), flush=True)
+                        print(format_alert(msg, verified), flush=True)
     except KeyboardInterrupt:
         pass
     finally:
         consumer.close()
     return 0
+
+
+def _verifier(paths: str | None) -> AlertVerifier | None:
+    """The verifier of the configured public key(s); ``None`` (with a warning) if none."""
+    from dropstream.broker.auth import AlertVerifier, default_alert_key_path
+
+    if paths:
+        return AlertVerifier.load(p.strip() for p in paths.split(",") if p.strip())
+    default = default_alert_key_path().with_suffix(".pub")
+    if default.exists():
+        return AlertVerifier.load([default])
+    print(
+        f"no alert public key ({default} missing; pass --alert-public-key): every alert "
+        "shows as UNVERIFIED",
+        file=sys.stderr,
+    )
+    return None

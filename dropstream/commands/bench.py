@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "run a benchmark from benchmarks/ (serve, latency, encoder, lsl, accuracy, audit, gpu)"
+HELP = (
+    "run a benchmark from benchmarks/ (serve, latency, encoder, lsl, accuracy, audit, auth, "
+    "broker-memory, gpu)"
+)
 
 #: Benchmark name -> script in ``benchmarks/`` (what it measures is in each script's docstring).
 BENCHMARKS: dict[str, str] = {
@@ -14,6 +17,8 @@ BENCHMARKS: dict[str, str] = {
     "lsl": "lsl_throughput.py",
     "accuracy": "accuracy_vs_dropping.py",
     "audit": "privacy_audit.py",
+    "auth": "auth_speed.py",
+    "broker-memory": "embedded_broker_memory.py",
     "gpu": "gpu_oneshot.sh",
 }
 

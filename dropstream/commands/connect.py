@@ -29,6 +29,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device-id", required=True, help="this device's id (Kafka key; 1..255 bytes)"
     )
+    parser.add_argument(
+        "--device-key",
+        dest="device_key",
+        help="this device's key file from 'dropstream keys provision' (or DROPSTREAM_DEVICE_KEY; "
+        "default: $XDG_CONFIG_HOME/dropstream/devices/<device-id>.key)",
+    )
     sel = parser.add_argument_group("stream selection (at least one)")
     sel.add_argument("--stream-type", help="LSL stream type, e.g. EEG")
     sel.add_argument("--stream-name", help="LSL stream name")
@@ -70,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from dropstream.acquisition import LiveStream
+    from dropstream.broker.auth import DeviceKey, default_device_key_path
     from dropstream.broker.config import ClientConfig
     from dropstream.errors import DropstreamError
     from dropstream.local_encoder.agent import AgentError, EncoderAgent
@@ -81,6 +88,12 @@ def run(args: argparse.Namespace) -> int:
     if args.verbose < 2:  # kafka-python logs every refused connection while the broker is away
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
     config = ClientConfig.from_args(args)
+    key = DeviceKey.load(config.device_key or default_device_key_path(args.device_id))
+    if key.device_id != args.device_id:
+        raise AgentError(
+            f"the key file is for device {key.device_id!r}, not {args.device_id!r}; pass "
+            "--device-key with this device's key"
+        )
     bundle = load_device_bundle(args.bundle)  # refuses invertible settings (privacy guard)
     spool_dir = args.spool_dir or DEFAULT_SPOOL_ROOT / "dropstream" / "spool" / args.device_id
     spool = Spool(spool_dir, int(args.spool_max_mb * 1024 * 1024), args.full_policy)
@@ -103,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
             timeout=args.resolve_timeout,
         )
         try:
-            agent = EncoderAgent(bundle, inlet, config, spool, args.device_id)
+            agent = EncoderAgent(bundle, inlet, config, spool, key)
             status(
                 f"connected {inlet.info.describe()} -> {config.bootstrap} topic "
                 f"{config.activations_topic}; model {bundle.model_id} v{bundle.model_version}, "

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 from dataclasses import fields
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dropstream.inference.service import InferenceService
 
 HELP = "score activation windows (consumer group, micro-batching, CUDA if present) and alert"
 
@@ -87,6 +92,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     r.add_argument("--max-streams", type=int, default=unset, help="most streams held in memory")
     r.add_argument(
+        "--state-dir",
+        default=unset,
+        help="save per-stream high-water marks here, so windows replayed after a restart of "
+        "serve are refused (default: not saved)",
+    )
+    r.add_argument(
         "--idle-forget-s",
         type=float,
         default=unset,
@@ -106,7 +117,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``dropstream serve`` until Ctrl-C / SIGTERM."""
+    """Run ``dropstream serve`` until Ctrl-C / SIGTERM.
+
+    A stop asked for while torch and the model are still loading ends the process cleanly
+    (exit 0): nothing was consumed yet, so nothing is lost.
+    """
+    try:
+        service = _start(args)
+    except KeyboardInterrupt:
+        print("stopped before serving: nothing was consumed", file=sys.stderr)
+        return 0
+    signal.signal(signal.SIGTERM, lambda *_: service.stop())
+    try:
+        service.run(max_seconds=args.max_seconds)
+    except KeyboardInterrupt:
+        service.stop()
+    return 0
+
+
+def _start(args: argparse.Namespace) -> InferenceService:
+    """Import the server side (torch), load the bundle and build the service."""
     from dropstream.broker.config import ClientConfig
     from dropstream.inference.service import InferenceService, ServiceSettings
 
@@ -117,13 +147,7 @@ def run(args: argparse.Namespace) -> int:
     config = ClientConfig.from_args(args)
     given = {f.name: getattr(args, f.name) for f in fields(ServiceSettings) if f.name in args}
     given["torch_threads"] = args.torch_threads or None
-    settings = ServiceSettings(**given)
-    service = InferenceService(config, args.bundle, settings)
+    service = InferenceService(config, args.bundle, ServiceSettings(**given))
     if args.metrics_port:
         service.metrics.serve_http(args.metrics_port, addr=args.metrics_addr)
-    signal.signal(signal.SIGTERM, lambda *_: service.stop())
-    try:
-        service.run(max_seconds=args.max_seconds)
-    except KeyboardInterrupt:
-        service.stop()
-    return 0
+    return service

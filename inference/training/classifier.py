@@ -15,10 +15,6 @@ from dropstream.inference.training.fit import build, check_windows, fit, prepare
 from dropstream.inference.training.trained import TrainedModel, finish
 
 
-def _cross_entropy(out: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-    return nn.functional.cross_entropy(out, target)
-
-
 def train_classifier(
     X: np.ndarray,
     y: Sequence[Any] | np.ndarray,
@@ -77,7 +73,11 @@ def train_classifier(
     net = net.to(run.device)
     xt = torch.as_tensor(Xn, device=run.device)
     yt = torch.as_tensor(codes, dtype=torch.long, device=run.device)
-    history = fit(net, xt, yt, fit_idx, val_idx, config, _cross_entropy, desc="train classifier")
+
+    def cross_entropy(out: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        return nn.functional.cross_entropy(out, target, label_smoothing=config.label_smoothing)
+
+    history = fit(net, xt, yt, fit_idx, val_idx, config, cross_entropy, desc="train classifier")
     if config.refit and len(val_idx):
         best = next((int(r["epoch"]) for r in history if r.get("best")), len(history) - 1)
         torch.manual_seed(config.seed)
@@ -85,7 +85,7 @@ def train_classifier(
         refit_cfg = replace(config, epochs=best + 1)
         everything = np.arange(run.n)
         history = fit(
-            net, xt, yt, everything, everything[:0], refit_cfg, _cross_entropy, "refit on TRAIN"
+            net, xt, yt, everything, everything[:0], refit_cfg, cross_entropy, "refit on TRAIN"
         )
         for r in history:
             r["refit"] = 1.0

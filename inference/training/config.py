@@ -35,16 +35,38 @@ class TrainConfig:
     pool : int or None
         Average-pool factor in time before a ``dense`` first layer (exported as pooling + matrix);
         ``None`` picks :func:`default_pool` (about 64 averaged samples per channel).
+    level_gain : float or None
+        A ``dense`` classifier's first layer is trained in level/shape coordinates
+        (:class:`~dropstream.inference.model.LevelShapeScale`: each channel's window mean and
+        the deviations from it, standardised separately), the level weighted by this gain;
+        ``None`` trains on the samples directly (as novelty models always do). Exported as one
+        dense weight: the device is unchanged.
     hidden : tuple of int
         Head MLP hidden sizes.
+    head_fill : {"learned", "zero"}
+        How the classifier head treats dropped units (:class:`~dropstream.inference.model.Head`):
+        ``"learned"`` fills them with learned values and appends the keep mask (default);
+        ``"zero"`` is the zero-fill, ``m/K``-rescaled head of older bundles. Novelty heads are
+        always ``"zero"``.
     head_dropout : float
         Ordinary dropout inside the head.
     epochs, batch_size, lr, weight_decay : training settings (AdamW).
+    schedule : {"onecycle", "constant"} or None
+        Learning-rate schedule: one cycle (10 % warm-up to ``lr``, then cosine decay) over
+        ``epochs``, or a constant ``lr``. ``None``: one cycle for classifiers (measured in
+        ``docs/accuracy.md``), constant for novelty models (as before; not re-measured).
     n_masks : int
         Fresh keep masks per window per step (mask augmentation).
+    label_smoothing : float
+        Label smoothing of the classifier's cross-entropy.
+    average_fraction : float
+        Without a validation split, the weights are averaged (stochastic weight averaging,
+        equal weight per epoch) over this last share of the epochs; 0 keeps the last weights.
     val_fraction : float
-        Share of the training windows held out (stratified) for early stopping and, for
-        novelty models, calibration. The test split is never used for any choice.
+        Share of the training windows held out (stratified) for early stopping; 0 (default)
+        trains a classifier for exactly ``epochs`` on all windows. Novelty models hold out at
+        least 10 % for early stopping and calibration. The test split is never used for any
+        choice.
     patience : int
         Epochs without validation improvement before stopping.
     select_by : {"val_acc", "val_loss"}
@@ -77,14 +99,19 @@ class TrainConfig:
     conv_kernel: int = 32
     conv_stride: int = 16
     pool: int | None = None
+    level_gain: float | None = None
     hidden: tuple[int, ...] = (512, 256)
+    head_fill: str = "learned"
     head_dropout: float = 0.25
-    epochs: int = 150
+    epochs: int = 60
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-2
+    schedule: str | None = None
     n_masks: int = 4
-    val_fraction: float = 0.2
+    label_smoothing: float = 0.1
+    average_fraction: float = 0.3
+    val_fraction: float = 0.0
     patience: int = 30
     select_by: str = "val_acc"
     refit: bool = True

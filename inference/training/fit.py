@@ -93,7 +93,8 @@ def start(
 def build(config: TrainConfig, run: Run, n_out: int, novelty: bool) -> SplitNet:
     """A fresh first layer and head on ``run.device``; the privacy guard checks ``K`` first.
 
-    A novelty head has no bias and no dropout (see :mod:`.novelty`).
+    A novelty head has no bias, no dropout and zero-filled dropped units (see :mod:`.novelty`):
+    a learned fill or the keep mask would give it the constant input Deep SVDD must not have.
 
     Raises
     ------
@@ -110,6 +111,7 @@ def build(config: TrainConfig, run: Run, n_out: int, novelty: bool) -> SplitNet:
         conv_kernel=config.conv_kernel,
         conv_stride=config.conv_stride,
         pool=config.pool if config.pool is not None else default_pool(run.samples),
+        level_gain=None if novelty or config.first_layer != "dense" else config.level_gain,
     )
     keep = config.resolve_keep(first.width)
     validate_keep(keep, first.width, run.channels, run.samples, run.hop, pool=first.pool)
@@ -120,6 +122,7 @@ def build(config: TrainConfig, run: Run, n_out: int, novelty: bool) -> SplitNet:
         n_outputs=n_out,
         dropout=0.0 if novelty else config.head_dropout,
         bias=not novelty,
+        fill="zero" if novelty else config.head_fill,
     )
     return SplitNet(first, head, keep)
 
@@ -187,12 +190,20 @@ def fit(
     loss_fn: LossFn,
     desc: str,
 ) -> list[dict[str, float]]:
-    """Mini-batch AdamW with dropping and mask augmentation; keeps the best-validation state.
+    """Mini-batch AdamW (one-cycle schedule by default) with dropping and mask augmentation;
+    keeps the best-validation state when there is a validation split, else the average of the
+    weights over the last ``config.average_fraction`` of the epochs.
 
     Returns one record per epoch (``epoch``, ``train_loss``, ``val_loss``, ``val_acc`` for
     labelled data; ``best`` marks the epoch whose state the network keeps).
     """
     with cpu_threads(config.threads if xt.device.type == "cpu" else None):
+        fit_x = xt[torch.as_tensor(fit_idx, device=xt.device)]
+        net.first.fit_input_scale(fit_x)
+        if isinstance(net.head, Head):  # a learned fill starts at the mean training activation
+            net.eval()
+            with torch.no_grad():
+                net.head.set_fill_base(net.first(fit_x))
         return _fit_loop(net, xt, yt, fit_idx, val_idx, config, loss_fn, desc)
 
 
@@ -209,6 +220,16 @@ def _fit_loop(
     dev = xt.device
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    steps = config.epochs * max(1, -(-len(fit_idx) // config.batch_size))
+    schedule = config.schedule or ("constant" if yt is None else "onecycle")
+    if schedule == "onecycle":  # warm up over 10 % of the steps, then cosine to ~0
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=config.lr, total_steps=steps, pct_start=0.1
+        )
+    elif schedule == "constant":
+        sched = None
+    else:
+        raise TrainingError(f"schedule must be 'onecycle' or 'constant', not {schedule!r}")
     gen = torch.Generator(device=dev).manual_seed(config.seed)
     cpu_gen = torch.Generator().manual_seed(config.seed)
     fit_t = torch.as_tensor(fit_idx, device=dev)
@@ -220,6 +241,10 @@ def _fit_loop(
     if config.select_by not in ("val_acc", "val_loss"):
         raise TrainingError(f"select_by must be 'val_acc' or 'val_loss', not {config.select_by!r}")
     bar = tqdm(range(config.epochs), desc=desc, disable=not config.progress, leave=False)
+    # weight averaging (SWA-style) over the last epochs of a run without a validation split
+    avg_from = config.epochs - int(round(config.average_fraction * config.epochs))
+    averaged: list[torch.Tensor] | None = None
+    n_averaged = 0
     for epoch in bar:
         net.train()
         perm = fit_t[torch.randperm(len(fit_t), generator=cpu_gen).to(dev)]
@@ -232,9 +257,19 @@ def _fit_loop(
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             total += float(loss.detach()) * len(idx)
             count += len(idx)
         record = {"epoch": float(epoch), "train_loss": total / max(count, 1)}
+        if not len(val_idx) and epoch >= avg_from:
+            with torch.no_grad():
+                n_averaged += 1
+                if averaged is None:
+                    averaged = [p.detach().clone() for p in params]
+                else:
+                    for mean, p in zip(averaged, params, strict=True):
+                        mean.add_(p.detach() - mean, alpha=1.0 / n_averaged)
         if len(val_idx):
             net.eval()
             with torch.no_grad():
@@ -258,5 +293,10 @@ def _fit_loop(
     if best_state is not None:
         net.load_state_dict(best_state)
         history[best_epoch]["best"] = 1.0
+    elif averaged is not None:
+        with torch.no_grad():
+            for mean, p in zip(averaged, params, strict=True):
+                p.copy_(mean)
+        history[-1]["averaged_epochs"] = float(n_averaged)
     net.eval()
     return history

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dropstream.inference.model import SplitNet, TorchFirstLayer, random_keep_mask
+from dropstream.inference.model import HEAD_FORMAT, SplitNet, TorchFirstLayer, random_keep_mask
 from dropstream.inference.training.config import TrainConfig, TrainingError
 from dropstream.inference.training.fit import Run, check_windows
 from dropstream.local_encoder.bundle import DeviceBundle, write_bundle
@@ -75,7 +75,7 @@ class TrainedModel:
         for start in range(0, x.shape[0], 512):
             a = self.first(x[start : start + 512])
             mask = random_keep_mask(a.shape[0], a.shape[1], self.keep, gen, dev)
-            outs.append(self.head(a * mask).cpu())
+            outs.append(self.head(a, mask.bool()).cpu())
         return torch.cat(outs)
 
     def predict_proba(self, X: np.ndarray, prefiltered: bool = False, seed: int = 0) -> np.ndarray:
@@ -179,6 +179,8 @@ def finish(
         "dropout": 0.0 if novelty else config.head_dropout,
         "bias": not novelty,
         "rescale": True,
+        "fill": "zero" if novelty else config.head_fill,
+        "format": HEAD_FORMAT,
         "output": output,
         "first_layer": config.first_layer,
         **(extra or {}),

@@ -1,0 +1,283 @@
+"""Issue 15 on the real broker: no record stops the service (a fuzz corpus, then a restart on
+the same offsets), and a broker restart loses no alert update."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import struct
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from dropstream.broker.alert_message import decode_alert
+from dropstream.broker.clients import make_producer, make_topic_reader
+from dropstream.broker.config import ClientConfig
+from dropstream.broker.embedded import EmbeddedBroker
+from dropstream.broker.topics import ensure_topics
+from dropstream.broker.wire import decode_activation, encode_activation
+from dropstream.inference.demo import (
+    DEMO_ALERTS,
+    DEMO_BUNDLE,
+    DEMO_RECORDING,
+    read_recording,
+    reference_alerts,
+)
+from dropstream.inference.outbox import REASON_HEADER, SHA256_HEADER, SIZE_HEADER
+from dropstream.inference.service import InferenceService, ServiceSettings
+from dropstream.local_encoder.bundle import load_device_bundle
+from dropstream.local_encoder.simulated import encode_recording
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def recording_messages():
+    bundle = load_device_bundle(DEMO_BUNDLE)
+    samples, _, _ = read_recording(DEMO_RECORDING)
+    return {
+        d: [raw for _, raw in encode_recording(bundle, samples, d, seed=i)]
+        for i, d in enumerate(("sim-0", "sim-1"))
+    }
+
+
+def read_topic(config, topic, until, timeout=60.0):
+    """Every record of ``topic`` until ``until(records)`` (or ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:  # the topic may not exist yet on a restarted broker
+        try:
+            reader = make_topic_reader(config, topic)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    records = []
+    try:
+        while time.monotonic() < deadline and not until(records):
+            for recs in reader.poll(timeout_ms=200).values():
+                records.extend(recs)
+    finally:
+        reader.close()
+    return records
+
+
+def wait_for(condition, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+def start(config, **settings):
+    service = InferenceService(
+        config, DEMO_BUNDLE, ServiceSettings(max_wait_ms=5, device="cpu", **DEMO_ALERTS, **settings)
+    )
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    assert service.ready.wait(30)
+    return service, thread
+
+
+def dead_letter_kinds(service):
+    reg = service.metrics.registry
+    kinds = {}
+    for metric in reg.collect():
+        for sample in metric.samples:
+            if sample.name == "dropstream_serve_dead_letters_total" and sample.value:
+                kinds[sample.labels["reason"]] = int(sample.value)
+    return kinds
+
+
+def test_a_fuzz_corpus_never_stops_the_service_even_replayed(kafka_config, recording_messages):
+    good = recording_messages["sim-0"][:30]  # quiet windows: the stream stays clean
+    rng = np.random.default_rng(15)
+    now = time.time()
+    first, last = decode_activation(good[0]), decode_activation(good[-1])
+
+    def patched(raw, offset, fmt, value):
+        out = bytearray(raw)
+        struct.pack_into(fmt, out, offset, value)
+        return bytes(out)
+
+    def variant(msg, **changes):
+        return encode_activation(dataclasses.replace(msg, **changes))
+
+    garbage = bytes(rng.integers(0, 256, 1_048_000, dtype=np.uint8))
+    hostile = [  # (key, value, dead-letter kind)
+        (b"sim-0", patched(good[5], 34, "<d", 5e-324), "malformed"),  # crash-looped serve
+        (b"sim-0", garbage, "malformed"),  # could not be dead-lettered: serve exited
+        (b"sim-0", None, "malformed"),
+        (b"sim-0", good[3][:-7], "malformed"),
+        (b"sim-9", good[7], "key-mismatch"),
+        (b"sim-0", variant(first, sequence=10_000, wall_time=now - 10_000), "stale"),
+        (b"sim-0", variant(first, sequence=10_001, wall_time=now + 3_600), "from-the-future"),
+        *[
+            (b"sim-0", bytes(rng.integers(0, 256, int(n), dtype=np.uint8)), "malformed")
+            for n in rng.integers(0, 400, 20)
+        ],
+    ]
+    # after the good windows: 100 ahead of the newest with the newest's wall clock (forged)
+    late = [(b"sim-0", variant(last, sequence=last.sequence + 100), "implausible-sequence")]
+    producer = make_producer(kafka_config, max_request_size=4 << 20)
+    sent = [(b"sim-0", raw) for raw in good[:15]]
+    sent += [(k, v) for k, v, _ in hostile] + [(b"sim-0", raw) for raw in good[15:]]
+    sent += [(k, v) for k, v, _ in late]
+    for key, value in sent:
+        producer.send(kafka_config.activations_topic, key=key, value=value, partition=0)
+    producer.flush()
+    producer.close()
+    expected = {}
+    for _, _, kind in hostile + late:
+        expected[kind] = expected.get(kind, 0) + 1
+    n_bad = len(hostile) + len(late)
+
+    service, thread = start(kafka_config)
+    dead = read_topic(kafka_config, kafka_config.dead_letter_topic, lambda r: len(r) >= n_bad)
+    wait_for(
+        lambda: service.offsets.committed.get(next(iter(service.offsets.next), None)) == len(sent)
+    )
+    assert thread.is_alive()
+    service.stop()
+    thread.join(15)
+    assert service.metrics.windows == len(good) and service.metrics.alerts == 0
+    assert dead_letter_kinds(service) == expected
+    assert len(dead) == n_bad
+    by_ref = [r for r in dead if SHA256_HEADER in dict(r.headers)]
+    assert len(by_ref) == 1  # the 1 MB value, by reference only
+    headers = {k: v.decode() for k, v in by_ref[0].headers}
+    assert by_ref[0].key is None and len(by_ref[0].value) < 300
+    assert headers[SIZE_HEADER] == str(len(garbage))
+    assert headers[SHA256_HEADER] == hashlib.sha256(garbage).hexdigest()
+    assert "sample rate" in " ".join(dict(r.headers)[REASON_HEADER].decode() for r in dead)
+
+    # restart on the same offsets: the same group resumes after them, a new group replays them
+    again, thread = start(kafka_config)
+    time.sleep(1.0)
+    assert thread.is_alive() and again.metrics.windows == 0 and again.metrics.dead_letters == 0
+    again.stop()
+    thread.join(15)
+    replay, thread = start(kafka_config.replace(group_id=f"replay-{uuid.uuid4().hex[:6]}"))
+    wait_for(lambda: replay.metrics.dead_letters >= n_bad and replay.metrics.windows >= len(good))
+    time.sleep(0.5)
+    assert thread.is_alive()
+    replay.stop()
+    thread.join(15)
+    assert dead_letter_kinds(replay) == expected and replay.metrics.windows == len(good)
+
+
+def test_a_broker_restart_loses_no_alert_update(recording_messages):
+    """The broker (memory storage) stops while an alert update is pending and comes back on the
+    same port, empty: the service keeps running, recreates its producer, delivers the pending
+    update, notices the partition's log was reset and serves what arrives next."""
+    broker = EmbeddedBroker().start()
+    tag = uuid.uuid4().hex[:8]
+    config = ClientConfig(
+        bootstrap=broker.bootstrap,
+        activations_topic=f"restart.{tag}.activations",
+        alerts_topic=f"restart.{tag}.alerts",
+        dead_letter_topic=f"restart.{tag}.dead",
+        partitions=2,
+        group_id=f"restart-{tag}",
+        session_timeout_ms=2000,
+        fetch_max_wait_ms=10,
+    )
+    first = recording_messages["sim-0"][:45]  # stops inside its first event
+    second = recording_messages["sim-1"]
+    expected_first = reference_alerts(DEMO_BUNDLE, first, DEMO_ALERTS)
+    assert [s for _, s in expected_first] == ["open"]
+    expected_second = set(reference_alerts(DEMO_BUNDLE, second, DEMO_ALERTS))
+    try:
+        ensure_topics(config)
+        service, thread = start(config, stale_after_s=2.0)
+        producer = make_producer(config)
+        for raw in first:
+            producer.send(config.activations_topic, key=b"sim-0", value=raw, partition=1)
+        producer.flush()
+        producer.close()
+        read_topic(config, config.alerts_topic, lambda r: len(r) >= 1)
+        broker.stop()  # the "closed" of the silent stream's event falls due while it is down
+        time.sleep(5.0)
+        assert thread.is_alive()
+        broker.start()  # same port, empty (memory storage)
+        ensure_topics(config)
+        alerts = read_topic(config, config.alerts_topic, lambda r: len(r) >= 1, timeout=90)
+        closed = [decode_alert(r.value) for r in alerts]
+        assert [(a.alert_id, a.status) for a in closed] == [(expected_first[0][0], "closed")]
+        # the partition starts again at offset 0, below what the service consumed before
+        producer = make_producer(config)
+        for raw in second:
+            producer.send(config.activations_topic, key=b"sim-1", value=raw, partition=1)
+        producer.flush()
+        producer.close()
+        alerts = read_topic(
+            config, config.alerts_topic, lambda r: len(r) >= 1 + len(expected_second), timeout=60
+        )
+        got = {(a.alert_id, a.status) for a in map(decode_alert, (r.value for r in alerts))}
+        assert expected_second <= got
+        assert thread.is_alive()
+        service.stop()
+        thread.join(15)
+        assert service.metrics.producer_restarts >= 1 or service.metrics.offset_resets >= 1
+    finally:
+        broker.stop()
+
+
+def test_a_flooding_device_is_rate_limited_and_the_others_are_served(
+    kafka_config, recording_messages
+):
+    flood, quiet = recording_messages["sim-0"][:30], recording_messages["sim-1"][:5]
+    producer = make_producer(kafka_config)
+    for i, raw in enumerate(flood):
+        producer.send(kafka_config.activations_topic, key=b"sim-0", value=raw, partition=0)
+        if i < len(quiet):
+            producer.send(kafka_config.activations_topic, key=b"sim-1", value=quiet[i], partition=0)
+    producer.flush()
+    producer.close()
+    service, thread = start(kafka_config, device_rate=0.01, device_burst=10)
+    dead = read_topic(kafka_config, kafka_config.dead_letter_topic, lambda r: len(r) >= 20)
+    wait_for(lambda: service.metrics.windows >= 15)
+    time.sleep(0.5)
+    newest = service.streams.streams[("sim-0", decode_activation(flood[0]).stream_id)].seen_max
+    service.stop()
+    thread.join(15)
+    assert service.metrics.windows == 15  # sim-0's burst of 10 and all 5 of sim-1
+    assert service.metrics.rate_limited == 20 and dead_letter_kinds(service) == {"rate-limited": 20}
+    assert all(r.key is None and SHA256_HEADER in dict(r.headers) for r in dead)
+    assert newest == 9  # the windows over the rate never touched the stream
+
+
+def test_replayed_windows_are_refused_after_a_restart(kafka_config, recording_messages, tmp_path):
+    """Issue 15: after a serve restart, windows captured minutes earlier were accepted as new.
+    The high-water marks saved with the committed offsets make them duplicates after it."""
+    genuine = recording_messages["sim-0"][:30]
+    producer = make_producer(kafka_config)
+    for raw in genuine:
+        producer.send(kafka_config.activations_topic, key=b"sim-0", value=raw, partition=0)
+    producer.flush()
+    state = {"state_dir": str(tmp_path), "marks_interval_s": 0.0}
+    service, thread = start(kafka_config, **state)
+    wait_for(lambda: service.offsets.committed.get(next(iter(service.offsets.next), None)) == 30)
+    service.stop()
+    thread.join(15)
+    for raw in genuine[10:20]:  # an attacker re-injects captured windows, byte for byte
+        producer.send(kafka_config.activations_topic, key=b"sim-0", value=raw, partition=0)
+    producer.send(
+        kafka_config.activations_topic,
+        key=b"sim-0",
+        value=recording_messages["sim-0"][30],
+        partition=0,
+    )
+    producer.flush()
+    producer.close()
+    again, thread = start(kafka_config, **state)
+    wait_for(lambda: again.metrics.windows + again.metrics.duplicates >= 11)
+    time.sleep(0.5)
+    again.stop()
+    thread.join(15)
+    assert again.metrics.duplicates == 10  # the replays
+    assert again.metrics.windows == 1 and again.metrics.late == 0  # the next genuine window
