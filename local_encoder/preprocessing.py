@@ -203,7 +203,8 @@ class CausalFilter:
         self._offset = None
 
     def process(self, chunk: np.ndarray) -> np.ndarray:
-        """Filter the next chunk ``(C, n)`` of samples; returns ``(C, n)`` in the filter's dtype."""
+        """Filter the next chunk ``(C, n)``; ``(C, n)`` back in the filter's dtype (unfiltered:
+        float64)."""
         if not self._low_precision:
             x = np.asarray(chunk, dtype=self.dtype)
         else:
@@ -212,10 +213,16 @@ class CausalFilter:
             raise PreprocessingError(
                 f"chunk must have shape (channels={self.n_channels}, samples); got {x.shape}"
             )
-        if not self._low_precision or x.shape[1] == 0:
+        return self._apply(x)
+
+    def _apply(self, x: np.ndarray) -> np.ndarray:
+        """Filter float64 samples ``(..., C, n)``, starting from or continuing the state."""
+        if self.sos is None:  # no filter: the samples pass through unchanged
+            return x.copy()
+        if not self._low_precision or x.shape[-1] == 0:
             return self._sections.apply(x.astype(self.dtype, copy=False))
         if self._offset is None:
-            self._offset = x[:, :1].copy()
+            self._offset = x[..., :1].copy()
         y = self._sections.apply((x - self._offset).astype(self.dtype))
         if abs(self._dc_gain) > 1e-9:
             y += (self._dc_gain * self._offset).astype(self.dtype)
@@ -245,7 +252,7 @@ def filter_windows(
     w = np.asarray(windows, dtype=np.float64)
     if w.ndim != 3:
         raise PreprocessingError(f"windows must have shape (N, C, T); got {w.shape}")
-    return SosFilterState(design_filter(sfreq, preprocessing)).apply(w)
+    return CausalFilter(sfreq, w.shape[1], preprocessing)._apply(w)  # as the device, per window
 
 
 def normalise(window: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
