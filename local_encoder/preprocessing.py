@@ -205,10 +205,7 @@ class CausalFilter:
     def process(self, chunk: np.ndarray) -> np.ndarray:
         """Filter the next chunk ``(C, n)``; ``(C, n)`` back in the filter's dtype (unfiltered:
         float64)."""
-        if not self._low_precision:
-            x = np.asarray(chunk, dtype=self.dtype)
-        else:
-            x = np.asarray(chunk, dtype=np.float64)
+        x = np.asarray(chunk, dtype=np.float64)  # cast to the filter's dtype in _apply
         if x.ndim != 2 or x.shape[0] != self.n_channels:
             raise PreprocessingError(
                 f"chunk must have shape (channels={self.n_channels}, samples); got {x.shape}"
