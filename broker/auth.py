@@ -69,6 +69,10 @@ class AuthError(DropstreamError):
     """A message or alert that is not authentic, or a key file that cannot be used."""
 
 
+#: Schema versions that end with an authentication tag.
+_TAGGED = (2, 3)
+
+
 def config_dir() -> Path:
     """Default folder of dropstream's key files (``$XDG_CONFIG_HOME/dropstream``)."""
     root = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
@@ -157,12 +161,12 @@ class DeviceKey:
         return _fingerprint(self.secret)
 
     def sign(self, value: bytes) -> bytes:
-        """``value`` (a version-2 message from ``encode_activation``) with its tag filled in.
+        """``value`` (a version-2 or 3 message from ``encode_activation``) with its tag filled in.
 
         The tag covers the Kafka key (this device's id) and every byte before the tag.
         """
-        if len(value) < HEADER_BYTES_V2 + TAG_BYTES or value[:4] != MAGIC or value[4] != 2:
-            raise AuthError("only version-2 activation messages can be signed")
+        if len(value) < 6 + TAG_BYTES or value[:4] != MAGIC or value[4] not in _TAGGED:
+            raise AuthError("only version-2 and 3 activation messages can be signed")
         body = value[:-TAG_BYTES]
         h = hmac.HMAC(self.secret, hashes.SHA256())
         h.update(_mac_input(self.device_id.encode("utf-8")))
@@ -287,12 +291,12 @@ class DeviceKeys:
                 "'dropstream keys provision' (or allow unauthenticated devices)"
             )
         version = value[4]
-        if version != 2:
+        if version not in _TAGGED:
             raise AuthError(
                 f"schema version {version} carries no authentication tag, and device "
                 f"{_device_id(key)!r} has a key: upgrade the device"
             )
-        if len(value) < HEADER_BYTES_V2 + TAG_BYTES:
+        if len(value) < (HEADER_BYTES_V2 if version == 2 else 6) + TAG_BYTES:
             raise AuthError("truncated before the authentication tag")
         body, tag = bytes(value[:-TAG_BYTES]), bytes(value[-TAG_BYTES:])
         if _tag_ok(mac, body, tag):

@@ -34,12 +34,17 @@ from dropstream.broker.wire import (
     HEADER_BYTES,
     MAX_MESSAGE_BYTES,
     MAX_UNENCODED_S,
+    TAG_BYTES,
     UNENCODED,
+    V3_UINT8,
+    V3_VALUES_MASK,
     WireFormatError,
     WireHeader,
     check_header,
     decode_activation,
     header_bytes,
+    kept_units_from_seed,
+    parse_v3_header,
     trailer_bytes,
 )
 
@@ -194,6 +199,18 @@ class _IdCache:
         self._cache[key] = value
         return value
 
+    def get_v3(self, raw: bytes, n_model: int, n_device: int) -> tuple[str, str, str] | None:
+        """The same for version 3's length-prefixed ids (cached under their own keys)."""
+        key = (raw, n_model, n_device, 3)
+        hit = self._cache.get(key, False)
+        if hit is not False:
+            return hit  # type: ignore[return-value]
+        a, b = n_model, n_device
+        plain = raw[1 : 1 + a] + raw[2 + a : 2 + a + b] + raw[3 + a + b :]
+        value = self.get(plain, a, b)
+        self._cache[key] = value
+        return value
+
 
 class BatchDecoder:
     """Decodes batches of raw activation message values (keeps an id cache across batches)."""
@@ -221,7 +238,13 @@ class BatchDecoder:
                 or len(data) < HEADER_BYTES
                 or len(data) > MAX_MESSAGE_BYTES
             ):
-                rejected.append((row, _reason(data)))
+                if isinstance(data, (bytes, bytearray)) and data[4:5] == b"\x03":
+                    self._add_v3(row, data, layouts, rejected)
+                else:
+                    rejected.append((row, _reason(data)))
+                continue
+            if data[4] == 3:
+                self._add_v3(row, data, layouts, rejected)
                 continue
             h = make_header(unpack(data))
             try:
@@ -271,15 +294,66 @@ class BatchDecoder:
         rejected.sort()
         return DecodedBatch(groups, rejected)
 
+    def _add_v3(self, row: int, data: bytes, layouts: dict, rejected: list) -> None:
+        """Version 3: the varint header is parsed per message (a few microseconds); indices
+        (explicit or derived from the seed) and values are decoded per layout in
+        :func:`_build_group`."""
+        if len(data) > MAX_MESSAGE_BYTES:
+            rejected.append((row, _reason(data)))
+            return
+        try:
+            h, ids_pos, pos, _, seed = parse_v3_header(data)
+        except WireFormatError as exc:
+            rejected.append((row, str(exc)))
+            return
+        width, keep, code = h.width, h.keep, h.flags & V3_VALUES_MASK
+        isz = 8 if seed is not None else (2 if width <= 65536 else 4)
+        idx_bytes = 8 if seed is not None else keep * isz
+        vsz = (2, 4, 1)[code]
+        val_bytes = keep * vsz + (8 if code == V3_UINT8 else 0)
+        end = len(data) - TAG_BYTES
+        ids = (
+            self._ids.get_v3(bytes(data[ids_pos:pos]), h.n_model, h.n_device)
+            if end == pos + idx_bytes + val_bytes
+            else None
+        )
+        if ids is None:
+            rejected.append((row, _reason(data)))
+            return
+        split = pos + idx_bytes
+        sfreq = h.sfreq
+        layouts.setdefault((ids[0], h.model_version, width, keep, isz, vsz), []).append(
+            (
+                row,
+                h.sequence,
+                h.lsl_time,
+                h.lsl_time + (h.window_samples - 1) / sfreq,
+                h.hop_samples / sfreq,
+                ids,
+                data[pos:split],
+                data[split:end],
+                h.wall_time,
+            )
+        )
+
 
 def _build_group(
     model_id: str, mver: int, width: int, keep: int, isz: int, vsz: int, items: list
 ) -> tuple[WindowGroup | None, list[int]]:
     n = len(items)
-    idx = np.frombuffer(b"".join([it[6] for it in items]), "<u2" if isz == 2 else "<u4")
-    val = np.frombuffer(b"".join([it[7] for it in items]), "<f2" if vsz == 2 else "<f4")
-    idx = idx.reshape(n, keep).astype(np.int64)
-    val = val.reshape(n, keep)
+    idx_raw = b"".join([it[6] for it in items])
+    if isz == 8:  # version 3, kept set derived from the seeds
+        idx = kept_units_from_seed(np.frombuffer(idx_raw, "<u8"), width, keep).astype(np.int64)
+    else:
+        idx = np.frombuffer(idx_raw, "<u2" if isz == 2 else "<u4").reshape(n, keep)
+        idx = idx.astype(np.int64)
+    val_raw = b"".join([it[7] for it in items])
+    if vsz == 1:  # version 3, 8-bit: (lo, step) float32 then K bytes per message
+        raw = np.frombuffer(val_raw, np.uint8).reshape(n, 8 + keep)
+        scale = raw[:, :8].copy().view("<f4")
+        val = scale[:, :1] + raw[:, 8:].astype(np.float32) * scale[:, 1:]
+    else:
+        val = np.frombuffer(val_raw, "<f2" if vsz == 2 else "<f4").reshape(n, keep)
     ok = (idx[:, -1] < width) & np.isfinite(val).all(axis=1)
     if keep > 1:
         ok &= (np.diff(idx, axis=1) > 0).all(axis=1)

@@ -1,7 +1,9 @@
 """Turn one preprocessed window into the message that leaves the device.
 
 :class:`WindowEncoder` runs the bundle's first layer and activation in numpy, draws a fresh set of
-``K`` kept units for every window from a generator seeded by the operating system's entropy, and
+``K`` kept units for every window from a fresh 64-bit seed drawn from the operating system's
+CSPRNG (the set is derived from the seed, :func:`dropstream.broker.wire.kept_units_from_seed`, and
+the seed travels instead of the indices: wire version 3), and
 builds a :class:`dropstream.broker.wire.ActivationMessage` holding only the kept activations. The
 raw window never leaves this function: nothing else of it is put into the message.
 
@@ -14,9 +16,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from dropstream.broker.wire import ActivationMessage, WireFormatError, encode_activation
+from dropstream.broker.wire import (
+    ActivationMessage,
+    WireFormatError,
+    draw_seed,
+    encode_activation,
+    kept_units_from_seed,
+)
 from dropstream.local_encoder.bundle import DeviceBundle
-from dropstream.local_encoder.first_layer import draw_kept_units
 from dropstream.local_encoder.windowing import Window
 
 
@@ -47,6 +54,7 @@ class WindowEncoder:
         self.bundle = bundle
         self.device_id = device_id
         self.stream_id = stream_id
+        self._test_seed = seed
         self._rng = np.random.default_rng(seed)
         self._layer = bundle.layer.runner()  # preallocated buffers, reused every window
 
@@ -73,7 +81,10 @@ class WindowEncoder:
         """
         b = self.bundle
         a = self._layer(window.data)  # reused buffer: only a[kept] (a copy) leaves
-        kept = draw_kept_units(self._rng, b.layer.width, b.keep)
+        # a fresh 64-bit seed per window (OS CSPRNG; the test generator only with a test seed);
+        # the kept set derives from it, and the 8-byte seed travels instead of K indices
+        seed = draw_seed() if self._test_seed is None else int(self._rng.integers(0, 2**63))
+        kept = kept_units_from_seed(seed, b.layer.width, b.keep)
         return ActivationMessage(
             model_id=b.model_id,
             model_version=b.model_version,
@@ -89,6 +100,7 @@ class WindowEncoder:
             indices=kept,
             values=a[kept],
             unencoded_s=float(unencoded_s),
+            seed=seed,
         )
 
     def to_bytes(self, message: ActivationMessage) -> bytes:

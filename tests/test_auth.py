@@ -25,7 +25,7 @@ from tests.test_wire import _example
 
 
 def _message(device_id: str = "clinic-7/cap-3", sequence: int = 0, **changes) -> bytes:
-    """A version-2 activation message (zeroed tag) of the wire tests' example window."""
+    """A version-3 activation message (zeroed tag) of the wire tests' example window."""
     return encode_activation(_example(device_id=device_id, sequence=sequence, **changes))
 
 
@@ -54,7 +54,7 @@ def test_a_signed_message_verifies_and_decodes_unchanged() -> None:
         (b"x", DeviceKey.generate("x").sign(_message("x")), "has no key in the store"),
         (KEY, b"garbage", "not a dropstream activation"),
         (KEY, None, "not a dropstream activation"),
-        (KEY, DEV.sign(_message())[:70], "truncated"),
+        (KEY, DEV.sign(encode_activation(_example(), version=2))[:70], "truncated"),
     ],
 )
 def test_refusals_name_the_reason(key: bytes | None, value: bytes, reason: str) -> None:

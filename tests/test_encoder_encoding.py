@@ -128,10 +128,10 @@ def test_a_window_the_spool_refuses_spends_no_sequence_number(eeg, tmp_path):
     bundle = make_bundle(data, sfreq, names)  # window 160, hop 80 samples at 160 Hz
     key = DeviceKey.generate("d")
     inlet = _FeedInlet(names, sfreq, [(data[:400], 0.0), (data[400:800], 400 / sfreq)])
-    with Spool(tmp_path / "spool", 1000, "block", block_timeout=0.05) as spool:
+    with Spool(tmp_path / "spool", 600, "block", block_timeout=0.05) as spool:
         agent = EncoderAgent(bundle, inlet, ClientConfig(), spool, key, clock=lambda: 0.0)
         with pytest.raises(SpoolFullError):
-            agent.poll_once()  # 4 windows cut; 2 fit (~400 B each)
+            agent.poll_once()  # 4 windows cut; 2 fit (~250 B each in wire version 3)
         assert agent.stats.next_sequence == 2 and agent.stats.windows_made == 2
         assert spool.next_sequence(agent._stream_key) == 2
         spool.remove([it.id for it in spool.peek(10)])  # the sender caught up

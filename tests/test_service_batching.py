@@ -91,16 +91,19 @@ def test_non_finite_and_unsorted_arrays_are_rejected_in_batch():
     assert "strictly increasing" in out.rejected[1][1]
 
 
-def test_versions_1_and_2_decode_alike_in_one_batch():
+def test_versions_1_2_and_3_decode_alike_in_one_batch():
     m = message(3)
-    v1, v2 = encode_activation(m, version=1), encode_activation(m)
+    v1, v2, v3 = (encode_activation(m, version=v) for v in (1, 2, 3))
     bad = bytearray(v2)
     bad[61:69] = np.float64(-1.0).tobytes()  # negative unencoded signal
-    out = decode_batch([v1, v2, bytes(bad)])
+    out = decode_batch([v1, v2, bytes(bad), v3])
     assert [r for r, _ in out.rejected] == [2] and "unencoded signal" in out.rejected[0][1]
-    (group,) = out.groups
+    (group,) = out.groups  # one layout: the version does not split the batch
+    assert len(group) == 3
     np.testing.assert_array_equal(group.values[0], group.values[1])
-    assert group.sequence.tolist() == [m.sequence, m.sequence]
+    np.testing.assert_array_equal(group.values[0], group.values[2])
+    np.testing.assert_array_equal(group.indices[0], group.indices[2])
+    assert group.sequence.tolist() == [m.sequence] * 3
 
 
 def test_scatter_dense():

@@ -70,9 +70,21 @@ def test_serve_stopped_while_loading_exits_cleanly(tmp_path):
     from dropstream.inference.demo import DEMO_BUNDLE
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dropstream", "serve", "--bundle", str(DEMO_BUNDLE),
-         "--bootstrap", "127.0.0.1:9", "--device", "cpu"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "dropstream",
+            "serve",
+            "--bundle",
+            str(DEMO_BUNDLE),
+            "--bootstrap",
+            "127.0.0.1:9",
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     # Wait until the CLI handles SIGTERM (Linux: bit 15 of SigCgt), i.e. it is loading now.
     deadline = time.monotonic() + 30
