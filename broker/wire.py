@@ -447,6 +447,7 @@ V3_SFREQ64 = 0x08
 V3_UNENCODED = 0x10
 V3_FLAGS = V3_VALUES_MASK | V3_SEED | V3_SFREQ64 | V3_UNENCODED
 _V3_FIXED = struct.Struct("<4sBBdd")  # magic, version, flags, lsl_time, wall_time
+_V3_COMMON = struct.Struct("<4sBBddf")  # ... and a float32 sample rate
 _V3_SCALE = struct.Struct("<ff")  # 8-bit values: lowest value, step
 _VALUE_CODES = {"float16": V3_FLOAT16, "float32": V3_FLOAT32, "uint8": V3_UINT8}
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
@@ -459,10 +460,10 @@ def kept_units_from_seed(seeds: np.ndarray | int, width: int, keep: int) -> np.n
     Derivation "splitmix64-rank", fixed by the wire version (not by numpy): unit ``u`` of a
     layer of width ``m`` gets the key ``splitmix64(seed + (u + 1) * 0x9E3779B97F4A7C15)``
     (the ``u``-th output of Steele, Lea and Flood's SplitMix64 seeded with ``seed``; 64-bit
-    wrap-around arithmetic), and the ``K`` units with the smallest keys (ties: lower unit
-    first) are kept, in increasing order. A uniform random ``K``-subset of ``m`` for a uniform
-    seed; only unsigned 64-bit integer arithmetic, so every numpy version and any other language
-    derives the same set (a known-answer test pins it).
+    wrap-around arithmetic), and the ``K`` units with the smallest keys are kept, in increasing
+    order (the keys of one seed are distinct: no ties). A uniform random ``K``-subset of ``m``
+    for a uniform seed; only unsigned 64-bit integer arithmetic, so every numpy version and any
+    other language derives the same set (a known-answer test pins it).
     """
     s = np.asarray(seeds, dtype=np.uint64)
     units = np.arange(1, width + 1, dtype=np.uint64)
@@ -471,7 +472,12 @@ def kept_units_from_seed(seeds: np.ndarray | int, width: int, keep: int) -> np.n
         z = (z ^ (z >> np.uint64(30))) * _MIX1
         z = (z ^ (z >> np.uint64(27))) * _MIX2
         z ^= z >> np.uint64(31)
-    order = np.argsort(z, axis=-1, kind="stable")[..., :keep]
+    # the keys are distinct (the mixer is a bijection of distinct states): no ties to break,
+    # so a partial selection picks the same set as a full sort
+    if keep < width:
+        order = np.argpartition(z, keep - 1, axis=-1)[..., :keep]
+    else:
+        order = np.broadcast_to(np.arange(width), z.shape)
     return np.sort(order, axis=-1).astype(_index_dtype(width))
 
 
@@ -531,25 +537,25 @@ def _encode_v3(msg: ActivationMessage, value_dtype: str, header: WireHeader, tex
         flags |= V3_SFREQ64
     if msg.unencoded_s:
         flags |= V3_UNENCODED
+    # the stream block: what every window of a stream repeats (decoders cache its parse)
+    block = b"".join(
+        _varint(int(v))
+        for v in (
+            header.model_version,
+            header.window_samples,
+            header.hop_samples,
+            header.width,
+            header.keep,
+        )
+    ) + b"".join(bytes([len(raw)]) + raw for raw in texts)
     parts = [
         _V3_FIXED.pack(MAGIC, 3, flags, msg.lsl_time, msg.wall_time),
         sfreq32 if exact32 else struct.pack("<d", msg.sfreq),
-        b"".join(
-            _varint(int(v))
-            for v in (
-                header.model_version,
-                header.sequence,
-                header.window_samples,
-                header.hop_samples,
-                header.width,
-                header.keep,
-            )
-        ),
+        struct.pack("<d", msg.unencoded_s) if msg.unencoded_s else b"",
+        _varint(int(header.sequence)),
+        _varint(len(block)),
+        block,
     ]
-    if msg.unencoded_s:
-        parts.append(struct.pack("<d", msg.unencoded_s))
-    for raw in texts:
-        parts += [bytes([len(raw)]), raw]
     if msg.seed is not None:
         if not 0 <= int(msg.seed) < 1 << 64:
             raise WireFormatError("seed must be an unsigned 64-bit integer")
@@ -572,14 +578,49 @@ def _encode_v3(msg: ActivationMessage, value_dtype: str, header: WireHeader, tex
     return b"".join(parts)
 
 
-def parse_v3_header(data: bytes) -> tuple[WireHeader, int, int, float, int | None]:
-    """Header of a version-3 message: (header, ids start, indices start, unencoded_s, seed)."""
-    if len(data) < _V3_FIXED.size + 4:
+class V3Prefix(NamedTuple):
+    """The per-window fields of a version-3 message, and where its stream block lies."""
+
+    flags: int
+    lsl_time: float
+    wall_time: float
+    sfreq: float
+    unencoded_s: float
+    sequence: int
+    block_start: int
+    block_end: int
+
+
+class V3Block(NamedTuple):
+    """A version-3 stream block: fields every window of a stream repeats, and its id lengths.
+
+    ``ids_offset`` is where the three length-prefixed ids start inside the block."""
+
+    model_version: int
+    window_samples: int
+    hop_samples: int
+    width: int
+    keep: int
+    n_model: int
+    n_device: int
+    n_stream: int
+    ids_offset: int
+
+
+def parse_v3_prefix(data: bytes) -> V3Prefix:
+    """Unpack the per-window part of a version-3 message (structure only, no range checks)."""
+    if len(data) < _V3_COMMON.size + 2:
         raise WireFormatError(f"truncated: {len(data)} bytes")
-    magic, version, flags, lsl_time, wall_time = _V3_FIXED.unpack_from(data)
+    magic, _, flags, lsl_time, wall_time, sfreq = _V3_COMMON.unpack_from(data)
+    if magic != MAGIC:
+        raise WireFormatError("not a dropstream activation message (bad magic)")
     if flags & ~V3_FLAGS or flags & V3_VALUES_MASK == 3:
         raise WireFormatError(f"unknown flags 0x{flags:02x}")
     pos = _V3_FIXED.size
+    if not flags & (V3_SFREQ64 | V3_UNENCODED):  # the usual case: both varints of one byte?
+        seq, n = data[26], data[27]
+        if seq < 0x80 and n < 0x80 and len(data) >= 28 + n:
+            return V3Prefix(flags, lsl_time, wall_time, sfreq, 0.0, seq, 28, 28 + n)
     if flags & V3_SFREQ64:
         if len(data) < pos + 8:
             raise WireFormatError("truncated in the sample rate")
@@ -588,11 +629,6 @@ def parse_v3_header(data: bytes) -> tuple[WireHeader, int, int, float, int | Non
     else:
         (sfreq,) = struct.unpack_from("<f", data, pos)
         pos += 4
-    fields = []
-    for _ in range(6):
-        v, pos = _read_varint(data, pos)
-        fields.append(v)
-    model_version, sequence, window, hop, width, keep = fields
     unencoded_s = 0.0
     if flags & V3_UNENCODED:
         if len(data) < pos + 8:
@@ -601,37 +637,51 @@ def parse_v3_header(data: bytes) -> tuple[WireHeader, int, int, float, int | Non
         pos += 8
         if not unencoded_s:
             raise WireFormatError("the unencoded-signal field is present but 0 (not canonical)")
+    sequence, pos = _read_varint(data, pos)
+    n, pos = _read_varint(data, pos)
+    if pos + n > len(data):
+        raise WireFormatError("truncated in the stream block")
+    return V3Prefix(flags, lsl_time, wall_time, sfreq, unencoded_s, sequence, pos, pos + n)
+
+
+def parse_v3_block(block: bytes) -> V3Block:
+    """Unpack a version-3 stream block (structure only; ids are not decoded here)."""
+    pos = 0
+    fields = []
+    for _ in range(5):
+        v, pos = _read_varint(block, pos)
+        fields.append(v)
+    ids_offset = pos
     lens = []
-    ids_start = pos
     for _ in range(3):
-        if pos >= len(data):
+        if pos >= len(block):
             raise WireFormatError("truncated in the ids")
-        n = data[pos]
-        lens.append(n)
-        pos += 1 + n
+        lens.append(block[pos])
+        pos += 1 + block[pos]
+    if pos != len(block):
+        raise WireFormatError("the stream block's length does not match its ids")
+    return V3Block(*fields, *lens, ids_offset)
+
+
+def parse_v3_header(data: bytes) -> tuple[WireHeader, int, int, float, int | None]:
+    """Header of a version-3 message, range-checked by :func:`check_header`.
+
+    Returns ``(header, ids start, indices start, unencoded_s, seed)``.
+    """
+    p = parse_v3_prefix(data)
+    b = parse_v3_block(data[p.block_start : p.block_end])
     h = WireHeader(
-        magic,
-        version,
-        flags,
-        model_version,
-        sequence,
-        lsl_time,
-        wall_time,
-        sfreq,
-        window,
-        hop,
-        width,
-        keep,
-        *lens,
-    )
+        MAGIC, 3, p.flags, b.model_version, p.sequence, p.lsl_time, p.wall_time, p.sfreq,
+        b.window_samples, b.hop_samples, b.width, b.keep, b.n_model, b.n_device, b.n_stream,
+    )  # fmt: skip
     check_header(h)
-    _check_unencoded(unencoded_s)
+    _check_unencoded(p.unencoded_s)
     seed = None
-    if flags & V3_SEED:
-        if len(data) < pos + 8:
+    if p.flags & V3_SEED:
+        if len(data) < p.block_end + 8:
             raise WireFormatError("truncated in the seed")
-        (seed,) = struct.unpack_from("<Q", data, pos)
-    return h, ids_start, pos, unencoded_s, seed
+        (seed,) = struct.unpack_from("<Q", data, p.block_end)
+    return h, p.block_start + b.ids_offset, p.block_end, p.unencoded_s, seed
 
 
 def _decode_v3(data: bytes) -> ActivationMessage:

@@ -32,19 +32,23 @@ from dropstream.broker.wire import (
     FLAG_FLOAT32,
     HEADER,
     HEADER_BYTES,
+    MAGIC,
     MAX_MESSAGE_BYTES,
     MAX_UNENCODED_S,
     TAG_BYTES,
     UNENCODED,
+    V3_SEED,
     V3_UINT8,
     V3_VALUES_MASK,
+    V3Block,
     WireFormatError,
     WireHeader,
     check_header,
     decode_activation,
     header_bytes,
     kept_units_from_seed,
-    parse_v3_header,
+    parse_v3_block,
+    parse_v3_prefix,
     trailer_bytes,
 )
 
@@ -199,24 +203,13 @@ class _IdCache:
         self._cache[key] = value
         return value
 
-    def get_v3(self, raw: bytes, n_model: int, n_device: int) -> tuple[str, str, str] | None:
-        """The same for version 3's length-prefixed ids (cached under their own keys)."""
-        key = (raw, n_model, n_device, 3)
-        hit = self._cache.get(key, False)
-        if hit is not False:
-            return hit  # type: ignore[return-value]
-        a, b = n_model, n_device
-        plain = raw[1 : 1 + a] + raw[2 + a : 2 + a + b] + raw[3 + a + b :]
-        value = self.get(plain, a, b)
-        self._cache[key] = value
-        return value
-
 
 class BatchDecoder:
     """Decodes batches of raw activation message values (keeps an id cache across batches)."""
 
     def __init__(self) -> None:
         self._ids = _IdCache()
+        self._blocks = _BlockCache(self._ids)
 
     def decode(self, payloads: Sequence[bytes | None]) -> DecodedBatch:
         """Validate and decode ``payloads``; see the module docstring.
@@ -295,46 +288,73 @@ class BatchDecoder:
         return DecodedBatch(groups, rejected)
 
     def _add_v3(self, row: int, data: bytes, layouts: dict, rejected: list) -> None:
-        """Version 3: the varint header is parsed per message (a few microseconds); indices
-        (explicit or derived from the seed) and values are decoded per layout in
-        :func:`_build_group`."""
-        if len(data) > MAX_MESSAGE_BYTES:
-            rejected.append((row, _reason(data)))
-            return
+        """Version 3: the per-window prefix is unpacked per message; the stream block (model,
+        window, hop, m, K, ids: the same for every window of a stream) is parsed and its ids
+        validated once per distinct block and cached. Indices (explicit or derived from the
+        seed) and values are decoded per layout in :func:`_build_group`."""
         try:
-            h, ids_pos, pos, _, seed = parse_v3_header(data)
-        except WireFormatError as exc:
-            rejected.append((row, str(exc)))
-            return
-        width, keep, code = h.width, h.keep, h.flags & V3_VALUES_MASK
-        isz = 8 if seed is not None else (2 if width <= 65536 else 4)
-        idx_bytes = 8 if seed is not None else keep * isz
-        vsz = (2, 4, 1)[code]
-        val_bytes = keep * vsz + (8 if code == V3_UINT8 else 0)
-        end = len(data) - TAG_BYTES
-        ids = (
-            self._ids.get_v3(bytes(data[ids_pos:pos]), h.n_model, h.n_device)
-            if end == pos + idx_bytes + val_bytes
-            else None
-        )
-        if ids is None:
+            if len(data) > MAX_MESSAGE_BYTES:
+                raise WireFormatError("oversized")
+            p = parse_v3_prefix(data)
+            block = self._blocks.get(bytes(data[p.block_start : p.block_end]))
+            b, ids = block
+            h = WireHeader(
+                MAGIC, 3, p.flags, b.model_version, p.sequence, p.lsl_time, p.wall_time,
+                p.sfreq, b.window_samples, b.hop_samples, b.width, b.keep, b.n_model,
+                b.n_device, b.n_stream,
+            )  # fmt: skip
+            check_header(h)
+            if ids is None or not 0.0 <= p.unencoded_s <= MAX_UNENCODED_S:
+                raise WireFormatError("ids or unencoded signal")
+        except WireFormatError:
             rejected.append((row, _reason(data)))
             return
-        split = pos + idx_bytes
-        sfreq = h.sfreq
-        layouts.setdefault((ids[0], h.model_version, width, keep, isz, vsz), []).append(
+        width, keep, code = b.width, b.keep, p.flags & V3_VALUES_MASK
+        seeded = p.flags & V3_SEED
+        isz = 8 if seeded else (2 if width <= 65536 else 4)
+        vsz = (2, 4, 1)[code]
+        pos = p.block_end
+        split = pos + (8 if seeded else keep * isz)
+        end = len(data) - TAG_BYTES
+        if end != split + keep * vsz + (8 if code == V3_UINT8 else 0):
+            rejected.append((row, _reason(data)))
+            return
+        sfreq = p.sfreq
+        layouts.setdefault((ids[0], b.model_version, width, keep, isz, vsz), []).append(
             (
                 row,
-                h.sequence,
-                h.lsl_time,
-                h.lsl_time + (h.window_samples - 1) / sfreq,
-                h.hop_samples / sfreq,
+                p.sequence,
+                p.lsl_time,
+                p.lsl_time + (b.window_samples - 1) / sfreq,
+                b.hop_samples / sfreq,
                 ids,
                 data[pos:split],
                 data[split:end],
-                h.wall_time,
+                p.wall_time,
             )
         )
+
+
+class _BlockCache:
+    """Parsed version-3 stream blocks and their validated ids, per raw block bytes."""
+
+    def __init__(self, ids: _IdCache) -> None:
+        self._ids = ids
+        self._cache: dict[bytes, tuple[V3Block, tuple[str, str, str] | None]] = {}
+
+    def get(self, raw: bytes) -> tuple[V3Block, tuple[str, str, str] | None]:
+        """``(block, ids)``; ids ``None`` when invalid. Raises WireFormatError if malformed."""
+        hit = self._cache.get(raw)
+        if hit is not None:
+            return hit
+        b = parse_v3_block(raw)
+        o, a, d = b.ids_offset, b.n_model, b.n_device
+        plain = raw[o + 1 : o + 1 + a] + raw[o + 2 + a : o + 2 + a + d] + raw[o + 3 + a + d :]
+        value = (b, self._ids.get(plain, a, d))
+        if len(self._cache) >= _IDS_CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[raw] = value
+        return value
 
 
 def _build_group(

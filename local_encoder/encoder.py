@@ -40,6 +40,10 @@ class WindowEncoder:
         Identifies the stream (its LSL source id).
     seed : int | None
         ``None`` (always, outside tests) seeds the mask generator from the OS entropy.
+    values : {"uint8", "float16"}
+        Encoding of the kept values on the wire: 8-bit scaled (the default; on
+        SelfRegulationSCP1 the same accuracy as float32, ``benchmarks/value_precision.py``) or
+        float16 (float32 when a value overflows float16).
 
     Raises
     ------
@@ -48,8 +52,16 @@ class WindowEncoder:
     """
 
     def __init__(
-        self, bundle: DeviceBundle, device_id: str, stream_id: str, seed: int | None = None
+        self,
+        bundle: DeviceBundle,
+        device_id: str,
+        stream_id: str,
+        seed: int | None = None,
+        values: str = "uint8",
     ) -> None:
+        if values not in ("uint8", "float16"):
+            raise WireFormatError(f"values must be 'uint8' or 'float16', not {values!r}")
+        self.values = values
         bundle.check_privacy()
         self.bundle = bundle
         self.device_id = device_id
@@ -104,7 +116,9 @@ class WindowEncoder:
         )
 
     def to_bytes(self, message: ActivationMessage) -> bytes:
-        """Serialise with float16 values, or float32 when a value overflows float16."""
+        """Serialise (wire version 3) with 8-bit values, or float16 (float32 on overflow)."""
+        if self.values == "uint8":
+            return encode_activation(message, "uint8")
         try:
             return encode_activation(message, "float16")
         except WireFormatError:
