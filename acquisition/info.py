@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 
 import pylsl
 
-from dropstream.acquisition.units import MICROVOLTS, microvolt_factor
+from dropstream.acquisition.units import UnitPlan, plan_units
 
 _FORMAT_NAMES = {
     pylsl.cf_float32: "float32",
@@ -17,6 +17,42 @@ _FORMAT_NAMES = {
     pylsl.cf_int8: "int8",
     pylsl.cf_int64: "int64",
 }
+
+
+@dataclass(frozen=True)
+class ReplayClock:
+    """How a ``dropstream replay`` stream's timestamps map to times in its recording.
+
+    Read from the header (``desc/dropstream_replay``): sample ``p`` of the playback is stamped
+    ``t0 + p / (sfreq * speed)`` on the publisher's LSL clock and is the recording's sample at
+    ``start_s + p / sfreq`` (modulo ``loop_s`` when looping).
+
+    Attributes
+    ----------
+    t0 : float
+        Publisher's LSL-clock time of the first published sample, seconds.
+    start_s : float
+        Seconds into the recording of that sample.
+    speed : float
+        Playback speed.
+    loop_s : float | None
+        Seconds of recording played per loop, ``None`` without ``--loop``.
+    t0_utc : float | None
+        Wall-clock (Unix) time of the first published sample on the publisher.
+    """
+
+    t0: float
+    start_s: float
+    speed: float = 1.0
+    loop_s: float | None = None
+    t0_utc: float | None = None
+
+    def recording_time(self, publisher_lsl_time: float) -> float:
+        """Seconds into the recording of the sample stamped ``publisher_lsl_time``."""
+        played = max(0.0, (publisher_lsl_time - self.t0) * self.speed)
+        if self.loop_s:
+            played %= self.loop_s
+        return self.start_s + played
 
 
 @dataclass(frozen=True)
@@ -41,6 +77,9 @@ class StreamInfo:
     speed : float
         Playback speed of a replayed stream (``desc/dropstream_replay/speed``; 1.0 for live
         sensors): samples arrive at ``sfreq * speed`` per second of wall-clock time.
+    replay : ReplayClock | None
+        For a ``dropstream replay`` stream whose clock start was fixed when it was published:
+        how its timestamps map to recording times (``None`` for live sensors).
     """
 
     name: str
@@ -54,6 +93,7 @@ class StreamInfo:
     hostname: str = ""
     uid: str = field(default="", compare=False)
     speed: float = 1.0
+    replay: ReplayClock | None = field(default=None, compare=False)
 
     @property
     def n_channels(self) -> int:
@@ -104,6 +144,7 @@ def from_lsl(info: pylsl.StreamInfo) -> StreamInfo:
         hostname=info.hostname(),
         uid=info.uid(),
         speed=_replay_speed(info),
+        replay=_replay_clock(info),
     )
 
 
@@ -116,17 +157,39 @@ def _replay_speed(info: pylsl.StreamInfo) -> float:
     return speed if speed > 0 else 1.0
 
 
-def delivered(info: StreamInfo) -> tuple[StreamInfo, tuple[float | None, ...]]:
-    """The info an inlet reports after unit conversion, and the per-channel factors it applies.
-
-    Voltage channels are reported in ``"microvolts"``; the factor is ``None`` for channels
-    that pass through unchanged.
-    """
-    factors = tuple(microvolt_factor(u) for u in info.units)
-    units = tuple(
-        MICROVOLTS if f is not None else u for u, f in zip(info.units, factors, strict=True)
+def _replay_clock(info: pylsl.StreamInfo) -> ReplayClock | None:
+    node = info.desc().child("dropstream_replay")
+    try:
+        t0 = float(node.child_value("t0"))
+        start = float(node.child_value("start_s") or 0.0)
+    except ValueError:
+        return None
+    loop = node.child_value("loop_s")
+    t0_utc = node.child_value("t0_utc")
+    return ReplayClock(
+        t0=t0,
+        start_s=start,
+        speed=_replay_speed(info),
+        loop_s=float(loop) if loop else None,
+        t0_utc=float(t0_utc) if t0_utc else None,
     )
-    return replace(info, units=units), factors
+
+
+def delivered(info: StreamInfo, units: str | None = None) -> tuple[StreamInfo, UnitPlan]:
+    """The info an inlet reports after unit conversion, and the conversion it applies.
+
+    Voltage channels are reported in ``"microvolts"`` (see :mod:`dropstream.acquisition.units`);
+    ``units`` states the unit of every voltage channel when the header is wrong or unreadable.
+
+    Raises
+    ------
+    dropstream.acquisition.units.UnitError
+        When a voltage channel declares a unit that is not a voltage and ``units`` is not given.
+    """
+    plan = plan_units(
+        info.channel_names, info.channel_types, info.units, units, source=f"stream {info.name!r}"
+    )
+    return replace(info, units=plan.units), plan
 
 
 def to_lsl(info: StreamInfo) -> pylsl.StreamInfo:

@@ -17,14 +17,16 @@ Typical use (what ``dropstream connect`` does)::
 Timestamps are on the *local* LSL clock (:func:`pylsl.local_clock`): liblsl corrects the
 sender's clock offset (``proc_clocksync``), and :class:`~dropstream.acquisition.loss.SampleTimeline`
 removes jitter per contiguous segment. Voltage channels are delivered in microvolts
-(:mod:`dropstream.acquisition.units`).
+(:mod:`dropstream.acquisition.units`): the inlet reads every unit convention of the header, holds
+the first ``unit_check_s`` seconds back until their amplitude fits the channel type, and refuses
+the stream (:class:`~dropstream.acquisition.units.UnitError`) when it does not.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -42,13 +44,11 @@ from dropstream.acquisition.errors import (
 from dropstream.acquisition.info import StreamInfo, delivered, from_lsl
 from dropstream.acquisition.loss import Gap, SampleTimeline
 from dropstream.acquisition.resolve import resolve_stream
+from dropstream.acquisition.units import check_amplitude
 
 log = logging.getLogger(__name__)
 
 Policy = Literal["flag", "raise"]
-
-#: Channel types whose values are voltages (a header without a voltage unit for them is suspect).
-_VOLTAGE_TYPES = frozenset({"EEG", "ECG", "EMG", "EOG", "SEEG", "ECOG", "EXG"})
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,13 @@ class LiveStream:
     on_rate_change : {"flag", "raise"}
         ``"flag"`` sets ``Chunk.rate_changed``; ``"raise"`` raises
         :class:`~dropstream.acquisition.errors.RateChangedError` carrying the chunk.
+    units : str | None
+        The unit of every voltage channel (``"V"``, ``"uV"``, ``"-6"``...) when the header's is
+        wrong or unreadable (``--units``); ``None`` reads the header.
+    unit_check_s : float
+        Seconds of signal held back at the start and checked for a plausible amplitude
+        (:func:`~dropstream.acquisition.units.check_amplitude`) before anything is delivered;
+        ``0`` disables the check. Only streams with voltage channels are held.
 
     Notes
     -----
@@ -142,6 +149,9 @@ class LiveStream:
         For string streams (use :class:`MarkerStream`).
     StreamNotFoundError
         When the stream disappears before the header could be read.
+    UnitError
+        When a voltage channel's unit is not a voltage (here), or the first ``unit_check_s``
+        seconds do not fit the channel type in microvolts (from :meth:`poll`).
     """
 
     def __init__(
@@ -157,6 +167,8 @@ class LiveStream:
         rate_tolerance: float = 0.02,
         on_nonfinite: Policy = "flag",
         on_rate_change: Policy = "flag",
+        units: str | None = None,
+        unit_check_s: float = 1.0,
     ) -> None:
         if stream.channel_format() == pylsl.cf_string:
             raise UnsupportedStreamError(
@@ -178,28 +190,33 @@ class LiveStream:
                 f"stream {stream.name()!r} (source_id={stream.source_id()!r}) did not answer "
                 f"within {timeout:g} s ({exc}); is its outlet still running?"
             ) from exc
-        #: What the inlet delivers (voltage channels in microvolts).
-        self.info: StreamInfo
-        self.info, factors = delivered(header)
         #: Header as published (units as written by the sender).
         self.header = header
-        self._scale = np.array([1.0 if f is None else f for f in factors], dtype=np.float64)
-        unscaled = [
-            name
-            for name, ctype, f in zip(
-                header.channel_names, header.channel_types, factors, strict=True
-            )
-            if f is None and ctype.upper() in _VOLTAGE_TYPES
-        ]
-        if unscaled:
+        try:
+            #: What the inlet delivers (voltage channels in microvolts).
+            self.info: StreamInfo
+            self.info, self.units = delivered(header, units)
+        except Exception:
+            self.close()
+            raise
+        self._scale = np.array(self.units.factors, dtype=np.float64)
+        if self.units.assumed:
+            names = self.units.assumed
             log.warning(
-                "stream %s: %d voltage channel(s) (%s) have no voltage unit in the header; their "
-                "values are passed through unscaled - make the sender declare 'microvolts'",
+                "stream %s: %d voltage channel(s) (%s) declare no unit; read as microvolts and "
+                "checked against their amplitude - make the sender declare one, or pass --units",
                 header.describe(),
-                len(unscaled),
-                ", ".join(unscaled[:5]) + ("..." if len(unscaled) > 5 else ""),
+                len(names),
+                ", ".join(names[:5]) + ("..." if len(names) > 5 else ""),
             )
-        self._needs_scale = bool(np.any(self._scale != 1.0))
+        self._needs_scale = self.units.needs_scale
+        voltage = any(u == "microvolts" for u in self.info.units)
+        self._check_samples = (
+            int(np.ceil(unit_check_s * header.sfreq))
+            if voltage and unit_check_s > 0 and header.sfreq > 0
+            else 0
+        )
+        self._held: list[Chunk] = []
         self.timeline = (
             SampleTimeline(
                 header.sfreq * header.speed,
@@ -245,6 +262,15 @@ class LiveStream:
             with contextlib.suppress(LslTimeoutError, LostError):
                 self._clock_offset = float(self._inlet.time_correction(timeout=0.1))
         return self._clock_offset
+
+    def recording_time(self, lsl_time: float) -> float | None:
+        """Seconds into the replayed recording of the sample stamped ``lsl_time`` (local LSL
+        clock), or ``None`` when the stream is not a replay that published its clock start
+        (:class:`~dropstream.acquisition.info.ReplayClock`)."""
+        clock = self.header.replay
+        if clock is None:
+            return None
+        return clock.recording_time(lsl_time - self._clock_offset)
 
     @property
     def lost(self) -> bool:
@@ -306,7 +332,67 @@ class LiveStream:
             Only with the ``"raise"`` policies; the exception carries the chunk.
         StreamLostError
             When ``give_up_after`` is set and the stream has been silent that long.
+        UnitError
+            When the first ``unit_check_s`` seconds do not fit their channel types in
+            microvolts (the message names the ``--units`` that would fit).
         """
+        chunk = self._receive()
+        if self._check_samples:
+            chunk = self._hold(chunk)
+        if self.on_nonfinite == "raise" and chunk.nonfinite.any():
+            raise NonFiniteSampleError(
+                f"stream {self.info.name!r}: {int(chunk.nonfinite.sum())} of {chunk.n_samples} "
+                "samples contain NaN or infinite values; fix the sensor or open the inlet with "
+                "on_nonfinite='flag' and skip the flagged samples",
+                chunk,
+            )
+        if self.on_rate_change == "raise" and chunk.rate_changed:
+            raise RateChangedError(
+                f"stream {self.info.name!r} runs at {chunk.measured_rate:.3f} Hz but its header "
+                f"says {self.info.sfreq:g} Hz; restart the sender with the right nominal rate",
+                chunk,
+            )
+        return chunk
+
+    def _hold(self, chunk: Chunk) -> Chunk:
+        """Hold chunks back until ``unit_check_s`` seconds arrived, check them, release them."""
+        if chunk.n_samples:
+            self._held.append(chunk)
+        held = sum(c.n_samples for c in self._held)
+        if held < self._check_samples and not (chunk.stream_lost and held):
+            return replace(
+                chunk,
+                data=chunk.data[:0],
+                timestamps=chunk.timestamps[:0],
+                gaps=(),
+                nonfinite=chunk.nonfinite[:0],
+            )
+        parts, self._held = self._held, []
+        self._check_samples = 0
+        merged = Chunk(
+            data=np.concatenate([c.data for c in parts]),
+            timestamps=np.concatenate([c.timestamps for c in parts]),
+            gaps=tuple(g for c in parts for g in c.gaps),
+            nonfinite=np.concatenate([c.nonfinite for c in parts]),
+            stream_lost=chunk.stream_lost,
+            rate_changed=chunk.rate_changed,
+            measured_rate=chunk.measured_rate,
+            received_at=chunk.received_at,
+        )
+        for line in check_amplitude(
+            merged.data,
+            self.info.sfreq,
+            self.info.channel_types,
+            source=f"stream {self.info.name!r}",
+            declared=self.header.units,
+            factors=self.units.factors,
+            stated=self.units.stated,
+        ):
+            log.warning(line)
+        return merged
+
+    def _receive(self) -> Chunk:
+        """Pull, scale and time-stamp everything that arrived (no hold, no policy)."""
         datas, stamps = self._pull_all()
         now = pylsl.local_clock()
         n_ch = self.info.n_channels
@@ -351,7 +437,7 @@ class LiveStream:
             self._irregular_count += raw.size
         if self.first_timestamp is None:
             self.first_timestamp = float(timestamps[0])
-        chunk = Chunk(
+        return Chunk(
             data=data,
             timestamps=timestamps,
             gaps=tuple(gaps),
@@ -361,20 +447,6 @@ class LiveStream:
             measured_rate=measured,
             received_at=now,
         )
-        if self.on_nonfinite == "raise" and chunk.nonfinite.any():
-            raise NonFiniteSampleError(
-                f"stream {self.info.name!r}: {int(chunk.nonfinite.sum())} of {chunk.n_samples} "
-                "samples contain NaN or infinite values; fix the sensor or open the inlet with "
-                "on_nonfinite='flag' and skip the flagged samples",
-                chunk,
-            )
-        if self.on_rate_change == "raise" and rate_changed:
-            raise RateChangedError(
-                f"stream {self.info.name!r} runs at {measured:.3f} Hz but its header says "
-                f"{self.info.sfreq:g} Hz; restart the sender with the right nominal rate",
-                chunk,
-            )
-        return chunk
 
     # -- lifecycle -------------------------------------------------------------------------
 

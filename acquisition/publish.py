@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,7 +84,15 @@ def _first_played(start: float, sfreq: float, n: int) -> int:
 class _Lane:
     """Publishing state of one track."""
 
-    def __init__(self, track: Track, start: float, chunk_size: int, speed: float) -> None:
+    def __init__(
+        self,
+        track: Track,
+        start: float,
+        chunk_size: int,
+        speed: float,
+        clock: tuple[float, float] | None,
+        loop: bool,
+    ) -> None:
         self.track = track
         self.sfreq = track.info.sfreq
         self.n = track.data.shape[0]
@@ -94,7 +103,12 @@ class _Lane:
         info = to_lsl(track.info)
         node = info.desc().append_child(REPLAY_NODE)
         node.append_child_value("speed", repr(speed))
-        node.append_child_value("start_s", repr(start))
+        node.append_child_value("start_s", repr(self.first / self.sfreq))
+        if clock is not None:  # the clock start is known now: recording times can be derived
+            node.append_child_value("t0", repr(clock[0]))
+            node.append_child_value("t0_utc", repr(clock[1]))
+            if loop:
+                node.append_child_value("loop_s", repr(self.played_len / self.sfreq))
         self.outlet = pylsl.StreamOutlet(info, chunk_size=0, max_buffered=360)
         self.markers: list[tuple[float, str]] = []  # (seconds of played time, text) within a loop
         self.marker_outlet: pylsl.StreamOutlet | None = None
@@ -136,6 +150,17 @@ class Publisher:
     ----------
     t0 : float | None
         Local LSL clock time of the first published sample (set when the clock starts).
+    t0_utc : float | None
+        Wall-clock (Unix) time of the first published sample.
+
+    Notes
+    -----
+    Without ``wait_for_consumers`` the clock starts when the outlets are created, and each
+    header carries it (``desc/dropstream_replay/t0``, ``t0_utc``, ``start_s``, ``loop_s``): an
+    inlet maps any timestamp to a time in the recording
+    (:class:`~dropstream.acquisition.info.ReplayClock`). With ``wait_for_consumers`` the start is
+    unknown when the headers are written, so they do not carry it; :meth:`pause` also shifts
+    the clock after the fact.
     """
 
     def __init__(
@@ -163,6 +188,7 @@ class Publisher:
         self.chunk_size = chunk_size
         self.wait_for_consumers = wait_for_consumers
         self.t0: float | None = None
+        self.t0_utc: float | None = None
         self._lanes: list[_Lane] = []
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -179,9 +205,13 @@ class Publisher:
         """Create the outlets and start publishing in a background thread; returns ``self``."""
         if self._thread is not None:
             raise RuntimeError("publisher already started")
+        clock = None
+        if self.wait_for_consumers <= 0:
+            self._start_clock()
+            clock = (self.t0, self.t0_utc)
         for track in self.tracks:
             cs = self.chunk_size or max(1, int(round(track.info.sfreq * self.speed * 0.01)))
-            lane = _Lane(track, self.start_offset, cs, self.speed)
+            lane = _Lane(track, self.start_offset, cs, self.speed, clock, self.loop)  # type: ignore[arg-type]
             if lane.played_len <= 0:
                 raise ValueError(
                     f"start offset {self.start_offset:g} s is past the end of "
@@ -263,8 +293,8 @@ class Publisher:
                     if left <= 0 or not lane.outlet.wait_for_consumers(left):
                         log.warning("no consumer for %s; starting anyway", lane.track.info.name)
                         break
-            with self._lock:
-                self.t0 = pylsl.local_clock()
+            if self.t0 is None:
+                self._start_clock()
             self._running.set()
             while not self._stop.is_set():
                 if not self._tick():
@@ -275,6 +305,10 @@ class Publisher:
         finally:
             self._running.set()
             self._finished.set()
+
+    def _start_clock(self) -> None:
+        with self._lock:
+            self.t0, self.t0_utc = pylsl.local_clock(), time.time()
 
     def _tick(self) -> bool:
         """Push everything due; sleep until the next push. False when all tracks are done."""

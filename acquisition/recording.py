@@ -1,8 +1,10 @@
 """Load recordings (anything MNE reads, and XDF) into publishable tracks.
 
-Units follow :mod:`dropstream.acquisition.units`: voltage channels are converted from volts (MNE) to
-microvolts and labelled ``"microvolts"``; other channels keep their values and get their unit
-name (``"AU"`` when the file has none).
+Units follow :mod:`dropstream.acquisition.units`: voltage channels are converted from volts (MNE) or
+the file's declared unit (XDF) to microvolts and labelled ``"microvolts"``; other channels keep
+their values and get their unit name (``"AU"`` when the file has none). The amplitude of voltage
+channels is checked against their type, so a file read 10^6 off (e.g. a GDF whose microvolt header
+MNE takes for volts) is refused with the ``units=`` (``--units``) that fixes it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 from dropstream.acquisition.errors import RecordingError
 from dropstream.acquisition.info import StreamInfo
 from dropstream.acquisition.publish import Annotation, Track
-from dropstream.acquisition.units import MICROVOLTS, microvolt_factor
+from dropstream.acquisition.units import check_amplitude, plan_units
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,11 @@ def stream_type(channel_types: tuple[str, ...]) -> str:
 
 
 def load_tracks(
-    path: str | Path, *, name: str | None = None, source_id: str | None = None
+    path: str | Path,
+    *,
+    name: str | None = None,
+    source_id: str | None = None,
+    units: str | None = None,
 ) -> list[Track]:
     """Read one recording into tracks (one per data stream; MNE files give exactly one).
 
@@ -59,11 +65,18 @@ def load_tracks(
         Stream name and source id; default: the file name without suffix and
         ``"dropstream-replay-<name>"``. XDF files with several streams append the XDF stream
         name.
+    units : str | None
+        The unit the file's voltage values are really in, as read (MNE gives volts; ``"uV"``
+        when they are microvolts mislabelled as volts), replacing the declared unit; ``None``
+        trusts the file. With it, an implausible amplitude is only logged.
 
     Raises
     ------
     RecordingError
         Missing, unreadable or unsupported file, no channel, no sample or no data stream.
+    UnitError
+        A voltage channel with a non-voltage unit, or an amplitude its type cannot have in
+        microvolts (the message names the ``--units`` that would fit).
     """
     p = Path(path)
     if not p.exists():
@@ -74,9 +87,9 @@ def load_tracks(
     name = name or file_stem(p)
     source_id = source_id or f"dropstream-replay-{name}"
     if suffix in XDF_SUFFIXES:
-        tracks = _load_xdf(p, name, source_id)
+        tracks = _load_xdf(p, name, source_id, units)
     elif suffix in MNE_SUFFIXES:
-        tracks = [_load_mne(p, name, source_id)]
+        tracks = [_load_mne(p, name, source_id, units)]
     else:
         raise RecordingError(
             f"{p.name}: unsupported file type {suffix or '(no file ending)'!r}; replay reads "
@@ -109,16 +122,32 @@ def _unit_name(code: int) -> str:
     return names.get(int(code), "AU")
 
 
-def _scale_to_microvolts(data: np.ndarray, units: list[str]) -> list[str]:
-    """Scale the voltage columns of ``data`` (n, C) to microvolts in place; the units after."""
-    out: list[str] = []
-    for i, unit in enumerate(units):
-        factor = microvolt_factor(unit)
-        if factor is not None:
+def _to_microvolts(
+    data: np.ndarray,
+    sfreq: float,
+    names: list[str],
+    types: list[str],
+    units: list[str],
+    override: str | None,
+    source: str,
+) -> list[str]:
+    """Scale the voltage columns of ``data`` (n, C) to microvolts in place and check their
+    amplitude (:mod:`dropstream.acquisition.units`); returns the units after."""
+    plan = plan_units(names, types, units, override, source=source)
+    for i, factor in enumerate(plan.factors):
+        if factor != 1.0:
             data[:, i] *= factor
-            unit = MICROVOLTS
-        out.append(unit)
-    return out
+    for line in check_amplitude(
+        data,
+        sfreq,
+        types,
+        source=source,
+        declared=[override or u for u in units],
+        factors=plan.factors,
+        stated=plan.stated,
+    ):
+        log.warning(line)
+    return [u or "AU" for u in plan.units]
 
 
 def _check_edf_header(path: Path) -> None:
@@ -138,7 +167,7 @@ def _check_edf_header(path: Path) -> None:
         raise RecordingError(f"{path.name}: the recording has no sample; nothing to replay")
 
 
-def _load_mne(path: Path, name: str, source_id: str) -> Track:
+def _load_mne(path: Path, name: str, source_id: str, override: str | None) -> Track:
     import mne
 
     if _suffix(path) in (".edf", ".bdf"):
@@ -160,8 +189,16 @@ def _load_mne(path: Path, name: str, source_id: str) -> Track:
     if not np.isfinite(sfreq) or sfreq <= 0:
         raise RecordingError(f"{path.name}: invalid sampling rate {sfreq!r} Hz")
     data = raw.get_data().T.astype(np.float64)  # (n, C), SI units (volts)
-    units = _scale_to_microvolts(data, [_unit_name(ch["unit"]) for ch in raw.info["chs"]])
     types = tuple(t.upper() for t in raw.get_channel_types())
+    units = _to_microvolts(
+        data,
+        sfreq,
+        list(raw.ch_names),
+        list(types),
+        [_unit_name(ch["unit"]) for ch in raw.info["chs"]],
+        override,
+        path.name,
+    )
     info = StreamInfo(
         name=name,
         type=stream_type(types),
@@ -196,11 +233,11 @@ def _xdf_channels(stream: dict, n_ch: int) -> tuple[list[str], list[str], list[s
 
         labels.append(first("label", f"ch{i + 1}"))
         types.append(first("type", stream["info"]["type"][0] or "EEG"))
-        units.append(first("unit", "AU"))
+        units.append(first("unit", ""))
     return labels, types, units
 
 
-def _load_xdf(path: Path, name: str, source_id: str) -> list[Track]:
+def _load_xdf(path: Path, name: str, source_id: str, override: str | None) -> list[Track]:
     import pyxdf
 
     try:
@@ -229,7 +266,8 @@ def _load_xdf(path: Path, name: str, source_id: str) -> list[Track]:
         if series.shape[0] == 0:
             raise RecordingError(f"{path.name}: stream {s['info']['name'][0]!r} has no sample")
         labels, types, units = _xdf_channels(s, series.shape[1])
-        units = _scale_to_microvolts(series, units)
+        rate = float(s["info"]["nominal_srate"][0])
+        units = _to_microvolts(series, rate, labels, types, units, override, path.name)
         sname = s["info"]["name"][0]
         info = StreamInfo(
             name=f"{name}-{sname}" if multi else name,

@@ -41,12 +41,18 @@ class RecordingReplay:
     source_id : str | None
         Source-id prefix, same rule; default ``dropstream-replay-<stem>``. Restarting a replay
         with the same source id lets running inlets reconnect by themselves.
+    units : str | None
+        The unit the files' voltage values are really in (``--units``), see
+        :func:`~dropstream.acquisition.recording.load_tracks`.
 
     Raises
     ------
     RecordingError
         For any file that is missing, unreadable, unsupported or empty (all files are loaded
         before anything is published).
+    UnitError
+        For a voltage channel whose unit or amplitude cannot be right (see
+        :mod:`dropstream.acquisition.units`).
     """
 
     def __init__(
@@ -60,6 +66,7 @@ class RecordingReplay:
         name: str | None = None,
         source_id: str | None = None,
         wait_for_consumers: float = 0.0,
+        units: str | None = None,
     ) -> None:
         if not paths:
             raise RecordingError("no recording given; pass at least one file to replay")
@@ -76,7 +83,7 @@ class RecordingReplay:
                 if source_id
                 else f"dropstream-replay-{stem}"
             )
-            self.tracks.extend(load_tracks(path, name=stream_name, source_id=sid))
+            self.tracks.extend(load_tracks(path, name=stream_name, source_id=sid, units=units))
         for track in self.tracks:
             n = track.data.shape[0]
             if start * track.info.sfreq >= n:

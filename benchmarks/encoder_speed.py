@@ -14,9 +14,11 @@ For each bundle, on one core (BLAS limited to one thread), on real EEG:
 
 Bundles: the default model shape of ``dropstream train`` on the 64-channel PhysioNet EEG
 (160 Hz, 1 s windows, dense first layer m=256 over time-pooled inputs with the default pool
-``T // 64`` = 2, K = 0.25 m = 64; random first-layer weights, which cost the same as trained
-ones), the same layer in the dense form bundles had before the pooling was factored (C*T
-columns; the "before" of the same run), and, when present, the shipped ECG demo bundle.
+``T // 64`` = 2, the default rank 2 of a classifier, K = 0.25 m = 64; random first-layer
+weights, which cost the same as trained ones) as the device computes it (pooling, ``B`` 2 x
+5120, ``A`` 256 x 2), the same layer pre-multiplied (pooling, then ``A B`` 256 x 5120), the same
+layer in the dense form bundles had before (256 x C*T; the "before" of the same run), and, when
+present, the shipped ECG demo bundle.
 
 With ``--connect-seconds S`` it also runs ``dropstream connect`` for S seconds on the 64-ch EEG
 replayed over LSL into an embedded broker, and reports the agent's peak resident memory
@@ -66,19 +68,23 @@ DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "inference" / "demo_data" / 
 
 
 def eeg_bundle(data: np.ndarray, sfreq: float, names: list[str]) -> DeviceBundle:
-    """Default ``dropstream train`` shape: 1 s windows, no overlap, pool T//64, m=256, K=64."""
-    c, t, m = data.shape[1], int(sfreq), 256
+    """Default ``dropstream train`` shape: 1 s windows, no overlap, pool T//64, m=256, rank 2,
+    K=64."""
+    c, t, m, r = data.shape[1], int(sfreq), 256, 2
     pool = default_pool(t)
     filtered = filter_signal(data.T, sfreq, PRE)
     wins = stream_windows(filtered, t, t)
     mean, std = fit_normalisation(wins, PRE)
     rng = np.random.default_rng(0)
     n = c * (t // pool)
-    weight = (rng.standard_normal((m, n)) / np.sqrt(n)).astype(np.float32)
+    weight = (rng.standard_normal((r, n)) / np.sqrt(n)).astype(np.float32)
+    factor = rng.standard_normal((m, r)).astype(np.float32)
+    layer = FirstLayer(weight, np.zeros(m, np.float32), "relu", pool=pool, n_samples=t,
+                       factor=factor)  # fmt: skip
     return DeviceBundle(
         model_id="eegmmidb-64ch",
         model_version=1,
-        layer=FirstLayer(weight, np.zeros(m, np.float32), "relu", pool=pool, n_samples=t),
+        layer=layer,
         keep=64,
         sfreq=sfreq,
         window_samples=t,
@@ -148,10 +154,18 @@ def measure(bundle: DeviceBundle, signal: np.ndarray, repeats: int) -> dict[str,
 
 
 def dense_form(bundle: DeviceBundle) -> DeviceBundle:
-    """The same layer as a dense ``C*T`` matrix: how pooled layers were exported before."""
+    """The same layer as a dense ``C*T`` matrix: how pooled and low-rank layers were exported
+    before."""
     layer = bundle.layer
     dense = FirstLayer(layer.dense_weight.copy(), layer.bias, layer.activation)
     return replace(bundle, layer=dense)
+
+
+def premultiplied(bundle: DeviceBundle) -> DeviceBundle:
+    """The same layer with pooling kept but the low-rank factors multiplied out (``A B``)."""
+    layer = bundle.layer
+    w = (layer.factor @ layer.weight).astype(np.float32)
+    return replace(bundle, layer=replace(layer, weight=w, factor=None))
 
 
 def connect_run(
@@ -241,7 +255,12 @@ def main() -> None:
     names = [c.strip(".") for c in raw.ch_names]
     eeg64 = eeg_bundle(eeg, 160.0, names)
     cases = [
-        ("64-ch EEG 160 Hz, T=160 (1 s), hop 160, pool 2: pooling + 256 x 5120", eeg64, eeg),
+        (
+            "64-ch EEG 160 Hz, T=160 (1 s), hop 160, pool 2, rank 2: pooling + 2 x 5120 + 256 x 2",
+            eeg64,
+            eeg,
+        ),
+        ("same layer pre-multiplied: pooling + 256 x 5120", premultiplied(eeg64), eeg),
         ("same layer, dense form (before): 256 x 10240", dense_form(eeg64), eeg),
     ]
     if DEMO_BUNDLE.exists():

@@ -8,8 +8,9 @@ Run from the repository root (about 20 min on 2 CPU cores)::
 
 Parts:
 
-1. **Default model** (SelfRegulationSCP1, 6 ch x 896 samples at 256 Hz = 5376 inputs; the
-   training API's default config: dense m=256, K=64, ReLU, no filter), trained here with
+1. **Undefended model** (SelfRegulationSCP1, 6 ch x 896 samples at 256 Hz = 5376 inputs; the
+   training API's config before the privacy defences: dense m=256, K=64, ReLU, no filter, full
+   rank, no noise; the defended default is benchmarks/privacy_frontier.py's), trained here with
    :func:`dropstream.inference.training.train_classifier` on the official TRAIN split. Every attack
    at K in {256, 128, 64, 32, 16}; the attacker's prior and decoder learn from the TRAIN trials,
    the TEST trials are attacked. Test accuracy of the same model when the device keeps K units.
@@ -70,7 +71,8 @@ def train_scp1(preprocessing: dict[str, Any], epochs: int | None) -> Any:
     from dropstream.inference.training import TrainConfig, train_classifier
 
     tr, te = load_uea("SelfRegulationSCP1", DATA / "uea")
-    cfg = TrainConfig(preprocessing=preprocessing, progress=False, device="cpu")
+    # the undefended layer (full rank, no noise): what dropping alone gives
+    cfg = TrainConfig(preprocessing=preprocessing, progress=False, device="cpu", rank=None)
     if epochs is not None:
         cfg = replace(cfg, epochs=epochs)
     t0 = time.perf_counter()

@@ -59,7 +59,15 @@ def _random_bundle(width: int, keep: int, path: Path) -> Path:
     rng = np.random.default_rng(0)
     t = max(keep * 2, 64)
     X = rng.standard_normal((40, 1, t)).astype(np.float32)
-    config = TrainConfig(width=width, keep=keep, pool=1, epochs=1, progress=False, device="cpu")
+    config = TrainConfig(
+        width=width,
+        keep=keep,
+        pool=1,
+        epochs=1,
+        progress=False,
+        device="cpu",
+        min_calibration_windows=1,  # random weights for timing: the threshold is never used
+    )
     model = train_novelty(X, config, sfreq=float(t), hop_samples=t, prefiltered=True)
     model.save(path, model_id="bench", model_version=1)
     return path

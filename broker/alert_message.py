@@ -5,7 +5,8 @@ An alert is an *event* with an onset and an offset. It is published twice under 
 ``status="closed"`` when it ends. ``alert_id`` is derived from the device, stream and onset
 sequence number, so a copy produced again after a crash is recognisable as the same alert.
 
-Fields (all required; times in seconds):
+Fields (times in seconds; the last four are optional: producers before them omit them, and
+readers fill ``None``):
 
 =====================  ===========  ========================================================
 field                  type         meaning
@@ -15,18 +16,26 @@ version                int          schema version, 1
 alert_id               str          deterministic id (see :func:`make_alert_id`)
 status                 str          ``"open"`` or ``"closed"``
 device_id, stream_id   str          where the windows came from
-kind                   str          ``"anomaly"`` (novelty score) or ``"class"`` (classifier)
+kind                   str          ``"anomaly"`` (novelty score), ``"class"`` (classifier) or
+                                    ``"drift"`` (the stream no longer resembles the training data)
 label                  str          class name, or ``"anomaly"``
-onset_time             float        LSL-clock start of the first window over threshold
-offset_time            float|null   LSL-clock end of the last window over threshold
+onset_time             float        device LSL-clock start of the first window over threshold
+offset_time            float|null   device LSL-clock end of the last window over threshold
 onset_sequence         int          sequence number of the first window over threshold
 offset_sequence        int|null     sequence number of the last window over threshold
 score                  float        peak score during the event
 threshold              float        threshold the score was compared with
 model_id               str
 model_version          int
-produced_at            float        Unix time the message was produced
-detection_latency_s    float        from the last sample of the deciding window to production
+produced_at            float        Unix time the message was produced (server wall clock)
+detection_latency_s    float        from the last sample of the deciding window (device wall
+                                    clock) to production (server wall clock): needs both
+                                    clocks synchronised (NTP)
+onset_utc              float|null   ``onset_time`` on the device's wall clock, Unix seconds
+offset_utc             float|null   ``offset_time`` on the device's wall clock, Unix seconds
+recording_onset        float|null   ``onset_time`` in seconds into the recording, when the
+                                    stream is a ``dropstream replay`` (null for live sensors)
+recording_offset       float|null   ``offset_time`` in seconds into the recording, likewise
 =====================  ===========  ========================================================
 """
 
@@ -71,6 +80,10 @@ class AlertMessage:
     model_version: int
     produced_at: float
     detection_latency_s: float
+    onset_utc: float | None = None
+    offset_utc: float | None = None
+    recording_onset: float | None = None
+    recording_offset: float | None = None
 
     def to_json(self) -> bytes:
         """Serialise with the schema name and version, as UTF-8 JSON."""
@@ -80,6 +93,8 @@ class AlertMessage:
 
 _STR = ("alert_id", "status", "device_id", "stream_id", "kind", "label", "model_id")
 _FLOAT = ("onset_time", "score", "threshold", "produced_at", "detection_latency_s")
+#: Fields added after version 1 was first published: optional, ``None`` when absent.
+_OPTIONAL_FLOAT = ("onset_utc", "offset_utc", "recording_onset", "recording_offset")
 
 
 def _number(body: dict[str, Any], name: str, optional: bool = False) -> float | None:
@@ -113,8 +128,9 @@ def decode_alert(data: bytes) -> AlertMessage:
     if body.get("version") != ALERT_VERSION:
         raise WireFormatError(f"alert schema version {body.get('version')!r} is not supported")
     expected = set(AlertMessage.__dataclass_fields__) | {"schema", "version"}
-    if set(body) != expected:
-        wrong = sorted(set(body) ^ expected)
+    required = expected - set(_OPTIONAL_FLOAT)
+    if not required <= set(body) <= expected:
+        wrong = sorted((set(body) - expected) | (required - set(body)))
         raise WireFormatError(f"alert fields differ from the schema: {wrong}")
     for name in _STR:
         if not isinstance(body[name], str) or not body[name]:
@@ -132,4 +148,5 @@ def decode_alert(data: bytes) -> AlertMessage:
         onset_sequence=_integer(body, "onset_sequence"),  # type: ignore[arg-type]
         offset_sequence=_integer(body, "offset_sequence", optional=True),
         model_version=_integer(body, "model_version"),  # type: ignore[arg-type]
+        **{name: _number(body, name, optional=True) for name in _OPTIONAL_FLOAT},
     )

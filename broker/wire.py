@@ -9,7 +9,8 @@ are float16, float32 or 8-bit scaled. Version 2 layout, little-endian::
     offset size  field
     0      4     magic b"DSAM"
     4      1     schema version (2; 1 in old topics)
-    5      1     flags: bit 0 set = values are float32, clear = float16; other bits must be 0
+    5      1     flags: bit 0 set = values are float32, clear = float16; bit 1 set = a recording
+                 time follows the values; other bits must be 0
     6      4     model version (uint32)
     10     8     sequence number of the window in its stream (uint64)
     18     8     window start on the LSL clock, seconds (float64)
@@ -24,6 +25,8 @@ are float16, float32 or 8-bit scaled. Version 2 layout, little-endian::
     61|69  ...   model id, device id, stream id (UTF-8)
     ...    K*i   kept unit indices, strictly increasing, < m (uint16 if m <= 65536, else uint32)
     ...    K*v   their activation values (float16 or float32, finite)
+    ...    8     only with flag bit 1: the window's first sample in seconds into the replayed
+                 recording (float64, finite, >= 0); set by devices reading ``dropstream replay``
     ...    32    v2 only: authentication tag, HMAC-SHA256 over the Kafka key and every byte
                  before it (written and checked by :mod:`dropstream.broker.auth`)
 
@@ -52,6 +55,10 @@ SCHEMA_VERSION = 3
 #: Versions :func:`decode_activation` reads.
 READABLE_VERSIONS = (1, 2, 3)
 FLAG_FLOAT32 = 0x01
+#: A recording time (float64) follows the values (the stream is a replayed recording).
+FLAG_RECORDING_TIME = 0x02
+#: Every flag a reader of this schema understands.
+KNOWN_FLAGS = FLAG_FLOAT32 | FLAG_RECORDING_TIME
 #: Largest message accepted, in bytes (a 1 MiB message would be ~130k kept units).
 MAX_MESSAGE_BYTES = 1 << 20
 #: Largest first-layer width accepted.
@@ -96,6 +103,8 @@ HEADER_BYTES = HEADER.size
 UNENCODED = struct.Struct("<d")
 #: Bytes of the fixed header of version 2 (the v1 header then the unencoded-signal field).
 HEADER_BYTES_V2 = HEADER_BYTES + UNENCODED.size
+#: The optional recording time after the values (flag bit 1).
+RECORDING_TIME = struct.Struct("<d")
 #: Bytes of the authentication tag that ends every version-2 message.
 TAG_BYTES = 32
 #: Largest unencoded-signal duration accepted, seconds (about 31 years).
@@ -158,6 +167,9 @@ class ActivationMessage:
     seed : int or None
         Version 3: the 64-bit seed the kept set derives from
         (:func:`kept_units_from_seed`); ``None`` sends the indices themselves.
+    recording_time : float | None
+        The window's first sample in seconds into the replayed recording, when the stream is a
+        ``dropstream replay`` (``None`` for live sensors).
     """
 
     model_id: str
@@ -175,6 +187,7 @@ class ActivationMessage:
     values: np.ndarray = field(repr=False)
     unencoded_s: float = 0.0
     seed: int | None = None
+    recording_time: float | None = None
 
     @property
     def keep(self) -> int:
@@ -209,14 +222,46 @@ def _check_text(name: str, raw: bytes) -> str:
     return text
 
 
-def check_header(h: WireHeader) -> None:
+def check_header(h: tuple) -> None:
     """Validate the range of every fixed-header field; both decoders (and the encoder) use it.
+
+    Parameters
+    ----------
+    h : WireHeader or tuple
+        The header, or the plain tuple ``HEADER.unpack_from`` returns (the batch decoder's
+        case: no :class:`WireHeader` is built for a valid message).
 
     Raises
     ------
     WireFormatError
         Naming the first field out of range.
     """
+    # the common case in one expression (~0.3 us; the field-by-field checks below cost ~1 us)
+    (magic, version, flags, mver, seq, lsl, wall, sfreq, window, hop, width, keep, a, b, c) = h
+    if (  # comparisons are False for NaN and infinities: no separate isfinite checks needed
+        magic == MAGIC
+        and version in READABLE_VERSIONS
+        and not flags & ~(KNOWN_FLAGS if version < 3 else V3_FLAGS)
+        and -MAX_ABS_LSL_TIME <= lsl <= MAX_ABS_LSL_TIME
+        and 0.0 <= wall <= MAX_WALL_TIME
+        and MIN_SFREQ <= sfreq <= MAX_SFREQ
+        and window >= 1
+        and hop >= 1
+        and window - 1 <= MAX_SPAN_S * sfreq
+        and hop <= MAX_SPAN_S * sfreq
+        and 1 <= keep <= width <= MAX_WIDTH
+        and 0 <= mver < 2**32
+        and 0 <= seq < 2**64
+        and a
+        and b
+        and c
+    ):
+        return
+    _header_error(WireHeader._make(h))
+
+
+def _header_error(h: WireHeader) -> None:
+    """Raise the :class:`WireFormatError` naming the first field of ``h`` out of range."""
     if h.magic != MAGIC:
         raise WireFormatError("not a dropstream activation message (bad magic)")
     if h.version not in READABLE_VERSIONS:
@@ -224,9 +269,8 @@ def check_header(h: WireHeader) -> None:
             f"schema version {h.version} is not supported (this reader speaks "
             f"{READABLE_VERSIONS}); upgrade dropstream on the server"
         )
-    if h.version < 3 and h.flags & ~FLAG_FLOAT32:
+    if h.flags & ~(V3_FLAGS if h.version == 3 else KNOWN_FLAGS):
         raise WireFormatError(f"unknown flags 0x{h.flags:02x}")
-    # comparisons are False for NaN and infinities: no separate isfinite checks needed
     if not (
         -MAX_ABS_LSL_TIME <= h.lsl_time <= MAX_ABS_LSL_TIME and 0.0 <= h.wall_time <= MAX_WALL_TIME
     ):
@@ -254,6 +298,7 @@ def check_header(h: WireHeader) -> None:
         raise WireFormatError("model version or sequence number out of range")
     if 0 in (h.n_model, h.n_device, h.n_stream):
         raise WireFormatError("model id, device id and stream id must be non-empty")
+    raise WireFormatError(f"header fields out of range: {h}")  # unreachable if both agree
 
 
 def _check_arrays(indices: np.ndarray, values: np.ndarray, width: int) -> None:
@@ -268,17 +313,18 @@ def encode_activation(
 ) -> bytes:
     """Serialise an :class:`ActivationMessage`.
 
-    A version-2 message ends with a zeroed authentication tag: sign it with
+    A version-2 or 3 message ends with a zeroed authentication tag: sign it with
     :meth:`dropstream.broker.auth.DeviceKey.sign` before sending (the service refuses it
     otherwise).
 
     Parameters
     ----------
     msg : ActivationMessage
-    value_dtype : {"float16", "float32"}
-        Precision of the values on the wire; float16 halves the bytes and is the default.
-    version : {2, 1}
-        Schema version; 1 only to produce old-format messages (tests, old topics).
+    value_dtype : {"float16", "float32", "uint8"}
+        Precision of the values on the wire; float16 halves the bytes and is the default;
+        ``"uint8"`` (version 3) sends 8-bit scaled values (:func:`quantise_uint8`).
+    version : {3, 2, 1}
+        Schema version; 1 and 2 only to produce old-format messages (tests, old topics).
 
     Raises
     ------
@@ -291,7 +337,7 @@ def encode_activation(
         )
     if version not in READABLE_VERSIONS:
         raise WireFormatError(f"schema version must be one of {READABLE_VERSIONS}, not {version}")
-    _check_unencoded(msg.unencoded_s)
+    check_unencoded(msg.unencoded_s)
     if version == 1 and msg.unencoded_s:
         raise WireFormatError("schema version 1 cannot carry unencoded_s; use version 2")
     if version < 3 and msg.seed is not None:
@@ -315,7 +361,8 @@ def encode_activation(
     header = WireHeader(
         magic=MAGIC,
         version=version,
-        flags=FLAG_FLOAT32 if value_dtype == "float32" else 0,
+        flags=(FLAG_FLOAT32 if value_dtype == "float32" else 0)
+        | (0 if msg.recording_time is None else FLAG_RECORDING_TIME),
         model_version=msg.model_version,
         sequence=msg.sequence,
         lsl_time=msg.lsl_time,
@@ -336,6 +383,9 @@ def encode_activation(
             raise WireFormatError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
         return data
     parts = [HEADER.pack(*header), *texts, wire_idx.tobytes(), wire_val.tobytes()]
+    if msg.recording_time is not None:
+        check_recording_time(msg.recording_time)
+        parts.append(RECORDING_TIME.pack(msg.recording_time))
     if version == 2:
         parts.insert(1, UNENCODED.pack(float(msg.unencoded_s)))
         parts.append(bytes(TAG_BYTES))
@@ -345,7 +395,14 @@ def encode_activation(
     return data
 
 
-def _check_unencoded(unencoded_s: float) -> None:
+def check_recording_time(value: float) -> None:
+    """Refuse a recording time that is not finite and >= 0 s (both decoders use it)."""
+    if not (math.isfinite(value) and value >= 0.0):
+        raise WireFormatError(f"recording time must be finite and >= 0 s, got {value}")
+
+
+def check_unencoded(unencoded_s: float) -> None:
+    """Refuse unencoded signal outside [0, MAX_UNENCODED_S] s (both decoders use it)."""
     if not (math.isfinite(unencoded_s) and 0.0 <= unencoded_s <= MAX_UNENCODED_S):
         raise WireFormatError(
             f"unencoded signal must be in [0, {MAX_UNENCODED_S:g}] s, got {unencoded_s}"
@@ -381,13 +438,14 @@ def decode_activation(data: bytes) -> ActivationMessage:
         if len(data) < start:
             raise WireFormatError(f"truncated: {len(data)} bytes, the header alone is {start}")
         (unencoded_s,) = UNENCODED.unpack_from(data, HEADER_BYTES)
-        _check_unencoded(unencoded_s)
+        check_unencoded(unencoded_s)
     idx_dtype = _index_dtype(width)
     val_dtype = np.dtype("<f4" if h.flags & FLAG_FLOAT32 else "<f2")
     ids_end = start + h.n_model
     pos = ids_end + h.n_device + h.n_stream
     values_end = pos + keep * (idx_dtype.itemsize + val_dtype.itemsize)
-    expected = values_end + trailer_bytes(h.version)
+    has_recording = bool(h.flags & FLAG_RECORDING_TIME)
+    expected = values_end + (RECORDING_TIME.size if has_recording else 0) + trailer_bytes(h.version)
     if len(data) != expected:
         raise WireFormatError(f"length {len(data)} bytes does not match its header ({expected})")
     model_id = _check_text("model id", data[start:ids_end])
@@ -396,6 +454,10 @@ def decode_activation(data: bytes) -> ActivationMessage:
     indices = np.frombuffer(data, idx_dtype, keep, pos)
     values = np.frombuffer(data, val_dtype, keep, pos + keep * idx_dtype.itemsize)
     _check_arrays(indices, values, width)
+    recording_time = None
+    if has_recording:
+        (recording_time,) = RECORDING_TIME.unpack_from(data, values_end)
+        check_recording_time(recording_time)
     return ActivationMessage(
         model_id=model_id,
         model_version=h.model_version,
@@ -411,6 +473,7 @@ def decode_activation(data: bytes) -> ActivationMessage:
         indices=indices,
         values=values,
         unencoded_s=unencoded_s,
+        recording_time=recording_time,
     )
 
 
@@ -423,7 +486,7 @@ def device_id_bytes(data: bytes) -> bytes:
         If ``data`` is too short to hold its header and ids.
     """
     if len(data) >= 5 and data[:4] == MAGIC and data[4] == 3:
-        _, pos, _, _, _ = parse_v3_header(data)
+        _, _, pos, _ = parse_v3_header(data)
         pos += 1 + data[pos]
         return bytes(data[pos + 1 : pos + 1 + data[pos]])
     if len(data) < HEADER_BYTES or data[:4] != MAGIC:
@@ -439,13 +502,15 @@ def device_id_bytes(data: bytes) -> bytes:
 # Version 3: varint header, kept units derived from a seed, 8-bit values
 # ---------------------------------------------------------------------------------------------
 
-#: Version-3 flags: value encoding in bits 0-1, seed-derived indices, float64 sample rate.
+#: Version-3 flags: value encoding in bits 0-1, seed-derived indices, float64 sample rate,
+#: unencoded-signal field present, recording time present.
 V3_VALUES_MASK = 0x03
 V3_FLOAT16, V3_FLOAT32, V3_UINT8 = 0, 1, 2
 V3_SEED = 0x04
 V3_SFREQ64 = 0x08
 V3_UNENCODED = 0x10
-V3_FLAGS = V3_VALUES_MASK | V3_SEED | V3_SFREQ64 | V3_UNENCODED
+V3_RECORDING_TIME = 0x20
+V3_FLAGS = V3_VALUES_MASK | V3_SEED | V3_SFREQ64 | V3_UNENCODED | V3_RECORDING_TIME
 _V3_FIXED = struct.Struct("<4sBBdd")  # magic, version, flags, lsl_time, wall_time
 _V3_COMMON = struct.Struct("<4sBBddf")  # ... and a float32 sample rate
 _V3_SCALE = struct.Struct("<ff")  # 8-bit values: lowest value, step
@@ -537,6 +602,9 @@ def _encode_v3(msg: ActivationMessage, value_dtype: str, header: WireHeader, tex
         flags |= V3_SFREQ64
     if msg.unencoded_s:
         flags |= V3_UNENCODED
+    if msg.recording_time is not None:
+        check_recording_time(msg.recording_time)
+        flags |= V3_RECORDING_TIME
     # the stream block: what every window of a stream repeats (decoders cache its parse)
     block = b"".join(
         _varint(int(v))
@@ -552,6 +620,7 @@ def _encode_v3(msg: ActivationMessage, value_dtype: str, header: WireHeader, tex
         _V3_FIXED.pack(MAGIC, 3, flags, msg.lsl_time, msg.wall_time),
         sfreq32 if exact32 else struct.pack("<d", msg.sfreq),
         struct.pack("<d", msg.unencoded_s) if msg.unencoded_s else b"",
+        b"" if msg.recording_time is None else RECORDING_TIME.pack(msg.recording_time),
         _varint(int(header.sequence)),
         _varint(len(block)),
         block,
@@ -586,6 +655,7 @@ class V3Prefix(NamedTuple):
     wall_time: float
     sfreq: float
     unencoded_s: float
+    recording_time: float | None
     sequence: int
     block_start: int
     block_end: int
@@ -617,10 +687,10 @@ def parse_v3_prefix(data: bytes) -> V3Prefix:
     if flags & ~V3_FLAGS or flags & V3_VALUES_MASK == 3:
         raise WireFormatError(f"unknown flags 0x{flags:02x}")
     pos = _V3_FIXED.size
-    if not flags & (V3_SFREQ64 | V3_UNENCODED):  # the usual case: both varints of one byte?
-        seq, n = data[26], data[27]
+    if not flags & (V3_SFREQ64 | V3_UNENCODED | V3_RECORDING_TIME):  # the usual case:
+        seq, n = data[26], data[27]  # both varints of one byte?
         if seq < 0x80 and n < 0x80 and len(data) >= 28 + n:
-            return V3Prefix(flags, lsl_time, wall_time, sfreq, 0.0, seq, 28, 28 + n)
+            return V3Prefix(flags, lsl_time, wall_time, sfreq, 0.0, None, seq, 28, 28 + n)
     if flags & V3_SFREQ64:
         if len(data) < pos + 8:
             raise WireFormatError("truncated in the sample rate")
@@ -637,11 +707,19 @@ def parse_v3_prefix(data: bytes) -> V3Prefix:
         pos += 8
         if not unencoded_s:
             raise WireFormatError("the unencoded-signal field is present but 0 (not canonical)")
+    recording_time = None
+    if flags & V3_RECORDING_TIME:
+        if len(data) < pos + RECORDING_TIME.size:
+            raise WireFormatError("truncated in the recording time")
+        (recording_time,) = RECORDING_TIME.unpack_from(data, pos)
+        pos += RECORDING_TIME.size
     sequence, pos = _read_varint(data, pos)
     n, pos = _read_varint(data, pos)
     if pos + n > len(data):
         raise WireFormatError("truncated in the stream block")
-    return V3Prefix(flags, lsl_time, wall_time, sfreq, unencoded_s, sequence, pos, pos + n)
+    return V3Prefix(
+        flags, lsl_time, wall_time, sfreq, unencoded_s, recording_time, sequence, pos, pos + n
+    )
 
 
 def parse_v3_block(block: bytes) -> V3Block:
@@ -663,10 +741,12 @@ def parse_v3_block(block: bytes) -> V3Block:
     return V3Block(*fields, *lens, ids_offset)
 
 
-def parse_v3_header(data: bytes) -> tuple[WireHeader, int, int, float, int | None]:
-    """Header of a version-3 message, range-checked by :func:`check_header`.
+def parse_v3_header(data: bytes) -> tuple[WireHeader, V3Prefix, int, int | None]:
+    """Header of a version-3 message, range-checked by :func:`check_header` (and the optional
+    unencoded-signal and recording-time fields by their own checks).
 
-    Returns ``(header, ids start, indices start, unencoded_s, seed)``.
+    Returns ``(header, prefix, ids start, seed)``; the indices (or seed) start at
+    ``prefix.block_end``.
     """
     p = parse_v3_prefix(data)
     b = parse_v3_block(data[p.block_start : p.block_end])
@@ -675,17 +755,20 @@ def parse_v3_header(data: bytes) -> tuple[WireHeader, int, int, float, int | Non
         b.window_samples, b.hop_samples, b.width, b.keep, b.n_model, b.n_device, b.n_stream,
     )  # fmt: skip
     check_header(h)
-    _check_unencoded(p.unencoded_s)
+    check_unencoded(p.unencoded_s)
+    if p.recording_time is not None:
+        check_recording_time(p.recording_time)
     seed = None
     if p.flags & V3_SEED:
         if len(data) < p.block_end + 8:
             raise WireFormatError("truncated in the seed")
         (seed,) = struct.unpack_from("<Q", data, p.block_end)
-    return h, p.block_start + b.ids_offset, p.block_end, p.unencoded_s, seed
+    return h, p, p.block_start + b.ids_offset, seed
 
 
 def _decode_v3(data: bytes) -> ActivationMessage:
-    h, pos, idx_pos, unencoded_s, seed = parse_v3_header(data)
+    h, p, pos, seed = parse_v3_header(data)
+    idx_pos = p.block_end
     ids = []
     for name in ("model id", "device id", "stream id"):
         n = data[pos]
@@ -724,6 +807,7 @@ def _decode_v3(data: bytes) -> ActivationMessage:
         width=width,
         indices=indices,
         values=values,
-        unencoded_s=unencoded_s,
+        unencoded_s=p.unencoded_s,
         seed=seed,
+        recording_time=p.recording_time,
     )

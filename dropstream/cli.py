@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "train": "train",
     "serve": "serve",
     "alerts": "alerts",
+    "evaluate": "evaluate",
     "audit": "audit",
     "demo": "demo",
     "bench": "bench",

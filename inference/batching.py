@@ -22,19 +22,20 @@ with one fancy-indexing assignment.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
 
 from dropstream.broker.wire import (
     FLAG_FLOAT32,
+    FLAG_RECORDING_TIME,
     HEADER,
     HEADER_BYTES,
     MAGIC,
     MAX_MESSAGE_BYTES,
-    MAX_UNENCODED_S,
+    RECORDING_TIME,
     TAG_BYTES,
     UNENCODED,
     V3_SEED,
@@ -44,6 +45,8 @@ from dropstream.broker.wire import (
     WireFormatError,
     WireHeader,
     check_header,
+    check_recording_time,
+    check_unencoded,
     decode_activation,
     header_bytes,
     kept_units_from_seed,
@@ -53,6 +56,15 @@ from dropstream.broker.wire import (
 )
 
 _IDS_CACHE_LIMIT = 100_000
+# positions of the header fields in the tuple HEADER.unpack_from returns (from WireHeader's names)
+_F = {name: i for i, name in enumerate(WireHeader._fields)}
+_FVERSION, _FFLAGS, _FMVER, _FSEQ, _FLSL, _FWALL = (
+    _F[n] for n in ("version", "flags", "model_version", "sequence", "lsl_time", "wall_time")
+)
+_FSFREQ, _FWINDOW, _FHOP, _FWIDTH, _FKEEP = (
+    _F[n] for n in ("sfreq", "window_samples", "hop_samples", "width", "keep")
+)
+_FNMODEL, _FNDEVICE, _FNSTREAM = (_F[n] for n in ("n_model", "n_device", "n_stream"))
 
 
 @dataclass
@@ -75,6 +87,8 @@ class WindowGroup:
         Wall-clock start of each window, Unix seconds.
     hop_s : numpy.ndarray of float64, shape (n,)
         Hop between windows, seconds.
+    recording_offset : numpy.ndarray of float64, shape (n,)
+        Seconds into the replayed recording minus LSL time, NaN for live streams.
     indices : numpy.ndarray of int64, shape (n, K)
     values : numpy.ndarray of float32, shape (n, K)
     """
@@ -91,6 +105,7 @@ class WindowGroup:
     window_end_lsl: np.ndarray
     wall_time: np.ndarray
     hop_s: np.ndarray
+    recording_offset: np.ndarray
     indices: np.ndarray = field(repr=False)
     values: np.ndarray = field(repr=False)
 
@@ -113,6 +128,7 @@ class WindowGroup:
             window_end_lsl=self.window_end_lsl[pick],
             wall_time=self.wall_time[pick],
             hop_s=self.hop_s[pick],
+            recording_offset=self.recording_offset[pick],
             indices=self.indices[pick],
             values=self.values[pick],
         )
@@ -141,6 +157,7 @@ class WindowGroup:
             window_end_lsl=np.concatenate([g.window_end_lsl for g in groups])[order],
             wall_time=np.concatenate([g.wall_time for g in groups])[order],
             hop_s=np.concatenate([g.hop_s for g in groups])[order],
+            recording_offset=np.concatenate([g.recording_offset for g in groups])[order],
             indices=np.concatenate([g.indices for g in groups])[order],
             values=np.concatenate([g.values for g in groups])[order],
         )
@@ -224,7 +241,6 @@ class BatchDecoder:
         layouts: dict[tuple, list] = {}
         unpack = HEADER.unpack_from
         unpack_unencoded = UNENCODED.unpack_from
-        make_header = partial(tuple.__new__, WireHeader)  # WireHeader._make without its overhead
         for row, data in enumerate(payloads):
             if (
                 not isinstance(data, (bytes, bytearray))
@@ -239,42 +255,54 @@ class BatchDecoder:
             if data[4] == 3:
                 self._add_v3(row, data, layouts, rejected)
                 continue
-            h = make_header(unpack(data))
+            h = unpack(data)  # a plain tuple in WireHeader order, read by the _F* indices
             try:
                 check_header(h)  # the reference decoder's own range checks
             except WireFormatError as exc:
                 rejected.append((row, str(exc)))
                 continue
-            flags, sfreq, lsl, width, keep = h.flags, h.sfreq, h.lsl_time, h.width, h.keep
-            a, b, c = h.n_model, h.n_device, h.n_stream
+            flags, sfreq, lsl, width, keep = h[_FFLAGS], h[_FSFREQ], h[_FLSL], h[_FWIDTH], h[_FKEEP]
+            a, b, c = h[_FNMODEL], h[_FNDEVICE], h[_FNSTREAM]
             isz = 2 if width <= 65536 else 4
             vsz = 4 if flags & FLAG_FLOAT32 else 2
-            start = header_bytes(h.version)
+            version = h[_FVERSION]
+            start = header_bytes(version)
             pos = start + a + b + c
-            end = len(data) - trailer_bytes(h.version)
-            if end != pos + keep * (isz + vsz) or (
-                h.version == 2
-                and not 0.0 <= unpack_unencoded(data, HEADER_BYTES)[0] <= MAX_UNENCODED_S
-            ):
+            end = len(data) - trailer_bytes(version)
+            timed = flags & FLAG_RECORDING_TIME
+            if timed:
+                end -= RECORDING_TIME.size
+            if end != pos + keep * (isz + vsz):
                 rejected.append((row, _reason(data)))
+                continue
+            recording = math.nan
+            try:  # the reference decoder's own checks of the optional fields, in its order
+                if version == 2:
+                    check_unencoded(unpack_unencoded(data, HEADER_BYTES)[0])
+                if timed:
+                    (recording,) = RECORDING_TIME.unpack_from(data, end)
+                    check_recording_time(recording)
+            except WireFormatError as exc:
+                rejected.append((row, str(exc)))
                 continue
             ids = self._ids.get(bytes(data[start:pos]), a, b)
             if ids is None:
                 rejected.append((row, _reason(data)))
                 continue
             split = pos + keep * isz
-            key = (ids[0], h.model_version, width, keep, isz, vsz)
+            key = (ids[0], h[_FMVER], width, keep, isz, vsz)
             layouts.setdefault(key, []).append(
                 (
                     row,
-                    h.sequence,
+                    h[_FSEQ],
                     lsl,
-                    lsl + (h.window_samples - 1) / sfreq,
-                    h.hop_samples / sfreq,
+                    lsl + (h[_FWINDOW] - 1) / sfreq,
+                    h[_FHOP] / sfreq,
                     ids,
                     data[pos:split],
                     data[split:end],
-                    h.wall_time,
+                    h[_FWALL],
+                    recording - lsl,
                 )
             )
         groups = []
@@ -304,8 +332,13 @@ class BatchDecoder:
                 b.n_device, b.n_stream,
             )  # fmt: skip
             check_header(h)
-            if ids is None or not 0.0 <= p.unencoded_s <= MAX_UNENCODED_S:
-                raise WireFormatError("ids or unencoded signal")
+            check_unencoded(p.unencoded_s)
+            recording = math.nan
+            if p.recording_time is not None:
+                check_recording_time(p.recording_time)
+                recording = p.recording_time
+            if ids is None:
+                raise WireFormatError("ids")
         except WireFormatError:
             rejected.append((row, _reason(data)))
             return
@@ -331,6 +364,7 @@ class BatchDecoder:
                 data[pos:split],
                 data[split:end],
                 p.wall_time,
+                recording - p.lsl_time,
             )
         )
 
@@ -396,6 +430,7 @@ def _build_group(
         window_end_lsl=np.fromiter((it[3] for it in sel), np.float64, len(sel)),
         wall_time=np.fromiter((it[8] for it in sel), np.float64, len(sel)),
         hop_s=np.fromiter((it[4] for it in sel), np.float64, len(sel)),
+        recording_offset=np.fromiter((it[9] for it in sel), np.float64, len(sel)),
         indices=idx[keepers],
         values=val[keepers].astype(np.float32),
     )

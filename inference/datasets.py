@@ -248,9 +248,10 @@ def load_uea(
     return out[0], out[1]
 
 
-def _read_track(path: str | Path) -> Track:
-    """Read a recording exactly as replay publishes it: voltages in microvolts (one stream)."""
-    tracks = load_tracks(path)
+def _read_track(path: str | Path, units: str | None = None) -> Track:
+    """Read a recording exactly as replay publishes it: voltages in microvolts (one stream),
+    with the same unit and amplitude checks (``units``: see ``load_tracks``)."""
+    tracks = load_tracks(path, units=units)
     if len(tracks) != 1:
         raise DatasetError(
             f"{path} holds {len(tracks)} streams; training reads one stream per recording"
@@ -267,6 +268,7 @@ def windows_from_recordings(
     label_map: Mapping[str, str] | None = None,
     channels: Sequence[str] | None = None,
     sfreq: float | None = None,
+    units: str | None = None,
 ) -> WindowSet:
     """Cut causally filtered recordings into labelled windows.
 
@@ -297,6 +299,10 @@ def windows_from_recordings(
     sfreq : float, optional
         Sample rate of the model in Hz (default: the recordings' rate). A recording at an integer
         multiple ``k * sfreq`` is decimated by ``k``; any other rate is refused.
+    units : str, optional
+        The unit the recordings' voltage values are really in (``--units``), see
+        :func:`dropstream.acquisition.recording.load_tracks`; the same unit and amplitude
+        checks as ``dropstream replay`` apply.
 
     Raises
     ------
@@ -315,7 +321,7 @@ def windows_from_recordings(
     names: tuple[str, ...] = ()
     types: tuple[str, ...] = ()
     for path in paths:
-        track = _read_track(path)
+        track = _read_track(path, units)
         info = track.info
         data = track.data.T  # (C, n) in stream units: voltages in microvolts, as the inlet gives
         if channels is not None:

@@ -14,9 +14,9 @@ What runs, all in this process except the broker (a tansu subprocess):
 5. a follower of the alert topic that prints each alert as it arrives.
 
 The closing summary compares the alerts with the known anomaly spans (hits, misses, false
-alerts), gives the detection delay (anomaly onset -> alert received, LSL clock) and the service's
-own latency (last sample of the deciding window -> alert produced), and the bytes sent over Kafka
-against the raw samples.
+alerts) by the alerts' times in the recording, gives the detection delay (anomaly onset -> alert
+received, wall clock) and the service's own latency (last sample of the deciding window -> alert
+produced), and the bytes sent over Kafka against the raw samples.
 
 Offline, the tests and benchmarks stand in for the device with
 :func:`dropstream.local_encoder.simulated.encode_recording` (the same device code, no LSL), and
@@ -109,7 +109,7 @@ class AnomalyResult:
     onset_s: float
     offset_s: float
     alert_id: str | None = None
-    detection_delay_s: float | None = None  # anomaly onset -> alert received (LSL clock)
+    detection_delay_s: float | None = None  # anomaly onset -> alert received (wall clock)
     service_latency_s: float | None = None  # deciding window's last sample -> alert produced
 
 
@@ -139,26 +139,35 @@ class DemoSummary:
 
 
 def _match(
-    spans_lsl: list[tuple[float, float]],
+    spans: list[tuple[float, float]],
     alerts: dict[str, dict[str, AlertMessage]],
+    anomaly_utc: Callable[[float], float],
     received: dict[str, float],
     tolerance_s: float,
 ) -> tuple[list[AnomalyResult], list[str]]:
-    results = [AnomalyResult(a, b) for a, b in spans_lsl]
+    """Match alerts to the known anomaly spans by their time in the recording (``spans`` and
+    the alerts' ``recording_onset``/``recording_offset``, seconds); the detection delay is the
+    alert's arrival minus the anomaly's onset, both on this machine's wall clock."""
+    results = [AnomalyResult(a, b) for a, b in spans]
     used: set[str] = set()
-    by_onset = sorted(
-        alerts.items(), key=lambda kv: kv[1]["open"].onset_time if "open" in kv[1] else 0.0
-    )
+
+    def start(versions: dict[str, AlertMessage]) -> float:
+        msg = versions.get("open") or versions["closed"]
+        return msg.recording_onset if msg.recording_onset is not None else float("inf")
+
+    by_onset = sorted(alerts.items(), key=lambda kv: start(kv[1]))
     for res in results:
         for aid, versions in by_onset:
             msg = versions.get("closed") or versions.get("open")
             assert msg is not None
-            end = msg.offset_time if msg.offset_time is not None else msg.onset_time
-            if msg.onset_time <= res.offset_s + tolerance_s and end >= res.onset_s - tolerance_s:
+            onset = start(versions)
+            end = msg.recording_offset if msg.recording_offset is not None else onset
+            if onset <= res.offset_s + tolerance_s and end >= res.onset_s - tolerance_s:
                 if res.alert_id is None:
                     res.alert_id = aid
                     opened = versions.get("open", msg)
-                    res.detection_delay_s = received.get(aid, float("nan")) - res.onset_s
+                    arrival = received.get(aid, float("nan"))
+                    res.detection_delay_s = arrival - anomaly_utc(res.onset_s)
                     res.service_latency_s = opened.detection_latency_s
                 used.add(aid)
     return results, sorted(set(alerts) - used)
@@ -173,6 +182,7 @@ def run_demo(
     tolerance_s: float = 1.0,
     alert_row: Callable[[AlertMessage], str] = str,
     alert_header: str | None = None,
+    seed: int | None = None,
 ) -> DemoSummary:
     """Run the whole pipeline offline and return its summary (see the module docstring).
 
@@ -191,8 +201,10 @@ def run_demo(
         of ``dropstream alerts``; this layer does not import the CLI).
     alert_header : str, optional
         Emitted once before the first alert line.
+    seed : int | None
+        Seed of the device's keep masks, for tests that reproduce the run offline
+        (``dropstream evaluate --seed``); ``None``: OS entropy, as on a real device.
     """
-    import pylsl
 
     from dropstream.acquisition.inlet import LiveStream
     from dropstream.acquisition.replay import RecordingReplay
@@ -249,7 +261,7 @@ def run_demo(
                             continue  # a duplicate after a replay: same id, already shown
                         versions[msg.status] = msg
                         if msg.status == "open":
-                            received[msg.alert_id] = pylsl.local_clock()
+                            received[msg.alert_id] = time.time()
                         emit(alert_row(msg))
 
         follow_thread = threading.Thread(target=follow, name="demo-alerts", daemon=True)
@@ -261,7 +273,7 @@ def run_demo(
         replay = RecordingReplay([recording], speed=speed, source_id=source_id).start()
         inlet = LiveStream.connect(source_id=source_id, timeout=10.0)
         spool = Spool(Path(tmp) / "spool")
-        agent = EncoderAgent(device_bundle, inlet, config, spool, device_key)
+        agent = EncoderAgent(device_bundle, inlet, config, spool, device_key, seed=seed)
         agent.start()
         emit(
             f"replaying {Path(recording).name} ({samples.shape[1] / sfreq:.0f} s, "
@@ -273,7 +285,7 @@ def run_demo(
             emit(alert_header)
         try:
             replay.wait_started(10)
-            t0 = replay.t0
+            t0_utc = replay.publisher.t0_utc
             duration = samples.shape[1] / sfreq / speed
             replay.wait(duration + 30)
             time.sleep(0.5)  # the last chunk reaches the inlet
@@ -295,9 +307,10 @@ def run_demo(
             follow_thread.join(5)
             follower.close()
         bytes_sent = _topic_bytes(config)
-    assert t0 is not None
-    spans_lsl = [(t0 + a / speed, t0 + b / speed) for a, b in spans]
-    results, false_alerts = _match(spans_lsl, alerts, received, tolerance_s)
+    assert t0_utc is not None
+    results, false_alerts = _match(
+        spans, alerts, lambda s: t0_utc + s / speed, received, tolerance_s
+    )
     summary = DemoSummary(
         anomalies=results,
         alerts=alerts,

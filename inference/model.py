@@ -112,8 +112,20 @@ class TorchFirstLayer(nn.Module):
         samples before the dense map (a trailing remainder is ignored). It cuts the trainable
         weights by ``pool`` (useful on small data) and is exported as pooling + the small matrix,
         so it cuts the device's work by ``pool`` too.
+    rank : int or None
+        For ``kind="dense"``: a low-rank layer ``W = A B`` (privacy defence). ``B`` maps the
+        window to ``rank`` projections, standardised to unit variance on the training data, and
+        ``A`` (with the bias) maps them to the ``m`` units, so the activations depend on the
+        window through ``rank`` numbers only. Exported factored (``B`` with the standardisation
+        folded in, then ``A``): the device computes ``rank * (C*T/pool + m)`` multiply-adds.
+    noise : float
+        Standard deviation of Gaussian noise added, on the device and in training alike, to the
+        standardised projections (``rank`` set) or to the standardised pre-activations
+        (``rank`` None): ``z = W x + b + noise * M e`` with ``e ~ N(0, I)`` and ``M`` = ``A``
+        (or the identity; ``FirstLayer.noise_mix``). Signal variance per projection is 1, so
+        ``noise`` is the noise-to-signal amplitude ratio. See :mod:`dropstream.inference.defences`.
     level_gain : float or None
-        For ``kind="dense"``: train the weight in level/shape coordinates
+        For ``kind="dense"``: train the input map's weight in level/shape coordinates
         (:class:`LevelShapeScale`, call :meth:`fit_input_scale` on training windows first) with
         this weight of the standardised level; ``None`` trains it on the samples directly.
     """
@@ -130,6 +142,8 @@ class TorchFirstLayer(nn.Module):
         conv_kernel: int = 32,
         conv_stride: int = 16,
         pool: int = 1,
+        rank: int | None = None,
+        noise: float = 0.0,
         level_gain: float | None = None,
     ) -> None:
         super().__init__()
@@ -141,13 +155,30 @@ class TorchFirstLayer(nn.Module):
         self.pool = int(pool)
         if not 1 <= self.pool <= self.n_samples:
             raise ModelConfigError(f"pool {pool} must be between 1 and the window's {n_samples}")
+        self.rank = None if rank is None else int(rank)
+        self.noise = float(noise)
+        if self.noise < 0:
+            raise ModelConfigError(f"noise must be >= 0, not {noise}")
+        if self.rank is not None and (kind != "dense" or not 1 <= self.rank < int(width)):
+            raise ModelConfigError(
+                f"rank {rank} needs a dense first layer and 1 <= rank < width ({width})"
+            )
+        self.down: nn.Linear | None = None
+        self.norm: nn.BatchNorm1d | None = None
         if kind == "dense":
-            pooled = self.n_samples // self.pool
-            self.linear = nn.Linear(self.n_channels * pooled, int(width))
+            pooled = self.n_channels * (self.n_samples // self.pool)
+            if self.rank is not None:
+                self.down = nn.Linear(pooled, self.rank, bias=False)
+                self.norm = nn.BatchNorm1d(self.rank, affine=False)
+                self.linear = nn.Linear(self.rank, int(width))
+            else:
+                self.linear = nn.Linear(pooled, int(width))
+                if self.noise > 0:
+                    self.norm = nn.BatchNorm1d(int(width), affine=False)
             self.width = int(width)
             if level_gain is not None:
-                scale = LevelShapeScale(self.n_channels, pooled, float(level_gain))
-                parametrize.register_parametrization(self.linear, "weight", scale)
+                scale = LevelShapeScale(self.n_channels, pooled // self.n_channels, level_gain)
+                parametrize.register_parametrization(self.input_map, "weight", scale)
         elif kind == "conv":
             if conv_kernel > n_samples or conv_kernel < 1 or conv_stride < 1:
                 raise ModelConfigError(
@@ -161,46 +192,92 @@ class TorchFirstLayer(nn.Module):
             raise ModelConfigError(f"first layer kind must be 'dense' or 'conv', not {kind!r}")
         self.act = activation_fn(activation, negative_slope)
 
+    @property
+    def input_map(self) -> nn.Linear:
+        """The dense map from the pooled window: ``B`` of a low-rank layer, else the layer."""
+        return self.down if self.down is not None else self.linear
+
     @torch.no_grad()
     def fit_input_scale(self, x: torch.Tensor) -> None:
         """Fit the level/shape standardisation (``level_gain`` set) on training windows
         ``(N, C, T)``; a no-op otherwise."""
-        if self.kind != "dense" or not parametrize.is_parametrized(self.linear, "weight"):
+        if self.kind != "dense" or not parametrize.is_parametrized(self.input_map, "weight"):
             return
         pooled = nn.functional.avg_pool1d(x, self.pool) if self.pool > 1 else x
-        for p in self.linear.parametrizations["weight"]:
+        for p in self.input_map.parametrizations["weight"]:
             if isinstance(p, LevelShapeScale):
                 p.fit(pooled[..., : p.n_positions])
 
-    def preactivation(self, x: torch.Tensor) -> torch.Tensor:
-        """``W x + b`` for windows ``(N, C, T)`` -> ``(N, m)``."""
+    def noise_space(self, x: torch.Tensor) -> torch.Tensor:
+        """The values the device's noise is added to: the standardised projections ``(N, r)``
+        (``rank`` set), else the pre-activations ``(N, m)``, standardised when ``noise > 0``."""
         if self.kind == "dense":
             if self.pool > 1:
                 x = nn.functional.avg_pool1d(x, self.pool)
-            return self.linear(x.reshape(x.shape[0], -1))
+            flat = x.reshape(x.shape[0], -1)
+            u = self.input_map(flat)
+            return self.norm(u) if self.norm is not None else u
         return self.conv(x).reshape(x.shape[0], -1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Activations ``(N, m)`` of windows ``(N, C, T)``."""
-        return self.act(self.preactivation(x))
+    def _to_units(self, u: torch.Tensor) -> torch.Tensor:
+        return self.linear(u) if self.down is not None else u
+
+    def preactivation(self, x: torch.Tensor) -> torch.Tensor:
+        """``W x + b`` (noise-free) for windows ``(N, C, T)`` -> ``(N, m)``."""
+        return self._to_units(self.noise_space(x))
+
+    def noisy_preactivation(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, repeats: int = 1
+    ) -> torch.Tensor:
+        """``W x + b + noise * M e``: the pre-activations as the device computes them.
+
+        With ``repeats > 1`` each window's row is repeated (window-major) and every copy gets
+        its own noise draw, as if the device had sent the window that many times.
+        """
+        u = self.noise_space(x)
+        if repeats > 1:
+            u = u.repeat_interleave(repeats, dim=0)
+        if self.noise > 0:
+            e = torch.randn(u.shape, generator=generator, device=u.device, dtype=u.dtype)
+            u = u + self.noise * e
+        return self._to_units(u)
+
+    def forward(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, repeats: int = 1
+    ) -> torch.Tensor:
+        """Activations ``(N * repeats, m)`` of windows ``(N, C, T)``, with the device's noise."""
+        return self.act(self.noisy_preactivation(x, generator, repeats))
 
     @torch.no_grad()
     def to_numpy(self) -> FirstLayer:
         """Export the device's :class:`FirstLayer` (float32).
 
-        A dense layer keeps its factored form: time pooling, then the small matrix (the device
-        computes ``C * T / pool`` multiply-adds per unit); a convolution is exported as its
-        equivalent dense matrix.
+        A dense layer keeps its factored form: time pooling, then the input map with the
+        standardisation folded in, then ``A`` for a low-rank layer (the device computes
+        ``r * (C*T/pool + m)`` multiply-adds, or ``m * C*T/pool`` at full rank); a convolution
+        is exported as its equivalent dense matrix. Standardisation uses the running statistics
+        (eval mode), whatever the current mode.
         """
-        pool, n_samples = 1, 0
+        pool, factor = 1, None
         if self.kind == "dense":
-            weight = self.linear.weight.detach().cpu().double().numpy()
-            bias = self.linear.bias.detach().cpu().double().numpy()
-            if self.pool > 1:
-                pool, n_samples = self.pool, self.n_samples
+            pool = self.pool
+            linear = self.input_map
+            weight = linear.weight.detach().cpu().double().numpy()  # parametrised: effective
+            offset = np.zeros(weight.shape[0])
+            if linear.bias is not None:
+                offset = linear.bias.detach().cpu().double().numpy()
+            if self.norm is not None:  # eval-mode BatchNorm: (u - running mean) / sd
+                mean = self.norm.running_mean.detach().cpu().double().numpy()
+                var = self.norm.running_var.detach().cpu().double().numpy()
+                scale = 1.0 / np.sqrt(var + self.norm.eps)
+                weight, offset = weight * scale[:, None], (offset - mean) * scale
+            if self.down is not None:  # z = A u + b: the projection offset joins the bias
+                factor = self.linear.weight.detach().cpu().double().numpy()
+                offset = factor @ offset + self.linear.bias.detach().cpu().double().numpy()
+            bias = offset
         else:
             n = self.n_channels * self.n_samples
-            # any linear pre-map: read the dense matrix off the unit basis
+            # the convolution's dense matrix, read off the unit basis
             dev = next(self.parameters()).device
             bias_t = self.preactivation(
                 torch.zeros(1, self.n_channels, self.n_samples, device=dev)
@@ -221,7 +298,9 @@ class TorchFirstLayer(nn.Module):
             activation=self.activation_name,
             negative_slope=self.negative_slope,
             pool=pool,
-            n_samples=n_samples,
+            n_samples=self.n_samples,
+            noise=self.noise,
+            factor=None if factor is None else factor.astype(np.float32),
         )
 
 
@@ -365,9 +444,7 @@ class SplitNet(nn.Module):
     ) -> torch.Tensor:
         """Head outputs for windows ``(N, C, T)``; with ``n_masks > 1`` each window is repeated
         with independent keep masks and the output has ``N * n_masks`` rows (window-major)."""
-        a = self.first(x)
-        if n_masks > 1:
-            a = a.repeat_interleave(n_masks, dim=0)
+        a = self.first(x, generator, repeats=n_masks)
         mask = random_keep_mask(a.shape[0], a.shape[1], self.keep, generator, a.device)
         return self.head(a, mask.bool())
 

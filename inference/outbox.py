@@ -12,11 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
-
-import pylsl
 
 from dropstream.broker.alert_message import AlertMessage, make_alert_id
 from dropstream.inference.metrics import ServiceMetrics
@@ -55,9 +54,13 @@ class Outbox:
     kind : str
         The alert kind of the policy (``"novelty"`` or ``"class"``).
     clock : callable
-        The LSL clock, seconds (alert latency = now - the deciding window's last sample).
+        The wall clock, Unix seconds. Alert latency = now - the deciding window's last sample
+        on the device's wall clock: two machines' clocks, as close as NTP keeps them (never
+        the difference of two machines' LSL clocks, which is meaningless).
     inline_bytes : int
         Dead letters whose key and value together exceed this are sent by reference.
+    signer : object with ``headers(key, value)``, optional
+        Signs every alert (``dropstream.broker.auth.AlertSigner``): its headers go with it.
     """
 
     def __init__(
@@ -68,10 +71,12 @@ class Outbox:
         model_id: str,
         model_version: int,
         kind: str,
-        clock: Callable[[], float] = pylsl.local_clock,
+        clock: Callable[[], float] = time.time,
         inline_bytes: int = 256 * 1024,
+        signer: Any = None,
     ) -> None:
         self.inline_bytes = int(inline_bytes)
+        self.signer = signer
         self.alerts_topic = alerts_topic
         self.dead_letter_topic = dead_letter_topic
         self.metrics = metrics
@@ -156,13 +161,16 @@ class Outbox:
 
     def _alert(self, update: StreamUpdate) -> AlertMessage:
         ev = update.event
-        latency = self.clock() - ev.deciding_window_end
+        wall, rec = update.wall_offset, update.recording_offset
+        now = self.clock()
+        latency = now - (ev.deciding_window_end + wall)
+        live = math.isnan(rec)
         msg = AlertMessage(
             alert_id=make_alert_id(ev.device_id, ev.stream_id, ev.onset_sequence),
             status=ev.status,
             device_id=ev.device_id,
             stream_id=ev.stream_id,
-            kind=self.kind,
+            kind=update.kind or self.kind,
             label=update.label,
             onset_time=ev.onset_time,
             offset_time=ev.offset_time,
@@ -172,13 +180,19 @@ class Outbox:
             threshold=float(ev.threshold),
             model_id=self.model_id,
             model_version=self.model_version,
-            produced_at=time.time(),
+            produced_at=now,
             detection_latency_s=float(latency),
+            onset_utc=ev.onset_time + wall,
+            offset_utc=None if ev.offset_time is None else ev.offset_time + wall,
+            recording_onset=None if live else max(0.0, ev.onset_time + rec),
+            recording_offset=None
+            if live or ev.offset_time is None
+            else max(0.0, ev.offset_time + rec),
         )
         self.metrics.alert(ev.status, latency)
-        self.pending.append(
-            OutgoingRecord(self.alerts_topic, ev.device_id.encode(), msg.to_json(), None)
-        )
+        key, value = ev.device_id.encode(), msg.to_json()
+        headers = self.signer.headers(key, value) if self.signer is not None else None
+        self.pending.append(OutgoingRecord(self.alerts_topic, key, value, headers))
         log.info(
             "alert %s %s device=%s stream=%s onset_seq=%d score=%.4g latency=%.1f ms",
             msg.alert_id,

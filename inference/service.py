@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import pylsl
 import torch
 from kafka import ConsumerRebalanceListener
 from kafka.errors import KafkaError
@@ -57,6 +56,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from dropstream.broker.clients import KafkaClientError, make_consumer, make_producer
 from dropstream.broker.config import ClientConfig
 from dropstream.inference.batching import BatchDecoder, WindowGroup
+from dropstream.inference.drift import DriftReference
 from dropstream.inference.head import ServerModel
 from dropstream.inference.metrics import ServiceMetrics
 from dropstream.inference.offsets import OffsetTracker
@@ -79,6 +79,14 @@ __all__ = [
 ]
 
 log = logging.getLogger("dropstream.inference.service")
+
+
+class AlertSigning(Protocol):
+    """What the service needs of an alert signer (``dropstream.broker.auth.AlertSigner``)."""
+
+    def headers(self, key: bytes | None, value: bytes) -> list[tuple[str, bytes]]:
+        """The Kafka headers that sign ``value`` under ``key``."""
+        ...
 
 
 class Authenticator(Protocol):
@@ -110,6 +118,8 @@ class InferenceService:
     authenticator : Authenticator, optional
         Checks every record before anything else (e.g. the device key store); refused records
         go to dead letters and never touch stream state.
+    signer : AlertSigning, optional
+        Signs every alert (e.g. ``dropstream.broker.auth.AlertSigner``: its headers go with it).
 
     Attributes
     ----------
@@ -130,6 +140,7 @@ class InferenceService:
         settings: ServiceSettings | None = None,
         metrics: ServiceMetrics | None = None,
         authenticator: Authenticator | None = None,
+        signer: AlertSigning | None = None,
     ) -> None:
         self.config = config
         self.settings = s = settings or ServiceSettings()
@@ -155,6 +166,7 @@ class InferenceService:
             max_gaps=s.max_gaps,
             max_gaps_total=s.max_gaps_total,
             jump_tolerance_s=s.jump_tolerance_s,
+            drift=DriftReference.from_config(meta.head_config.get("drift")),
         )
         self.offsets = OffsetTracker()
         self.outbox = Outbox(
@@ -165,6 +177,7 @@ class InferenceService:
             self.model_version,
             self.policy.kind,
             inline_bytes=s.dead_letter_inline_bytes,
+            signer=signer,
         )
         self.limiter = (
             DeviceRateLimiter(s.device_rate, s.device_burst) if s.device_rate is not None else None
@@ -575,7 +588,9 @@ class InferenceService:
         """Score ``group`` in one forward pass: its windows with a finite score; the others go
         to dead letters."""
         scores, classes = self.scorer(group.dense())
-        self.metrics.batch(len(group), _now_lsl() - group.window_end_lsl)
+        # wall clocks (NTP), never two machines' LSL clocks
+        wall_end = group.wall_time + (group.window_end_lsl - group.window_start_lsl)
+        self.metrics.batch(len(group), time.time() - wall_end)
         finite = np.isfinite(scores)
         if not finite.all():
             for i in np.flatnonzero(~finite).tolist():
@@ -587,17 +602,7 @@ class InferenceService:
                 )
             group, scores = group.take(finite), scores[finite]
             classes = None if classes is None else classes[finite]
-        # python scalars converted once per batch, not a numpy scalar per window and field
-        return ScoredBatch(
-            group.rows.tolist(),
-            list(zip(group.device_id, group.stream_id, strict=True)),
-            group.sequence.tolist(),
-            scores.tolist(),
-            group.window_start_lsl.tolist(),
-            group.window_end_lsl.tolist(),
-            group.hop_s.tolist(),
-            [None] * len(group) if classes is None else classes.tolist(),
-        )
+        return self.streams.batch_of(group, scores, classes)
 
     def _expire_stale(self, now: float) -> None:
         """Close the events of streams that went silent, then commit past them."""
@@ -695,6 +700,3 @@ class InferenceService:
 
 def _partition(record: Any) -> TopicPartition:
     return TopicPartition(record.topic, record.partition)
-
-
-_now_lsl = pylsl.local_clock

@@ -23,7 +23,12 @@ Per stream:
   restarted its numbering (a wiped spool) or the newest number was bogus: the stream's open
   event is closed and its state starts afresh;
 * **detector** - :class:`dropstream.inference.alerting.EventDetector` turns scores into alert
-  updates; for a classifier the label of an event's opening is kept until it closes.
+  updates; for a classifier the label of an event's opening is kept until it closes;
+* **drift** - with a bundle's :class:`~dropstream.inference.drift.DriftReference`, a
+  :class:`~dropstream.inference.drift.DriftMonitor` watches each window's drift statistic; when
+  the stream no longer looks like the training data it closes the open anomaly event, publishes
+  one ``kind="drift"`` event (label ``"drift"``) and stops feeding the anomaly detector until the
+  drift ends (then a fresh detector starts).
 
 Memory is bounded: :meth:`StreamTracker.forget_idle` drops clean streams silent for a while and,
 above ``max_streams``, the least recently seen clean ones.
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -45,6 +51,8 @@ from typing import NamedTuple
 import numpy as np
 
 from dropstream.inference.alerting import AlertEvent, AlertPolicy, EventDetector
+from dropstream.inference.batching import WindowGroup
+from dropstream.inference.drift import DriftMonitor, DriftReference
 from dropstream.inference.metrics import ServiceMetrics
 
 log = logging.getLogger("dropstream.inference.service")
@@ -65,6 +73,9 @@ class ScoredBatch(NamedTuple):
     ends: list[float]  # LSL-clock time of each window's last sample, seconds
     hops: list[float]  # hop between windows, seconds
     top_classes: list[int | None]  # classifier: index of the most probable abnormal class
+    wall_offsets: list[float] | None = None  # device wall clock minus its LSL clock, seconds
+    recording_offsets: list[float] | None = None  # recording time minus LSL time (NaN: live)
+    drifts: list[float] | None = None  # drift statistic of each window (NaN: no reference)
 
 
 class Fed(NamedTuple):
@@ -75,10 +86,14 @@ class Fed(NamedTuple):
 
 
 class StreamUpdate(NamedTuple):
-    """An alert update of a stream, with the label of its event."""
+    """An alert update of a stream, with the label of its event and the stream's clock offsets
+    (to render LSL times as wall-clock and recording times)."""
 
     event: AlertEvent
     label: str
+    wall_offset: float = 0.0
+    recording_offset: float = float("nan")
+    kind: str | None = None  # "drift" for drift events; None: the policy's kind
 
 
 class Admission(NamedTuple):
@@ -104,6 +119,16 @@ class _Stream:
         default_factory=list
     )  # unfilled gaps [start, end), oldest first
     labels: dict[int, str] = field(default_factory=dict)  # open event onset -> its label
+    wall_offset: float = 0.0  # of the newest window fed (see ScoredBatch)
+    recording_offset: float = float("nan")
+    drift: DriftMonitor | None = None
+    drift_onset: tuple[int, float] = (0, 0.0)  # (sequence, LSL time) of the drift's start
+    last_end: float = 0.0  # LSL time of the newest window's last sample
+
+    @property
+    def clean(self) -> bool:
+        """No event, candidate or drift in progress (see :attr:`EventDetector.clean`)."""
+        return self.detector.clean and not (self.drift is not None and self.drift.active)
 
 
 class StreamTracker:
@@ -123,6 +148,8 @@ class StreamTracker:
         Most gap ranges remembered per stream and over all streams.
     jump_tolerance_s : float or None
         Slack of the sequence-jump check, seconds (``None``: no check).
+    drift : DriftReference, optional
+        The bundle's training statistics; ``None`` disables the drift guard.
     """
 
     def __init__(
@@ -134,7 +161,9 @@ class StreamTracker:
         max_gaps: int = 64,
         max_gaps_total: int = 100_000,
         jump_tolerance_s: float | None = 2.0,
+        drift: DriftReference | None = None,
     ) -> None:
+        self.drift = drift
         self.policy = policy
         self.dedup_windows = int(dedup_windows)
         self.metrics = metrics
@@ -184,6 +213,7 @@ class StreamTracker:
                 st = streams[key] = _Stream(
                     EventDetector(key[0], key[1], self.policy), partition_of(i), last_seen=now
                 )
+                st.drift = DriftMonitor(self.drift) if self.drift is not None else None
             seen = st.seen_max
             if 0 <= seq < seen - limit:
                 # far behind everything seen: the device restarted its sequence numbers (e.g. a
@@ -276,6 +306,7 @@ class StreamTracker:
         self.metrics.restart()
         updates = self._expire(st)
         st.detector = EventDetector(key[0], key[1], self.policy)
+        st.drift = DriftMonitor(self.drift) if self.drift is not None else None
         st.highest, st.seen_max = -1, seq
         self.n_gaps -= len(st.missing)
         st.missing.clear()
@@ -301,16 +332,31 @@ class StreamTracker:
         streams, names, label0 = self.streams, self.class_names, self.policy.label
         clean: list[bool] = []
         failed: list[tuple[int, str]] = []
-        for i, (key, seq, score, start, end, hop, top) in enumerate(zip(*batch[1:], strict=True)):
+        n = len(batch.rows)
+        walls = batch.wall_offsets or [0.0] * n
+        recs = batch.recording_offsets or [math.nan] * n
+        drifts = batch.drifts or [math.nan] * n
+        columns = (*batch[1:8], walls, recs, drifts)
+        for i, (key, seq, score, start, end, hop, top, wall, rec, drift) in enumerate(
+            zip(*columns, strict=True)
+        ):
             st = streams[key]
             det = st.detector
             if seq <= st.highest:
-                clean.append(det.clean)  # late: scored, but the detector has moved past it
+                clean.append(st.clean)  # late: scored, but the detector has moved past it
                 continue
             if st.highest >= 0 and seq > st.highest + 1:
                 self.metrics.lost_windows(seq - st.highest - 1)
             st.highest = seq
             st.last_seen = now
+            st.wall_offset, st.recording_offset, st.last_end = wall, rec, end
+            if st.drift is not None and not math.isnan(drift):
+                if self._watch_drift(key, st, seq, start, end, drift, out):
+                    # drifting: the anomaly scores mean nothing; like an open event, the drift
+                    # holds the stream dirty until it ends or the stream goes silent
+                    clean.append(False)
+                    continue
+                det = st.detector
             try:
                 new = det.update(seq, score, start, end, hop)
             except Exception as exc:  # noqa: BLE001 - one window must not stop the others
@@ -324,9 +370,78 @@ class StreamTracker:
                         label = st.labels[ev.onset_sequence] = names[top]
                     else:
                         label = st.labels.pop(ev.onset_sequence, names[top])
-                out.append(StreamUpdate(ev, label))
-            clean.append(det.clean)
+                out.append(StreamUpdate(ev, label, wall, rec))
+            clean.append(st.clean)
         return Fed(clean, failed)
+
+    def drift_statistic(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Drift statistic of windows ``(N, K)`` (NaN without a drift reference)."""
+        if self.drift is None:
+            return np.full(len(indices), np.nan)
+        return self.drift.statistic(indices, values)
+
+    def batch_of(
+        self, group: WindowGroup, scores: np.ndarray, classes: np.ndarray | None
+    ) -> ScoredBatch:
+        """The :class:`ScoredBatch` of a decoded group and its scores (and top classes), with
+        the clock offsets and drift statistics; python scalars converted once per batch."""
+        return ScoredBatch(
+            group.rows.tolist(),
+            list(zip(group.device_id, group.stream_id, strict=True)),
+            group.sequence.tolist(),
+            scores.tolist(),
+            group.window_start_lsl.tolist(),
+            group.window_end_lsl.tolist(),
+            group.hop_s.tolist(),
+            [None] * len(group) if classes is None else classes.tolist(),
+            (group.wall_time - group.window_start_lsl).tolist(),
+            group.recording_offset.tolist(),
+            self.drift_statistic(group.indices, group.values).tolist(),
+        )
+
+    def _watch_drift(
+        self,
+        key: StreamKey,
+        st: _Stream,
+        seq: int,
+        start: float,
+        end: float,
+        statistic: float,
+        out: list[StreamUpdate],
+    ) -> bool:
+        """Feed the drift monitor; publish drift start/end; True while the stream drifts."""
+        mon = st.drift
+        assert mon is not None
+        change = mon.update(statistic)
+        level = mon.reference.level
+        if change == "start":
+            log.warning(
+                "stream %s/%s does not look like the training data (drift statistic %.3g, "
+                "level %.3g): anomaly alerts paused until it does - check the sensor, its "
+                "placement and units, or train a model for this device",
+                *key,
+                mon.median,
+                level,
+            )
+            out.extend(self._expire_detector(st))
+            st.drift_onset = (seq, start)
+            ev = AlertEvent("open", *key, seq, start, None, None, mon.median, level, end)
+            out.append(self._drift_update(ev, st))
+        elif change == "end":
+            out.append(self._drift_closed(key, st, seq, end))
+            st.detector = EventDetector(key[0], key[1], self.policy)
+        return mon.active
+
+    def _drift_closed(self, key: StreamKey, st: _Stream, seq: int, end: float) -> StreamUpdate:
+        mon = st.drift
+        assert mon is not None
+        onset_seq, onset_time = st.drift_onset
+        level = mon.reference.level
+        ev = AlertEvent("closed", *key, onset_seq, onset_time, seq, end, mon.median, level, end)
+        return self._drift_update(ev, st)
+
+    def _drift_update(self, ev: AlertEvent, st: _Stream) -> StreamUpdate:
+        return StreamUpdate(ev, "drift", st.wall_offset, st.recording_offset, "drift")
 
     def silent(self, key: StreamKey, now: float, after_s: float) -> bool:
         """Whether stream ``key`` is known and sent nothing for ``after_s`` seconds."""
@@ -338,10 +453,20 @@ class StreamTracker:
         return self._expire(self.streams[key])
 
     def _expire(self, st: _Stream) -> list[StreamUpdate]:
+        out = self._expire_detector(st)
+        if st.drift is not None and st.drift.active:  # a silent drifting stream: close it
+            key = (st.detector.device_id, st.detector.stream_id)
+            out.append(self._drift_closed(key, st, max(st.highest, 0), st.last_end))
+            st.drift = DriftMonitor(st.drift.reference)
+        return out
+
+    def _expire_detector(self, st: _Stream) -> list[StreamUpdate]:
+        label = self.policy.label
         return [
-            StreamUpdate(ev, st.labels.pop(ev.onset_sequence, self.policy.label))
+            StreamUpdate(ev, st.labels.pop(ev.onset_sequence, label), st.wall_offset,
+                         st.recording_offset)
             for ev in st.detector.expire()
-        ]
+        ]  # fmt: skip
 
     def forget(self, partitions: Iterable[Hashable]) -> None:
         """Forget every stream of ``partitions`` (revoked: their next owner replays them)."""
@@ -361,15 +486,13 @@ class StreamTracker:
         recognised as duplicates (the service's freshness window refuses old ones).
         """
         streams = self.streams
-        idle = [
-            k for k, st in streams.items() if now - st.last_seen >= idle_s and st.detector.clean
-        ]
+        idle = [k for k, st in streams.items() if now - st.last_seen >= idle_s and st.clean]
         for key in idle:
             self._drop(key)
         n = len(idle)
         excess = len(streams) - max_streams
         if excess > 0:
-            clean = sorted((st.last_seen, k) for k, st in streams.items() if st.detector.clean)
+            clean = sorted((st.last_seen, k) for k, st in streams.items() if st.clean)
             # down to 90 % of the limit, so that a full tracker does not sort on every batch
             excess += max_streams // 10
             for _, key in clean[:excess]:

@@ -191,7 +191,9 @@ class EncoderAgent:
         self.device_key = device_key
         self.stream_id = str(info.source_id or info.name)
         self.buffer = WindowBuffer(bundle, info.channel_names, info.sfreq)
-        self.encoder = WindowEncoder(bundle, device_id, self.stream_id, seed)
+        self.encoder = WindowEncoder(
+            bundle, device_id, self.stream_id, seed, getattr(inlet, "recording_time", None)
+        )
         self.poll_interval = float(poll_interval)
         self.max_in_flight = int(max_in_flight)
         # short bootstrap/metadata waits keep the sender responsive (and stop() quick) while the

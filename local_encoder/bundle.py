@@ -6,12 +6,14 @@ A bundle is a zip archive (suffix ``.dsb``) with three members:
     model id and version, window/stream settings, preprocessing, the head's configuration, and
     the SHA-256 of the two other members.
 ``device.npz``
-    first-layer ``weight`` (m, C*T, or m, C*T/pool with time pooling) and ``bias`` (m,), and the
-    normalisation ``norm_mean`` and ``norm_std`` (per channel, applied after filtering).
+    first-layer ``weight`` (m, C*T, or m, C*T/pool with time pooling) and ``bias`` (m,), the
+    normalisation ``norm_mean`` and ``norm_std`` (per channel, applied after filtering) and, for
+    a low-rank layer ``W = A B``, the ``factor`` ``A`` (m, r) (``weight`` is then ``B``, r rows).
 
 Format 2 adds the manifest key ``first_layer_pool`` (the first layer's time pooling; ``weight``
-is then the small matrix over the pooled window). Format 1 bundles (no key: a dense weight) are
-still read.
+is then the small matrix over the pooled window) and the ``factor`` member. Format 1 bundles (a
+dense ``weight``; a noisy low-rank layer also has ``noise_mix`` = ``A``, and is read back into
+its factored form) are still read.
 ``head.pt``
     the server part as a torch ``state_dict`` (read by :mod:`inference`, never on the device).
 
@@ -70,6 +72,10 @@ class DeviceBundle:
         Output labels of the head (for an anomaly model: ``("normal", "anomaly")``).
     head_config : dict
         Architecture of the server head, used by :mod:`inference` to rebuild it.
+    privacy : dict
+        The privacy defences the model was trained with (``defences``) and its privacy label
+        (``label``: floor r, strongest attack and its r on held-out windows; see
+        :mod:`dropstream.inference.audit.label`). Empty in bundles written before the label.
     checksum : str
         SHA-256 over the device and head members, as stored in the manifest.
     """
@@ -88,12 +94,31 @@ class DeviceBundle:
     norm_std: np.ndarray = field(default_factory=lambda: np.ones(0, np.float32))
     classes: tuple[str, ...] = ("normal", "anomaly")
     head_config: dict[str, Any] = field(default_factory=dict)
+    privacy: dict[str, Any] = field(default_factory=dict)
     checksum: str = ""
 
     @property
     def n_channels(self) -> int:
         """Number of channels ``C``."""
         return len(self.channel_names)
+
+    def privacy_line(self) -> str:
+        """One line on the model's defences and privacy label, for the device operator."""
+        d = self.privacy.get("defences") or {}
+        parts = [f"noise {self.layer.noise:g}"]
+        if d.get("rank"):
+            parts.append(f"rank {d['rank']}")
+        parts += [f"{k} {d[k]:g}" for k in ("nopeek", "adversary") if d.get(k)]
+        label = self.privacy.get("label") or {}
+        if not label:
+            what = "no privacy label (bundle written before labels); run 'dropstream audit'"
+        else:
+            what = (
+                f"label: strongest attack {label['strongest_attack']} reconstructs held-out "
+                f"windows with r={label['strongest_r']:.2f} (task floor r={label['floor_r']:.2f},"
+                f" excess {label['excess_r']:+.2f}; {label.get('windows', '?')} windows)"
+            )
+        return f"privacy: defences {', '.join(parts)}; {what}"
 
     def check_privacy(self) -> None:
         """Raise :class:`~dropstream.local_encoder.first_layer.PrivacyGuardError` if invertible."""
@@ -189,13 +214,15 @@ def write_bundle(path: str | Path, device: DeviceBundle, head_state: bytes) -> s
     """
     device.check_privacy()
     buf = io.BytesIO()
-    np.savez(
-        buf,
-        weight=device.layer.weight.astype(np.float32),
-        bias=device.layer.bias.astype(np.float32),
-        norm_mean=np.asarray(device.norm_mean, np.float32),
-        norm_std=np.asarray(device.norm_std, np.float32),
-    )
+    arrays = {
+        "weight": device.layer.weight.astype(np.float32),
+        "bias": device.layer.bias.astype(np.float32),
+        "norm_mean": np.asarray(device.norm_mean, np.float32),
+        "norm_std": np.asarray(device.norm_std, np.float32),
+    }
+    if device.layer.factor is not None:
+        arrays["factor"] = device.layer.factor
+    np.savez(buf, **arrays)
     device_bytes = buf.getvalue()
     checksum = _sha256(device_bytes, head_state)
     manifest = {
@@ -205,6 +232,7 @@ def write_bundle(path: str | Path, device: DeviceBundle, head_state: bytes) -> s
         "activation": device.layer.activation,
         "negative_slope": device.layer.negative_slope,
         "first_layer_pool": device.layer.pool,
+        "noise": float(device.layer.noise),
         "keep": device.keep,
         "sfreq": device.sfreq,
         "window_samples": device.window_samples,
@@ -214,6 +242,7 @@ def write_bundle(path: str | Path, device: DeviceBundle, head_state: bytes) -> s
         "preprocessing": device.preprocessing,
         "classes": list(device.classes),
         "head_config": device.head_config,
+        "privacy": device.privacy,
         "sha256": checksum,
     }
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -246,6 +275,24 @@ def read_bundle_members(path: str | Path) -> tuple[dict[str, Any], bytes, bytes]
     return manifest, device_bytes, head_bytes
 
 
+def _factor_dense(
+    weight: np.ndarray, mix: np.ndarray, path: str | Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(B, A)`` of a format-1 low-rank layer: its dense ``weight`` is ``A B`` with ``A`` the
+    stored noise mixing, so ``B`` is the exact least-squares solution (checked)."""
+    a = np.asarray(mix, np.float64)
+    w = np.asarray(weight, np.float64)
+    if a.ndim != 2 or w.ndim != 2 or a.shape[0] != w.shape[0]:
+        raise BundleError(f"bundle {path}: noise_mix {a.shape} does not fit weight {w.shape}")
+    b = np.linalg.lstsq(a, w, rcond=None)[0]
+    if np.max(np.abs(a @ b - w)) > 1e-4 * (1.0 + np.max(np.abs(w))):
+        raise BundleError(
+            f"bundle {path}: its weight is not noise_mix times a projection (a format-1 layer "
+            "this version cannot factor); re-export it with 'dropstream train'"
+        )
+    return b.astype(np.float32), a.astype(np.float32)
+
+
 def load_device_bundle(path: str | Path) -> DeviceBundle:
     """Load the device part of a bundle with numpy alone and check its privacy settings."""
     return load_bundle(path)[0]
@@ -259,13 +306,18 @@ def load_bundle(path: str | Path) -> tuple[DeviceBundle, bytes]:
     m, device_bytes, head_bytes = read_bundle_members(path)
     try:
         arrays = np.load(io.BytesIO(device_bytes), allow_pickle=False)
+        weight, factor = arrays["weight"], arrays["factor"] if "factor" in arrays.files else None
+        if "noise_mix" in arrays.files:  # format 1: dense W = A B with A stored as noise_mix
+            weight, factor = _factor_dense(weight, arrays["noise_mix"], path)
         layer = FirstLayer(
-            weight=arrays["weight"],
+            weight=weight,
             bias=arrays["bias"],
             activation=m["activation"],
             negative_slope=float(m.get("negative_slope", 0.01)),
             pool=int(m.get("first_layer_pool", 1)),
             n_samples=int(m["window_samples"]),
+            noise=float(m.get("noise", 0.0)),
+            factor=factor,
         )
         bundle = DeviceBundle(
             model_id=str(m["model_id"]),
@@ -282,6 +334,7 @@ def load_bundle(path: str | Path) -> tuple[DeviceBundle, bytes]:
             norm_std=arrays["norm_std"],
             classes=tuple(m.get("classes", ())),
             head_config=dict(m.get("head_config", {})),
+            privacy=dict(m.get("privacy") or {}),
             checksum=str(m["sha256"]),
         )
     except (KeyError, ValueError, TypeError) as exc:

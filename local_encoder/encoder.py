@@ -14,6 +14,8 @@ what the paper's analysis assumes. An explicit ``seed`` exists for tests only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from dropstream.broker.wire import (
@@ -40,6 +42,10 @@ class WindowEncoder:
         Identifies the stream (its LSL source id).
     seed : int | None
         ``None`` (always, outside tests) seeds the mask generator from the OS entropy.
+    recording_clock : callable, optional
+        ``recording_clock(lsl_time)``: seconds into the replayed recording of a window's first
+        sample, or ``None`` for a live sensor (e.g.
+        :meth:`dropstream.acquisition.LiveStream.recording_time`); sent with each window.
     values : {"uint8", "float16"}
         Encoding of the kept values on the wire: 8-bit scaled (the default; on
         SelfRegulationSCP1 the same accuracy as float32, ``benchmarks/value_precision.py``) or
@@ -57,12 +63,14 @@ class WindowEncoder:
         device_id: str,
         stream_id: str,
         seed: int | None = None,
+        recording_clock: Callable[[float], float | None] | None = None,
         values: str = "uint8",
     ) -> None:
         if values not in ("uint8", "float16"):
             raise WireFormatError(f"values must be 'uint8' or 'float16', not {values!r}")
         self.values = values
         bundle.check_privacy()
+        self.recording_clock = recording_clock
         self.bundle = bundle
         self.device_id = device_id
         self.stream_id = stream_id
@@ -71,8 +79,9 @@ class WindowEncoder:
         self._layer = bundle.layer.runner()  # preallocated buffers, reused every window
 
     def activations(self, window: np.ndarray) -> np.ndarray:
-        """All ``m`` first-layer activations of a preprocessed window ``(C, T)`` (float32)."""
-        return self._layer(window).copy()
+        """All ``m`` first-layer activations of a preprocessed window ``(C, T)`` (float32), with
+        the layer's privacy noise drawn from the same OS-seeded generator as the mask."""
+        return self._layer(window, self._rng).copy()
 
     def encode(
         self, window: Window, sequence: int, wall_time: float, unencoded_s: float = 0.0
@@ -92,7 +101,7 @@ class WindowEncoder:
             stream break); 0 when it follows the previous window.
         """
         b = self.bundle
-        a = self._layer(window.data)  # reused buffer: only a[kept] (a copy) leaves
+        a = self._layer(window.data, self._rng)  # reused buffer: only a[kept] (a copy) leaves
         # a fresh 64-bit seed per window (OS CSPRNG; the test generator only with a test seed);
         # the kept set derives from it, and the 8-byte seed travels instead of K indices
         seed = draw_seed() if self._test_seed is None else int(self._rng.integers(0, 2**63))
@@ -113,6 +122,9 @@ class WindowEncoder:
             values=a[kept],
             unencoded_s=float(unencoded_s),
             seed=seed,
+            recording_time=None
+            if self.recording_clock is None
+            else self.recording_clock(float(window.lsl_time)),
         )
 
     def to_bytes(self, message: ActivationMessage) -> bytes:

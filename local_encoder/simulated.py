@@ -11,6 +11,7 @@ The keep masks are seeded (a real device uses OS entropy).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -26,9 +27,11 @@ def encode_recording(
     samples: np.ndarray,
     device_id: str,
     stream_id: str = "stream",
-    seed: int = 0,
+    seed: int | None = 0,
     lsl_start: float = 0.0,
     sfreq: float | None = None,
+    channel_names: Sequence[str] | None = None,
+    recording_clock: Callable[[float], float | None] | None = None,
     key: DeviceKey | None = None,
 ) -> list[tuple[ActivationMessage, bytes]]:
     """Encode a whole recording as the device does.
@@ -37,15 +40,21 @@ def encode_recording(
     ----------
     bundle : DeviceBundle
     samples : numpy.ndarray, shape (C, n)
-        The stream, channels in the bundle's order, in the units the bundle was trained on
-        (microvolts for voltages).
+        The stream, channels in the bundle's order (or ``channel_names``'), in the units the
+        bundle was trained on (microvolts for voltages).
     device_id, stream_id : str
-    seed : int
-        Seed of the keep masks.
+    seed : int | None
+        Seed of the keep masks (``None``: OS entropy, like a real device).
     lsl_start : float
         LSL-clock time of the first sample, seconds.
     sfreq : float, optional
         Rate of ``samples`` in Hz (default: the bundle's; an integer multiple is decimated).
+    channel_names : sequence of str, optional
+        The stream's channels, in ``samples``' order (default: the bundle's); the bundle's are
+        picked from them as the device does.
+    recording_clock : callable, optional
+        ``recording_clock(lsl_time)``: seconds into the recording, sent with each window (see
+        :class:`~dropstream.local_encoder.encoder.WindowEncoder`).
     key : DeviceKey, optional
         Sign every message with this device key, as the agent does (its id must be
         ``device_id``); without it the messages carry a zeroed tag, which a service that
@@ -61,8 +70,9 @@ def encode_recording(
     rate = float(sfreq or bundle.sfreq)
     samples = np.asarray(samples)
     stamps = lsl_start + np.arange(samples.shape[1]) / rate
-    windows = WindowBuffer(bundle, bundle.channel_names, rate).push(samples.T, stamps)
-    encoder = WindowEncoder(bundle, device_id, stream_id, seed=seed)
+    names = bundle.channel_names if channel_names is None else channel_names
+    windows = WindowBuffer(bundle, names, rate).push(samples.T, stamps)
+    encoder = WindowEncoder(bundle, device_id, stream_id, seed, recording_clock)
     out = []
     for seq, window in enumerate(windows):
         msg = encoder.encode(window, seq, time.time())

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -70,8 +72,12 @@ def build_recording(data: Path, out: Path) -> list[tuple[float, float]]:
     return spans
 
 
-def train_bundle(data: Path, out: Path) -> dict:
-    """Train the novelty bundle on clean ECG and write it; returns its calibration."""
+def train_bundle(data: Path, out: Path, overrides: dict | None = None) -> Any:
+    """Train the novelty bundle on clean ECG and write it; returns the trained model.
+
+    ``overrides`` replaces settings of the recipe's :class:`TrainConfig` (e.g. the privacy
+    defences, for ``benchmarks/privacy_frontier.py``).
+    """
     from dropstream.inference.training import TrainConfig, train_novelty
     from dropstream.local_encoder.framing import stream_windows
     from dropstream.local_encoder.preprocessing import filter_signal
@@ -94,6 +100,7 @@ def train_bundle(data: Path, out: Path) -> dict:
         progress=False,
         device="cpu",
     )
+    config = replace(config, **(overrides or {}))
     model = train_novelty(
         windows,
         config,
@@ -104,7 +111,7 @@ def train_bundle(data: Path, out: Path) -> dict:
         prefiltered=True,
     )
     model.save(out, model_id="demo-ecg-novelty", model_version=1)
-    return model.head_config["calibration"]
+    return model
 
 
 def main() -> None:
@@ -116,7 +123,7 @@ def main() -> None:
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     spans = build_recording(data, out / "ecg_artefacts.fif")
-    cal = train_bundle(data, out / "ecg_novelty.dsb")
+    cal = train_bundle(data, out / "ecg_novelty.dsb").head_config["calibration"]
     print(json.dumps({"anomalies_s": spans, "calibration": cal}, indent=1))
 
 

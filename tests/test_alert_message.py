@@ -87,3 +87,40 @@ def test_malformed_alerts_raise_typed_error(mutate, reason: str) -> None:  # typ
 def test_random_bytes_only_raise_typed_error(data: bytes) -> None:
     with contextlib.suppress(WireFormatError):
         decode_alert(data)
+
+
+def test_wall_clock_and_recording_times_are_optional_fields() -> None:
+    """Alerts from producers before these fields still decode (the fields read None)."""
+    old = json.loads(_alert().to_json())
+    for name in ("onset_utc", "offset_utc", "recording_onset", "recording_offset"):
+        assert old.pop(name) is None
+    decoded = decode_alert(json.dumps(old).encode())
+    assert decoded.onset_utc is None and decoded.recording_onset is None
+    new = _alert(onset_utc=1.79e9, offset_utc=1.79e9 + 1.5, recording_onset=9.0)
+    assert decode_alert(new.to_json()) == new
+    with pytest.raises(WireFormatError, match="finite number"):
+        decode_alert(json.dumps(json.loads(new.to_json()) | {"onset_utc": "noon"}).encode())
+    with pytest.raises(WireFormatError, match="differ from the schema"):
+        decode_alert(json.dumps(old | {"onset_wall": 1.0}).encode())
+
+
+def test_the_alerts_table_shows_utc_times_recording_span_and_full_ids() -> None:
+    from dropstream.commands.alerts import format_alert, table_header
+
+    device, stream = "clinic-7/a-very-long-device-name", "dropstream-replay-ecg_artefacts-0001"
+    row = format_alert(
+        _alert(
+            device_id=device,
+            stream_id=stream,
+            onset_utc=1796000000.25,
+            offset_utc=1796000003.5,
+            recording_onset=9.0,
+            recording_offset=12.25,
+        )
+    )
+    assert f"{device} / {stream}" in row
+    assert "2026-09-21 14:13:20" in row  # produced_at 1.79e9 s as a UTC date
+    assert "00:53:20.250" in row and "00:53:23.500" in row  # onset/offset, UTC
+    assert "9.00-12.25" in row
+    assert "in recording" in table_header()
+    assert "LSL 12.50" in format_alert(_alert())  # no wall times: the LSL ones

@@ -102,6 +102,7 @@ def test_agent_killed_and_restarted_loses_no_window(data_dir, kafka_config, tmp_
         deadline = time.monotonic() + 10.0
         while windows_in_log(log1) < 8 and time.monotonic() < deadline:
             time.sleep(0.05)
+        made_first = windows_in_log(log1)
         procs[0].send_signal(signal.SIGKILL)
         procs[0].wait(5)
         # 2. the broker unreachable: windows pile up in the spool; killed again
@@ -139,7 +140,8 @@ def test_agent_killed_and_restarted_loses_no_window(data_dir, kafka_config, tmp_
         n = spool.next_sequence("device-K\x1f" + src)
     records = consume_all(kafka_config, expected=n)
     got = [m.sequence for m, _, _ in records]
-    assert n > 30
+    # every window of the killed runs is there (how many runs 1-3 made depends on machine load)
+    assert made_first > 0 and n >= made_first + waiting
     # signed by the device key file, across three processes
     keys = DeviceKeys({"device-K": device_key.secret})
     assert keys.check_batch([k for _, k, _ in records], [v for _, _, v in records]) == []

@@ -86,33 +86,52 @@ def test_numpy_device_part_equals_torch(
     np.testing.assert_allclose(dense, pre, rtol=0, atol=1e-5)
 
 
-def test_format_1_bundles_still_load(trained: TrainedModel, tmp_path: Path) -> None:
-    """A bundle written before the pooled layer was factored (format 1, dense weight) loads."""
+def test_format_1_bundles_still_load(
+    trained: TrainedModel, fingers: tuple[WindowSet, WindowSet], tmp_path: Path
+) -> None:
+    """A bundle as format 1 wrote it (dense weight; a noisy low-rank layer also stored its
+    ``A`` as ``noise_mix``) loads and computes the same activations; format 3 is refused."""
+    import hashlib
+    import io
     import zipfile
 
-    if trained.first.pool > 1:
-        pytest.skip("format 1 had no pooled layer")
     path, old = tmp_path / "new.dsb", tmp_path / "old.dsb"
     trained.save(path)
+    new = load_device_bundle(path)
     with zipfile.ZipFile(path) as zf:
         members = {n: zf.read(n) for n in zf.namelist()}
     manifest = json.loads(members["manifest.json"])
-    assert manifest["format"] == 2 and manifest["first_layer_pool"] == 1
+    assert manifest["format"] == 2 and manifest["first_layer_pool"] == trained.first.pool
+    arrays = dict(np.load(io.BytesIO(members["device.npz"])))
+    assert ("factor" in arrays) == (trained.first.rank is not None)
+    arrays["weight"] = new.layer.dense_weight
+    if "factor" in arrays:
+        arrays["noise_mix"] = arrays.pop("factor")
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    members["device.npz"] = buf.getvalue()
     manifest["format"] = 1
     del manifest["first_layer_pool"]
-    members["manifest.json"] = json.dumps(manifest).encode()
-    with zipfile.ZipFile(old, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    a, b = load_device_bundle(path), load_device_bundle(old)
+    manifest["sha256"] = hashlib.sha256(members["device.npz"] + members["head.pt"]).hexdigest()
+
+    def write() -> None:
+        members["manifest.json"] = json.dumps(manifest).encode()
+        with zipfile.ZipFile(old, "w") as zf:
+            for name, data in members.items():
+                zf.writestr(name, data)
+
+    write()
+    b = load_device_bundle(old)
     assert b.layer.pool == 1
-    np.testing.assert_array_equal(a.layer.weight, b.layer.weight)
+    if trained.first.rank is not None:  # read back into its factored form
+        assert b.layer.factor.shape == (trained.width, trained.first.rank)
+        assert b.layer.weight.shape == (trained.first.rank, new.layer.n_inputs)
+    _, te = fingers
+    x = trained.prepare(te.X[:10])
+    np.testing.assert_allclose(b.layer.forward(x), new.layer.forward(x), rtol=0, atol=1e-5)
     manifest["format"] = 3
-    members["manifest.json"] = json.dumps(manifest).encode()
-    with zipfile.ZipFile(old, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    with pytest.raises(BundleError, match="upgrade dropstream"):
+    write()
+    with pytest.raises(BundleError, match="format 3 is not supported.*upgrade dropstream"):
         load_device_bundle(old)
 
 

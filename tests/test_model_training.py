@@ -25,6 +25,7 @@ from dropstream.inference.training import (
     train_classifier,
     train_novelty,
 )
+from dropstream.local_encoder.bundle import load_device_bundle
 from dropstream.local_encoder.first_layer import draw_kept_units
 from dropstream.local_encoder.preprocessing import filter_signal
 
@@ -82,10 +83,10 @@ def test_bad_training_input_is_a_clear_error(data_dir: Path) -> None:
 def test_novelty_flags_other_signals_and_round_trips(data_dir: Path, tmp_path: Path) -> None:
     body = data_dir / "body"
     pre = {"l_freq": 0.5, "h_freq": 40.0}
-    ecg = windows_from_recordings([body / "ecg_5min.fif"], 1.0, 1.0, pre)
+    ecg = windows_from_recordings([body / "ecg_5min.fif"], 1.0, 0.5, pre)
     emg = windows_from_recordings([body / "emg_fatigue.fif"], 1.0, 1.0, pre)
     assert ecg.filtered and ecg.X.shape[1:] == (1, 1000)
-    normal, held_out = ecg.X[:200], ecg.X[200:]
+    normal, held_out = ecg.X[:400], ecg.X[402:]  # 200 s to learn from; no shared samples
     cfg = TrainConfig(
         width=128, keep=32, pool=1, hidden=(256, 128), epochs=15, seed=0, progress=False
     )
@@ -95,6 +96,10 @@ def test_novelty_flags_other_signals_and_round_trips(data_dir: Path, tmp_path: P
     cal = model.head_config["calibration"]
     assert model.head_config["type"] == "novelty"
     assert cal["quantiles"] == sorted(cal["quantiles"])
+    # held out: the last 20 % of the windows in time, none sharing samples with fitted ones
+    assert cal["n_windows"] == 80
+    lo, hi = cal["threshold_ci95"]
+    assert lo <= cal["threshold"] <= hi
     thr = cal["threshold"]
     normal_scores = model.score(held_out, prefiltered=True)
     emg_scores = model.score(emg.X, prefiltered=True)
@@ -193,6 +198,8 @@ def test_cli_train_writes_bundle(
             "16",
             "--epochs",
             "2",
+            "--label-seconds",
+            "0",
             "--quiet",
             "-o",
             str(out),
@@ -202,6 +209,10 @@ def test_cli_train_writes_bundle(
     report = json.loads(capsys.readouterr().out)
     assert report["keep"] == 16 and 0.0 <= report["test_accuracy"] <= 1.0
     assert report["model_id"] == "fm" and len(report["sha256"]) == 64
+    # the privacy label: a quick audit of the TEST trials, stored in the manifest
+    label = report["privacy_label"]
+    assert label["strongest_attack"] in ("prior", "kernel") and 0 < label["windows"] <= 200
+    assert load_device_bundle(out).privacy["label"] == label
     rc = main(
         [
             "train",
@@ -221,6 +232,47 @@ def test_cli_train_writes_bundle(
     )
     assert rc == 1
     assert "C*T=1400" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_novelty_calibration_needs_enough_held_out_windows(data_dir: Path) -> None:
+    ecg = windows_from_recordings([data_dir / "body" / "ecg_5min.fif"], 1.0, 0.5, {})
+    cfg = TrainConfig(width=64, keep=16, pool=1, hidden=(32,), epochs=1, progress=False)
+    with pytest.raises(TrainingError, match="at least 50 are needed, so give at least 261"):
+        train_novelty(ecg.X[:120], cfg, sfreq=ecg.sfreq, hop_samples=ecg.hop_samples)
+
+
+def test_threshold_ci_covers_the_true_quantile_and_narrows_with_more_windows() -> None:
+    from dropstream.inference.training.novelty import quantile_ci, tail_split
+
+    fit_idx, val_idx = tail_split(100, 0.2, overlap=3)
+    assert (fit_idx[-1], val_idx[0], len(val_idx)) == (76, 80, 20)
+    rng = np.random.default_rng(1)
+    true = float(np.quantile(rng.standard_normal(2_000_000), 0.99))
+    widths = []
+    for n in (100, 2000):
+        lo, hi = quantile_ci(rng.standard_normal(n), 0.99, block=4, seed=0)
+        assert lo <= true <= hi
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 2
+
+
+def test_novelty_from_an_annotated_baseline_names_its_labels(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The EEG baseline run is one long 'T0' annotation: the normal windows must be named."""
+    edf = str(data_dir / "eeg" / "eegmmidb_S001R02.edf")
+    out = tmp_path / "eeg.dsb"
+    base = ["train", "--novelty", "--recording", edf, "--channels", "Cz..", "C3..", "C4.."]
+    base += ["--window", "1", "--hop", "0.125", "--width", "32", "--keep", "8", "--epochs", "2"]
+    base += ["--quiet", "-o", str(out)]
+    assert main(base) == 1
+    err = capsys.readouterr().err
+    assert "'T0': 481" in err and "--normal-label" in err and "--all-normal" in err
+    for extra in (["--normal-label", "T0"], ["--all-normal"]):
+        assert main([*base, *extra]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["normal_windows"] == 481 and out.exists()
+        assert "95% CI" in report["threshold"]
 
 
 def test_cli_trains_any_uea_problem_with_its_rate(

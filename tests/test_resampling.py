@@ -244,7 +244,8 @@ def test_replay_over_lsl_into_a_500hz_model(bundle500, ecg):
 
 def test_cli_trains_a_500hz_model_from_a_1000hz_recording(data_dir, tmp_path, capsys):
     out = tmp_path / "ecg500.dsb"
-    common = ["--width", "64", "--keep", "16", "--epochs", "2", "--quiet", "-o", str(out)]
+    common = ["--width", "64", "--keep", "16", "--epochs", "2", "--label-seconds", "0"]
+    common += ["--quiet", "-o", str(out)]
     rc = main(
         ["train", "--novelty", "--recording", str(data_dir / ECG_FILE), "--sfreq", "500"]
         + ["--window", "1", "--l-freq", "1", "--h-freq", "40"]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+import struct
+
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -161,3 +165,22 @@ def test_layouts_of_one_model_merge_in_batch_order():
         np.testing.assert_array_equal(
             np.nan_to_num(merged.dense()[j]), decode_activation(r).dense()
         )
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_wall_times_and_recording_offsets_match_the_reference_decoder(version: int):
+    msgs = [message(i, recording_time=(3.5 + i if i % 2 else None)) for i in range(6)]
+    good = encode_activation(message(9, recording_time=1.0), version=version)
+    at = good.index(struct.pack("<d", 1.0))  # v2: before the tag; v3: after the times
+    bad = good[:at] + struct.pack("<d", math.nan) + good[at + 8 :]
+    raw = [encode_activation(m, version=version) for m in msgs] + [bad]
+    out = decode_batch(raw)
+    assert [row for row, _ in out.rejected] == [6]  # NaN recording time
+    (g,) = out.groups
+    for j, row in enumerate(g.rows.tolist()):
+        ref = decode_activation(raw[row])
+        assert g.wall_time[j] == ref.wall_time
+        if ref.recording_time is None:
+            assert np.isnan(g.recording_offset[j])
+        else:
+            assert g.window_start_lsl[j] + g.recording_offset[j] == ref.recording_time

@@ -58,7 +58,7 @@ def test_alerts_table_json_and_device_filter(kafka_config):
     assert [(a.device_id, a.status) for a in got] == [("dev-a", "open"), ("dev-a", "closed")]
 
     table = alerts_cli(kafka_config).splitlines()
-    assert table[0].split()[:3] == ["produced", "status", "alert"]
+    assert table[0].split()[:4] == ["produced", "(UTC)", "status", "alert"]
     assert len(table) == 4  # header + 3 distinct updates (the duplicate is shown once)
     assert sum(sent[0].alert_id in row for row in table) == 2
 

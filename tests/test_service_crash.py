@@ -60,8 +60,10 @@ def serve(config, log: Path) -> subprocess.Popen:
         "--log-interval-s",
         "1",
         *[f"--{k.replace('_', '-')}={v}" for k, v in DEMO_ALERTS.items()],
+        "--allow-unauthenticated-devices",  # these simulated devices have no keys
     ]
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    # the alert-signing key is made on first start: in the test's folder, not the user's
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "XDG_CONFIG_HOME": str(log.parent)}
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
 
 

@@ -98,6 +98,7 @@ def test_a_fuzz_corpus_never_stops_the_service_even_replayed(kafka_config, recor
     rng = np.random.default_rng(15)
     now = time.time()
     first, last = decode_activation(good[0]), decode_activation(good[-1])
+    assert good[5][4] == 3 and good[5][5] & 0x08 == 0  # version 3, float32 sample rate
 
     def patched(raw, offset, fmt, value):
         out = bytearray(raw)
@@ -109,7 +110,8 @@ def test_a_fuzz_corpus_never_stops_the_service_even_replayed(kafka_config, recor
 
     garbage = bytes(rng.integers(0, 256, 1_048_000, dtype=np.uint8))
     hostile = [  # (key, value, dead-letter kind)
-        (b"sim-0", patched(good[5], 34, "<d", 5e-324), "malformed"),  # crash-looped serve
+        # a denormal sample rate (v2's float64 at 34 crash-looped serve; v3's float32 at 22)
+        (b"sim-0", patched(good[5], 22, "<f", 1e-45), "malformed"),
         (b"sim-0", garbage, "malformed"),  # could not be dead-lettered: serve exited
         (b"sim-0", None, "malformed"),
         (b"sim-0", good[3][:-7], "malformed"),
@@ -281,3 +283,56 @@ def test_replayed_windows_are_refused_after_a_restart(kafka_config, recording_me
     thread.join(15)
     assert again.metrics.duplicates == 10  # the replays
     assert again.metrics.windows == 1 and again.metrics.late == 0  # the next genuine window
+
+
+def test_forged_windows_never_touch_a_stream_and_alerts_are_signed(kafka_config, tmp_path):
+    """Issue 15's attack: 4 forged windows for a real device id (sequences 9-12) and one 4,000
+    ahead. With the device key store as authenticator they are dead-lettered
+    ``unauthenticated`` before anything reads them: no false alert, no genuine window late or
+    duplicate; every alert carries a signature the service's public key verifies."""
+    from dropstream.broker.auth import AlertSigner, AlertVerifier, DeviceKey, DeviceKeys
+
+    bundle = load_device_bundle(DEMO_BUNDLE)
+    samples, _, _ = read_recording(DEMO_RECORDING)
+    key, thief = DeviceKey.generate("sim-0"), DeviceKey.generate("sim-0")
+    genuine = [raw for _, raw in encode_recording(bundle, samples, "sim-0", seed=0, key=key)]
+    genuine = genuine[:45]
+    forged = [raw for _, raw in encode_recording(bundle, samples * 50, "sim-0", seed=9, key=thief)]
+    attack = [forged[i] for i in (9, 10, 11, 12)] + [
+        thief.sign(
+            encode_activation(dataclasses.replace(decode_activation(forged[9]), sequence=4005))
+        )
+    ]
+    signer = AlertSigner.create(tmp_path / "alert.key")
+    service = InferenceService(
+        kafka_config,
+        DEMO_BUNDLE,
+        ServiceSettings(max_wait_ms=5, device="cpu", **DEMO_ALERTS),
+        authenticator=DeviceKeys({"sim-0": key.secret}),
+        signer=signer,
+    )
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    assert service.ready.wait(30)
+    producer = make_producer(kafka_config)
+    for i, raw in enumerate(genuine):
+        producer.send(kafka_config.activations_topic, key=b"sim-0", value=raw)
+        if i == 5:
+            for bad in attack:
+                producer.send(kafka_config.activations_topic, key=b"sim-0", value=bad)
+    producer.flush()
+    producer.close()
+    expected = reference_alerts(DEMO_BUNDLE, genuine, DEMO_ALERTS)
+    alerts = read_topic(kafka_config, kafka_config.alerts_topic, lambda r: len(r) >= len(expected))
+    wait_for(lambda: service.metrics.windows >= len(genuine))
+    time.sleep(0.5)
+    service.stop()
+    thread.join(15)
+    assert dead_letter_kinds(service) == {"unauthenticated": len(attack)}
+    assert service.metrics.windows == len(genuine)
+    assert (service.metrics.duplicates, service.metrics.late) == (0, 0)
+    assert [
+        (a.alert_id, a.status) for a in map(decode_alert, (r.value for r in alerts))
+    ] == expected
+    verifier = AlertVerifier.load([tmp_path / "alert.key"])
+    assert alerts and all(verifier.verify(r.key, r.value, r.headers) for r in alerts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import struct
 from dataclasses import replace
 
@@ -59,6 +60,7 @@ def messages(draw: st.DrawFn) -> ActivationMessage:
         indices=idx,
         values=values,
         unencoded_s=draw(st.floats(0, 1e9)),
+        recording_time=draw(st.none() | st.floats(0, 1e9)),
     )
 
 
@@ -76,6 +78,7 @@ def _fields(m: ActivationMessage) -> tuple:
         m.hop_samples,
         m.width,
         m.unencoded_s,
+        m.recording_time,
     )
 
 
@@ -248,6 +251,27 @@ def test_one_header_definition_names_every_struct_field():
     assert decode_activation(GOOD).sequence == h.sequence
 
 
+def test_recording_time_travels_only_when_set_and_old_readers_see_an_unknown_flag() -> None:
+    replayed = encode_activation(_example(recording_time=9.25), version=2)  # time, then the tag
+    assert decode_activation(replayed).recording_time == 9.25
+    assert decode_activation(encode_activation(_example(), version=2)).recording_time is None
+    live = encode_activation(_example(), version=1)  # v1: nothing after the values
+    replayed = encode_activation(_example(recording_time=9.25), version=1)
+    assert decode_activation(live).recording_time is None
+    assert len(replayed) == len(live) + 8
+    assert decode_activation(replayed).recording_time == 9.25
+    assert replayed[5] & 0x02 and not live[5] & 0x02
+    with pytest.raises(WireFormatError, match="length"):
+        decode_activation(replayed[:-8])  # flag set, time missing
+    with pytest.raises(WireFormatError, match="length"):
+        decode_activation(live + b"\0" * 8)  # time without the flag
+    with pytest.raises(WireFormatError, match="recording time"):
+        encode_activation(_example(recording_time=float("nan")))
+    bad = replayed[:-8] + struct.pack("<d", -1.0)
+    with pytest.raises(WireFormatError, match="recording time"):
+        decode_activation(bad)
+
+
 @pytest.mark.parametrize(
     ("offset", "fmt", "value", "reason"),
     [
@@ -348,9 +372,28 @@ def test_batch_decoder_equals_reference_on_version_3(
     np.testing.assert_array_equal(group.indices[0], ref.indices)
     np.testing.assert_array_equal(group.values[0], ref.values.astype(np.float32))
     assert group.sequence[0] == ref.sequence and group.stream_id[0] == ref.stream_id
+    rec = math.nan if ref.recording_time is None else ref.recording_time - ref.lsl_time
+    np.testing.assert_array_equal(group.recording_offset[0], rec)
 
 
 V3 = encode_activation(_example())
+
+
+def test_version_3_carries_the_recording_time_under_the_tag() -> None:
+    """Flag 0x20: the float64 recording time follows the per-window fields (the tag covers
+    it, like every byte); absent for a live stream, refused when not finite and >= 0."""
+    live = encode_activation(_example())
+    replayed = encode_activation(_example(recording_time=9.25))
+    assert replayed[5] & 0x20 and not live[5] & 0x20 and len(replayed) == len(live) + 8
+    assert decode_activation(replayed).recording_time == 9.25
+    assert decode_activation(live).recording_time is None
+    at = replayed.index(struct.pack("<d", 9.25))
+    assert at == 26  # magic, version, flags, LSL and wall time, float32 rate; then the time
+    for value, reason in ((-1.0, "recording time"), (math.inf, "recording time")):
+        with pytest.raises(WireFormatError, match=reason):
+            decode_activation(_patch(replayed, at, "<d", value))
+    with pytest.raises(WireFormatError, match="recording time"):
+        encode_activation(_example(recording_time=math.nan))
 
 
 @pytest.mark.parametrize(

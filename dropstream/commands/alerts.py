@@ -20,41 +20,53 @@ if TYPE_CHECKING:
 
 HELP = "follow the alert topic (a table, or --json lines; --device filters)"
 
-_COLUMNS = "{:<19} {:<6} {:<24} {:<16} {:<22} {:>12} {:>12} {:>9} {:>9} {:>8} {:<10}"
+_COLUMNS = "{:<19} {:<6} {:<24} {:<12} {:<12} {:>17} {:>9} {:>9} {:>8}  {:<40} {:<10}"
 
 
 def table_header() -> str:
-    """Column titles of :func:`format_alert`."""
+    """Column titles of :func:`format_alert` (times in UTC)."""
     return _COLUMNS.format(
-        "produced",
+        "produced (UTC)",
         "status",
         "alert id",
-        "device",
-        "stream",
-        "onset (LSL)",
-        "offset (LSL)",
+        "onset (UTC)",
+        "offset (UTC)",
+        "in recording (s)",
         "score",
         "threshold",
         "lat. ms",
+        "device / stream",
         "signature",
     )
 
 
+def _clock(unix: float | None, lsl: float | None) -> str:
+    """``HH:MM:SS.mmm`` UTC, or the LSL time for alerts from producers without wall times."""
+    if unix is None:
+        return "" if lsl is None else f"LSL {lsl:.2f}"
+    return _dt.datetime.fromtimestamp(unix, _dt.UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
 def format_alert(msg: AlertMessage, verified: bool | None = None) -> str:
-    """One table row for an alert update (``verified``: signature checked, ``None``: not)."""
-    produced = _dt.datetime.fromtimestamp(msg.produced_at).strftime("%Y-%m-%d %H:%M:%S")
-    offset = "" if msg.offset_time is None else f"{msg.offset_time:.2f}"
+    """One table row for an alert update: UTC times, the span in the recording when the stream
+    is a replay, the full device and stream ids (never cut; the column widens) and, last, the
+    signature check (``verified``; ``None``: not checked)."""
+    produced = _dt.datetime.fromtimestamp(msg.produced_at, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    span = ""
+    if msg.recording_onset is not None:
+        end = "" if msg.recording_offset is None else f"{msg.recording_offset:.2f}"
+        span = f"{msg.recording_onset:.2f}-{end}"
     return _COLUMNS.format(
         produced,
         msg.status,
         msg.alert_id,
-        msg.device_id[:16],
-        msg.stream_id[:22],
-        f"{msg.onset_time:.2f}",
-        offset,
+        _clock(msg.onset_utc, msg.onset_time),
+        _clock(msg.offset_utc, msg.offset_time),
+        span,
         f"{msg.score:.4g}",
         f"{msg.threshold:.4g}",
         f"{1000 * msg.detection_latency_s:.0f}",
+        f"{msg.device_id} / {msg.stream_id}",
         "-" if verified is None else "verified" if verified else "UNVERIFIED",
     )
 

@@ -11,11 +11,14 @@ Examples::
     dropstream audit --model eeg.dsb --data rec.edf --keep 256 64 16
 
 The attacker knows the first layer (weights, bias, activation), K and every message (kept
-indices and float16 values), but not the signal. Attacks: naive (dropped read as zeros), ridge
+indices and float16 values) and the model's defences (noise scale, rank), but not the signal.
+Attacks: label (the task floor: class-mean window), naive (dropped read as zeros), ridge
 (mask-aware least squares, ReLU zeros as inequalities), prior (Gaussian MAP with a prior fitted on
-the attacker's data), joint (all overlapping windows of a stream at once), decoder (a torch MLP
-trained on the attacker's data with random masks). Metrics: Pearson r per window and channel,
-SNR in dB, relative band-power errors (delta..gamma).
+the attacker's data and the device noise), kernel (posterior mean under the attacker's windows),
+joint (all overlapping windows of a stream at once), decoder (a torch MLP trained through the
+device's dropping and noise on the attacker's data). Metrics: Pearson r per window and channel,
+SNR in dB, relative band-power errors (delta..gamma); the excess leak is the strongest attack's r
+minus the floor's. The result is compared with the bundle's privacy label.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--attacks",
         nargs="+",
         default=None,
-        help="subset of: naive ridge prior joint decoder (default: all)",
+        help="subset of: label naive ridge prior kernel joint decoder (default: all)",
     )
     parser.add_argument(
         "--value-dtype", choices=("float16", "float32"), default="float16", help="wire dtype"
@@ -75,6 +78,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``dropstream audit``."""
+    from dropstream.inference.audit.label import compare
     from dropstream.inference.audit.report import (
         ALL_ATTACKS,
         AuditError,
@@ -124,9 +128,16 @@ def run(args: argparse.Namespace) -> int:
     for note in result.notes:
         print(f"  {note}")
     print(table)
-    for k in keeps:
-        best = result.strongest(k)
-        print(f"K={k}: strongest attack {best['attack']} reaches r={best['r_mean']:.3f}")
+    for s in result.summary():
+        print(
+            f"K={s['keep']}: strongest attack {s['strongest_attack']} reaches "
+            f"r={s['strongest_r']:.3f}; task floor (label) r={s['floor_r']:.3f}; "
+            f"excess leak {s['excess_r']:+.3f}"
+        )
+    comparison = compare(bundle.privacy.get("label"), result, bundle.keep)
+    print("privacy label of the bundle:")
+    for line in comparison:
+        print(f"  {line}")
     if args.out is not None:
         from dropstream.inference.audit.plots import plot_traces
 
@@ -135,7 +146,16 @@ def run(args: argparse.Namespace) -> int:
             "\n".join(f"- {n}" for n in result.notes) + "\n\n" + table + "\n"
         )
         (args.out / "audit.json").write_text(
-            json.dumps({"notes": result.notes, "rows": result.rows}, indent=2)
+            json.dumps(
+                {
+                    "notes": result.notes,
+                    "rows": result.rows,
+                    "summary": result.summary(),
+                    "label": bundle.privacy.get("label") or None,
+                    "label_comparison": comparison,
+                },
+                indent=2,
+            )
         )
         plot_traces(result, bundle.sfreq, args.out / "audit.png")
         print(f"wrote {args.out}/audit.md, audit.json, audit.png")

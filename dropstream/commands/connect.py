@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from dropstream.broker.config import add_client_arguments
+from dropstream.commands import add_units_argument
 
 HELP = "run the on-device encoder: LSL stream -> first layer + dropping -> Kafka"
 
@@ -42,6 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sel.add_argument(
         "--resolve-timeout", type=float, default=10.0, help="seconds to wait for the stream"
     )
+    add_units_argument(sel, "the stream")
     sp = parser.add_argument_group("spool (windows waiting for the broker)")
     sp.add_argument(
         "--spool-dir",
@@ -106,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
             sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
+    status(bundle.privacy_line(), True)
     try:
         if spool.depth:
             status(f"{spool.depth} window(s) from an earlier run waiting in {spool_dir}", True)
@@ -114,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
             type=args.stream_type,
             source_id=args.source_id,
             timeout=args.resolve_timeout,
+            units=args.units,
         )
         try:
             agent = EncoderAgent(bundle, inlet, config, spool, key)

@@ -6,6 +6,10 @@ import argparse
 import logging
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dropstream.acquisition.replay import RecordingReplay
 
 HELP = "publish recordings (EDF, BDF, GDF, FIF, BrainVision, EEGLAB, XDF) as live LSL streams"
 
@@ -14,6 +18,8 @@ log = logging.getLogger(__name__)
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Register the arguments of ``dropstream replay``."""
+    from dropstream.commands import add_units_argument
+
     parser.add_argument(
         "files",
         nargs="+",
@@ -56,6 +62,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="stop after this many seconds of wall-clock time",
     )
+    add_units_argument(parser, "the files (as read; MNE reads volts)")
+
+
+def clock_line(replay: RecordingReplay) -> str:
+    """One line that says when the first sample was published (LSL and UTC) and where."""
+    import datetime as dt
+
+    pub = replay.publisher
+    utc = dt.datetime.fromtimestamp(pub.t0_utc or 0.0, dt.UTC).isoformat(timespec="milliseconds")
+    where = (
+        "in the stream headers (desc/dropstream_replay)"
+        if pub.wait_for_consumers <= 0
+        else "not in the headers (--wait-for-consumers)"
+    )
+    return (
+        f"clock started: recording second {pub.start_offset:g} published at LSL time "
+        f"{pub.t0:.6f} = {utc} (speed {pub.speed:g}); {where}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         name=args.name,
         source_id=args.source_id,
         wait_for_consumers=args.wait_for_consumers,
+        units=args.units,
     )
     replay.start()
     for info in replay.streams:
@@ -85,8 +110,12 @@ def run(args: argparse.Namespace) -> int:
     for info in replay.marker_streams:
         print(f"publishing markers {info.describe()}", flush=True)
     deadline = None if args.duration is None else time.monotonic() + args.duration
+    announced = False
     try:
         while not replay.wait(0.2):
+            if not announced and replay.t0 is not None:
+                announced = True
+                print(clock_line(replay), flush=True)
             if deadline is not None and time.monotonic() >= deadline:
                 break
     finally:

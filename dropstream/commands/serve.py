@@ -17,7 +17,7 @@ HELP = "score activation windows (consumer group, micro-batching, CUDA if presen
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Register the arguments of ``dropstream serve``."""
-    from dropstream.broker.config import add_client_arguments
+    from dropstream.broker.config import add_client_arguments, add_service_auth_arguments
 
     parser.add_argument("--bundle", required=True, help="model bundle (.dsb) whose head scores")
     parser.add_argument(
@@ -45,35 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="torch CPU threads (default 1: leaves the cores to the Kafka client; 0: torch's own)",
     )
-    a = parser.add_argument_group("alerts (defaults: ServiceSettings')")
-    a.add_argument(
-        "--threshold-level",
-        type=float,
-        default=unset,
-        help="calibration quantile of normal scores for the alert threshold (default: bundle's)",
-    )
-    a.add_argument(
-        "--hysteresis-level",
-        type=float,
-        default=unset,
-        help="calibration quantile for the lower threshold an event must stay above",
-    )
-    a.add_argument("--class-threshold", type=float, default=unset, help="classifier: 1-P(normal)")
-    a.add_argument("--min-duration-s", type=float, default=unset, help="shortest reported event")
-    a.add_argument("--merge-gap-s", type=float, default=unset, help="quiet time joining 2 bursts")
-    a.add_argument("--refractory-s", type=float, default=unset, help="quiet time after an event")
-    a.add_argument(
-        "--stale-after-s",
-        type=float,
-        default=unset,
-        help="close the open event of a stream silent for this long (wall clock)",
-    )
-    a.add_argument(
-        "--adapt-windows",
-        type=int,
-        default=unset,
-        help="adapt each device's threshold from its first N windows (0: off)",
-    )
+    add_alert_arguments(parser)
     r = parser.add_argument_group("hostile input and bounded state (defaults: ServiceSettings')")
     r.add_argument(
         "--freshness-s",
@@ -114,6 +86,42 @@ def configure(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--log-interval-s", type=float, default=unset, help="seconds between log lines")
     o.add_argument("--max-seconds", type=float, help="stop after this long (default: run forever)")
     add_client_arguments(parser)
+    add_service_auth_arguments(parser)
+
+
+def add_alert_arguments(parser: argparse.ArgumentParser) -> None:
+    """The alert policy options (threshold levels, event timing, adaptation) of ``serve``, also
+    offered by ``evaluate``; each defaults to SUPPRESS so ServiceSettings' defaults apply."""
+    unset = argparse.SUPPRESS
+    a = parser.add_argument_group("alerts (defaults: ServiceSettings')")
+    a.add_argument(
+        "--threshold-level",
+        type=float,
+        default=unset,
+        help="calibration quantile of normal scores for the alert threshold (default: bundle's)",
+    )
+    a.add_argument(
+        "--hysteresis-level",
+        type=float,
+        default=unset,
+        help="calibration quantile for the lower threshold an event must stay above",
+    )
+    a.add_argument("--class-threshold", type=float, default=unset, help="classifier: 1-P(normal)")
+    a.add_argument("--min-duration-s", type=float, default=unset, help="shortest reported event")
+    a.add_argument("--merge-gap-s", type=float, default=unset, help="quiet time joining 2 bursts")
+    a.add_argument("--refractory-s", type=float, default=unset, help="quiet time after an event")
+    a.add_argument(
+        "--stale-after-s",
+        type=float,
+        default=unset,
+        help="close the open event of a stream silent for this long (wall clock)",
+    )
+    a.add_argument(
+        "--adapt-windows",
+        type=int,
+        default=unset,
+        help="adapt each device's threshold from its first N windows (0: off)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -137,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _start(args: argparse.Namespace) -> InferenceService:
     """Import the server side (torch), load the bundle and build the service."""
+    from dropstream.broker.auth import AlertSigner, DeviceKeys
     from dropstream.broker.config import ClientConfig
     from dropstream.inference.service import InferenceService, ServiceSettings
 
@@ -147,7 +156,14 @@ def _start(args: argparse.Namespace) -> InferenceService:
     config = ClientConfig.from_args(args)
     given = {f.name: getattr(args, f.name) for f in fields(ServiceSettings) if f.name in args}
     given["torch_threads"] = args.torch_threads or None
-    service = InferenceService(config, args.bundle, ServiceSettings(**given))
+    # every window is verified against the device key store before anything reads it, and
+    # every alert is signed (docs/security.md); both fail here, before serving, if unusable
+    keys = DeviceKeys.load(config.device_keys, bool(config.allow_unauthenticated))
+    signer = AlertSigner.load_or_create(config.alert_key)
+    service = InferenceService(
+        config, args.bundle, ServiceSettings(**given), authenticator=keys, signer=signer
+    )
+    print(service.model.bundle.privacy_line(), file=sys.stderr, flush=True)
     if args.metrics_port:
         service.metrics.serve_http(args.metrics_port, addr=args.metrics_addr)
     return service

@@ -23,8 +23,13 @@ import argparse
 import json
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from dropstream.commands import add_units_argument
 from dropstream.errors import DropstreamError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 HELP = "train a split model with activation dropping and write its bundle (.dsb)"
 
@@ -70,14 +75,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="map an annotation description to a label ('DESC=' ignores it)",
     )
     src.add_argument("--channels", nargs="+", default=None, help="channels to use, in order")
+    add_units_argument(src, "the recordings (as read; MNE reads volts)")
     src.add_argument(
         "--novelty",
         action="store_true",
-        help="unsupervised: learn normal from baseline windows (label --normal-label) and "
-        "score novelty",
+        help="unsupervised: learn normal from baseline windows (those labelled --normal-label, "
+        "by default the windows outside every annotation) and score novelty",
     )
     src.add_argument(
-        "--normal-label", default="normal", help="label of the windows that are normal"
+        "--normal-label",
+        action="append",
+        default=None,
+        metavar="LABEL",
+        help="with --novelty: a label whose windows are normal (repeatable; default: "
+        "--default-label, i.e. the windows outside every annotation)",
+    )
+    src.add_argument(
+        "--all-normal",
+        action="store_true",
+        help="with --novelty: every window of the recordings is normal, whatever its annotation "
+        "(a baseline recording whose annotations mark events, beats or stages)",
     )
 
     # Options that set a TrainConfig field default to SUPPRESS: run() passes on only what was
@@ -103,13 +120,55 @@ def configure(parser: argparse.ArgumentParser) -> None:
     mdl.add_argument("--h-freq", type=float, default=None, help="causal low-pass edge, Hz")
     mdl.add_argument("--notch", type=float, default=None, help="mains notch, Hz")
     mdl.add_argument("--demean", action="store_true", help="subtract each window's mean")
-    mdl.add_argument("--epochs", type=int, default=unset, help="most training epochs")
+    mdl.add_argument("--epochs", type=int, default=unset, help="training epochs")
     mdl.add_argument("--lr", type=float, default=unset, help="AdamW learning rate")
     mdl.add_argument("--weight-decay", type=float, default=unset, help="AdamW weight decay")
     mdl.add_argument("--n-masks", type=int, default=unset, help="keep masks per window per step")
     mdl.add_argument("--seed", type=int, default=unset)
     mdl.add_argument("--device", default=unset, help="auto (CUDA when present), cpu or cuda")
     mdl.add_argument("--threads", type=int, default=unset, help="torch CPU threads while training")
+    mdl.add_argument(
+        "--min-calibration-windows",
+        type=int,
+        default=unset,
+        help="novelty: held-out normal windows the threshold needs at least (default 50)",
+    )
+
+    prv = parser.add_argument_group("privacy defences (docs/privacy.md; defaults: TrainConfig's)")
+    prv.add_argument(
+        "--rank",
+        type=int,
+        default=unset,
+        help="low-rank first layer W = A B with this inner rank (0: full rank; default auto: "
+        "max(2, classes - 1) for a dense classifier, full rank for novelty or conv)",
+    )
+    prv.add_argument(
+        "--noise",
+        type=float,
+        default=unset,
+        help="device noise on the standardised projections, relative to their std",
+    )
+    prv.add_argument(
+        "--nopeek",
+        type=float,
+        default=unset,
+        help="weight of the NoPeek distance-correlation penalty",
+    )
+    prv.add_argument(
+        "--adversary",
+        type=float,
+        default=unset,
+        help="weight of the Gaussian-MAP reconstruction-adversary penalty",
+    )
+    prv.add_argument(
+        "--label-seconds",
+        type=float,
+        default=20.0,
+        help="decoder budget of the privacy label's quick audit, s (0: no decoder)",
+    )
+    prv.add_argument(
+        "--no-privacy-label", action="store_true", help="skip the quick audit (label left empty)"
+    )
 
     out = parser.add_argument_group("output")
     out.add_argument("-o", "--output", type=Path, required=True, help="bundle path (.dsb)")
@@ -128,6 +187,25 @@ def _label_map(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _normal_windows(y: np.ndarray, args: argparse.Namespace) -> np.ndarray:
+    """Boolean mask of the windows ``--novelty`` learns from (see ``--normal-label``)."""
+    import numpy as np
+
+    if args.all_normal:
+        return np.ones(len(y), dtype=bool)
+    wanted = args.normal_label or [args.default_label or "normal"]
+    normal = np.isin(y, wanted)
+    if normal.sum() < 10:
+        labels, counts = np.unique(y, return_counts=True)
+        found = ", ".join(f"{str(lab)!r}: {n}" for lab, n in zip(labels, counts, strict=True))
+        raise DropstreamError(
+            f"{int(normal.sum())} windows labelled {wanted} to learn normal from; windows per "
+            f"label: {found}. Name the normal ones with --normal-label (repeatable), or pass "
+            "--all-normal when every window of the baseline is normal"
+        )
+    return normal
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``dropstream train``."""
     import numpy as np
@@ -144,6 +222,8 @@ def run(args: argparse.Namespace) -> int:
         "window_demean": bool(args.demean),
     }
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name in args}
+    if given.get("rank") == 0:
+        given["rank"] = None  # --rank 0: a full-rank first layer
     config = TrainConfig(**given, preprocessing=preprocessing, progress=not args.quiet)
     test = None
     if args.uea:
@@ -159,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
             label_map=_label_map(args.label_map),
             channels=args.channels,
             sfreq=args.sfreq,
+            units=args.units,
         )
     common = {
         "sfreq": train.sfreq,
@@ -169,24 +250,33 @@ def run(args: argparse.Namespace) -> int:
     }
     report: dict[str, object] = {"windows": int(train.X.shape[0]), "sfreq": train.sfreq}
     if args.novelty:
-        normal = train.y == args.normal_label
-        if not normal.any():
-            raise DropstreamError(
-                f"no windows labelled {args.normal_label!r}; labels are {list(train.classes)}"
-            )
+        normal = _normal_windows(train.y, args)
         model = train_novelty(train.X[normal], config, **common)
         report["normal_windows"] = int(normal.sum())
-        report["calibration"] = model.head_config["calibration"]
+        calibration = model.head_config["calibration"]
+        report["calibration"] = calibration
+        lo, hi = calibration["threshold_ci95"]
+        report["threshold"] = (
+            f"{calibration['threshold']:.4g} (95% CI {lo:.4g}-{hi:.4g}, from "
+            f"{calibration['n_windows']} held-out normal windows)"
+        )
         if (~normal).any():
             scores = model.score(train.X[~normal], prefiltered=train.filtered)
-            thr = model.head_config["calibration"]["threshold"]
-            report["other_windows_over_threshold"] = float(np.mean(scores > thr))
+            over = scores > calibration["threshold"]
+            report["other_windows_over_threshold"] = float(np.mean(over))
+            labels = train.y[~normal]
+            report["over_threshold_by_label"] = {
+                str(lab): round(float(np.mean(over[labels == lab])), 4) for lab in np.unique(labels)
+            }
     else:
         model = train_classifier(train.X, train.y, config, **common)
         report["classes"] = list(model.classes)
         if test is not None:
             acc = float(np.mean(model.predict(test.X) == test.y))
             report["test_accuracy"] = round(acc, 4)
+    if not args.no_privacy_label:
+        model.privacy_label = _privacy_label(model, train, test, args)
+        report["privacy_label"] = model.privacy_label
     model_id = args.model_id or args.output.stem
     checksum = model.save(args.output, model_id=model_id, model_version=args.model_version)
     report.update(
@@ -201,3 +291,34 @@ def run(args: argparse.Namespace) -> int:
     )
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _privacy_label(model: object, train: object, test: object, args: argparse.Namespace) -> dict:
+    """Quick audit of the trained model on held-out windows (see
+    :mod:`dropstream.inference.audit.label`): a UEA problem's TEST trials, attacked with the TRAIN
+    trials as the attacker's data; recordings: the later half of the windows, attacker the
+    earlier half."""
+    from dropstream.inference.audit.label import privacy_label, windows_recording
+
+    x = model.prepare(train.X, prefiltered=train.filtered)
+    y = None if args.novelty else train.y
+    hop = model.hop_samples
+    if test is not None:
+        held = windows_recording("test", model.prepare(test.X), test.y, hop)
+        attacker = windows_recording("train", x, y, hop)
+        note = "TRAIN windows; TEST windows attacked"
+    else:
+        half = len(x) // 2
+        held = windows_recording("later", x[half:], None if y is None else y[half:], hop)
+        attacker = windows_recording("earlier", x[:half], None if y is None else y[:half], hop)
+        note = "earlier half of the windows; the later half attacked"
+    budget = float(args.label_seconds)
+    attacks_note = f"{note}; decoder {budget:g} s"
+    return privacy_label(
+        model.device_bundle(),
+        [held],
+        [attacker],
+        attacker_note=attacks_note,
+        decoder_seconds=budget,
+        seed=model.config.seed,
+    )

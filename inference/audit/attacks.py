@@ -24,12 +24,18 @@ Attacks (see :data:`ATTACKS`):
     As ``ridge`` but with a Gaussian prior on the window (mean and a separable
     channel x time covariance estimated on *other* recordings): the MAP / Wiener estimate. This
     is the best *linear-Gaussian* attacker and exploits that EEG is smooth and correlated.
+``kernel``
+    The posterior mean under the attacker's own windows as an empirical prior
+    (:class:`KernelAttack`): no linear or Gaussian assumption.
 ``joint``
     All windows of one stream at once: windows that overlap share samples, so the equations of
     every window are stacked over the stream's unknowns (ridge + squared-hinge penalty for the
     bounds, solved with L-BFGS).
 
-The learned decoder (torch) lives in :mod:`dropstream.inference.audit.decoder`.
+:func:`label_attack` is the task floor (the class-mean window). Every attack knows the layer's
+privacy defences: its noise (scale and mixing) is part of the :class:`FirstLayer` and enters
+the likelihoods, and a low-rank layer is simply a dense weight of low rank. The learned decoder
+(torch) lives in :mod:`dropstream.inference.audit.decoder`.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from dropstream.local_encoder.first_layer import FirstLayer, draw_kept_units
 from dropstream.local_encoder.framing import window_starts
 
 #: Names of the numpy attacks in this module, strongest assumptions last.
-ATTACKS = ("naive", "ridge", "prior", "joint")
+ATTACKS = ("naive", "ridge", "prior", "kernel", "joint")
 
 
 @dataclass(frozen=True)
@@ -90,10 +96,11 @@ def observe(
 ) -> Messages:
     """Run the device side on windows ``(N, C, T)``: forward, keep ``K`` random units, round.
 
-    ``keep`` equal to the width sends everything (no dropping). The guard is not consulted: the
-    audit must be able to measure the settings the guard forbids.
+    ``keep`` equal to the width sends everything (no dropping). The layer's privacy noise is
+    drawn from ``rng``. The guard is not consulted: the audit must be able to measure the
+    settings the guard forbids.
     """
-    act = layer.forward(np.asarray(windows, np.float32))
+    act = layer.forward(np.asarray(windows, np.float32), rng)  # with the device's noise
     act = act.reshape(-1, layer.width)
     n = act.shape[0]
     idx = np.stack([draw_kept_units(rng, layer.width, keep).astype(np.int64) for _ in range(n)])
@@ -172,8 +179,9 @@ class GaussianPrior:
 
     Attributes
     ----------
-    mean : numpy.ndarray, shape (C,)
-        Per-channel mean of the (normalised) signal.
+    mean : numpy.ndarray, shape (C,) or (C, T)
+        Per-channel mean of the (normalised) signal, or the mean window (trials aligned to a
+        cue share a shape).
     spatial : numpy.ndarray, shape (C, C)
         Channel covariance (per sample).
     temporal : numpy.ndarray, shape (T, T)
@@ -194,17 +202,20 @@ class GaussianPrior:
         )
 
     @classmethod
-    def fit(cls, windows: np.ndarray, shrinkage: float = 0.05) -> GaussianPrior:
-        """Estimate a separable stationary prior from training windows ``(N, C, T)``.
+    def fit(
+        cls, windows: np.ndarray, shrinkage: float = 0.05, mean_window: bool = False
+    ) -> GaussianPrior:
+        """Estimate a separable prior from training windows ``(N, C, T)``.
 
-        The temporal part is the biased autocorrelation (so positive semi-definite) averaged
-        over windows and channels; the spatial part is the sample channel covariance, shrunk
-        towards its diagonal by ``shrinkage``.
+        The mean is the mean window (``mean_window``) or per channel. The covariance of the
+        deviations is stationary and separable: the temporal part is the biased autocorrelation
+        (so positive semi-definite) averaged over windows and channels; the spatial part is the
+        sample channel covariance, shrunk towards its diagonal by ``shrinkage``.
         """
         x = np.asarray(windows, np.float64)
         _, c, t = x.shape
-        mean = x.mean(axis=(0, 2))
-        xc = x - mean[None, :, None]
+        mean = x.mean(axis=0) if mean_window else x.mean(axis=(0, 2))
+        xc = x - (mean[None] if mean_window else mean[None, :, None])
         spec = np.abs(np.fft.rfft(xc, n=2 * t, axis=-1)) ** 2
         acf = np.fft.irfft(spec.mean(axis=(0, 1)), n=2 * t)[:t]
         acf = acf / acf[0]
@@ -216,6 +227,8 @@ class GaussianPrior:
 
     def flat_mean(self) -> np.ndarray:
         """Prior mean of the flattened window ``(C*T,)``."""
+        if self.mean.ndim == 2:
+            return self.mean.ravel().copy()
         return np.repeat(self.mean, self.temporal.shape[0])
 
     def times_weights(self, weight: np.ndarray) -> np.ndarray:
@@ -231,7 +244,9 @@ class WindowAttack:
 
     For each window with equality set ``E`` (targets ``y``) and bound set ``U`` the estimate is
     ``argmin (z_E - y)' N^-1 (z_E - y) + (x - mu)' Sigma^-1 (x - mu)`` subject to the bounds,
-    where ``N`` is the rounding noise plus a small jitter. The unconstrained part is the
+    where ``N`` is the rounding noise, the layer's own privacy noise (known to the attacker:
+    ``noise^2 M M'``, correlated across units for a low-rank layer) and a small jitter. The
+    equalities and bounds then hold for the noisy pre-activations. The unconstrained part is the
     closed-form Gaussian posterior mean; the bounds are then imposed exactly through the dual,
     a non-negative least-squares problem of size ``|U|`` (Cholesky of the posterior covariance
     of the bounded pre-activations).
@@ -260,16 +275,21 @@ class WindowAttack:
         self.bias = np.asarray(layer.bias, np.float64)
         self.mu = prior.flat_mean()
         self.sw = prior.times_weights(w)  # (n, m) = Sigma W'
-        self.wsw = w @ self.sw  # (m, m)
-        self.wsw = 0.5 * (self.wsw + self.wsw.T)
+        wsw = w @ self.sw  # (m, m)
+        self.floor = jitter * float(np.mean(np.diag(wsw)))
+        if layer.noise > 0:  # covariance of the device noise on z
+            mix = np.eye(layer.width) if layer.noise_mix is None else layer.noise_mix
+            mix = np.asarray(mix, np.float64)
+            wsw = wsw + layer.noise**2 * (mix @ mix.T)
+        self.wsw = 0.5 * (wsw + wsw.T)  # prior covariance of the (noisy) pre-activations
         self.z_mu = w @ self.mu + self.bias  # prior mean of z
-        self.floor = jitter * float(np.mean(np.diag(self.wsw)))
 
     def solve(self, idx: np.ndarray, lo: np.ndarray, hi: np.ndarray, var: np.ndarray) -> np.ndarray:
         """Reconstruct one flattened window from the bounds on units ``idx``."""
         eq = np.isfinite(lo) & np.isfinite(hi) & (lo == hi)
         e = idx[eq]
         x = self.mu.copy()
+        alpha = np.zeros(0)
         if e.size:
             m_ee = self.wsw[np.ix_(e, e)] + np.diag(var[eq] + self.floor)
             chol = np.linalg.cholesky(m_ee)
@@ -295,7 +315,8 @@ class WindowAttack:
             q -= p_eu.T @ g
         s_u *= sign[None, :]
         q *= np.outer(sign, sign)
-        z_now = sign * (self.layer.dense_weight[u].astype(np.float64) @ x + self.bias[u])
+        # posterior mean of the (noisy) bounded pre-activations given the equalities
+        z_now = sign * (self.z_mu[u] + (self.wsw[np.ix_(u, e)] @ alpha if e.size else 0.0))
         c = z_now - h  # constraint values minus bounds: violated where > 0
         if not np.any(c > 0):
             return x
@@ -410,3 +431,96 @@ def joint_attack(
         options={"maxiter": max_iter, "maxcor": 20},
     )
     return res.x.reshape(n_channels, n_samples).astype(np.float32)
+
+
+def label_attack(
+    attacker_windows: np.ndarray,
+    attacker_labels: np.ndarray | None,
+    labels: np.ndarray | None,
+    n: int,
+) -> np.ndarray:
+    """The task floor: predict each window by the mean attacker window of its label.
+
+    This is what an attacker learns from the task's answer alone (the server must learn that
+    answer) plus population statistics. Windows whose label is unknown, or absent from the
+    attacker's data, get the mean of all attacker windows (for a novelty model: the mean normal
+    window). Returns ``(n, C, T)`` float32 (``labels``, when given, has ``n`` entries).
+    """
+    x = np.asarray(attacker_windows, np.float64)
+    overall = x.mean(axis=0)
+    if labels is None or attacker_labels is None:
+        return np.broadcast_to(overall, (n, *overall.shape)).astype(np.float32)
+    means = {c: x[attacker_labels == c].mean(axis=0) for c in np.unique(attacker_labels)}
+    return np.stack([means.get(c, overall) for c in labels]).astype(np.float32)
+
+
+class KernelAttack:
+    """Posterior mean under the attacker's own windows as the prior (Nadaraya-Watson).
+
+    The attacker pushes its windows ``x_j`` through the device (the very layer, its noise and
+    rounding) and, for a received message, weighs each ``x_j`` by the likelihood of the kept
+    values given ``x_j``: ``w_j ~ exp(-|v - a_j|^2 / (2 h^2))`` over the kept units (the
+    ReLU zeros included), with ``a_j`` its own activations at those units. The reconstruction is
+    ``sum_j w_j x_j``. Unlike the Gaussian prior it makes no linear or stationary assumption:
+    it recovers whatever the messages say about *which* kind of window was sent (for a
+    task-shaped, low-rank or noisy layer, mostly its class), so it is the attack a defence that
+    hides the fine structure must still face. The bandwidth ``h`` is chosen on the attacker's
+    data by leave-one-out (fresh masks and noise), never on the attacked windows.
+
+    Parameters
+    ----------
+    layer : FirstLayer
+    windows : numpy.ndarray, shape (N, C, T)
+        The attacker's windows.
+    keep : int
+    rng : numpy.random.Generator
+    value_dtype : str
+    max_windows : int
+        At most this many attacker windows (a random subset) form the prior.
+    """
+
+    def __init__(
+        self,
+        layer: FirstLayer,
+        windows: np.ndarray,
+        keep: int,
+        rng: np.random.Generator,
+        value_dtype: str = "float16",
+        max_windows: int = 3000,
+    ) -> None:
+        from dropstream.inference.audit.metrics import pearson_r
+
+        x = np.asarray(windows, np.float32)
+        if len(x) > max_windows:
+            x = x[np.sort(rng.choice(len(x), max_windows, replace=False))]
+        self.windows = x
+        self.acts = observe(layer, x, layer.width, rng, value_dtype).values  # (N, m), noisy
+        q = rng.choice(len(x), min(len(x), 300), replace=False)  # leave-one-out queries
+        d2 = self._dist2(observe(layer, x[q], keep, rng, value_dtype))
+        d2[np.arange(len(q)), q] = np.inf
+        scale = float(np.median(d2[np.isfinite(d2)]))
+        best = (-np.inf, scale)
+        for f in np.geomspace(1e-3, 1.0, 13):
+            r = float(np.mean(pearson_r(x[q], self._combine(d2, f * scale))))
+            if r > best[0]:
+                best = (r, f * scale)
+        self.h2 = best[1]
+
+    def _dist2(self, messages: Messages) -> np.ndarray:
+        """Squared distances ``(len(messages), N)`` of kept values to the attacker's windows."""
+        d2 = np.empty((len(messages), len(self.acts)), np.float64)
+        for i in range(len(messages)):
+            diff = self.acts[:, messages.indices[i]] - messages.values[i][None, :]
+            d2[i] = np.einsum("jk,jk->j", diff, diff)
+        return d2
+
+    def _combine(self, d2: np.ndarray, h2: float) -> np.ndarray:
+        logw = -d2 / (2.0 * h2)
+        logw -= logw.max(axis=1, keepdims=True)
+        w = np.exp(logw)
+        w /= w.sum(axis=1, keepdims=True)
+        return np.einsum("ij,jct->ict", w, self.windows)
+
+    def reconstruct(self, messages: Messages) -> np.ndarray:
+        """Reconstruct every window of ``messages``; returns ``(N, C, T)`` float32."""
+        return self._combine(self._dist2(messages), self.h2).astype(np.float32)

@@ -1,7 +1,8 @@
 """The learned attacker: a torch MLP from masked activations to the window.
 
 It is trained on windows of *other* recordings (or other trials) pushed through the very same
-first layer, with a fresh random mask of ``K`` kept units per window and epoch, so it learns the
+first layer, with a fresh random mask of ``K`` kept units per window and epoch (and a fresh draw
+of the layer's privacy noise, which the attacker knows), so it learns the
 mapping from (kept values, which units were kept) to the window, including whatever prior
 structure the signal has (smoothness, channel correlation, typical rhythms). It is then evaluated
 on held-out recordings. This is the strongest practical attack of the audit: it needs no
@@ -112,10 +113,16 @@ def train_decoder(
     x = np.asarray(train_windows, np.float32)
     n, c, t = x.shape
     flat = x.reshape(n, c * t)
-    act = layer.forward(x).astype(np.dtype(value_dtype)).astype(np.float32)
+    z = flat @ layer.dense_weight.T + layer.bias  # noise-free pre-activations
+
+    def device_values() -> np.ndarray:
+        """What the device sends: a fresh draw of its privacy noise, activation, rounding."""
+        a = layer.activate(z + layer.draw_noise(rng, (n,)) if layer.noise > 0 else z)
+        return a.astype(np.dtype(value_dtype)).astype(np.float32)
+
+    act = device_values()
     act_mean = act.mean(axis=0)
     act_std = act.std(axis=0) + 1e-6
-    act_n = torch.from_numpy(((act - act_mean) / act_std).astype(np.float32))
     target = torch.from_numpy(flat)
     model = MaskedDecoder(layer.width, c * t, hidden)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -125,6 +132,9 @@ def train_decoder(
     for epoch in range(epochs):
         model.train()
         mask = random_keep_mask(n, layer.width, keep, gen)  # fresh K units per window, epoch
+        if epoch == 0 or layer.noise > 0:  # fresh device noise per window and epoch
+            act = act if epoch == 0 else device_values()
+            act_n = torch.from_numpy(((act - act_mean) / act_std).astype(np.float32))
         perm = torch.from_numpy(rng.permutation(n))
         total = 0.0
         for s in range(0, n, batch_size):

@@ -12,10 +12,12 @@ from dropstream.inference.audit.report import AuditResult
 
 #: Line colour of each attack (the original is black).
 COLOURS = {
+    "label": "tab:olive",
     "naive": "tab:gray",
     "ridge": "tab:blue",
     "prior": "tab:green",
     "joint": "tab:purple",
+    "kernel": "tab:orange",
     "decoder": "tab:red",
 }
 
@@ -48,6 +50,13 @@ def plot_traces(
             ax.plot(t, rec[channel], color=COLOURS.get(name), lw=0.9, label=f"{name} (r={r:.2f})")
         ax.set_ylabel(f"K={k}")
         ax.legend(fontsize=7, ncol=3, loc="upper right")
+        summary = next((s for s in result.summary() if s["keep"] == k), None)
+        if summary is not None:
+            ax.set_title(
+                f"K={k}: strongest {summary['strongest_attack']} r={summary['strongest_r']:.2f}, "
+                f"floor (label) r={summary['floor_r']:.2f}, excess {summary['excess_r']:+.2f}",
+                fontsize=8,
+            )
     axes[-1, 0].set_xlabel("time in window (s)")
     fig.suptitle(title or f"channel {channel}: original vs reconstructed (normalised units)")
     fig.tight_layout()

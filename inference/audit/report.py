@@ -21,8 +21,10 @@ import numpy as np
 from dropstream.errors import DropstreamError
 from dropstream.inference.audit.attacks import (
     GaussianPrior,
+    KernelAttack,
     WindowAttack,
     joint_attack,
+    label_attack,
     naive_attack,
     observe,
 )
@@ -40,8 +42,11 @@ from dropstream.local_encoder.resampling import decimate_signal
 
 log = logging.getLogger(__name__)
 
-#: Every attack the audit can run, in table order.
-ALL_ATTACKS = ("naive", "ridge", "prior", "joint", "decoder")
+#: Every attack the audit can run, in table order. ``label`` is the task floor (the class-mean
+#: window, what the task's answer alone reveals); it is reported beside the others but never
+#: counts as the strongest attack.
+ALL_ATTACKS = ("label", "naive", "ridge", "prior", "kernel", "joint", "decoder")
+FLOOR = "label"
 
 
 class AuditError(DropstreamError):
@@ -73,6 +78,8 @@ class Recording:
         are cut at the bundle's hop; overlapping windows share samples.
     kind : str
         ``"continuous"`` or ``"trials"``.
+    labels : list of str or None
+        One task label per stream (a trial file's classes), or ``None`` when unknown.
     """
 
     name: str
@@ -81,6 +88,7 @@ class Recording:
     window: int
     hop: int
     demean: bool = False
+    labels: list[str] | None = None
 
     def windows(self) -> np.ndarray:
         """All windows ``(N, C, T)`` of all streams, as the first layer sees them."""
@@ -91,22 +99,34 @@ class Recording:
             return np.zeros((0, c, self.window), np.float32)
         return np.concatenate(out)
 
+    def window_labels(self) -> np.ndarray | None:
+        """The label of every window of :meth:`windows` (its stream's), or ``None``."""
+        if self.labels is None:
+            return None
+        counts = [len(self.cut(s)) for s in self.streams]
+        return np.repeat(np.asarray(self.labels, dtype=str), counts)
+
     def cut(self, stream: np.ndarray) -> np.ndarray:
         """Windows of one stream, demeaned per window when the model asks for it."""
         return cut_windows(stream, self.window, self.hop, self.demean)
 
     def split(self) -> tuple[Recording, Recording]:
         """``(attacker_part, held_out_part)``: first half of trials, or of time."""
+        labels: tuple = (None, None)
         if len(self.streams) >= 2:
             h = len(self.streams) // 2
             parts = (self.streams[:h], self.streams[h:])
+            if self.labels is not None:
+                labels = (self.labels[:h], self.labels[h:])
         else:
             s = self.streams[0]
             h = s.shape[1] // 2
             parts = ([s[:, :h]], [s[:, h:]])
+            if self.labels is not None:
+                labels = (self.labels, self.labels)
         return tuple(  # type: ignore[return-value]
-            Recording(self.name, list(p), self.kind, self.window, self.hop, self.demean)
-            for p in parts
+            Recording(self.name, list(p), self.kind, self.window, self.hop, self.demean, lab)
+            for p, lab in zip(parts, labels, strict=True)
         )
 
 
@@ -130,7 +150,7 @@ def load_recording(path: str | Path, bundle: DeviceBundle) -> Recording:
     if path.suffix.lower() == ".ts":
         from dropstream.inference.datasets import load_ts
 
-        x, _, _ = load_ts(path)
+        x, y, _ = load_ts(path)
         if x.shape[1] != c or x.shape[2] < t:
             raise AuditError(
                 f"{path}: trials of {x.shape[1]} channels x {x.shape[2]} samples do not fit "
@@ -138,7 +158,15 @@ def load_recording(path: str | Path, bundle: DeviceBundle) -> Recording:
             )
         filt = filter_windows(x, bundle.sfreq, pre)
         streams = [normalise(f, bundle.norm_mean, bundle.norm_std) for f in filt]
-        return Recording(path.name, streams, "trials", t, bundle.hop_samples, pre["window_demean"])
+        return Recording(
+            path.name,
+            streams,
+            "trials",
+            t,
+            bundle.hop_samples,
+            pre["window_demean"],
+            [str(v) for v in y],
+        )
     from dropstream.acquisition.recording import load_tracks
 
     try:
@@ -164,9 +192,32 @@ class AuditResult:
     notes: list[str] = field(default_factory=list)
 
     def strongest(self, keep: int) -> dict[str, Any]:
-        """Row of the attack with the highest mean ``r`` at ``keep``."""
+        """Row of the reconstruction attack (not the floor) with the highest mean ``r``."""
         rows = [r for r in self.rows if r["keep"] == keep]
-        return max(rows, key=lambda r: r["r_mean"])
+        attacks = [r for r in rows if r["attack"] != FLOOR] or rows
+        return max(attacks, key=lambda r: r["r_mean"])
+
+    def floor(self, keep: int) -> float:
+        """Mean ``r`` of the ``label`` floor at ``keep`` (NaN when it was not run)."""
+        rows = [r for r in self.rows if r["keep"] == keep and r["attack"] == FLOOR]
+        return float(rows[0]["r_mean"]) if rows else float("nan")
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per ``K``: floor r, the strongest attack and its r, and the excess leak (r - floor)."""
+        out = []
+        for k in dict.fromkeys(r["keep"] for r in self.rows):
+            best = self.strongest(k)
+            floor = self.floor(k)
+            out.append(
+                {
+                    "keep": k,
+                    "floor_r": floor,
+                    "strongest_attack": best["attack"],
+                    "strongest_r": float(best["r_mean"]),
+                    "excess_r": float(best["r_mean"]) - floor,
+                }
+            )
+        return out
 
 
 def effective_layer(layer: FirstLayer, n_channels: int, demean: bool) -> FirstLayer:
@@ -177,9 +228,10 @@ def effective_layer(layer: FirstLayer, n_channels: int, demean: bool) -> FirstLa
     """
     if not demean:
         return layer
-    w = layer.dense_weight.reshape(layer.width, n_channels, -1)
+    rows = layer.dense_input_map.shape[0]  # demean the input map; a low-rank factor stays
+    w = layer.dense_input_map.reshape(rows, n_channels, -1)
     w = w - w.mean(axis=-1, keepdims=True)
-    dense = w.reshape(layer.width, -1).astype(np.float32)
+    dense = w.reshape(rows, -1).astype(np.float32)
     return replace(layer, weight=dense, pool=1, n_samples=0)
 
 
@@ -234,9 +286,14 @@ def run_audit(
     x_att = np.concatenate([r.windows() for r in attacker]) if attacker else None
     if x_eval is None or not len(x_eval):
         raise AuditError("no held-out windows to attack: recordings shorter than one window")
+    novelty = bundle.head_config.get("type") == "novelty"
+    y_eval = None if novelty else _labels(held_out)
+    y_att = None if novelty else _labels(attacker)
     if len(x_eval) > max_windows:
-        x_eval = x_eval[np.sort(rng.choice(len(x_eval), max_windows, replace=False))]
-    needs_data = {"prior", "decoder"} & set(attacks)
+        pick = np.sort(rng.choice(len(x_eval), max_windows, replace=False))
+        x_eval = x_eval[pick]
+        y_eval = None if y_eval is None else y_eval[pick]
+    needs_data = {"label", "prior", "kernel", "decoder"} & set(attacks)
     if needs_data and (x_att is None or len(x_att) < 2):
         raise AuditError(
             f"attacks {sorted(needs_data)} need attacker training windows; give other recordings"
@@ -245,8 +302,20 @@ def run_audit(
     result.notes.append(
         f"{len(x_eval)} held-out windows of {c} ch x {t} samples (C*T={c * t}), "
         f"m={layer.width}, activation={layer.activation}, wire dtype {value_dtype}; "
-        f"attacker data: {0 if x_att is None else len(x_att)} windows"
+        f"attacker data: {0 if x_att is None else len(x_att)} windows; "
+        f"defences: noise={layer.noise:g}, rank(W)={np.linalg.matrix_rank(layer.dense_weight)}"
     )
+    if "label" in attacks:
+        result.notes.append(
+            "label (floor): "
+            + (
+                "mean normal window (novelty model)"
+                if novelty
+                else "class-mean window of the attacker's data"
+                if y_eval is not None and y_att is not None
+                else "mean attacker window (no labels)"
+            )
+        )
     white = WindowAttack(layer, GaussianPrior.identity(c, t)) if "ridge" in attacks else None
     prior = None
     if "prior" in attacks:
@@ -264,12 +333,17 @@ def run_audit(
         recs: dict[str, np.ndarray] = {}
         secs: dict[str, float] = {}
         solvers: list[tuple[str, Any]] = []
+        if "label" in attacks:
+            solvers.append(("label", lambda m: label_attack(x_att, y_att, y_eval, len(m))))
         if "naive" in attacks:
             solvers.append(("naive", lambda m: naive_attack(layer, m, c)))
         if white is not None:
             solvers.append(("ridge", lambda m: white.reconstruct(m, c)))
         if prior is not None:
             solvers.append(("prior", lambda m: prior.reconstruct(m, c)))
+        if "kernel" in attacks:
+            kernel = KernelAttack(layer, x_att, k, rng, value_dtype)
+            solvers.append(("kernel", kernel.reconstruct))
         for name, solve in solvers:
             t0 = time.perf_counter()
             recs[name] = solve(msgs)
@@ -298,6 +372,14 @@ def run_audit(
                 _joint_row(bundle, joint_streams, k, joint_max_samples, demean, rng, value_dtype)
             )
     return result
+
+
+def _labels(recordings: Sequence[Recording]) -> np.ndarray | None:
+    """Labels of all windows of ``recordings`` (``None`` unless every one is labelled)."""
+    labels = [r.window_labels() for r in recordings]
+    if not labels or any(lab is None for lab in labels):
+        return None
+    return np.concatenate(labels)
 
 
 def _row(
@@ -379,5 +461,12 @@ def format_table(result: AuditResult) -> str:
             f"| {r['keep']} | {r['keep_fraction']:.3f} | {r['attack']} | {r['r_mean']:.3f} | "
             f"{r['r_median']:.3f} | {r['snr_db']:.1f} | {rs} | {errs} | {int(r['n_windows'])} | "
             f"{r['seconds']:.1f} |"
+        )
+    lines += ["", "| K | floor r (label) | strongest attack | its r | excess leak (r - floor) |"]
+    lines.append("|---|---|---|---|---|")
+    for s in result.summary():
+        lines.append(
+            f"| {s['keep']} | {s['floor_r']:.3f} | {s['strongest_attack']} | "
+            f"{s['strongest_r']:.3f} | {s['excess_r']:+.3f} |"
         )
     return "\n".join(lines)

@@ -64,9 +64,8 @@ class TrainConfig:
         equal weight per epoch) over this last share of the epochs; 0 keeps the last weights.
     val_fraction : float
         Share of the training windows held out (stratified) for early stopping; 0 (default)
-        trains a classifier for exactly ``epochs`` on all windows. Novelty models hold out at
-        least 10 % for early stopping and calibration. The test split is never used for any
-        choice.
+        trains a classifier for exactly ``epochs`` on all windows. Novelty models hold out
+        ``calibration_fraction`` instead. The test split is never used for any choice.
     patience : int
         Epochs without validation improvement before stopping.
     select_by : {"val_acc", "val_loss"}
@@ -88,6 +87,25 @@ class TrainConfig:
         torch CPU threads while training (restored afterwards). 1 is fastest for these small
         networks, above all on a busy machine where more threads stall each other; ``None``
         leaves torch's setting.
+    calibration_fraction : float
+        Share of a novelty model's normal windows held out (the last ones in time) for early
+        stopping and the threshold's calibration.
+    min_calibration_windows : int
+        Held-out normal windows a novelty model's threshold needs at least (below, training
+        stops with the number of normal windows to provide). The 0.99-quantile threshold of
+        fewer windows is little more than their maximum.
+    rank, noise : int, "auto" or None; float
+        Privacy defences in the first layer: a low-rank layer and calibrated device noise (see
+        :class:`~dropstream.inference.model.TorchFirstLayer`). ``rank="auto"`` (the default)
+        is the point of the privacy-utility frontier that docs/privacy.md picks for a dense
+        classifier: rank ``max(2, n_classes - 1)`` (room for every linear discriminant), no
+        noise; on SCP1 and Blink the strongest adaptive attack then stays within 0.05 of the
+        task floor and accuracy does not drop. For a novelty model or a ``conv`` layer "auto"
+        means full rank (``None``): a novelty model must notice anything abnormal, which two
+        projections cannot. An integer is used as given (dense layers only).
+    nopeek, adversary : float
+        Weights of the privacy penalties of :mod:`dropstream.inference.defences` (NoPeek
+        distance correlation; Gaussian-MAP reconstruction adversary). 0 = off.
     """
 
     width: int = 256
@@ -121,6 +139,42 @@ class TrainConfig:
     progress: bool = True
     embedding: int = 32
     threads: int | None = 1
+    calibration_fraction: float = 0.2
+    min_calibration_windows: int = 50
+    rank: int | str | None = "auto"
+    noise: float = 0.0
+    nopeek: float = 0.0
+    adversary: float = 0.0
+
+    def defences(self) -> dict[str, Any]:
+        """The privacy defences of this config, as stored in the bundle."""
+        return {
+            "rank": self.rank,
+            "noise": float(self.noise),
+            "nopeek": float(self.nopeek),
+            "adversary": float(self.adversary),
+        }
+
+    def resolve_rank(self, n_out: int, novelty: bool) -> int | None:
+        """The first layer's rank: ``"auto"`` resolved (see the class docstring), or ``None``.
+
+        Raises
+        ------
+        TrainingError
+            If an explicit rank is not an integer >= 1 or the layer is not dense.
+        """
+        if self.rank == "auto":
+            if novelty or self.first_layer != "dense":
+                return None
+            return max(2, n_out - 1)  # room for every linear discriminant
+        if self.rank is None:
+            return None
+        if self.first_layer != "dense" or not isinstance(self.rank, int) or self.rank < 1:
+            raise TrainingError(
+                f"rank {self.rank!r} (a low-rank privacy bottleneck) needs a dense first layer "
+                "and an integer >= 1, or 'auto'; use rank=None (--rank 0) for a full-rank layer"
+            )
+        return self.rank
 
     def resolve_keep(self, width: int) -> int:
         """``K`` for a layer of ``width`` units."""

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from dropstream.inference.defences import make_penalty
 from dropstream.inference.model import Head, SplitNet, TorchFirstLayer, validate_keep
 from dropstream.inference.torch_device import torch_device
 from dropstream.inference.training.config import TrainConfig, TrainingError, default_pool
@@ -111,6 +112,8 @@ def build(config: TrainConfig, run: Run, n_out: int, novelty: bool) -> SplitNet:
         conv_kernel=config.conv_kernel,
         conv_stride=config.conv_stride,
         pool=config.pool if config.pool is not None else default_pool(run.samples),
+        rank=config.resolve_rank(n_out, novelty),
+        noise=config.noise,
         level_gain=None if novelty or config.first_layer != "dense" else config.level_gain,
     )
     keep = config.resolve_keep(first.width)
@@ -235,6 +238,10 @@ def _fit_loop(
     fit_t = torch.as_tensor(fit_idx, device=dev)
     val_t = torch.as_tensor(val_idx, device=dev)
     n_masks = max(1, int(config.n_masks))
+    # privacy penalties (NoPeek, reconstruction adversary): their prior is fitted on the fit split
+    penalty = make_penalty(
+        net.first, xt[fit_t].detach().cpu().numpy(), config.nopeek, config.adversary
+    )
     best_key: tuple[float, float] = (-float("inf"), -float("inf"))
     best_state, best_epoch, history = None, -1, []
     by_acc = yt is not None and config.select_by == "val_acc"
@@ -254,6 +261,8 @@ def _fit_loop(
             out = net(xt[idx], n_masks=n_masks, generator=gen)
             target = None if yt is None else yt[idx].repeat_interleave(n_masks)
             loss = loss_fn(out, target)
+            if penalty is not None:
+                loss = loss + penalty(xt[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()

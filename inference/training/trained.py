@@ -46,6 +46,7 @@ class TrainedModel:
     classes: tuple[str, ...]
     head_config: dict[str, Any]
     history: list[dict[str, float]] = field(default_factory=list)
+    privacy_label: dict[str, Any] = field(default_factory=dict)
 
     @property
     def width(self) -> int:
@@ -73,7 +74,7 @@ class TrainedModel:
         self.head.eval()
         outs = []
         for start in range(0, x.shape[0], 512):
-            a = self.first(x[start : start + 512])
+            a = self.first(x[start : start + 512], gen)  # with the device's noise
             mask = random_keep_mask(a.shape[0], a.shape[1], self.keep, gen, dev)
             outs.append(self.head(a, mask.bool()).cpu())
         return torch.cat(outs)
@@ -112,6 +113,10 @@ class TrainedModel:
             norm_std=np.asarray(self.norm_std, np.float32),
             classes=self.classes,
             head_config=self.head_config,
+            privacy={
+                "defences": {**self.config.defences(), "rank": self.first.rank},
+                "label": dict(self.privacy_label),
+            },
         )
         bundle.check_privacy()
         return bundle
