@@ -105,8 +105,11 @@ UNENCODED = struct.Struct("<d")
 HEADER_BYTES_V2 = HEADER_BYTES + UNENCODED.size
 #: The optional recording time after the values (flag bit 1).
 RECORDING_TIME = struct.Struct("<d")
-#: Bytes of the authentication tag that ends every version-2 message.
+#: Bytes of the authentication tag that ends every version-2 message (HMAC-SHA256).
 TAG_BYTES = 32
+#: Bytes of the version-3 tag: HMAC-SHA256 truncated to its first 16 bytes (128 bits; RFC 2104
+#: section 5 allows truncation to at least half the hash output and 80 bits).
+TAG_BYTES_V3 = 16
 #: Largest unencoded-signal duration accepted, seconds (about 31 years).
 MAX_UNENCODED_S = 1e9
 
@@ -117,8 +120,9 @@ def header_bytes(version: int) -> int:
 
 
 def trailer_bytes(version: int) -> int:
-    """Bytes after the values (the authentication tag of version 2; none in version 1)."""
-    return 0 if version == 1 else TAG_BYTES
+    """Bytes of the authentication tag that ends a message of ``version`` (none in version 1;
+    the optional recording time of version 2 comes before it)."""
+    return 0 if version == 1 else TAG_BYTES if version == 2 else TAG_BYTES_V3
 
 
 def unpack_header(data: bytes) -> WireHeader:
@@ -643,7 +647,7 @@ def _encode_v3(msg: ActivationMessage, value_dtype: str, header: WireHeader, tex
         if not np.all(np.isfinite(wire_val)):
             raise WireFormatError("a value overflows float16; encode with value_dtype='float32'")
         parts.append(wire_val.tobytes())
-    parts.append(bytes(TAG_BYTES))
+    parts.append(bytes(TAG_BYTES_V3))
     return b"".join(parts)
 
 
@@ -778,7 +782,7 @@ def _decode_v3(data: bytes) -> ActivationMessage:
     idx_dtype = _index_dtype(width)
     idx_bytes = 8 if seed is not None else keep * idx_dtype.itemsize
     val_bytes = keep * (2, 4, 1)[code] + (_V3_SCALE.size if code == V3_UINT8 else 0)
-    expected = idx_pos + idx_bytes + val_bytes + TAG_BYTES
+    expected = idx_pos + idx_bytes + val_bytes + TAG_BYTES_V3
     if len(data) != expected:
         raise WireFormatError(f"length {len(data)} bytes does not match its header ({expected})")
     if seed is not None:

@@ -36,7 +36,7 @@ from dropstream.broker.wire import (
     MAGIC,
     MAX_MESSAGE_BYTES,
     RECORDING_TIME,
-    TAG_BYTES,
+    TAG_BYTES_V3,
     UNENCODED,
     V3_SEED,
     V3_UINT8,
@@ -348,7 +348,7 @@ class BatchDecoder:
         vsz = (2, 4, 1)[code]
         pos = p.block_end
         split = pos + (8 if seeded else keep * isz)
-        end = len(data) - TAG_BYTES
+        end = len(data) - TAG_BYTES_V3
         if end != split + keep * vsz + (8 if code == V3_UINT8 else 0):
             rejected.append((row, _reason(data)))
             return

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dropstream.broker.wire import (
-    TAG_BYTES,
+    TAG_BYTES_V3,
     ActivationMessage,
     WireFormatError,
     decode_activation,
@@ -83,7 +83,7 @@ def test_rejects_carry_the_reference_reason_and_keep_the_rest():
 def test_non_finite_and_unsorted_arrays_are_rejected_in_batch():
     m = message(2, keep=4, width=8)
     raw = bytearray(encode_activation(m, "float32"))
-    end = len(raw) - TAG_BYTES  # the values end before the authentication tag
+    end = len(raw) - TAG_BYTES_V3  # the values end before the authentication tag
     nan = bytearray(raw)
     nan[end - 4 : end] = np.float32(np.nan).tobytes()
     unsorted = bytearray(raw)
