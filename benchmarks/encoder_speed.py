@@ -50,6 +50,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from dropstream.broker.auth import DeviceKey  # noqa: E402
 from dropstream.inference.training import default_pool  # noqa: E402
 from dropstream.local_encoder.bundle import (  # noqa: E402
     DeviceBundle,
@@ -181,6 +182,7 @@ def connect_run(
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "eeg64.dsb"
         write_bundle(path, bundle, b"")  # the device never reads the head
+        key = DeviceKey.generate("bench-rss").save(Path(tmp) / "bench-rss.key")
         try:
             broker = subprocess.Popen(exe + ["broker"], stdout=subprocess.PIPE, text=True)
             procs.append(broker)
@@ -207,6 +209,8 @@ def connect_run(
                     bootstrap,
                     "--spool-dir",
                     str(Path(tmp) / "spool"),
+                    "--device-key",
+                    str(key),
                     "--status-interval",
                     "1",
                 ],

@@ -46,13 +46,17 @@ def accuracies(model, X: np.ndarray, y: np.ndarray, seed: int) -> dict[str, floa
     gen = torch.Generator().manual_seed(1000 + seed)
     mask = random_keep_mask(a.shape[0], a.shape[1], model.keep, gen).bool()
     out = {}
+    preds = {}
     for enc in ("float32", "float16", "uint8"):
         aq = a.clone()
         for i in range(a.shape[0]):
             kept = mask[i]
             aq[i, kept] = torch.as_tensor(roundtrip(a[i, kept].numpy(), enc))
-        pred = np.asarray(model.classes)[model.head(aq, mask).argmax(1).numpy()]
-        out[enc] = float(np.mean(pred == y))
+        preds[enc] = np.asarray(model.classes)[model.head(aq, mask).argmax(1).numpy()]
+        out[enc] = float(np.mean(preds[enc] == y))
+    # windows whose predicted class differs from the float32 one (finer than accuracy)
+    out["changed16"] = float(np.mean(preds["float16"] != preds["float32"]))
+    out["changed8"] = float(np.mean(preds["uint8"] != preds["float32"]))
     return out
 
 
@@ -76,18 +80,22 @@ def main() -> None:
     lines = [
         f"## Wire value encodings: accuracy ({args.problem}, default recipe)",
         "",
-        f"Command: `nice -n 19 python benchmarks/value_precision.py --seeds "
-        f"{' '.join(map(str, args.seeds))}`; load average {os.getloadavg()[0]:.1f}.",
+        f"Command: `nice -n 19 python benchmarks/value_precision.py --problem {args.problem} "
+        f"--seeds {' '.join(map(str, args.seeds))}`; load average {os.getloadavg()[0]:.1f}.",
         "",
-        "| seed | float32 | float16 | uint8 (lo + q * step) |",
-        "|---|---|---|---|",
+        "| seed | float32 | float16 | uint8 (lo + q * step) | predictions changed vs float32: "
+        "float16 / uint8 |",
+        "|---|---|---|---|---|",
         *[
-            f"| {s} | {r['float32']:.3f} | {r['float16']:.3f} | {r['uint8']:.3f} |"
+            f"| {s} | {r['float32']:.3f} | {r['float16']:.3f} | {r['uint8']:.3f} | "
+            f"{r['changed16']:.3f} / {r['changed8']:.3f} |"
             for s, r in zip(args.seeds, rows, strict=True)
         ],
-        f"| mean | {mean['float32']:.3f} | {mean['float16']:.3f} | {mean['uint8']:.3f} |",
+        f"| mean | {mean['float32']:.3f} | {mean['float16']:.3f} | {mean['uint8']:.3f} | "
+        f"{mean['changed16']:.3f} / {mean['changed8']:.3f} |",
         "",
-        "Same model, same keep mask per window; only the kept values' encoding differs.",
+        f"Same model, same keep mask per window; only the kept values' encoding differs. "
+        f"{len(te.y)} test trials per seed.",
         "",
     ]
     text = "\n".join(lines)

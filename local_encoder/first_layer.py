@@ -287,9 +287,13 @@ class LayerRunner:
         if layer.pool == 1:
             flat = x.reshape(layer.rank_inputs)
         else:
-            p = layer.pooled_samples
-            blocks = x[:, : p * layer.pool].reshape(x.shape[0], p, layer.pool)
-            np.add.reduce(blocks, axis=2, out=self._pooled.reshape(x.shape[0], p))
+            # block sums as pool - 1 adds of strided views (sample i of every block): ~5 us
+            # for 64 x 160, where np.add.reduce over a length-2 last axis takes ~80 us
+            p, k = layer.pooled_samples, layer.pool
+            pooled = self._pooled.reshape(x.shape[0], p)
+            np.add(x[:, 0 : p * k : k], x[:, 1 : p * k : k], out=pooled)
+            for i in range(2, k):
+                pooled += x[:, i : p * k : k]
             flat = self._pooled
         u = np.matmul(self._weight, flat, out=self._u)
         if rng is not None and layer.noise > 0:
