@@ -16,10 +16,11 @@ stream ``c`` times smaller in amplitude gives ``s = -2 log c`` for a bias-free l
 ``level * (s / SCALE_LOG)^2``: a scale :data:`SCALE_FACTOR` times off, either way, reaches the
 drift level by itself. Bundles without ``power`` (made before) have no scale term.
 
-An anomaly is short; drift lasts. :class:`DriftMonitor` keeps the median of the statistic over
-the last ``windows`` windows of a stream (robust to artefacts shorter than half of that span) and
-reports drift while that median is above the bundle's ``level`` (the largest rolling median seen
-on the held-out training windows, times a margin), until it falls below half of it. While a
+An anomaly is short; drift lasts. :class:`DriftMonitor` keeps the lower quartile of the statistic
+over the last ``windows`` windows of a stream (artefacts covering up to three quarters of that
+span cannot raise it; a median was raised by two 3-s artefacts in the first 10 s of a stream) and
+reports drift while that quartile is above the bundle's ``level`` (the largest rolling quartile
+seen on the held-out training windows, times a margin), until it falls below half of it. While a
 stream drifts, its anomaly scores mean nothing: the service publishes one ``kind: "drift"`` event
 instead of an endless anomaly (:mod:`dropstream.inference.streams`).
 """
@@ -32,10 +33,13 @@ from typing import Any
 
 import numpy as np
 
-#: Windows whose median drift statistic decides (at a 0.25 s hop: 20 s).
+#: Windows whose drift statistics decide (at a 0.25 s hop: 20 s).
 DEFAULT_WINDOWS = 80
-#: Factor between the largest rolling median on held-out normal windows and the drift level.
+#: Factor between the largest rolling quartile on held-out normal windows and the drift level.
 MARGIN = 3.0
+#: Quantile of the last windows' statistics that decides (the lower quartile: artefacts covering
+#: up to three quarters of the span cannot raise it; a lasting change raises every window's).
+QUANTILE = 0.25
 #: Amplitude ratio (stream / training data, either way) that alone reaches the drift level.
 SCALE_FACTOR = 10.0
 #: ``|s|`` of a stream :data:`SCALE_FACTOR` times off in amplitude (energy goes with its square).
@@ -51,9 +55,9 @@ class DriftReference:
     mean, std : numpy.ndarray, shape (m,)
         Mean and standard deviation of each first-layer unit's activation on normal windows.
     level : float
-        Rolling median of the statistic above which a stream drifts.
+        Rolling quartile of the statistic above which a stream drifts.
     windows : int
-        Windows in the rolling median.
+        Windows in the rolling quartile.
     power : numpy.ndarray or None, shape (m,)
         Mean squared activation of each unit on normal windows (the scale term); ``None`` for
         bundles made before it.
@@ -70,8 +74,8 @@ class DriftReference:
         cls, fitted: np.ndarray, held_out: np.ndarray, windows: int = DEFAULT_WINDOWS
     ) -> DriftReference:
         """Statistics from the activations ``(N, m)`` of the fitted normal windows; the level
-        from the held-out ones (in time order): ``MARGIN`` x their largest rolling median of
-        the squared z-scores (the scale term is scaled to that level)."""
+        from the held-out ones (in time order): ``MARGIN`` x their largest rolling
+        :data:`QUANTILE` of the squared z-scores (the scale term is scaled to that level)."""
         a = np.asarray(fitted, dtype=np.float64)
         mean = a.mean(axis=0)
         std = np.maximum(a.std(axis=0), 1e-3 * (float(a.std()) or 1.0))
@@ -79,8 +83,10 @@ class DriftReference:
         ref = cls(mean, std, 1.0, int(windows))
         stats = ref.statistic_dense(np.asarray(held_out, dtype=np.float64))
         n = min(len(stats), ref.windows)
-        medians = [np.median(stats[i : i + n]) for i in range(0, max(1, len(stats) - n + 1))]
-        level = MARGIN * max(1.0, float(max(medians)))
+        quartiles = [
+            np.quantile(stats[i : i + n], QUANTILE) for i in range(0, max(1, len(stats) - n + 1))
+        ]
+        level = MARGIN * max(1.0, float(max(quartiles)))
         return cls(mean, std, level, int(windows), power)
 
     def statistic(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -138,7 +144,7 @@ class DriftReference:
 
 
 class DriftMonitor:
-    """Drift state of one stream: rolling median of the statistic against the level.
+    """Drift state of one stream: rolling lower quartile of the statistic against the level.
 
     Parameters
     ----------
@@ -150,23 +156,23 @@ class DriftMonitor:
         self._recent: deque[float] = deque(maxlen=reference.windows)
         #: True while the stream drifts.
         self.active = False
-        #: Median statistic of the last windows (``nan`` before any).
-        self.median = float("nan")
+        #: :data:`QUANTILE` of the statistic over the last windows (``nan`` before any).
+        self.value = float("nan")
 
     def update(self, statistic: float) -> str | None:
         """Feed one window's statistic; ``"start"`` or ``"end"`` when the state changes.
 
-        Drift starts only once ``windows // 2`` windows were seen (a stream's first seconds
-        cannot outvote a short artefact) and ends when the median falls below half the level.
+        Drift starts only once ``windows // 2`` windows were seen and ends when the quartile
+        falls below half the level.
         """
         self._recent.append(float(statistic))
         if len(self._recent) < max(1, self.reference.windows // 2):
             return None
-        self.median = float(np.median(self._recent))
-        if not self.active and self.median > self.reference.level:
+        self.value = float(np.quantile(self._recent, QUANTILE))
+        if not self.active and self.value > self.reference.level:
             self.active = True
             return "start"
-        if self.active and self.median < self.reference.level / 2:
+        if self.active and self.value < self.reference.level / 2:
             self.active = False
             return "end"
         return None
