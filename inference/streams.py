@@ -14,6 +14,11 @@ Per stream:
   ``dedup_windows`` back, at most ``max_gaps`` ranges per stream, ``max_gaps_total`` in all: the
   oldest range goes first); a window filling one later is *late*: scored, counted, but not fed
   to the detector, which has moved on; gaps count as lost windows;
+* **unencoded signal** - a window whose device reports ``unencoded_s`` seconds of signal before
+  it that it never encoded (its agent was down, the stream broke: the sequence numbers run on)
+  is a gap too: ``ceil(unencoded_s / hop)`` lost windows, counted and fed to the detector exactly
+  like a sequence gap of that many windows (a candidate is dropped; an open event whose merge
+  gap the missing windows use up is closed at its last active window);
 * **implausible jumps** - a window 2..``dedup_windows`` ahead of the newest must have a
   wall-clock start that many hops later (``jump_tolerance_s`` of slack); otherwise it is refused
   without touching the stream, so a forged or bogus sequence number cannot make the genuine
@@ -76,6 +81,7 @@ class ScoredBatch(NamedTuple):
     wall_offsets: list[float] | None = None  # device wall clock minus its LSL clock, seconds
     recording_offsets: list[float] | None = None  # recording time minus LSL time (NaN: live)
     drifts: list[float] | None = None  # drift statistic of each window (NaN: no reference)
+    unencoded: list[float] | None = None  # signal not encoded before each window, seconds
 
 
 class Fed(NamedTuple):
@@ -336,8 +342,9 @@ class StreamTracker:
         walls = batch.wall_offsets or [0.0] * n
         recs = batch.recording_offsets or [math.nan] * n
         drifts = batch.drifts or [math.nan] * n
-        columns = (*batch[1:8], walls, recs, drifts)
-        for i, (key, seq, score, start, end, hop, top, wall, rec, drift) in enumerate(
+        unencoded = batch.unencoded or [0.0] * n
+        columns = (*batch[1:8], walls, recs, drifts, unencoded)
+        for i, (key, seq, score, start, end, hop, top, wall, rec, drift, gap_s) in enumerate(
             zip(*columns, strict=True)
         ):
             st = streams[key]
@@ -345,8 +352,10 @@ class StreamTracker:
             if seq <= st.highest:
                 clean.append(st.clean)  # late: scored, but the detector has moved past it
                 continue
-            if st.highest >= 0 and seq > st.highest + 1:
-                self.metrics.lost_windows(seq - st.highest - 1)
+            lost = seq - st.highest - 1 if st.highest >= 0 else 0
+            skipped = self._unencoded_windows(key, seq, gap_s, hop) if gap_s > 0.0 else 0
+            if lost + skipped:
+                self.metrics.lost_windows(lost + skipped)
             st.highest = seq
             st.last_seen = now
             st.wall_offset, st.recording_offset, st.last_end = wall, rec, end
@@ -358,7 +367,7 @@ class StreamTracker:
                     continue
                 det = st.detector
             try:
-                new = det.update(seq, score, start, end, hop)
+                new = det.update(seq, score, start, end, hop, skipped)
             except Exception as exc:  # noqa: BLE001 - one window must not stop the others
                 log.exception("the event detector of %s/%s failed", *key)
                 failed.append((i, f"event detector failed: {exc!r}"))
@@ -373,6 +382,21 @@ class StreamTracker:
                 out.append(StreamUpdate(ev, label, wall, rec))
             clean.append(st.clean)
         return Fed(clean, failed)
+
+    def _unencoded_windows(self, key: StreamKey, seq: int, gap_s: float, hop_s: float) -> int:
+        """The windows that would have been cut from ``gap_s`` seconds of unencoded signal
+        (the windows due in it: a fraction of a hop still displaced one)."""
+        n = max(1, math.ceil(gap_s / max(hop_s, 1e-9) - 1e-6))
+        self.metrics.unencoded(gap_s)
+        log.warning(
+            "stream %s/%s: its device did not encode %.3f s of signal before window %d (agent "
+            "down or stream broken): a gap of %d windows",
+            *key,
+            gap_s,
+            seq,
+            n,
+        )
+        return n
 
     def drift_statistic(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Drift statistic of windows ``(N, K)`` (NaN without a drift reference)."""
@@ -397,6 +421,7 @@ class StreamTracker:
             (group.wall_time - group.window_start_lsl).tolist(),
             group.recording_offset.tolist(),
             self.drift_statistic(group.indices, group.values).tolist(),
+            group.unencoded_s.tolist(),
         )
 
     def _watch_drift(

@@ -96,11 +96,15 @@ def test_versions_1_and_2_decode_alike_in_one_batch():
     v1, v2 = encode_activation(m, version=1), encode_activation(m)
     bad = bytearray(v2)
     bad[61:69] = np.float64(-1.0).tobytes()  # negative unencoded signal
-    out = decode_batch([v1, v2, bytes(bad)])
+    after_a_restart = encode_activation(message(4, unencoded_s=2.75))
+    out = decode_batch([v1, v2, bytes(bad), after_a_restart])
     assert [r for r, _ in out.rejected] == [2] and "unencoded signal" in out.rejected[0][1]
     (group,) = out.groups
     np.testing.assert_array_equal(group.values[0], group.values[1])
-    assert group.sequence.tolist() == [m.sequence, m.sequence]
+    assert group.sequence.tolist() == [m.sequence, m.sequence, 4]
+    # the unencoded signal the device reports travels with the window (v1: none)
+    assert group.unencoded_s.tolist() == [0.0, 0.0, 2.75]
+    assert group.take(np.array([False, True, True])).unencoded_s.tolist() == [0.0, 2.75]
 
 
 def test_scatter_dense():

@@ -336,3 +336,64 @@ def test_forged_windows_never_touch_a_stream_and_alerts_are_signed(kafka_config,
     ] == expected
     verifier = AlertVerifier.load([tmp_path / "alert.key"])
     assert alerts and all(verifier.verify(r.key, r.value, r.headers) for r in alerts)
+
+
+def test_signal_a_restarted_agent_never_encoded_is_a_gap_for_the_service(kafka_config, tmp_path):
+    """Issue 15: while ``connect`` was down the signal was never encoded and nothing reported
+    it. A real agent reads the demo recording over LSL (real time), is stopped for 2 s and
+    restarted on its spool: the sequence numbers run on, its first window after the restart
+    carries ``unencoded_s``, and the service counts that signal as lost windows of the stream
+    (``ceil(unencoded_s / hop)``, what the detector is fed too)."""
+    import math
+
+    from dropstream.acquisition import LiveStream
+    from dropstream.acquisition.replay import RecordingReplay
+    from dropstream.broker.auth import DeviceKey, DeviceKeys
+    from dropstream.local_encoder.agent import EncoderAgent
+    from dropstream.local_encoder.spool import Spool
+
+    bundle = load_device_bundle(DEMO_BUNDLE)
+    hop_s = bundle.hop_samples / bundle.sfreq
+    key = DeviceKey.generate("gap-dev")
+    service = InferenceService(
+        kafka_config,
+        DEMO_BUNDLE,
+        ServiceSettings(max_wait_ms=5, device="cpu", **DEMO_ALERTS),
+        authenticator=DeviceKeys({"gap-dev": key.secret}),
+    )
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    assert service.ready.wait(30)
+    source = f"gap-{uuid.uuid4().hex[:8]}"
+    replay = RecordingReplay([DEMO_RECORDING], start=20.0, source_id=source).start()  # 10 s
+    sent = 0
+    try:
+        for run, seconds in enumerate((3.0, None)):
+            inlet = LiveStream.connect(source_id=source, timeout=10.0)
+            with Spool(tmp_path / "spool") as spool:
+                agent = EncoderAgent(bundle, inlet, kafka_config, spool, key).start()
+                if seconds is None:
+                    replay.wait(20.0)
+                    time.sleep(0.5)
+                else:
+                    time.sleep(seconds)
+                stats = agent.stop(flush_timeout=10.0)
+            inlet.close()
+            assert stats.spool_depth == 0 and agent.error is None
+            sent = stats.next_sequence
+            if run == 0:
+                time.sleep(2.0)  # connect is down: this signal is never encoded
+    finally:
+        replay.stop()
+    wait_for(lambda: service.metrics.windows + service.metrics.dead_letters >= sent)
+    time.sleep(0.5)
+    service.stop()
+    thread.join(15)
+    msgs = [decode_activation(r.value) for r in read_topic(
+        kafka_config, kafka_config.activations_topic, lambda r: len(r) >= sent)]  # fmt: skip
+    assert [m.sequence for m in msgs] == list(range(sent))  # the numbering ran on
+    reported = [m.unencoded_s for m in msgs if m.unencoded_s > 0]
+    assert reported and reported[0] >= 1.5  # the 2 s pause, less at most a hop of slack
+    assert service.metrics.windows == sent and service.metrics.dead_letters == 0
+    assert service.metrics.unencoded_s == pytest.approx(sum(reported))
+    assert service.metrics.lost == sum(math.ceil(u / hop_s - 1e-6) for u in reported)
