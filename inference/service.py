@@ -559,15 +559,27 @@ class InferenceService:
                     )
         s = self.settings
         if s.freshness_s is not None:
+            # an old window is served only above its stream's high-water mark (a window spooled
+            # through a long outage); at or below it, or with no mark known, it may be a replay
             now = time.time()
             wall = group.wall_time
             for i in np.flatnonzero(ok & (wall < now - s.freshness_s)).tolist():
+                seq = int(group.sequence[i])
+                mark = self.streams.high_water((group.device_id[i], group.stream_id[i]))
+                if mark is not None and seq > mark:
+                    continue
                 ok[i] = False
+                known = (
+                    "no high-water mark is known for its stream (start serve with --state-dir "
+                    "to keep them across restarts)"
+                    if mark is None
+                    else f"its sequence {seq} is not above its stream's high-water mark {mark}"
+                )
                 outbox.dead_letter(
                     batch[rows[i]],
                     "stale",
-                    f"window started {now - wall[i]:.0f} s ago, over the freshness window of "
-                    f"{s.freshness_s:g} s (a replay, or spooled through a long outage)",
+                    f"window started {now - wall[i]:.0f} s ago, over the freshness bound of "
+                    f"{s.freshness_s:g} s, and {known}: refused as a possible replay",
                 )
         if s.max_clock_skew_s is not None:
             now = time.time()

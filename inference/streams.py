@@ -36,7 +36,9 @@ Per stream:
   drift ends (then a fresh detector starts).
 
 Memory is bounded: :meth:`StreamTracker.forget_idle` drops clean streams silent for a while and,
-above ``max_streams``, the least recently seen clean ones.
+above ``max_streams``, the least recently seen clean ones. A stream forgotten that way keeps its
+high-water mark (one integer, at most ``max_streams`` of them, the oldest go first): a stream
+that comes back after a long silence (a long outage) still has one (:meth:`high_water`).
 
 Replay protection across restarts: :meth:`StreamTracker.marks` renders a partition's per-stream
 high-water marks as text the service saves with its committed offsets (``state_dir``);
@@ -51,6 +53,7 @@ import logging
 import math
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import NamedTuple
 
 import numpy as np
@@ -179,6 +182,17 @@ class StreamTracker:
         self.jump_tolerance_s = jump_tolerance_s
         self.streams: dict[StreamKey, _Stream] = {}
         self.n_gaps = 0  # gap ranges over all streams
+        # high-water marks of streams forgotten while idle: stream -> (partition, newest sequence)
+        self.retired: dict[StreamKey, tuple[Hashable, int]] = {}
+
+    def high_water(self, key: StreamKey) -> int | None:
+        """The newest sequence number seen of stream ``key`` (restored from saved marks, or kept
+        after the stream was forgotten while idle); ``None``: none known."""
+        st = self.streams.get(key)
+        if st is not None:
+            return st.seen_max if st.seen_max >= 0 else None
+        retired = self.retired.get(key)
+        return None if retired is None else retired[1]
 
     def admit(
         self,
@@ -220,6 +234,10 @@ class StreamTracker:
                     EventDetector(key[0], key[1], self.policy), partition_of(i), last_seen=now
                 )
                 st.drift = DriftMonitor(self.drift) if self.drift is not None else None
+                if self.retired:
+                    retired = self.retired.pop(key, None)
+                    if retired is not None:  # back after a long silence: its mark still holds
+                        st.seen_max = retired[1]
             seen = st.seen_max
             if 0 <= seq < seen - limit:
                 # far behind everything seen: the device restarted its sequence numbers (e.g. a
@@ -498,22 +516,33 @@ class StreamTracker:
         gone = set(partitions)
         for key in [k for k, s in self.streams.items() if s.partition in gone]:
             self._drop(key)
+        for key in [k for k, (p, _) in self.retired.items() if p in gone]:
+            del self.retired[key]
 
-    def _drop(self, key: StreamKey) -> None:
+    def _drop(self, key: StreamKey) -> _Stream:
         st = self.streams.pop(key)
         self.n_gaps -= len(st.missing)
+        return st
+
+    def _retire(self, key: StreamKey) -> None:
+        """Forget stream ``key`` but keep its high-water mark."""
+        st = self._drop(key)
+        if st.seen_max >= 0:
+            self.retired.pop(key, None)
+            self.retired[key] = (st.partition, st.seen_max)
 
     def forget_idle(self, now: float, idle_s: float, max_streams: int) -> int:
         """Forget clean streams silent for ``idle_s`` seconds and, while more than
         ``max_streams`` remain, the least recently seen clean ones; returns how many.
 
-        A forgotten stream that comes back starts afresh: windows it sent before are no longer
-        recognised as duplicates (the service's freshness window refuses old ones).
+        A forgotten stream that comes back starts afresh with a fresh detector, but its
+        high-water mark is kept (at most ``max_streams`` marks, the oldest go first): windows at
+        or below it are still duplicates, and :meth:`high_water` still knows it.
         """
         streams = self.streams
         idle = [k for k, st in streams.items() if now - st.last_seen >= idle_s and st.clean]
         for key in idle:
-            self._drop(key)
+            self._retire(key)
         n = len(idle)
         excess = len(streams) - max_streams
         if excess > 0:
@@ -521,8 +550,10 @@ class StreamTracker:
             # down to 90 % of the limit, so that a full tracker does not sort on every batch
             excess += max_streams // 10
             for _, key in clean[:excess]:
-                self._drop(key)
+                self._retire(key)
             n += min(excess, len(clean))
+        for key in list(islice(self.retired, max(0, len(self.retired) - max_streams))):
+            del self.retired[key]  # the oldest marks (insertion order)
         if n:
             self.metrics.forgot_streams(n)
         self.metrics.set_tracked(len(streams), self.n_gaps)
@@ -537,6 +568,9 @@ class StreamTracker:
         for (dev, stm), st in self.streams.items():
             if st.partition in wanted and st.seen_max >= 0:
                 by_partition[st.partition].append((st.last_seen, f"{dev}\x1f{stm}", st.seen_max))
+        for (dev, stm), (partition, seq) in self.retired.items():  # after every live stream
+            if partition in wanted:
+                by_partition[partition].append((-math.inf, f"{dev}\x1f{stm}", seq))
         out = {}
         for p, rows in by_partition.items():
             rows.sort(reverse=True)
@@ -568,6 +602,7 @@ class StreamTracker:
                 st = self.streams[key] = _Stream(
                     EventDetector(key[0], key[1], self.policy), partition, last_seen=now
                 )
+                st.seen_max = self.retired.pop(key, (None, -1))[1]
             if seq > st.seen_max:
                 st.seen_max = seq
                 n += 1

@@ -114,7 +114,8 @@ def test_a_fuzz_corpus_never_stops_the_service_even_replayed(kafka_config, recor
         (b"sim-0", None, "malformed"),
         (b"sim-0", good[3][:-7], "malformed"),
         (b"sim-9", good[7], "key-mismatch"),
-        (b"sim-0", variant(first, sequence=10_000, wall_time=now - 10_000), "stale"),
+        # a stream with no high-water mark here: the freshness bound applies
+        (b"sim-0", variant(first, stream_id="old", wall_time=now - 10_000), "stale"),
         (b"sim-0", variant(first, sequence=10_001, wall_time=now + 3_600), "from-the-future"),
         *[
             (b"sim-0", bytes(rng.integers(0, 256, int(n), dtype=np.uint8)), "malformed")
@@ -397,3 +398,53 @@ def test_signal_a_restarted_agent_never_encoded_is_a_gap_for_the_service(kafka_c
     assert service.metrics.windows == sent and service.metrics.dead_letters == 0
     assert service.metrics.unencoded_s == pytest.approx(sum(reported))
     assert service.metrics.lost == sum(math.ceil(u / hop_s - 1e-6) for u in reported)
+
+
+def test_windows_spooled_through_a_long_outage_are_served_and_old_replays_are_not(
+    kafka_config, tmp_path
+):
+    """Issue 15: the 15 min freshness bound dead-lettered genuine windows a device spooled
+    through a longer broker outage. Windows above their stream's high-water mark (here restored
+    by a restarted serve from --state-dir) are served whatever their age; old windows at or
+    below it (captured and replayed), or of a stream with no mark, are still refused."""
+    bundle = load_device_bundle(DEMO_BUNDLE)
+    samples, _, _ = read_recording(DEMO_RECORDING)
+    hour_ago = time.time() - 3600.0  # every window below is an hour old
+
+    def captured(device, seed):
+        sent = encode_recording(bundle, samples, device, seed=seed, wall_start=hour_ago)
+        return [raw for _, raw in sent]
+
+    sim0, sim1 = captured("sim-0", 0), captured("sim-1", 1)
+    producer = make_producer(kafka_config)
+
+    def send(key, values):
+        for raw in values:
+            producer.send(kafka_config.activations_topic, key=key, value=raw, partition=0)
+        producer.flush()
+
+    state = {"state_dir": str(tmp_path), "marks_interval_s": 0.0}
+    # an hour ago, live: windows 0-29 served (no freshness bound to pass then)
+    send(b"sim-0", sim0[:30])
+    service, thread = start(kafka_config, freshness_s=None, **state)
+    wait_for(lambda: service.offsets.committed.get(next(iter(service.offsets.next), None)) == 30)
+    service.stop()
+    thread.join(15)
+    # now, after the outage: replays of 10-19, the spooled 30-59, an unknown stream's windows
+    send(b"sim-0", sim0[10:20])
+    send(b"sim-0", sim0[30:60])
+    send(b"sim-1", sim1[:5])
+    producer.close()
+    again, thread = start(kafka_config, **state)  # the default bound: 900 s
+    assert again.settings.freshness_s == 900.0
+    wait_for(lambda: again.metrics.windows + again.metrics.dead_letters >= 45)
+    expected = reference_alerts(DEMO_BUNDLE, sim0[30:60], DEMO_ALERTS)
+    assert [s for _, s in expected] == ["open", "closed"]  # the 9-12 s artefact
+    alerts = read_topic(kafka_config, kafka_config.alerts_topic, lambda r: len(r) >= 2)
+    time.sleep(0.5)
+    again.stop()
+    thread.join(15)
+    assert again.metrics.windows == 30 and again.metrics.duplicates == 0
+    assert dead_letter_kinds(again) == {"stale": 15}
+    got = [(a.alert_id, a.status) for a in map(decode_alert, (r.value for r in alerts))]
+    assert got == expected  # the spooled windows' alert, neither lost nor duplicated
