@@ -509,3 +509,30 @@ def test_windows_spooled_through_a_long_outage_are_served_and_old_replays_are_no
     assert dead_letter_kinds(again) == {"stale": 15}
     got = [(a.alert_id, a.status) for a in map(decode_alert, (r.value for r in alerts))]
     assert got == expected  # the spooled windows' alert, neither lost nor duplicated
+
+
+def test_4000_device_ids_jumping_far_ahead_leave_state_bounded(kafka_config, recording_messages):
+    """Issue 15's memory attack through the real broker: 8,000 small messages, 4,000 device
+    ids each jumping 5,000 sequence numbers (once 1 GB, never freed). Every window is served,
+    and the service holds at most ``max_streams`` streams and ``max_gaps_total`` gap ranges."""
+    template = decode_activation(recording_messages["sim-0"][0])
+    now = time.time()
+    producer = make_producer(kafka_config, linger_ms=20)
+    for d in range(4000):
+        device = f"id-{d:05d}"
+        for seq, wall in ((0, now - 5.0), (5000, now - 1.0)):  # past the jump check's reach
+            raw = encode_activation(
+                dataclasses.replace(template, device_id=device, sequence=seq, wall_time=wall)
+            )
+            producer.send(kafka_config.activations_topic, key=device.encode(), value=raw)
+    producer.flush()
+    producer.close()
+    service, thread = start(kafka_config, max_streams=500, max_gaps_total=300)
+    wait_for(lambda: service.metrics.windows + service.metrics.dead_letters >= 8000, 120)
+    time.sleep(1.5)  # a housekeeping round
+    assert thread.is_alive()
+    service.stop()
+    thread.join(15)
+    assert service.metrics.windows == 8000 and service.metrics.dead_letters == 0
+    assert len(service.streams.streams) <= 500 and service.streams.n_gaps <= 300
+    assert len(service.streams.retired) <= 500  # the forgotten streams' marks: bounded too
