@@ -265,10 +265,18 @@ class InferenceService:
     def _lost_commit(self, tp: TopicPartition) -> bool:
         """Whether the group has no committed offset for ``tp`` (``False`` if unknown)."""
         try:
-            return self._consumer.committed(tp) is None
+            return self._group_offset(tp) is None
         except (KafkaError, AssertionError) as exc:
             log.warning("cannot read the committed offset of %s[%d]: %r", *tp, exc)
             return False
+
+    def _group_offset(self, tp: TopicPartition) -> int | None:
+        """The group's committed offset of ``tp`` (``None``: none); raises ``KafkaError``
+        while the broker cannot tell."""
+        try:
+            return self._consumer.committed(tp, timeout_ms=2000)
+        except TypeError:  # kafka-python before 3.0 has no timeout here
+            return self._consumer.committed(tp)
 
     def _restore_marks(self) -> None:
         """Seed the high-water marks saved for each newly assigned partition (replay
@@ -478,7 +486,7 @@ class InferenceService:
         windows would be skipped, issue 15's 52 windows). False while the broker cannot tell."""
         try:
             for tp in [tp for tp, off in self.offsets.committed.items() if off]:
-                if self._consumer.committed(tp, timeout_ms=2000) is None:
+                if self._group_offset(tp) is None:
                     self._reset_partition(tp, "lost the offsets this service committed")
         except KafkaError as exc:
             log.info("cannot check the committed offsets yet (%r); waiting", exc)

@@ -425,8 +425,8 @@ def test_signal_a_restarted_agent_never_encoded_is_a_gap_for_the_service(kafka_c
     thread.start()
     assert service.ready.wait(30)
     source = f"gap-{uuid.uuid4().hex[:8]}"
-    replay = RecordingReplay(  # the last 15 s, in real time, from when the first inlet connects
-        [DEMO_RECORDING], start=15.0, source_id=source, wait_for_consumers=30.0
+    replay = RecordingReplay(  # the last 12 s, in real time, from when the first inlet connects
+        [DEMO_RECORDING], start=18.0, source_id=source, wait_for_consumers=30.0
     ).start()
     sent = 0
     try:
