@@ -65,6 +65,21 @@ def read_topic(config, topic, until, timeout=60.0):
     return records
 
 
+def own_broker_config(broker, prefix):
+    """Client config with fresh topics on a broker of the test's own (one it restarts)."""
+    tag = uuid.uuid4().hex[:8]
+    return ClientConfig(
+        bootstrap=broker.bootstrap,
+        activations_topic=f"{prefix}.{tag}.activations",
+        alerts_topic=f"{prefix}.{tag}.alerts",
+        dead_letter_topic=f"{prefix}.{tag}.dead",
+        partitions=2,
+        group_id=f"{prefix}-{tag}",
+        session_timeout_ms=2000,
+        fetch_max_wait_ms=10,
+    )
+
+
 def wait_for(condition, timeout=60.0):
     deadline = time.monotonic() + timeout
     while not condition():
@@ -177,18 +192,8 @@ def test_a_broker_restart_loses_no_alert_update(recording_messages):
     """The broker (memory storage) stops while an alert update is pending and comes back on the
     same port, empty: the service keeps running, recreates its producer, delivers the pending
     update, notices the partition's log was reset and serves what arrives next."""
-    broker = EmbeddedBroker().start()
-    tag = uuid.uuid4().hex[:8]
-    config = ClientConfig(
-        bootstrap=broker.bootstrap,
-        activations_topic=f"restart.{tag}.activations",
-        alerts_topic=f"restart.{tag}.alerts",
-        dead_letter_topic=f"restart.{tag}.dead",
-        partitions=2,
-        group_id=f"restart-{tag}",
-        session_timeout_ms=2000,
-        fetch_max_wait_ms=10,
-    )
+    broker = EmbeddedBroker().start()  # its own: this test restarts it
+    config = own_broker_config(broker, "restart")
     first = recording_messages["sim-0"][:45]  # stops inside its first event
     second = recording_messages["sim-1"]
     expected_first = reference_alerts(DEMO_BUNDLE, first, DEMO_ALERTS)
@@ -237,18 +242,8 @@ def test_a_reset_broker_log_is_read_from_its_start_and_its_streams_go_on(recordi
     consumed: serve must not serve it from its old position (issue 15 skipped 52 windows), nor
     forget the stream in the middle of its event: every alert update of the whole recording
     arrives, exactly as without the restart."""
-    broker = EmbeddedBroker().start()
-    tag = uuid.uuid4().hex[:8]
-    config = ClientConfig(
-        bootstrap=broker.bootstrap,
-        activations_topic=f"reset.{tag}.activations",
-        alerts_topic=f"reset.{tag}.alerts",
-        dead_letter_topic=f"reset.{tag}.dead",
-        partitions=2,
-        group_id=f"reset-{tag}",
-        session_timeout_ms=2000,
-        fetch_max_wait_ms=10,
-    )
+    broker = EmbeddedBroker().start()  # its own: this test restarts it
+    config = own_broker_config(broker, "reset")
     sim0 = recording_messages["sim-0"]
     expected = reference_alerts(DEMO_BUNDLE, sim0, DEMO_ALERTS)
     assert [s for _, s in expected] == ["open", "closed", "open", "closed"]
