@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dropstream.broker.wire import kept_units_from_seed
 from dropstream.inference.demo import DEMO_BUNDLE
 from dropstream.local_encoder.bundle import load_device_bundle
-from dropstream.local_encoder.first_layer import draw_kept_units
 from dropstream.local_encoder.framing import stream_windows, window_starts
 from dropstream.local_encoder.preprocessing import filter_signal, prepare_window
 from dropstream.local_encoder.simulated import encode_recording
@@ -68,9 +68,32 @@ def test_simulated_device_sends_what_the_device_would(ecg):
     starts = window_starts(samples.shape[1], T, hop)
     assert len(sent) == len(starts)
     for seq, ((msg, raw), a, s) in enumerate(zip(sent, acts, starts, strict=True)):
-        kept = draw_kept_units(rng, bundle.layer.width, bundle.keep)
+        # the test seed draws each window's 64-bit seed; the kept set derives from it
+        seed = int(rng.integers(0, 2**63))
+        kept = kept_units_from_seed(seed, bundle.layer.width, bundle.keep)
+        assert msg.seed == seed
         assert (msg.sequence, msg.device_id, msg.stream_id) == (seq, "sim-1", "stm")
         assert msg.lsl_time == pytest.approx(2.0 + s / bundle.sfreq)
         np.testing.assert_array_equal(msg.indices, kept)
         np.testing.assert_allclose(msg.values, a[kept], rtol=1e-4, atol=1e-4)
         assert raw and len(raw) < 4 * bundle.keep + 200
+
+
+def test_simulated_device_stamps_wall_times_that_follow_the_recording(ecg):
+    """Window i starts ``wall_start + hop * i`` on the wall clock (it once stamped the time of
+    encoding: every window of a recording the same instant, so a real gap looked forged)."""
+    import time
+
+    bundle, samples = ecg
+    hop_s = bundle.hop_samples / bundle.sfreq
+    sent = [m for m, _ in encode_recording(bundle, samples, "sim", lsl_start=5.0, wall_start=1.7e9)]
+    walls = np.array([m.wall_time for m in sent])
+    np.testing.assert_allclose(walls, 1.7e9 + hop_s * np.arange(len(sent)), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(walls - [m.lsl_time for m in sent], 1.7e9 - 5.0, rtol=0, atol=1e-6)
+    # default: the recording was just captured, it ends now (every window lies in the past)
+    before = time.time()
+    sent = [m for m, _ in encode_recording(bundle, samples, "sim")]
+    duration = samples.shape[1] / bundle.sfreq
+    assert before - duration - 0.5 <= sent[0].wall_time <= time.time() - duration
+    assert sent[-1].wall_time - sent[0].wall_time == pytest.approx(hop_s * (len(sent) - 1))
+    assert sent[-1].wall_time + bundle.window_samples / bundle.sfreq <= time.time()
