@@ -336,6 +336,31 @@ def test_discriminant_directions_find_the_separating_projection() -> None:
     assert separation(dirs[0]) > 2 * separation(np.eye(d)[0])
 
 
+@pytest.mark.parametrize(("n", "d", "n_classes"), [(300, 20, 2), (60, 400, 3)])
+def test_discriminants_solve_the_shrunk_generalized_eigenproblem(
+    n: int, d: int, n_classes: int
+) -> None:
+    # the SVD form must give what the dense definition gives, also with more inputs than rows
+    from dropstream.inference.training.discriminants import _fit
+
+    rng = np.random.default_rng(1)
+    codes = np.arange(n) % n_classes
+    x = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) * 0.2
+    x[:, :3] += codes[:, None]
+    lam = 0.3
+    means, dirs = _fit(x, codes, lam)
+    centred = x - means[codes]
+    within = centred.T @ centred / (n - n_classes)
+    within = (1 - lam) * within + lam * np.trace(within) / d * np.eye(d)
+    diff = means - means.mean(0)
+    between = diff.T @ (diff * np.bincount(codes)[:, None])
+    assert dirs.shape == (d, n_classes - 1)
+    vals = np.sort(np.linalg.eigvals(np.linalg.solve(within, between)).real)[::-1]
+    for k, v in enumerate(dirs.T):
+        # between v = lambda within v, with the k-th largest generalized eigenvalue
+        np.testing.assert_allclose(between @ v, vals[k] * (within @ v), atol=1e-8 * vals[0])
+
+
 @pytest.mark.parametrize("init", ["lda", "lda-pls"])
 def test_lda_init_starts_the_low_rank_projection_at_the_discriminant(
     data_dir: Path, init: str

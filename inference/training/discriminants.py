@@ -20,21 +20,35 @@ SHRINKAGES = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 
 def _fit(features: np.ndarray, codes: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
     """Class means ``(C, d)`` and discriminant directions ``(d, C - 1)`` (columns, generalized
-    eigenvectors of the between- against the shrunk within-class scatter, best first)."""
+    eigenvectors of the between- against the shrunk within-class scatter, best first).
+
+    Works from the thin SVD of the centred windows, never a ``d x d`` matrix: the shrunk
+    within-class scatter has the data's right singular vectors as eigenvectors (eigenvalues
+    ``(1 - lam) s + lam tr(S)/d``, and ``lam tr(S)/d`` on their complement), and the between-class
+    scatter has rank ``C - 1``. Cost ``O(N d min(N, d))`` instead of ``O(d^3)``: a 1,400-wide
+    input (28 channels x 50 samples) took minutes with dense eigendecompositions.
+    """
     classes = np.unique(codes)
+    index = np.searchsorted(classes, codes)
     means = np.stack([features[codes == c].mean(0) for c in classes])
-    centred = features - means[np.searchsorted(classes, codes)]
-    within = centred.T @ centred / max(1, len(features) - len(classes))
-    d = within.shape[0]
-    within = (1.0 - lam) * within + lam * np.trace(within) / d * np.eye(d)
-    diff = means - means.mean(0)
-    between = diff.T @ (diff * np.bincount(np.searchsorted(classes, codes))[:, None])
-    # symmetric whitening: within^{-1/2} between within^{-1/2}
-    evals, evecs = np.linalg.eigh(within)
-    inv_sqrt = evecs / np.sqrt(np.maximum(evals, 1e-12))
-    vals, vecs = np.linalg.eigh(inv_sqrt.T @ between @ inv_sqrt)
-    order = np.argsort(vals)[::-1][: len(classes) - 1]
-    return means, inv_sqrt @ vecs[:, order]
+    centred = features - means[index]
+    d = features.shape[1]
+    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+    s = sv**2 / max(1, len(features) - len(classes))
+    mu = s.sum() / d
+    inv_sqrt_in = 1.0 / np.sqrt(np.maximum((1.0 - lam) * s + lam * mu, 1e-12))
+    inv_sqrt_out = 1.0 / np.sqrt(max(lam * mu, 1e-12))
+
+    def whiten(x: np.ndarray) -> np.ndarray:
+        """``x W^{-1/2}`` for rows ``x`` (``W`` the shrunk within-class scatter, symmetric)."""
+        inside = x @ vt.T
+        return (inside * inv_sqrt_in) @ vt + (x - inside @ vt) * inv_sqrt_out
+
+    # between = M^T M with M the count-weighted centred class means: whitened, its top right
+    # singular vectors are the eigenvectors of W^{-1/2} between W^{-1/2}
+    weighted = (means - means.mean(0)) * np.sqrt(np.bincount(index))[:, None]
+    _, _, top = np.linalg.svd(whiten(weighted), full_matrices=False)
+    return means, whiten(top[: len(classes) - 1]).T
 
 
 def _predict(means: np.ndarray, dirs: np.ndarray, features: np.ndarray) -> np.ndarray:
