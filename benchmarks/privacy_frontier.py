@@ -58,7 +58,7 @@ ECG_SETTINGS: tuple[tuple[str, dict[str, Any] | None], ...] = (
 )
 #: The problems: (name, sample rate in Hz; Blink's must be passed for now).
 PROBLEMS = (("SelfRegulationSCP1", None), ("Blink", 255.0))
-ATTACKS = ("label", "prior", "kernel", "decoder")
+ATTACKS = ("label", "prior", "kernel", "subspace", "decoder")
 
 
 def attack(
