@@ -81,6 +81,7 @@ def attack(
     return {
         "audit_s": time.perf_counter() - t0,
         **{f"r_{r['attack']}": float(r["r_mean"]) for r in res.rows},
+        **{f"s_{r['attack']}": round(float(r["seconds"]), 1) for r in res.rows},
         **res.summary()[0],
     }
 
@@ -193,8 +194,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "docs")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes (1 torch thread each)")
-    ap.add_argument("--windows", type=int, default=150, help="TEST windows attacked per setting")
-    ap.add_argument("--decoder-seconds", type=float, default=20.0)
+    ap.add_argument("--windows", type=int, default=100, help="TEST windows attacked per setting")
+    ap.add_argument("--decoder-seconds", type=float, default=15.0)
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 settings, tiny budgets")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

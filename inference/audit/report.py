@@ -22,6 +22,7 @@ from dropstream.errors import DropstreamError
 from dropstream.inference.audit.attacks import (
     GaussianPrior,
     KernelAttack,
+    Messages,
     WindowAttack,
     joint_attack,
     label_attack,
@@ -341,13 +342,16 @@ def run_audit(
             solvers.append(("ridge", lambda m: white.reconstruct(m, c)))
         if prior is not None:
             solvers.append(("prior", lambda m: prior.reconstruct(m, c)))
-        if "kernel" in attacks:
-            kernel = KernelAttack(layer, x_att, k, rng, value_dtype)
-            solvers.append(("kernel", kernel.reconstruct))
-        if "subspace" in attacks and SubspaceAttack.applies(layer, k):
-            sub = SubspaceAttack(layer, x_att, k, rng, value_dtype)
-            solvers.append(("subspace", sub.reconstruct))
-        elif "subspace" in attacks and k == keeps[0]:
+        # the learned attacks are fitted inside their timed solver (the time is the attack's)
+        for cls in (KernelAttack, SubspaceAttack):
+            if cls.NAME not in attacks or (cls is SubspaceAttack and not cls.applies(layer, k)):
+                continue
+
+            def fit_and_solve(m: Messages, a: Any = cls, k: int = k) -> np.ndarray:
+                return a(layer, x_att, k, rng, value_dtype).reconstruct(m)
+
+            solvers.append((cls.NAME, fit_and_solve))
+        if "subspace" in attacks and not SubspaceAttack.applies(layer, k) and k == keeps[0]:
             result.notes.append(
                 f"subspace: the layer's rank is above {MAX_SUBSPACE_RANK} or K/2; not run"
             )

@@ -59,6 +59,8 @@ class SubspaceAttack:
         ``draws * windows`` would exceed ``max_samples``.
     """
 
+    NAME = "subspace"
+
     def __init__(
         self,
         layer: FirstLayer,
