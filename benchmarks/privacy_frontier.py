@@ -214,7 +214,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "docs")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes (1 torch thread each)")
     ap.add_argument("--windows", type=int, default=100, help="TEST windows attacked per setting")
-    ap.add_argument("--decoder-seconds", type=float, default=15.0)
+    ap.add_argument("--decoder-seconds", type=float, default=10.0)
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 settings, tiny budgets")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
