@@ -30,10 +30,7 @@ def _windows(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
 def _rank2_layer(rng: np.random.Generator, noise: float) -> FirstLayer:
     """``W = A B`` with ``B = U``."""
     a = rng.standard_normal((M, 2)).astype(np.float32)
-    w = (a @ U).astype(np.float32)
-    return FirstLayer(
-        weight=w, bias=np.full(M, 0.5, np.float32), noise=noise, noise_mix=a if noise else None
-    )
+    return FirstLayer(weight=U, bias=np.full(M, 0.5, np.float32), noise=noise, factor=a)
 
 
 def test_projections_are_recovered_exactly_without_noise() -> None:
@@ -46,7 +43,7 @@ def test_projections_are_recovered_exactly_without_noise() -> None:
     q = attack.projections(msgs)
     # the pre-activations of every unit, kept or not, follow from the recovered projections
     z = q @ layer_subspace(layer).T + layer.bias
-    z_true = x[300:].reshape(100, -1) @ layer.weight.T + layer.bias
+    z_true = x[300:].reshape(100, -1) @ layer.dense_weight.T + layer.bias
     assert np.abs(z - z_true).max() < 0.02 * np.abs(z_true).max()
 
 

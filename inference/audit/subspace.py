@@ -36,7 +36,7 @@ MAX_RANK = 16
 
 def layer_subspace(layer: FirstLayer, tol: float = 1e-4) -> np.ndarray:
     """``U S`` of the weight's thin SVD, its numerically non-zero part: ``(m, R)``."""
-    u, s, _ = np.linalg.svd(np.asarray(layer.weight, np.float64), full_matrices=False)
+    u, s, _ = np.linalg.svd(np.asarray(layer.dense_weight, np.float64), full_matrices=False)
     rank = int(np.sum(s > tol * s[0])) if s.size and s[0] > 0 else 0
     return u[:, :rank] * s[:rank]
 
