@@ -98,6 +98,8 @@ def run_one(job: tuple[str, str, dict[str, Any], int, int, float, int]) -> dict[
 
 
 def write_markdown(path: Path, res: dict[str, Any]) -> None:
+    from privacy_frontier import _r
+
     lines = [
         "# Novelty models: leak against anomaly detection (generated)",
         "",
@@ -108,17 +110,16 @@ def write_markdown(path: Path, res: dict[str, Any]) -> None:
         f"the training windows, decoder {res['decoder_seconds']:g} s; floor = mean normal window.",
         "",
         "| task | setting | K/m | window AUC | normal time under alert | floor r | prior r | "
-        "kernel r | decoder r | strongest | excess |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "kernel r | subspace r | decoder r | strongest | excess |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         nt = r["normal_time_under_alert"]
         lines.append(
             f"| {r['task']} | {r['setting']} | {r['keep']}/{r['width']} | {r['window_auc']:.3f} | "
-            f"{'' if nt is None else f'{nt:.3f}'} | {r['floor_r']:.3f} | "
-            f"{r.get('r_prior', float('nan')):.3f} | {r.get('r_kernel', float('nan')):.3f} | "
-            f"{r.get('r_decoder', float('nan')):.3f} | {r['strongest_attack']} "
-            f"{r['strongest_r']:.3f} | {r['excess_r']:+.3f} |"
+            f"{'' if nt is None else f'{nt:.3f}'} | {r['floor_r']:.3f} | {_r(r, 'prior')} | "
+            f"{_r(r, 'kernel')} | {_r(r, 'subspace')} | {_r(r, 'decoder')} | "
+            f"{r['strongest_attack']} {r['strongest_r']:.3f} | {r['excess_r']:+.3f} |"
         )
     path.write_text("\n".join(lines) + "\n")
 

@@ -46,12 +46,8 @@ class SubspaceAttack:
 
     Parameters
     ----------
-    layer : FirstLayer
-    windows : numpy.ndarray, shape (N, C, T)
-        The attacker's windows.
-    keep : int
-    rng : numpy.random.Generator
-    value_dtype : str
+    layer, windows, keep, rng, value_dtype
+        As for :class:`~dropstream.inference.audit.attacks.KernelAttack`.
     draws : int
         Device passes (masks and noise) per attacker window.
     max_windows, max_samples : int
