@@ -210,6 +210,24 @@ class ActivationMessage:
         return out
 
 
+#: Fields an :class:`ActivationMessage` and its :class:`WireHeader` share, name for name.
+_SHARED_FIELDS = (
+    "model_version",
+    "sequence",
+    "lsl_time",
+    "wall_time",
+    "sfreq",
+    "window_samples",
+    "hop_samples",
+)
+
+
+def _shared_fields(source: ActivationMessage | WireHeader) -> dict:
+    """The shared fields of a message or header, to build the other from it (the one
+    place the encoder and the decoder copy them)."""
+    return {name: getattr(source, name) for name in _SHARED_FIELDS}
+
+
 def _index_dtype(width: int) -> np.dtype:
     return np.dtype("<u2") if width <= 65536 else np.dtype("<u4")
 
@@ -367,13 +385,7 @@ def encode_activation(
         version=version,
         flags=(FLAG_FLOAT32 if value_dtype == "float32" else 0)
         | (0 if msg.recording_time is None else FLAG_RECORDING_TIME),
-        model_version=msg.model_version,
-        sequence=msg.sequence,
-        lsl_time=msg.lsl_time,
-        wall_time=msg.wall_time,
-        sfreq=msg.sfreq,
-        window_samples=msg.window_samples,
-        hop_samples=msg.hop_samples,
+        **_shared_fields(msg),
         width=msg.width,
         keep=indices.size,
         n_model=n_model,
@@ -464,15 +476,9 @@ def decode_activation(data: bytes) -> ActivationMessage:
         check_recording_time(recording_time)
     return ActivationMessage(
         model_id=model_id,
-        model_version=h.model_version,
         device_id=device_id,
         stream_id=stream_id,
-        sequence=h.sequence,
-        lsl_time=h.lsl_time,
-        wall_time=h.wall_time,
-        sfreq=h.sfreq,
-        window_samples=h.window_samples,
-        hop_samples=h.hop_samples,
+        **_shared_fields(h),
         width=width,
         indices=indices,
         values=values,
