@@ -15,8 +15,10 @@ indices and float16 values) and the model's defences (noise scale, rank), but no
 Attacks: label (the task floor: class-mean window), naive (dropped read as zeros), ridge
 (mask-aware least squares, ReLU zeros as inequalities), prior (Gaussian MAP with a prior fitted on
 the attacker's data and the device noise), kernel (posterior mean under the attacker's windows),
-joint (all overlapping windows of a stream at once), decoder (a torch MLP trained through the
-device's dropping and noise on the attacker's data). Metrics: Pearson r per window and channel,
+subspace (a low-rank layer's revealed projections recovered exactly, then E[window | projections]
+by local-linear regression on the attacker's data), joint (all overlapping windows of a stream
+at once), decoder (a torch MLP trained through the device's dropping and noise on the attacker's
+data). Metrics: Pearson r per window and channel,
 SNR in dB, relative band-power errors (delta..gamma); the excess leak is the strongest attack's r
 minus the floor's. The result is compared with the bundle's privacy label.
 """
@@ -61,7 +63,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--attacks",
         nargs="+",
         default=None,
-        help="subset of: label naive ridge prior kernel joint decoder (default: all)",
+        help="subset of: label naive ridge prior kernel subspace joint decoder (default: all)",
     )
     parser.add_argument(
         "--value-dtype", choices=("float16", "float32"), default="float16", help="wire dtype"

@@ -479,6 +479,8 @@ class KernelAttack:
         At most this many attacker windows (a random subset) form the prior.
     """
 
+    NAME = "kernel"
+
     def __init__(
         self,
         layer: FirstLayer,

@@ -24,7 +24,7 @@ from dropstream.local_encoder.bundle import DeviceBundle
 
 #: Attacks of the quick audit (the joint attack needs whole streams; naive and ridge are
 #: dominated by the prior attack).
-LABEL_ATTACKS = ("label", "prior", "kernel", "decoder")
+LABEL_ATTACKS = ("label", "prior", "kernel", "subspace", "decoder")
 
 
 def windows_recording(

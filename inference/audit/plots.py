@@ -18,6 +18,7 @@ COLOURS = {
     "prior": "tab:green",
     "joint": "tab:purple",
     "kernel": "tab:orange",
+    "subspace": "tab:brown",
     "decoder": "tab:red",
 }
 

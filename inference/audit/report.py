@@ -22,6 +22,7 @@ from dropstream.errors import DropstreamError
 from dropstream.inference.audit.attacks import (
     GaussianPrior,
     KernelAttack,
+    Messages,
     WindowAttack,
     joint_attack,
     label_attack,
@@ -29,6 +30,8 @@ from dropstream.inference.audit.attacks import (
     observe,
 )
 from dropstream.inference.audit.metrics import BANDS, score
+from dropstream.inference.audit.subspace import MAX_RANK as MAX_SUBSPACE_RANK
+from dropstream.inference.audit.subspace import SubspaceAttack
 from dropstream.local_encoder.bundle import DeviceBundle
 from dropstream.local_encoder.first_layer import FirstLayer
 from dropstream.local_encoder.framing import stream_windows
@@ -45,7 +48,7 @@ log = logging.getLogger(__name__)
 #: Every attack the audit can run, in table order. ``label`` is the task floor (the class-mean
 #: window, what the task's answer alone reveals); it is reported beside the others but never
 #: counts as the strongest attack.
-ALL_ATTACKS = ("label", "naive", "ridge", "prior", "kernel", "joint", "decoder")
+ALL_ATTACKS = ("label", "naive", "ridge", "prior", "kernel", "subspace", "joint", "decoder")
 FLOOR = "label"
 
 
@@ -293,7 +296,7 @@ def run_audit(
         pick = np.sort(rng.choice(len(x_eval), max_windows, replace=False))
         x_eval = x_eval[pick]
         y_eval = None if y_eval is None else y_eval[pick]
-    needs_data = {"label", "prior", "kernel", "decoder"} & set(attacks)
+    needs_data = {"label", "prior", "kernel", "subspace", "decoder"} & set(attacks)
     if needs_data and (x_att is None or len(x_att) < 2):
         raise AuditError(
             f"attacks {sorted(needs_data)} need attacker training windows; give other recordings"
@@ -341,9 +344,19 @@ def run_audit(
             solvers.append(("ridge", lambda m: white.reconstruct(m, c)))
         if prior is not None:
             solvers.append(("prior", lambda m: prior.reconstruct(m, c)))
-        if "kernel" in attacks:
-            kernel = KernelAttack(layer, x_att, k, rng, value_dtype)
-            solvers.append(("kernel", kernel.reconstruct))
+        # the learned attacks are fitted inside their timed solver (the time is the attack's)
+        for cls in (KernelAttack, SubspaceAttack):
+            if cls.NAME not in attacks or (cls is SubspaceAttack and not cls.applies(layer, k)):
+                continue
+
+            def fit_and_solve(m: Messages, a: Any = cls, k: int = k) -> np.ndarray:
+                return a(layer, x_att, k, rng, value_dtype).reconstruct(m)
+
+            solvers.append((cls.NAME, fit_and_solve))
+        if "subspace" in attacks and not SubspaceAttack.applies(layer, k) and k == keeps[0]:
+            result.notes.append(
+                f"subspace: the layer's rank is above {MAX_SUBSPACE_RANK} or K/2; not run"
+            )
         for name, solve in solvers:
             t0 = time.perf_counter()
             recs[name] = solve(msgs)

@@ -107,10 +107,11 @@ class TrainConfig:
         :class:`~dropstream.inference.model.TorchFirstLayer`). ``rank="auto"`` (the default)
         is the point of the privacy-utility frontier that docs/privacy.md picks for a dense
         classifier: rank ``max(2, n_classes - 1)`` (room for every linear discriminant), no
-        noise; on SCP1 and Blink the strongest adaptive attack then stays within 0.05 of the
-        task floor and accuracy does not drop. For a novelty model or a ``conv`` layer "auto"
-        means full rank (``None``): a novelty model must notice anything abnormal, which two
-        projections cannot. An integer is used as given (dense layers only).
+        noise; on SCP1 and Blink the strongest adaptive attack then stays within about 0.03-0.06
+        of the task floor (docs/privacy.md has the frontier). For a novelty model or a ``conv``
+        layer "auto" means full rank (``None``): a novelty model must notice anything abnormal,
+        which a few projections cannot without losing detection (docs/privacy.md, novelty
+        models). An integer is used as given (dense layers only).
     nopeek, adversary : float
         Weights of the privacy penalties of :mod:`dropstream.inference.defences` (NoPeek
         distance correlation; Gaussian-MAP reconstruction adversary). 0 = off.
