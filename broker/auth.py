@@ -2,11 +2,14 @@
 
 Devices -> service: **HMAC-SHA256** with one 32-byte secret per device. The device holds its
 secret in a key file (:class:`DeviceKey`); the service holds every device's secret in a key store
-file (:class:`DeviceKeys`). Every version-2 activation message ends with a 32-byte tag,
+file (:class:`DeviceKeys`). Every version-2 or 3 activation message ends with a tag,
 ``HMAC(secret, DOMAIN || len(key) || key || value-without-tag)``, so the tag covers the Kafka key
-and every byte of the message. The service calls :meth:`DeviceKeys.verify` (or
-:meth:`DeviceKeys.check_batch`) on each record *before anything else*; it returns the device id
-or raises :class:`AuthError` (dead letter ``unauthenticated``).
+and every byte of the message: all 32 bytes of the HMAC-SHA256 in version 2, its first 16 in
+version 3 (a truncated HMAC, RFC 2104 section 5: at least half the output and 80 bits; a
+forgery still needs about 2^128 tries, each one a message the service sees and dead-letters).
+The service calls :meth:`DeviceKeys.verify` (or :meth:`DeviceKeys.check_batch`) on each record
+*before anything else*; it returns the device id or raises :class:`AuthError` (dead letter
+``unauthenticated``).
 
 Service -> alert readers: **Ed25519** signatures. The service signs each alert with its private
 key (:class:`AlertSigner`) and sends the signature in the Kafka headers ``dropstream.signature``
@@ -31,6 +34,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import secrets
 import stat
 import time
 from collections.abc import Iterable, Sequence
@@ -45,9 +49,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from dropstream.broker.wire import (
     HEADER_BYTES_V2,
     MAGIC,
-    TAG_BYTES,
     WireFormatError,
     device_id_bytes,
+    trailer_bytes,
 )
 from dropstream.errors import DropstreamError
 
@@ -67,6 +71,10 @@ _KEY_FORMAT = "dropstream.device-key"
 
 class AuthError(DropstreamError):
     """A message or alert that is not authentic, or a key file that cannot be used."""
+
+
+#: Schema versions that end with an authentication tag.
+_TAGGED = (2, 3)
 
 
 def config_dir() -> Path:
@@ -157,17 +165,20 @@ class DeviceKey:
         return _fingerprint(self.secret)
 
     def sign(self, value: bytes) -> bytes:
-        """``value`` (a version-2 message from ``encode_activation``) with its tag filled in.
+        """``value`` (a version-2 or 3 message from ``encode_activation``) with its tag filled in.
 
         The tag covers the Kafka key (this device's id) and every byte before the tag.
         """
-        if len(value) < HEADER_BYTES_V2 + TAG_BYTES or value[:4] != MAGIC or value[4] != 2:
-            raise AuthError("only version-2 activation messages can be signed")
-        body = value[:-TAG_BYTES]
+        if len(value) < 6 or value[:4] != MAGIC or value[4] not in _TAGGED:
+            raise AuthError("only version-2 and 3 activation messages can be signed")
+        n = trailer_bytes(value[4])
+        if len(value) < 6 + n:
+            raise AuthError("too short to hold an authentication tag")
+        body = value[:-n]
         h = hmac.HMAC(self.secret, hashes.SHA256())
         h.update(_mac_input(self.device_id.encode("utf-8")))
         h.update(body)
-        return body + h.finalize()
+        return body + h.finalize()[:n]
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the key file (mode 0600); returns its path."""
@@ -287,14 +298,15 @@ class DeviceKeys:
                 "'dropstream keys provision' (or allow unauthenticated devices)"
             )
         version = value[4]
-        if version != 2:
+        if version not in _TAGGED:
             raise AuthError(
                 f"schema version {version} carries no authentication tag, and device "
                 f"{_device_id(key)!r} has a key: upgrade the device"
             )
-        if len(value) < HEADER_BYTES_V2 + TAG_BYTES:
+        n = trailer_bytes(version)
+        if len(value) < (HEADER_BYTES_V2 if version == 2 else 6) + n:
             raise AuthError("truncated before the authentication tag")
-        body, tag = bytes(value[:-TAG_BYTES]), bytes(value[-TAG_BYTES:])
+        body, tag = bytes(value[:-n]), bytes(value[-n:])
         if _tag_ok(mac, body, tag):
             return _device_id(key)
         old = self._previous.get(bytes(key))
@@ -426,13 +438,11 @@ def _primed_mac(device_id: str, secret: bytes) -> hmac.HMAC:
 
 
 def _tag_ok(mac: hmac.HMAC, body: bytes, tag: bytes) -> bool:
+    """Whether ``tag`` is the (possibly truncated: its length is fixed by the schema version,
+    never by the sender) HMAC of ``body``; compared in constant time."""
     h = mac.copy()
     h.update(body)
-    try:
-        h.verify(tag)
-    except InvalidSignature:
-        return False
-    return True
+    return secrets.compare_digest(h.finalize()[: len(tag)], tag)
 
 
 def _device_id(key: bytes) -> str:

@@ -1,6 +1,10 @@
-"""Binary wire format of activation messages (schema version 2; version 1 is still read).
+"""Binary wire format of activation messages (schema version 3; versions 1 and 2 still read).
 
-One Kafka message carries the kept first-layer activations of one window. Layout, little-endian::
+One Kafka message carries the kept first-layer activations of one window. Version 3 (what
+devices send; layout in ``docs/wire-format.md`` and at :func:`parse_v3_header`) has a varint
+header, a float32 sample rate when exact, and the kept-unit set as a 64-bit seed
+(:func:`kept_units_from_seed`, a fixed SplitMix64-based derivation) instead of K indices; values
+are float16, float32 or 8-bit scaled. Version 2 layout, little-endian::
 
     offset size  field
     0      4     magic b"DSAM"
@@ -37,6 +41,7 @@ the tag: that needs the device's key (:class:`dropstream.broker.auth.DeviceKeys`
 from __future__ import annotations
 
 import math
+import os
 import struct
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -46,9 +51,9 @@ import numpy as np
 from dropstream.errors import DropstreamError
 
 MAGIC = b"DSAM"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Versions :func:`decode_activation` reads.
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 FLAG_FLOAT32 = 0x01
 #: A recording time (float64) follows the values (the stream is a replayed recording).
 FLAG_RECORDING_TIME = 0x02
@@ -100,8 +105,11 @@ UNENCODED = struct.Struct("<d")
 HEADER_BYTES_V2 = HEADER_BYTES + UNENCODED.size
 #: The optional recording time after the values (flag bit 1).
 RECORDING_TIME = struct.Struct("<d")
-#: Bytes of the authentication tag that ends every version-2 message.
+#: Bytes of the authentication tag that ends every version-2 message (HMAC-SHA256).
 TAG_BYTES = 32
+#: Bytes of the version-3 tag: HMAC-SHA256 truncated to its first 16 bytes (128 bits; RFC 2104
+#: section 5 allows truncation to at least half the hash output and 80 bits).
+TAG_BYTES_V3 = 16
 #: Largest unencoded-signal duration accepted, seconds (about 31 years).
 MAX_UNENCODED_S = 1e9
 
@@ -112,8 +120,9 @@ def header_bytes(version: int) -> int:
 
 
 def trailer_bytes(version: int) -> int:
-    """Bytes after the values (the authentication tag of version 2; none in version 1)."""
-    return 0 if version == 1 else TAG_BYTES
+    """Bytes of the authentication tag that ends a message of ``version`` (none in version 1;
+    the optional recording time of version 2 comes before it)."""
+    return 0 if version == 1 else TAG_BYTES if version == 2 else TAG_BYTES_V3
 
 
 def unpack_header(data: bytes) -> WireHeader:
@@ -159,6 +168,9 @@ class ActivationMessage:
         Seconds of signal just before this window that the device did not encode: its agent
         was down (the first window after a restart) or the stream broke. 0 when the window
         follows its predecessor; the server treats a positive value as a gap in the stream.
+    seed : int or None
+        Version 3: the 64-bit seed the kept set derives from
+        (:func:`kept_units_from_seed`); ``None`` sends the indices themselves.
     recording_time : float | None
         The window's first sample in seconds into the replayed recording, when the stream is a
         ``dropstream replay`` (``None`` for live sensors).
@@ -178,6 +190,7 @@ class ActivationMessage:
     indices: np.ndarray = field(repr=False)
     values: np.ndarray = field(repr=False)
     unencoded_s: float = 0.0
+    seed: int | None = None
     recording_time: float | None = None
 
     @property
@@ -232,7 +245,7 @@ def check_header(h: tuple) -> None:
     if (  # comparisons are False for NaN and infinities: no separate isfinite checks needed
         magic == MAGIC
         and version in READABLE_VERSIONS
-        and not flags & ~KNOWN_FLAGS
+        and not flags & ~(KNOWN_FLAGS if version < 3 else V3_FLAGS)
         and -MAX_ABS_LSL_TIME <= lsl <= MAX_ABS_LSL_TIME
         and 0.0 <= wall <= MAX_WALL_TIME
         and MIN_SFREQ <= sfreq <= MAX_SFREQ
@@ -260,7 +273,7 @@ def _header_error(h: WireHeader) -> None:
             f"schema version {h.version} is not supported (this reader speaks "
             f"{READABLE_VERSIONS}); upgrade dropstream on the server"
         )
-    if h.flags & ~KNOWN_FLAGS:
+    if h.flags & ~(V3_FLAGS if h.version == 3 else KNOWN_FLAGS):
         raise WireFormatError(f"unknown flags 0x{h.flags:02x}")
     if not (
         -MAX_ABS_LSL_TIME <= h.lsl_time <= MAX_ABS_LSL_TIME and 0.0 <= h.wall_time <= MAX_WALL_TIME
@@ -304,30 +317,35 @@ def encode_activation(
 ) -> bytes:
     """Serialise an :class:`ActivationMessage`.
 
-    A version-2 message ends with a zeroed authentication tag: sign it with
+    A version-2 or 3 message ends with a zeroed authentication tag: sign it with
     :meth:`dropstream.broker.auth.DeviceKey.sign` before sending (the service refuses it
     otherwise).
 
     Parameters
     ----------
     msg : ActivationMessage
-    value_dtype : {"float16", "float32"}
-        Precision of the values on the wire; float16 halves the bytes and is the default.
-    version : {2, 1}
-        Schema version; 1 only to produce old-format messages (tests, old topics).
+    value_dtype : {"float16", "float32", "uint8"}
+        Precision of the values on the wire; float16 halves the bytes and is the default;
+        ``"uint8"`` (version 3) sends 8-bit scaled values (:func:`quantise_uint8`).
+    version : {3, 2, 1}
+        Schema version; 1 and 2 only to produce old-format messages (tests, old topics).
 
     Raises
     ------
     WireFormatError
         If a field is out of range, or a value does not fit ``value_dtype`` (use float32).
     """
-    if value_dtype not in ("float16", "float32"):
-        raise WireFormatError(f"value_dtype must be float16 or float32, not {value_dtype!r}")
+    if value_dtype not in _VALUE_CODES or (value_dtype == "uint8" and version < 3):
+        raise WireFormatError(
+            f"value_dtype must be float16 or float32 (or uint8 from version 3), not {value_dtype!r}"
+        )
     if version not in READABLE_VERSIONS:
         raise WireFormatError(f"schema version must be one of {READABLE_VERSIONS}, not {version}")
     check_unencoded(msg.unencoded_s)
     if version == 1 and msg.unencoded_s:
         raise WireFormatError("schema version 1 cannot carry unencoded_s; use version 2")
+    if version < 3 and msg.seed is not None:
+        raise WireFormatError("a kept-unit seed needs schema version 3")
     indices = np.asarray(msg.indices)
     values = np.asarray(msg.values)
     if indices.ndim != 1 or values.shape != indices.shape:
@@ -363,6 +381,11 @@ def encode_activation(
         n_stream=n_stream,
     )
     check_header(header)
+    if version == 3:
+        data = _encode_v3(msg, value_dtype, header, texts)
+        if len(data) > MAX_MESSAGE_BYTES:
+            raise WireFormatError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+        return data
     parts = [HEADER.pack(*header), *texts, wire_idx.tobytes(), wire_val.tobytes()]
     if msg.recording_time is not None:
         check_recording_time(msg.recording_time)
@@ -406,6 +429,8 @@ def decode_activation(data: bytes) -> ActivationMessage:
     data = bytes(data)
     if len(data) > MAX_MESSAGE_BYTES:
         raise WireFormatError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    if len(data) >= 5 and data[:4] == MAGIC and data[4] == 3:
+        return _decode_v3(data)
     if len(data) < HEADER_BYTES:
         raise WireFormatError(f"truncated: {len(data)} bytes, the header alone is {HEADER_BYTES}")
     h = unpack_header(data)
@@ -464,6 +489,10 @@ def device_id_bytes(data: bytes) -> bytes:
     WireFormatError
         If ``data`` is too short to hold its header and ids.
     """
+    if len(data) >= 5 and data[:4] == MAGIC and data[4] == 3:
+        _, _, pos, _ = parse_v3_header(data)
+        pos += 1 + data[pos]
+        return bytes(data[pos + 1 : pos + 1 + data[pos]])
     if len(data) < HEADER_BYTES or data[:4] != MAGIC:
         raise WireFormatError("not a dropstream activation message")
     start = header_bytes(data[4]) + data[58]
@@ -471,3 +500,318 @@ def device_id_bytes(data: bytes) -> bytes:
     if len(data) < end:
         raise WireFormatError("truncated before the end of the device id")
     return bytes(data[start:end])
+
+
+# ---------------------------------------------------------------------------------------------
+# Version 3: varint header, kept units derived from a seed, 8-bit values
+# ---------------------------------------------------------------------------------------------
+
+#: Version-3 flags: value encoding in bits 0-1, seed-derived indices, float64 sample rate,
+#: unencoded-signal field present, recording time present.
+V3_VALUES_MASK = 0x03
+V3_FLOAT16, V3_FLOAT32, V3_UINT8 = 0, 1, 2
+V3_SEED = 0x04
+V3_SFREQ64 = 0x08
+V3_UNENCODED = 0x10
+V3_RECORDING_TIME = 0x20
+V3_FLAGS = V3_VALUES_MASK | V3_SEED | V3_SFREQ64 | V3_UNENCODED | V3_RECORDING_TIME
+_V3_FIXED = struct.Struct("<4sBBdd")  # magic, version, flags, lsl_time, wall_time
+_V3_COMMON = struct.Struct("<4sBBddf")  # ... and a float32 sample rate
+_V3_SCALE = struct.Struct("<ff")  # 8-bit values: lowest value, step
+_VALUE_CODES = {"float16": V3_FLOAT16, "float32": V3_FLOAT32, "uint8": V3_UINT8}
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def kept_units_from_seed(seeds: np.ndarray | int, width: int, keep: int) -> np.ndarray:
+    """The kept-unit set a version-3 seed stands for: ``(K,)`` (or ``(N, K)`` for ``N`` seeds).
+
+    Derivation "splitmix64-rank", fixed by the wire version (not by numpy): unit ``u`` of a
+    layer of width ``m`` gets the key ``splitmix64(seed + (u + 1) * 0x9E3779B97F4A7C15)``
+    (the ``u``-th output of Steele, Lea and Flood's SplitMix64 seeded with ``seed``; 64-bit
+    wrap-around arithmetic), and the ``K`` units with the smallest keys are kept, in increasing
+    order (the keys of one seed are distinct: no ties). A uniform random ``K``-subset of ``m``
+    for a uniform seed; only unsigned 64-bit integer arithmetic, so every numpy version and any
+    other language derives the same set (a known-answer test pins it).
+    """
+    s = np.asarray(seeds, dtype=np.uint64)
+    units = np.arange(1, width + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = s[..., None] + units * _GAMMA
+        z = (z ^ (z >> np.uint64(30))) * _MIX1
+        z = (z ^ (z >> np.uint64(27))) * _MIX2
+        z ^= z >> np.uint64(31)
+    # the keys are distinct (the mixer is a bijection of distinct states): no ties to break,
+    # so a partial selection picks the same set as a full sort
+    if keep < width:
+        order = np.argpartition(z, keep - 1, axis=-1)[..., :keep]
+    else:
+        order = np.broadcast_to(np.arange(width), z.shape)
+    return np.sort(order, axis=-1).astype(_index_dtype(width))
+
+
+def draw_seed() -> int:
+    """A fresh 64-bit seed from the operating system's CSPRNG (one per window)."""
+    return int.from_bytes(os.urandom(8), "little")
+
+
+def _varint(n: int) -> bytes:
+    if n < 0 or n >= 1 << 64:
+        raise WireFormatError(f"value {n} does not fit an unsigned 64-bit varint")
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    n = shift = 0
+    for i in range(pos, min(pos + 10, len(data))):
+        b = data[i]
+        n |= (b & 0x7F) << shift
+        if not b & 0x80:
+            if n >= 1 << 64 or (i > pos and b == 0):
+                raise WireFormatError("malformed varint (over 64 bits or not minimal)")
+            return n, i + 1
+        shift += 7
+    raise WireFormatError("truncated or over-long varint")
+
+
+def quantise_uint8(values: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """8-bit form of the values: ``lo + q * step`` with ``q`` in 0..255 (``step`` 0: all equal)."""
+    v = np.asarray(values, dtype=np.float32)
+    lo = float(v.min()) if v.size else 0.0
+    hi = float(v.max()) if v.size else 0.0
+    step = np.float32((hi - lo) / 255.0)
+    if not (math.isfinite(lo) and math.isfinite(float(step))):
+        raise WireFormatError("activation values must be finite")
+    lo32 = np.float32(lo)
+    q = (
+        np.zeros(v.shape, np.uint8)
+        if step == 0
+        else np.clip(np.rint((v - lo32) / step), 0, 255).astype(np.uint8)
+    )
+    return float(lo32), float(step), q
+
+
+def _encode_v3(msg: ActivationMessage, value_dtype: str, header: WireHeader, texts) -> bytes:
+    flags = _VALUE_CODES[value_dtype]
+    if msg.seed is not None:
+        flags |= V3_SEED
+    sfreq32 = struct.pack("<f", msg.sfreq)
+    exact32 = struct.unpack("<f", sfreq32)[0] == msg.sfreq
+    if not exact32:
+        flags |= V3_SFREQ64
+    if msg.unencoded_s:
+        flags |= V3_UNENCODED
+    if msg.recording_time is not None:
+        check_recording_time(msg.recording_time)
+        flags |= V3_RECORDING_TIME
+    # the stream block: what every window of a stream repeats (decoders cache its parse)
+    block = b"".join(
+        _varint(int(v))
+        for v in (
+            header.model_version,
+            header.window_samples,
+            header.hop_samples,
+            header.width,
+            header.keep,
+        )
+    ) + b"".join(bytes([len(raw)]) + raw for raw in texts)
+    parts = [
+        _V3_FIXED.pack(MAGIC, 3, flags, msg.lsl_time, msg.wall_time),
+        sfreq32 if exact32 else struct.pack("<d", msg.sfreq),
+        struct.pack("<d", msg.unencoded_s) if msg.unencoded_s else b"",
+        b"" if msg.recording_time is None else RECORDING_TIME.pack(msg.recording_time),
+        _varint(int(header.sequence)),
+        _varint(len(block)),
+        block,
+    ]
+    if msg.seed is not None:
+        if not 0 <= int(msg.seed) < 1 << 64:
+            raise WireFormatError("seed must be an unsigned 64-bit integer")
+        derived = kept_units_from_seed(int(msg.seed), msg.width, msg.keep)
+        if not np.array_equal(derived, np.asarray(msg.indices)):
+            raise WireFormatError("indices are not the set the seed derives")
+        parts.append(struct.pack("<Q", int(msg.seed)))
+    else:
+        parts.append(np.asarray(msg.indices).astype(_index_dtype(msg.width)).tobytes())
+    if value_dtype == "uint8":
+        lo, step, q = quantise_uint8(msg.values)
+        parts += [_V3_SCALE.pack(lo, step), q.tobytes()]
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            wire_val = np.asarray(msg.values).astype("<f2" if flags & 3 == V3_FLOAT16 else "<f4")
+        if not np.all(np.isfinite(wire_val)):
+            raise WireFormatError("a value overflows float16; encode with value_dtype='float32'")
+        parts.append(wire_val.tobytes())
+    parts.append(bytes(TAG_BYTES_V3))
+    return b"".join(parts)
+
+
+class V3Prefix(NamedTuple):
+    """The per-window fields of a version-3 message, and where its stream block lies."""
+
+    flags: int
+    lsl_time: float
+    wall_time: float
+    sfreq: float
+    unencoded_s: float
+    recording_time: float | None
+    sequence: int
+    block_start: int
+    block_end: int
+
+
+class V3Block(NamedTuple):
+    """A version-3 stream block: fields every window of a stream repeats, and its id lengths.
+
+    ``ids_offset`` is where the three length-prefixed ids start inside the block."""
+
+    model_version: int
+    window_samples: int
+    hop_samples: int
+    width: int
+    keep: int
+    n_model: int
+    n_device: int
+    n_stream: int
+    ids_offset: int
+
+
+def parse_v3_prefix(data: bytes) -> V3Prefix:
+    """Unpack the per-window part of a version-3 message (structure only, no range checks)."""
+    if len(data) < _V3_COMMON.size + 2:
+        raise WireFormatError(f"truncated: {len(data)} bytes")
+    magic, _, flags, lsl_time, wall_time, sfreq = _V3_COMMON.unpack_from(data)
+    if magic != MAGIC:
+        raise WireFormatError("not a dropstream activation message (bad magic)")
+    if flags & ~V3_FLAGS or flags & V3_VALUES_MASK == 3:
+        raise WireFormatError(f"unknown flags 0x{flags:02x}")
+    pos = _V3_FIXED.size
+    if not flags & (V3_SFREQ64 | V3_UNENCODED | V3_RECORDING_TIME):  # the usual case:
+        seq, n = data[26], data[27]  # both varints of one byte?
+        if seq < 0x80 and n < 0x80 and len(data) >= 28 + n:
+            return V3Prefix(flags, lsl_time, wall_time, sfreq, 0.0, None, seq, 28, 28 + n)
+    if flags & V3_SFREQ64:
+        if len(data) < pos + 8:
+            raise WireFormatError("truncated in the sample rate")
+        (sfreq,) = struct.unpack_from("<d", data, pos)
+        pos += 8
+    else:
+        (sfreq,) = struct.unpack_from("<f", data, pos)
+        pos += 4
+    unencoded_s = 0.0
+    if flags & V3_UNENCODED:
+        if len(data) < pos + 8:
+            raise WireFormatError("truncated in the unencoded-signal field")
+        (unencoded_s,) = struct.unpack_from("<d", data, pos)
+        pos += 8
+        if not unencoded_s:
+            raise WireFormatError("the unencoded-signal field is present but 0 (not canonical)")
+    recording_time = None
+    if flags & V3_RECORDING_TIME:
+        if len(data) < pos + RECORDING_TIME.size:
+            raise WireFormatError("truncated in the recording time")
+        (recording_time,) = RECORDING_TIME.unpack_from(data, pos)
+        pos += RECORDING_TIME.size
+    sequence, pos = _read_varint(data, pos)
+    n, pos = _read_varint(data, pos)
+    if pos + n > len(data):
+        raise WireFormatError("truncated in the stream block")
+    return V3Prefix(
+        flags, lsl_time, wall_time, sfreq, unencoded_s, recording_time, sequence, pos, pos + n
+    )
+
+
+def parse_v3_block(block: bytes) -> V3Block:
+    """Unpack a version-3 stream block (structure only; ids are not decoded here)."""
+    pos = 0
+    fields = []
+    for _ in range(5):
+        v, pos = _read_varint(block, pos)
+        fields.append(v)
+    ids_offset = pos
+    lens = []
+    for _ in range(3):
+        if pos >= len(block):
+            raise WireFormatError("truncated in the ids")
+        lens.append(block[pos])
+        pos += 1 + block[pos]
+    if pos != len(block):
+        raise WireFormatError("the stream block's length does not match its ids")
+    return V3Block(*fields, *lens, ids_offset)
+
+
+def parse_v3_header(data: bytes) -> tuple[WireHeader, V3Prefix, int, int | None]:
+    """Header of a version-3 message, range-checked by :func:`check_header` (and the optional
+    unencoded-signal and recording-time fields by their own checks).
+
+    Returns ``(header, prefix, ids start, seed)``; the indices (or seed) start at
+    ``prefix.block_end``.
+    """
+    p = parse_v3_prefix(data)
+    b = parse_v3_block(data[p.block_start : p.block_end])
+    h = WireHeader(
+        MAGIC, 3, p.flags, b.model_version, p.sequence, p.lsl_time, p.wall_time, p.sfreq,
+        b.window_samples, b.hop_samples, b.width, b.keep, b.n_model, b.n_device, b.n_stream,
+    )  # fmt: skip
+    check_header(h)
+    check_unencoded(p.unencoded_s)
+    if p.recording_time is not None:
+        check_recording_time(p.recording_time)
+    seed = None
+    if p.flags & V3_SEED:
+        if len(data) < p.block_end + 8:
+            raise WireFormatError("truncated in the seed")
+        (seed,) = struct.unpack_from("<Q", data, p.block_end)
+    return h, p, p.block_start + b.ids_offset, seed
+
+
+def _decode_v3(data: bytes) -> ActivationMessage:
+    h, p, pos, seed = parse_v3_header(data)
+    idx_pos = p.block_end
+    ids = []
+    for name in ("model id", "device id", "stream id"):
+        n = data[pos]
+        ids.append(_check_text(name, data[pos + 1 : pos + 1 + n]))
+        pos += 1 + n
+    width, keep, code = h.width, h.keep, h.flags & V3_VALUES_MASK
+    idx_dtype = _index_dtype(width)
+    idx_bytes = 8 if seed is not None else keep * idx_dtype.itemsize
+    val_bytes = keep * (2, 4, 1)[code] + (_V3_SCALE.size if code == V3_UINT8 else 0)
+    expected = idx_pos + idx_bytes + val_bytes + TAG_BYTES_V3
+    if len(data) != expected:
+        raise WireFormatError(f"length {len(data)} bytes does not match its header ({expected})")
+    if seed is not None:
+        indices = kept_units_from_seed(seed, width, keep)
+    else:
+        indices = np.frombuffer(data, idx_dtype, keep, idx_pos)
+    pos = idx_pos + idx_bytes
+    if code == V3_UINT8:
+        lo, step = _V3_SCALE.unpack_from(data, pos)
+        q = np.frombuffer(data, np.uint8, keep, pos + _V3_SCALE.size)
+        values = (np.float32(lo) + q.astype(np.float32) * np.float32(step)).astype(np.float32)
+    else:
+        values = np.frombuffer(data, "<f2" if code == V3_FLOAT16 else "<f4", keep, pos)
+    _check_arrays(indices, values, width)
+    return ActivationMessage(
+        model_id=ids[0],
+        model_version=h.model_version,
+        device_id=ids[1],
+        stream_id=ids[2],
+        sequence=h.sequence,
+        lsl_time=h.lsl_time,
+        wall_time=h.wall_time,
+        sfreq=h.sfreq,
+        window_samples=h.window_samples,
+        hop_samples=h.hop_samples,
+        width=width,
+        indices=indices,
+        values=values,
+        unencoded_s=p.unencoded_s,
+        seed=seed,
+        recording_time=p.recording_time,
+    )

@@ -33,9 +33,15 @@ from dropstream.broker.wire import (
     FLAG_RECORDING_TIME,
     HEADER,
     HEADER_BYTES,
+    MAGIC,
     MAX_MESSAGE_BYTES,
     RECORDING_TIME,
+    TAG_BYTES_V3,
     UNENCODED,
+    V3_SEED,
+    V3_UINT8,
+    V3_VALUES_MASK,
+    V3Block,
     WireFormatError,
     WireHeader,
     check_header,
@@ -43,6 +49,9 @@ from dropstream.broker.wire import (
     check_unencoded,
     decode_activation,
     header_bytes,
+    kept_units_from_seed,
+    parse_v3_block,
+    parse_v3_prefix,
     trailer_bytes,
 )
 
@@ -217,6 +226,7 @@ class BatchDecoder:
 
     def __init__(self) -> None:
         self._ids = _IdCache()
+        self._blocks = _BlockCache(self._ids)
 
     def decode(self, payloads: Sequence[bytes | None]) -> DecodedBatch:
         """Validate and decode ``payloads``; see the module docstring.
@@ -237,7 +247,13 @@ class BatchDecoder:
                 or len(data) < HEADER_BYTES
                 or len(data) > MAX_MESSAGE_BYTES
             ):
-                rejected.append((row, _reason(data)))
+                if isinstance(data, (bytes, bytearray)) and data[4:5] == b"\x03":
+                    self._add_v3(row, data, layouts, rejected)
+                else:
+                    rejected.append((row, _reason(data)))
+                continue
+            if data[4] == 3:
+                self._add_v3(row, data, layouts, rejected)
                 continue
             h = unpack(data)  # a plain tuple in WireHeader order, read by the _F* indices
             try:
@@ -299,15 +315,99 @@ class BatchDecoder:
         rejected.sort()
         return DecodedBatch(groups, rejected)
 
+    def _add_v3(self, row: int, data: bytes, layouts: dict, rejected: list) -> None:
+        """Version 3: the per-window prefix is unpacked per message; the stream block (model,
+        window, hop, m, K, ids: the same for every window of a stream) is parsed and its ids
+        validated once per distinct block and cached. Indices (explicit or derived from the
+        seed) and values are decoded per layout in :func:`_build_group`."""
+        try:
+            if len(data) > MAX_MESSAGE_BYTES:
+                raise WireFormatError("oversized")
+            p = parse_v3_prefix(data)
+            block = self._blocks.get(bytes(data[p.block_start : p.block_end]))
+            b, ids = block
+            h = WireHeader(
+                MAGIC, 3, p.flags, b.model_version, p.sequence, p.lsl_time, p.wall_time,
+                p.sfreq, b.window_samples, b.hop_samples, b.width, b.keep, b.n_model,
+                b.n_device, b.n_stream,
+            )  # fmt: skip
+            check_header(h)
+            check_unencoded(p.unencoded_s)
+            recording = math.nan
+            if p.recording_time is not None:
+                check_recording_time(p.recording_time)
+                recording = p.recording_time
+            if ids is None:
+                raise WireFormatError("ids")
+        except WireFormatError:
+            rejected.append((row, _reason(data)))
+            return
+        width, keep, code = b.width, b.keep, p.flags & V3_VALUES_MASK
+        seeded = p.flags & V3_SEED
+        isz = 8 if seeded else (2 if width <= 65536 else 4)
+        vsz = (2, 4, 1)[code]
+        pos = p.block_end
+        split = pos + (8 if seeded else keep * isz)
+        end = len(data) - TAG_BYTES_V3
+        if end != split + keep * vsz + (8 if code == V3_UINT8 else 0):
+            rejected.append((row, _reason(data)))
+            return
+        sfreq = p.sfreq
+        layouts.setdefault((ids[0], b.model_version, width, keep, isz, vsz), []).append(
+            (
+                row,
+                p.sequence,
+                p.lsl_time,
+                p.lsl_time + (b.window_samples - 1) / sfreq,
+                b.hop_samples / sfreq,
+                ids,
+                data[pos:split],
+                data[split:end],
+                p.wall_time,
+                recording - p.lsl_time,
+            )
+        )
+
+
+class _BlockCache:
+    """Parsed version-3 stream blocks and their validated ids, per raw block bytes."""
+
+    def __init__(self, ids: _IdCache) -> None:
+        self._ids = ids
+        self._cache: dict[bytes, tuple[V3Block, tuple[str, str, str] | None]] = {}
+
+    def get(self, raw: bytes) -> tuple[V3Block, tuple[str, str, str] | None]:
+        """``(block, ids)``; ids ``None`` when invalid. Raises WireFormatError if malformed."""
+        hit = self._cache.get(raw)
+        if hit is not None:
+            return hit
+        b = parse_v3_block(raw)
+        o, a, d = b.ids_offset, b.n_model, b.n_device
+        plain = raw[o + 1 : o + 1 + a] + raw[o + 2 + a : o + 2 + a + d] + raw[o + 3 + a + d :]
+        value = (b, self._ids.get(plain, a, d))
+        if len(self._cache) >= _IDS_CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[raw] = value
+        return value
+
 
 def _build_group(
     model_id: str, mver: int, width: int, keep: int, isz: int, vsz: int, items: list
 ) -> tuple[WindowGroup | None, list[int]]:
     n = len(items)
-    idx = np.frombuffer(b"".join([it[6] for it in items]), "<u2" if isz == 2 else "<u4")
-    val = np.frombuffer(b"".join([it[7] for it in items]), "<f2" if vsz == 2 else "<f4")
-    idx = idx.reshape(n, keep).astype(np.int64)
-    val = val.reshape(n, keep)
+    idx_raw = b"".join([it[6] for it in items])
+    if isz == 8:  # version 3, kept set derived from the seeds
+        idx = kept_units_from_seed(np.frombuffer(idx_raw, "<u8"), width, keep).astype(np.int64)
+    else:
+        idx = np.frombuffer(idx_raw, "<u2" if isz == 2 else "<u4").reshape(n, keep)
+        idx = idx.astype(np.int64)
+    val_raw = b"".join([it[7] for it in items])
+    if vsz == 1:  # version 3, 8-bit: (lo, step) float32 then K bytes per message
+        raw = np.frombuffer(val_raw, np.uint8).reshape(n, 8 + keep)
+        scale = raw[:, :8].copy().view("<f4")
+        val = scale[:, :1] + raw[:, 8:].astype(np.float32) * scale[:, 1:]
+    else:
+        val = np.frombuffer(val_raw, "<f2" if vsz == 2 else "<f4").reshape(n, keep)
     ok = (idx[:, -1] < width) & np.isfinite(val).all(axis=1)
     if keep > 1:
         ok &= (np.diff(idx, axis=1) > 0).all(axis=1)

@@ -109,18 +109,20 @@ class TorchFirstLayer(nn.Module):
         Convolution settings (kernel and stride in samples).
     pool : int
         For ``kind="dense"``: average each channel over non-overlapping blocks of ``pool``
-        samples before the dense map (a trailing remainder is ignored). Linear, so the exported
-        dense weight is exact; it cuts the trainable weights by ``pool`` (useful on small data).
+        samples before the dense map (a trailing remainder is ignored). It cuts the trainable
+        weights by ``pool`` (useful on small data) and is exported as pooling + the small matrix,
+        so it cuts the device's work by ``pool`` too.
     rank : int or None
         For ``kind="dense"``: a low-rank layer ``W = A B`` (privacy defence). ``B`` maps the
         window to ``rank`` projections, standardised to unit variance on the training data, and
         ``A`` (with the bias) maps them to the ``m`` units, so the activations depend on the
-        window through ``rank`` numbers only. Exported as the dense product.
+        window through ``rank`` numbers only. Exported factored (``B`` with the standardisation
+        folded in, then ``A``): the device computes ``rank * (C*T/pool + m)`` multiply-adds.
     noise : float
         Standard deviation of Gaussian noise added, on the device and in training alike, to the
         standardised projections (``rank`` set) or to the standardised pre-activations
-        (``rank`` None): ``z = W x + b + noise * M e`` with ``e ~ N(0, I)`` and ``M`` the
-        :attr:`noise_mix` (``A``, or the identity). Signal variance per projection is 1, so
+        (``rank`` None): ``z = W x + b + noise * M e`` with ``e ~ N(0, I)`` and ``M`` = ``A``
+        (or the identity; ``FirstLayer.noise_mix``). Signal variance per projection is 1, so
         ``noise`` is the noise-to-signal amplitude ratio. See :mod:`dropstream.inference.defences`.
     level_gain : float or None
         For ``kind="dense"``: train the input map's weight in level/shape coordinates
@@ -247,33 +249,35 @@ class TorchFirstLayer(nn.Module):
         return self.act(self.noisy_preactivation(x, generator, repeats))
 
     @torch.no_grad()
-    def noise_mix(self) -> np.ndarray | None:
-        """``M`` of the device noise ``noise * M e``: ``A`` (m, r) for a low-rank layer, else
-        ``None`` (the identity: independent noise on every unit, or no noise at all)."""
-        if self.down is None or self.noise == 0:
-            return None
-        return self.linear.weight.detach().cpu().numpy().astype(np.float32)
-
-    @torch.no_grad()
     def to_numpy(self) -> FirstLayer:
-        """Export the equivalent dense :class:`FirstLayer` for the device (float32).
+        """Export the device's :class:`FirstLayer` (float32).
 
-        Standardisation uses the running statistics (eval mode), whatever the current mode.
+        A dense layer keeps its factored form: time pooling, then the input map with the
+        standardisation folded in, then ``A`` for a low-rank layer (the device computes
+        ``r * (C*T/pool + m)`` multiply-adds, or ``m * C*T/pool`` at full rank); a convolution
+        is exported as its equivalent dense matrix. Standardisation uses the running statistics
+        (eval mode), whatever the current mode.
         """
-        was_training = self.training
-        self.eval()
-        try:
-            return self._export()
-        finally:
-            self.train(was_training)
-
-    def _export(self) -> FirstLayer:
-        if self.kind == "dense" and self.pool == 1 and self.down is None and self.norm is None:
-            weight = self.linear.weight.detach().cpu().double().numpy()
-            bias = self.linear.bias.detach().cpu().double().numpy()
+        pool, factor = 1, None
+        if self.kind == "dense":
+            pool = self.pool
+            linear = self.input_map
+            weight = linear.weight.detach().cpu().double().numpy()  # parametrised: effective
+            offset = np.zeros(weight.shape[0])
+            if linear.bias is not None:
+                offset = linear.bias.detach().cpu().double().numpy()
+            if self.norm is not None:  # eval-mode BatchNorm: (u - running mean) / sd
+                mean = self.norm.running_mean.detach().cpu().double().numpy()
+                var = self.norm.running_var.detach().cpu().double().numpy()
+                scale = 1.0 / np.sqrt(var + self.norm.eps)
+                weight, offset = weight * scale[:, None], (offset - mean) * scale
+            if self.down is not None:  # z = A u + b: the projection offset joins the bias
+                factor = self.linear.weight.detach().cpu().double().numpy()
+                offset = factor @ offset + self.linear.bias.detach().cpu().double().numpy()
+            bias = offset
         else:
             n = self.n_channels * self.n_samples
-            # any linear pre-map: read the dense matrix off the unit basis
+            # the convolution's dense matrix, read off the unit basis
             dev = next(self.parameters()).device
             bias_t = self.preactivation(
                 torch.zeros(1, self.n_channels, self.n_samples, device=dev)
@@ -293,8 +297,10 @@ class TorchFirstLayer(nn.Module):
             bias=bias.astype(np.float32),
             activation=self.activation_name,
             negative_slope=self.negative_slope,
+            pool=pool,
+            n_samples=self.n_samples,
             noise=self.noise,
-            noise_mix=self.noise_mix(),
+            factor=None if factor is None else factor.astype(np.float32),
         )
 
 

@@ -6,9 +6,14 @@ A bundle is a zip archive (suffix ``.dsb``) with three members:
     model id and version, window/stream settings, preprocessing, the head's configuration, and
     the SHA-256 of the two other members.
 ``device.npz``
-    first-layer ``weight`` (m, C*T) and ``bias`` (m,), the normalisation ``norm_mean`` and
-    ``norm_std`` (per channel, applied after filtering) and, for a noisy low-rank layer, the
-    noise mixing ``noise_mix`` (m, r).
+    first-layer ``weight`` (m, C*T, or m, C*T/pool with time pooling) and ``bias`` (m,), the
+    normalisation ``norm_mean`` and ``norm_std`` (per channel, applied after filtering) and, for
+    a low-rank layer ``W = A B``, the ``factor`` ``A`` (m, r) (``weight`` is then ``B``, r rows).
+
+Format 2 adds the manifest key ``first_layer_pool`` (the first layer's time pooling; ``weight``
+is then the small matrix over the pooled window) and the ``factor`` member. Format 1 bundles (a
+dense ``weight``; a noisy low-rank layer also has ``noise_mix`` = ``A``, and is read back into
+its factored form) are still read.
 ``head.pt``
     the server part as a torch ``state_dict`` (read by :mod:`inference`, never on the device).
 
@@ -31,7 +36,9 @@ import numpy as np
 from dropstream.errors import DropstreamError
 from dropstream.local_encoder.first_layer import FirstLayer, check_keep
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
+#: Bundle formats this version reads.
+READABLE_FORMATS = (1, 2)
 
 
 class BundleError(DropstreamError):
@@ -115,7 +122,7 @@ class DeviceBundle:
 
     def check_privacy(self) -> None:
         """Raise :class:`~dropstream.local_encoder.first_layer.PrivacyGuardError` if invertible."""
-        n_inputs = self.n_channels * self.window_samples
+        n_inputs = min(self.n_channels * self.window_samples, self.layer.rank_inputs)
         overlapping = self.hop_samples < self.window_samples
         hop_inputs = self.n_channels * self.hop_samples if overlapping else None
         check_keep(self.keep, self.layer.width, n_inputs, hop_inputs)
@@ -213,8 +220,8 @@ def write_bundle(path: str | Path, device: DeviceBundle, head_state: bytes) -> s
         "norm_mean": np.asarray(device.norm_mean, np.float32),
         "norm_std": np.asarray(device.norm_std, np.float32),
     }
-    if device.layer.noise_mix is not None:
-        arrays["noise_mix"] = device.layer.noise_mix.astype(np.float32)
+    if device.layer.factor is not None:
+        arrays["factor"] = device.layer.factor
     np.savez(buf, **arrays)
     device_bytes = buf.getvalue()
     checksum = _sha256(device_bytes, head_state)
@@ -224,6 +231,7 @@ def write_bundle(path: str | Path, device: DeviceBundle, head_state: bytes) -> s
         "model_version": device.model_version,
         "activation": device.layer.activation,
         "negative_slope": device.layer.negative_slope,
+        "first_layer_pool": device.layer.pool,
         "noise": float(device.layer.noise),
         "keep": device.keep,
         "sfreq": device.sfreq,
@@ -257,14 +265,32 @@ def read_bundle_members(path: str | Path) -> tuple[dict[str, Any], bytes, bytes]
         raise BundleError(
             f"{path} is not a dropstream bundle ({exc}); train one with 'dropstream train'"
         ) from exc
-    if manifest.get("format") != BUNDLE_FORMAT:
+    if manifest.get("format") not in READABLE_FORMATS:
         raise BundleError(
             f"bundle format {manifest.get('format')!r} is not supported "
-            f"(this dropstream reads format {BUNDLE_FORMAT})"
+            f"(this dropstream reads formats {READABLE_FORMATS}); upgrade dropstream"
         )
     if _sha256(device_bytes, head_bytes) != manifest.get("sha256"):
         raise BundleError(f"bundle {path} fails its checksum: the file is corrupt or was edited")
     return manifest, device_bytes, head_bytes
+
+
+def _factor_dense(
+    weight: np.ndarray, mix: np.ndarray, path: str | Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(B, A)`` of a format-1 low-rank layer: its dense ``weight`` is ``A B`` with ``A`` the
+    stored noise mixing, so ``B`` is the exact least-squares solution (checked)."""
+    a = np.asarray(mix, np.float64)
+    w = np.asarray(weight, np.float64)
+    if a.ndim != 2 or w.ndim != 2 or a.shape[0] != w.shape[0]:
+        raise BundleError(f"bundle {path}: noise_mix {a.shape} does not fit weight {w.shape}")
+    b = np.linalg.lstsq(a, w, rcond=None)[0]
+    if np.max(np.abs(a @ b - w)) > 1e-4 * (1.0 + np.max(np.abs(w))):
+        raise BundleError(
+            f"bundle {path}: its weight is not noise_mix times a projection (a format-1 layer "
+            "this version cannot factor); re-export it with 'dropstream train'"
+        )
+    return b.astype(np.float32), a.astype(np.float32)
 
 
 def load_device_bundle(path: str | Path) -> DeviceBundle:
@@ -280,13 +306,18 @@ def load_bundle(path: str | Path) -> tuple[DeviceBundle, bytes]:
     m, device_bytes, head_bytes = read_bundle_members(path)
     try:
         arrays = np.load(io.BytesIO(device_bytes), allow_pickle=False)
+        weight, factor = arrays["weight"], arrays["factor"] if "factor" in arrays.files else None
+        if "noise_mix" in arrays.files:  # format 1: dense W = A B with A stored as noise_mix
+            weight, factor = _factor_dense(weight, arrays["noise_mix"], path)
         layer = FirstLayer(
-            weight=arrays["weight"],
+            weight=weight,
             bias=arrays["bias"],
             activation=m["activation"],
             negative_slope=float(m.get("negative_slope", 0.01)),
+            pool=int(m.get("first_layer_pool", 1)),
+            n_samples=int(m["window_samples"]),
             noise=float(m.get("noise", 0.0)),
-            noise_mix=arrays["noise_mix"] if "noise_mix" in arrays.files else None,
+            factor=factor,
         )
         bundle = DeviceBundle(
             model_id=str(m["model_id"]),

@@ -1,7 +1,9 @@
 """Turn one preprocessed window into the message that leaves the device.
 
 :class:`WindowEncoder` runs the bundle's first layer and activation in numpy, draws a fresh set of
-``K`` kept units for every window from a generator seeded by the operating system's entropy, and
+``K`` kept units for every window from a fresh 64-bit seed drawn from the operating system's
+CSPRNG (the set is derived from the seed, :func:`dropstream.broker.wire.kept_units_from_seed`, and
+the seed travels instead of the indices: wire version 3), and
 builds a :class:`dropstream.broker.wire.ActivationMessage` holding only the kept activations. The
 raw window never leaves this function: nothing else of it is put into the message.
 
@@ -16,9 +18,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from dropstream.broker.wire import ActivationMessage, WireFormatError, encode_activation
+from dropstream.broker.wire import (
+    ActivationMessage,
+    WireFormatError,
+    draw_seed,
+    encode_activation,
+    kept_units_from_seed,
+)
 from dropstream.local_encoder.bundle import DeviceBundle
-from dropstream.local_encoder.first_layer import draw_kept_units
 from dropstream.local_encoder.windowing import Window
 
 
@@ -39,6 +46,10 @@ class WindowEncoder:
         ``recording_clock(lsl_time)``: seconds into the replayed recording of a window's first
         sample, or ``None`` for a live sensor (e.g.
         :meth:`dropstream.acquisition.LiveStream.recording_time`); sent with each window.
+    values : {"uint8", "float16"}
+        Encoding of the kept values on the wire: 8-bit scaled (the default; on
+        SelfRegulationSCP1 the same accuracy as float32, ``benchmarks/value_precision.py``) or
+        float16 (float32 when a value overflows float16).
 
     Raises
     ------
@@ -53,18 +64,24 @@ class WindowEncoder:
         stream_id: str,
         seed: int | None = None,
         recording_clock: Callable[[float], float | None] | None = None,
+        values: str = "uint8",
     ) -> None:
+        if values not in ("uint8", "float16"):
+            raise WireFormatError(f"values must be 'uint8' or 'float16', not {values!r}")
+        self.values = values
         bundle.check_privacy()
         self.recording_clock = recording_clock
         self.bundle = bundle
         self.device_id = device_id
         self.stream_id = stream_id
+        self._test_seed = seed
         self._rng = np.random.default_rng(seed)
+        self._layer = bundle.layer.runner()  # preallocated buffers, reused every window
 
     def activations(self, window: np.ndarray) -> np.ndarray:
         """All ``m`` first-layer activations of a preprocessed window ``(C, T)`` (float32), with
         the layer's privacy noise drawn from the same OS-seeded generator as the mask."""
-        return self.bundle.layer.forward(window, self._rng)
+        return self._layer(window, self._rng).copy()
 
     def encode(
         self, window: Window, sequence: int, wall_time: float, unencoded_s: float = 0.0
@@ -84,8 +101,11 @@ class WindowEncoder:
             stream break); 0 when it follows the previous window.
         """
         b = self.bundle
-        a = self.activations(window.data)
-        kept = draw_kept_units(self._rng, b.layer.width, b.keep)
+        a = self._layer(window.data, self._rng)  # reused buffer: only a[kept] (a copy) leaves
+        # a fresh 64-bit seed per window (OS CSPRNG; the test generator only with a test seed);
+        # the kept set derives from it, and the 8-byte seed travels instead of K indices
+        seed = draw_seed() if self._test_seed is None else int(self._rng.integers(0, 2**63))
+        kept = kept_units_from_seed(seed, b.layer.width, b.keep)
         return ActivationMessage(
             model_id=b.model_id,
             model_version=b.model_version,
@@ -101,13 +121,16 @@ class WindowEncoder:
             indices=kept,
             values=a[kept],
             unencoded_s=float(unencoded_s),
+            seed=seed,
             recording_time=None
             if self.recording_clock is None
             else self.recording_clock(float(window.lsl_time)),
         )
 
     def to_bytes(self, message: ActivationMessage) -> bytes:
-        """Serialise with float16 values, or float32 when a value overflows float16."""
+        """Serialise (wire version 3) with 8-bit values, or float16 (float32 on overflow)."""
+        if self.values == "uint8":
+            return encode_activation(message, "uint8")
         try:
             return encode_activation(message, "float16")
         except WireFormatError:

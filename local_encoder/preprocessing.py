@@ -13,10 +13,12 @@ The preprocessing of a model is a plain dict stored in the bundle's manifest
      "order": 4,           # Butterworth order of the band-pass
      "window_demean": False}  # subtract each window's per-channel mean before normalising
 
-The filter is a causal IIR (Butterworth band-pass, optional notch) in second-order sections. Its
-state is carried across chunks, and it starts in the steady state of the first sample seen, so a
-large DC offset does not ring through the first seconds. Filtering a whole signal at once and
-filtering it in any split into chunks give identical output.
+The filter is a causal IIR (Butterworth band-pass, optional notch) in second-order sections, run
+in float32 (each channel's first sample is taken off in float64 first, so an electrode offset
+does not cost precision). Its state is carried across chunks, and it starts in the steady state
+of the first sample seen, so a large DC offset does not ring through the first seconds.
+Filtering a whole signal at once and filtering it in any split into chunks give identical
+output.
 
 After filtering, each window is (optionally) demeaned per channel and then normalised with the
 per-channel ``norm_mean`` and ``norm_std`` stored in the bundle (stream units, e.g. volts).
@@ -127,11 +129,14 @@ class SosFilterState:
     ----------
     sos : numpy.ndarray of shape (n_sections, 6), or None
         The filter; ``None`` passes samples through.
+    dtype : numpy dtype
+        Precision of the coefficients and state; chunks are filtered in it (float64 by default;
+        the device uses float32).
     """
 
-    def __init__(self, sos: np.ndarray | None) -> None:
-        self.sos = sos
-        self._zi_unit = None if sos is None else signal.sosfilt_zi(sos)
+    def __init__(self, sos: np.ndarray | None, dtype: type = np.float64) -> None:
+        self.sos = None if sos is None else np.asarray(sos, dtype)
+        self._zi_unit = None if sos is None else signal.sosfilt_zi(sos).astype(dtype)
         self._state: np.ndarray | None = None
 
     def reset(self) -> None:
@@ -139,7 +144,7 @@ class SosFilterState:
         self._state = None
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        """Filter the next float64 chunk ``(..., n)`` along its last axis; same shape back."""
+        """Filter the next chunk ``(..., n)`` (of the filter's dtype) along its last axis."""
         if self.sos is None or x.shape[-1] == 0:
             return x.copy()
         if self._state is None:
@@ -160,6 +165,10 @@ class CausalFilter:
         Number of channels ``C``.
     preprocessing : mapping or None
         Filter settings (see the module docstring); no filtering passes samples through.
+    dtype : numpy dtype
+        Precision of the filter and of its output: float32 (the default: device and training
+        alike, so training sees exactly what the device computes) or float64 (about 1e-4 of a
+        channel's spread apart at most on real EEG, see ``tests/test_encoder_windowing.py``).
 
     Examples
     --------
@@ -168,35 +177,66 @@ class CausalFilter:
     """
 
     def __init__(
-        self, sfreq: float, n_channels: int, preprocessing: Mapping[str, Any] | None = None
+        self,
+        sfreq: float,
+        n_channels: int,
+        preprocessing: Mapping[str, Any] | None = None,
+        dtype: type = np.float32,
     ) -> None:
         self.sfreq = float(sfreq)
         self.n_channels = int(n_channels)
+        self.dtype = np.dtype(dtype)
         self.sos = design_filter(self.sfreq, preprocessing)
-        self._sections = SosFilterState(self.sos)
+        self._sections = SosFilterState(self.sos, self.dtype.type)
+        # below float64, the first sample of each channel is taken off (in float64) before the
+        # cast, so a large electrode offset does not eat float32's precision; the filter's DC
+        # gain times the offset is added back (zero for a high- or band-pass)
+        self._low_precision = self.sos is not None and self.dtype != np.float64
+        self._dc_gain = 1.0
+        if self.sos is not None:
+            self._dc_gain = float(np.prod(self.sos[:, :3].sum(1) / self.sos[:, 3:].sum(1)))
+        self._offset: np.ndarray | None = None
 
     def reset(self) -> None:
         """Forget the state; the next chunk starts the filter afresh (e.g. after a gap)."""
         self._sections.reset()
+        self._offset = None
 
     def process(self, chunk: np.ndarray) -> np.ndarray:
-        """Filter the next chunk ``(C, n)`` of samples; returns float64 ``(C, n)``."""
-        x = np.asarray(chunk, dtype=np.float64)
+        """Filter the next chunk ``(C, n)``; ``(C, n)`` back in the filter's dtype (unfiltered:
+        float64)."""
+        x = np.asarray(chunk, dtype=np.float64)  # cast to the filter's dtype in _apply
         if x.ndim != 2 or x.shape[0] != self.n_channels:
             raise PreprocessingError(
                 f"chunk must have shape (channels={self.n_channels}, samples); got {x.shape}"
             )
-        return self._sections.apply(x)
+        return self._apply(x)
+
+    def _apply(self, x: np.ndarray) -> np.ndarray:
+        """Filter float64 samples ``(..., C, n)``, starting from or continuing the state."""
+        if self.sos is None:  # no filter: the samples pass through unchanged
+            return x.copy()
+        if not self._low_precision or x.shape[-1] == 0:
+            return self._sections.apply(x.astype(self.dtype, copy=False))
+        if self._offset is None:
+            self._offset = x[..., :1].copy()
+        y = self._sections.apply((x - self._offset).astype(self.dtype))
+        if abs(self._dc_gain) > 1e-9:
+            y += (self._dc_gain * self._offset).astype(self.dtype)
+        return y
 
 
 def filter_signal(
-    x: np.ndarray, sfreq: float, preprocessing: Mapping[str, Any] | None
+    x: np.ndarray,
+    sfreq: float,
+    preprocessing: Mapping[str, Any] | None,
+    dtype: type = np.float32,
 ) -> np.ndarray:
     """Filter a whole signal ``(C, n)``; identical to :meth:`CausalFilter.process` in chunks."""
     x = np.asarray(x)
     if x.ndim != 2:
         raise PreprocessingError(f"signal must have shape (channels, samples); got {x.shape}")
-    return CausalFilter(sfreq, x.shape[0], preprocessing).process(x)
+    return CausalFilter(sfreq, x.shape[0], preprocessing, dtype).process(x)
 
 
 def filter_windows(
@@ -209,7 +249,7 @@ def filter_windows(
     w = np.asarray(windows, dtype=np.float64)
     if w.ndim != 3:
         raise PreprocessingError(f"windows must have shape (N, C, T); got {w.shape}")
-    return SosFilterState(design_filter(sfreq, preprocessing)).apply(w)
+    return CausalFilter(sfreq, w.shape[1], preprocessing)._apply(w)  # as the device, per window
 
 
 def normalise(window: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -225,10 +265,12 @@ def normalise(window: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarr
     Returns
     -------
     numpy.ndarray, float32, same shape as ``window``
+        Computed in float64, or in float32 for a float32 window (the device: one new array).
     """
-    x = np.asarray(window, dtype=np.float64)
-    mean = np.asarray(mean, dtype=np.float64)
-    std = np.asarray(std, dtype=np.float64)
+    dtype = np.float32 if getattr(window, "dtype", None) == np.float32 else np.float64
+    x = np.asarray(window, dtype=dtype)
+    mean = np.asarray(mean, dtype=dtype)
+    std = np.asarray(std, dtype=dtype)
     if x.ndim < 2 or mean.shape != (x.shape[-2],) or std.shape != mean.shape:
         raise PreprocessingError(
             f"normalise needs a window (..., C, T) and mean/std of shape (C,); got {x.shape}, "
@@ -236,7 +278,9 @@ def normalise(window: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarr
         )
     if np.any(~np.isfinite(std)) or np.any(std <= 0):
         raise PreprocessingError("normalisation std must be finite and positive per channel")
-    return ((x - mean[:, None]) / std[:, None]).astype(np.float32)
+    out = x - mean[:, None]
+    out /= std[:, None]
+    return out.astype(np.float32, copy=False)
 
 
 def prepare_window(
@@ -251,7 +295,7 @@ def prepare_window(
     channel-major, is what :meth:`dropstream.local_encoder.first_layer.FirstLayer.forward` expects.
     """
     p = complete_preprocessing(preprocessing)
-    x = np.asarray(window, dtype=np.float64)
+    x = window if getattr(window, "dtype", None) == np.float32 else np.asarray(window, np.float64)
     if p["window_demean"]:
         x = x - x.mean(axis=-1, keepdims=True)
     return normalise(x, mean, std)

@@ -7,8 +7,9 @@ stream running at ``k`` times the bundle's rate down to that rate
 ``k``-th sample kept, phase carried across chunks), runs the causal
 filter of :mod:`dropstream.local_encoder.preprocessing` with its state carried across chunks, keeps
 the filtered samples in a ring buffer and cuts a window of ``window_samples`` every ``hop_samples``.
-Each window is then normalised with the bundle's per-channel statistics. Chunk boundaries change
-nothing: the windows equal those cut from the whole signal filtered causally at once.
+Each window is then normalised with the bundle's per-channel statistics. Filter, ring buffer and
+normalisation run in float32, as in training. Chunk boundaries change nothing: the windows equal
+those cut from the whole signal filtered causally at once.
 
 Window length, hop, :attr:`WindowBuffer.buffered` and :attr:`WindowBuffer.discarded_samples` count
 samples at the bundle's rate (after decimation); a window's ``lsl_time`` is the stream timestamp
@@ -99,9 +100,10 @@ class WindowBuffer:
         self.hop = int(bundle.hop_samples)
         self.n_channels = bundle.n_channels
         self._decimator = CausalDecimator(float(sfreq), self.factor, self.n_channels)
+        # the device filters and buffers in float32 (half the memory traffic of float64)
         self._filter = CausalFilter(bundle.sfreq, self.n_channels, bundle.preprocessing)
         self._capacity = max(4 * self.window, self.window + 4096)
-        self._buf = np.zeros((self.n_channels, self._capacity), dtype=np.float64)
+        self._buf = np.zeros((self.n_channels, self._capacity), dtype=np.float32)
         self._stamps = np.zeros(self._capacity, dtype=np.float64)
         self._start = 0  # first buffered sample (start of the next window)
         self._end = 0  # one past the last buffered sample
@@ -110,9 +112,12 @@ class WindowBuffer:
         # rather than per chunk (the filter is causal, so the output is the same)
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._pending_n = 0
-        # chunks as received (stream rate), not yet checked (checked, decimated and filtered once
-        # they hold enough samples to complete a window)
-        self._raw: list[tuple[np.ndarray, np.ndarray]] = []
+        # samples as received (stream rate), not yet checked (checked, decimated and filtered
+        # once they complete a window), copied into a preallocated staging area: a small chunk
+        # costs one copy, not a list entry and a join later
+        staging = max(2 * self.window * self.factor, 1024)
+        self._raw_x = np.empty((staging, self.n_stream_channels), dtype=np.float64)
+        self._raw_t = np.empty(staging, dtype=np.float64)
         self._raw_n = 0
         #: Windows cut so far.
         self.windows_cut = 0
@@ -131,7 +136,6 @@ class WindowBuffer:
         self.discarded_samples += self.buffered
         self._pending.clear()
         self._pending_n = 0
-        self._raw.clear()
         self._raw_n = 0
         self._start = self._end = 0
         self._skip = 0
@@ -161,20 +165,26 @@ class WindowBuffer:
             ``(index, lost_samples)``: the stream breaks before sample ``index`` of the chunk
             because ``lost_samples`` samples went missing there (inlet gaps).
         """
-        x = np.asarray(data, dtype=np.float64)
-        t = np.asarray(timestamps, dtype=np.float64)
+        x = data if isinstance(data, np.ndarray) else np.asarray(data, dtype=np.float64)
+        t = timestamps if isinstance(timestamps, np.ndarray) else np.asarray(timestamps, float)
         if x.ndim != 2 or x.shape[1] != self.n_stream_channels or t.shape != (x.shape[0],):
             raise PreprocessingError(
                 f"chunk must be (n, {self.n_stream_channels}) samples with n timestamps; "
                 f"got {x.shape} and {t.shape}"
             )
         if not breaks:  # the usual case: hold the chunk until a window can be completed
-            self._raw.append((x, t))
-            self._raw_n += x.shape[0]
-            if self._decimator.n_out(self._raw_n) < self._needed():
+            end = self._raw_n + x.shape[0]
+            if end > self._raw_t.shape[0]:
+                self._grow_staging(end)
+            self._raw_x[self._raw_n : end] = x  # casts to float64
+            self._raw_t[self._raw_n : end] = t
+            self._raw_n = end
+            have = end if self.factor == 1 else self._decimator.n_out(end)
+            if have < self._needed():
                 return []
-            x, t, breaks = *self._take_raw(), ()
-        elif self._raw:
+            return self._process(*self._take_raw(), ())
+        x, t = np.asarray(x, dtype=np.float64), np.asarray(t, dtype=np.float64)
+        if self._raw_n:
             held = self._raw_n
             rx, rt = self._take_raw()
             x, t = np.concatenate([rx, x]), np.concatenate([rt, t])
@@ -186,8 +196,17 @@ class WindowBuffer:
         return self._skip + self.window - (self._end - self._start) - self._pending_n
 
     def _take_raw(self) -> tuple[np.ndarray, np.ndarray]:
-        self._raw_n = 0
-        return _drain(self._raw)
+        n, self._raw_n = self._raw_n, 0
+        return self._raw_x[:n].copy(), self._raw_t[:n].copy()
+
+    def _grow_staging(self, n: int) -> None:
+        """Make room for ``n`` held stream samples (a chunk longer than the staging area)."""
+        size = max(n, 2 * self._raw_t.shape[0])
+        x = np.empty((size, self.n_stream_channels), dtype=np.float64)
+        t = np.empty(size, dtype=np.float64)
+        x[: self._raw_n] = self._raw_x[: self._raw_n]
+        t[: self._raw_n] = self._raw_t[: self._raw_n]
+        self._raw_x, self._raw_t = x, t
 
     def _process(
         self, x: np.ndarray, t: np.ndarray, breaks: Sequence[tuple[int, int]]

@@ -25,7 +25,7 @@ from tests.test_wire import _example
 
 
 def _message(device_id: str = "clinic-7/cap-3", sequence: int = 0, **changes) -> bytes:
-    """A version-2 activation message (zeroed tag) of the wire tests' example window."""
+    """A version-3 activation message (zeroed tag) of the wire tests' example window."""
     return encode_activation(_example(device_id=device_id, sequence=sequence, **changes))
 
 
@@ -34,13 +34,24 @@ KEY = DEV.device_id.encode()
 STORE = DeviceKeys({DEV.device_id: DEV.secret})
 
 
-def test_a_signed_message_verifies_and_decodes_unchanged() -> None:
-    raw = _message()
+@pytest.mark.parametrize(("version", "n"), [(2, 32), (3, 16)])
+def test_a_signed_message_verifies_and_decodes_unchanged(version: int, n: int) -> None:
+    """The tag is HMAC-SHA256 over the domain, the key and every byte before it: all 32 bytes
+    in version 2, the first 16 (truncated HMAC, RFC 2104 section 5) in version 3."""
+    import hashlib
+    import hmac
+
+    raw = encode_activation(_example(), version=version)
     signed = DEV.sign(raw)
-    assert len(signed) == len(raw) and signed[:-32] == raw[:-32] and signed[-32:] != raw[-32:]
+    assert len(signed) == len(raw) and signed[:-n] == raw[:-n] and signed[-n:] != raw[-n:]
+    mac_input = b"dropstream.activation.v2\x00" + bytes([len(KEY)]) + KEY + raw[:-n]
+    assert signed[-n:] == hmac.new(DEV.secret, mac_input, hashlib.sha256).digest()[:n]
     assert STORE.verify(KEY, signed) == DEV.device_id
     assert decode_activation(signed).sequence == decode_activation(raw).sequence
     assert DEV.sign(signed) == signed  # signing is deterministic and idempotent
+    cut = signed[:-n] + signed[-n:-1] + bytes([signed[-1] ^ 1])  # one bit of the tag
+    with pytest.raises(AuthError, match="does not match"):
+        STORE.verify(KEY, cut)
 
 
 @pytest.mark.parametrize(
@@ -54,7 +65,7 @@ def test_a_signed_message_verifies_and_decodes_unchanged() -> None:
         (b"x", DeviceKey.generate("x").sign(_message("x")), "has no key in the store"),
         (KEY, b"garbage", "not a dropstream activation"),
         (KEY, None, "not a dropstream activation"),
-        (KEY, DEV.sign(_message())[:70], "truncated"),
+        (KEY, DEV.sign(encode_activation(_example(), version=2))[:70], "truncated"),
     ],
 )
 def test_refusals_name_the_reason(key: bytes | None, value: bytes, reason: str) -> None:
@@ -62,8 +73,9 @@ def test_refusals_name_the_reason(key: bytes | None, value: bytes, reason: str) 
         STORE.verify(key, value)
 
 
-def test_every_altered_byte_and_the_key_are_covered() -> None:
-    signed = DEV.sign(_message())
+@pytest.mark.parametrize("version", [2, 3])
+def test_every_altered_byte_and_the_key_are_covered(version: int) -> None:
+    signed = DEV.sign(encode_activation(_example(recording_time=4.5), version=version))
     for pos in range(len(signed)):
         altered = bytearray(signed)
         altered[pos] ^= 0x01

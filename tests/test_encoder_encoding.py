@@ -44,9 +44,12 @@ def test_message_holds_the_kept_activations_of_the_window(windows):
     assert (msg.device_id, msg.stream_id, msg.sequence) == ("dev-1", "src-1", 17)
     assert (msg.model_id, msg.model_version) == (bundle.model_id, bundle.model_version)
     assert msg.lsl_time == w.lsl_time and msg.wall_time == 1.7e9
-    back = decode_activation(enc.to_bytes(msg))
+    raw = enc.to_bytes(msg)
+    assert raw[4] == 3 and raw[5] & 0x03 == 2  # wire version 3, 8-bit values
+    back = decode_activation(raw)
     np.testing.assert_array_equal(back.indices, msg.indices)
-    np.testing.assert_allclose(back.values, msg.values, rtol=1e-3, atol=1e-3)  # float16
+    step = (msg.values.max() - msg.values.min()) / 255
+    np.testing.assert_allclose(back.values, msg.values, rtol=0, atol=step / 2 * 1.001 + 1e-6)
 
 
 def test_every_window_gets_a_fresh_mask_from_os_entropy(windows):
@@ -65,7 +68,7 @@ def test_every_window_gets_a_fresh_mask_from_os_entropy(windows):
 
 def test_values_too_large_for_float16_are_sent_as_float32(windows):
     bundle, ws = windows
-    enc = WindowEncoder(bundle, "d", "s", seed=0)
+    enc = WindowEncoder(bundle, "d", "s", seed=0, values="float16")
     big = Window(data=ws[0].data * 1e6, lsl_time=0.0, index=0)
     msg = enc.encode(big, 0, 0.0)
     assert np.max(np.abs(msg.values)) > 65504
@@ -128,10 +131,10 @@ def test_a_window_the_spool_refuses_spends_no_sequence_number(eeg, tmp_path):
     bundle = make_bundle(data, sfreq, names)  # window 160, hop 80 samples at 160 Hz
     key = DeviceKey.generate("d")
     inlet = _FeedInlet(names, sfreq, [(data[:400], 0.0), (data[400:800], 400 / sfreq)])
-    with Spool(tmp_path / "spool", 1000, "block", block_timeout=0.05) as spool:
+    with Spool(tmp_path / "spool", 400, "block", block_timeout=0.05) as spool:
         agent = EncoderAgent(bundle, inlet, ClientConfig(), spool, key, clock=lambda: 0.0)
         with pytest.raises(SpoolFullError):
-            agent.poll_once()  # 4 windows cut; 2 fit (~400 B each)
+            agent.poll_once()  # 4 windows cut; 2 fit (~170 B each in wire version 3)
         assert agent.stats.next_sequence == 2 and agent.stats.windows_made == 2
         assert spool.next_sequence(agent._stream_key) == 2
         spool.remove([it.id for it in spool.peek(10)])  # the sender caught up

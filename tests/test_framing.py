@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dropstream.broker.wire import kept_units_from_seed
 from dropstream.inference.demo import DEMO_BUNDLE
 from dropstream.local_encoder.bundle import load_device_bundle
-from dropstream.local_encoder.first_layer import draw_kept_units
 from dropstream.local_encoder.framing import stream_windows, window_starts
 from dropstream.local_encoder.preprocessing import filter_signal, prepare_window
 from dropstream.local_encoder.simulated import encode_recording
@@ -68,7 +68,10 @@ def test_simulated_device_sends_what_the_device_would(ecg):
     starts = window_starts(samples.shape[1], T, hop)
     assert len(sent) == len(starts)
     for seq, ((msg, raw), a, s) in enumerate(zip(sent, acts, starts, strict=True)):
-        kept = draw_kept_units(rng, bundle.layer.width, bundle.keep)
+        # the test seed draws each window's 64-bit seed; the kept set derives from it
+        seed = int(rng.integers(0, 2**63))
+        kept = kept_units_from_seed(seed, bundle.layer.width, bundle.keep)
+        assert msg.seed == seed
         assert (msg.sequence, msg.device_id, msg.stream_id) == (seq, "sim-1", "stm")
         assert msg.lsl_time == pytest.approx(2.0 + s / bundle.sfreq)
         np.testing.assert_array_equal(msg.indices, kept)

@@ -27,13 +27,14 @@ def fingers(data_dir: Path) -> tuple[WindowSet, WindowSet]:
     return load_uea("FingerMovements", data_dir / "uea")
 
 
-@pytest.fixture(scope="module", params=["dense", "conv"])
+@pytest.fixture(scope="module", params=["dense", "conv", "pooled"])
 def trained(request: pytest.FixtureRequest, fingers: tuple[WindowSet, WindowSet]) -> TrainedModel:
     tr, _ = fingers
     cfg = TrainConfig(
         width=128,
         keep=32,
-        first_layer=request.param,
+        first_layer="conv" if request.param == "conv" else "dense",
+        pool=4 if request.param == "pooled" else 1,  # T=50: 12 averages, 2 samples ignored
         conv_filters=8,
         conv_kernel=10,
         conv_stride=5,
@@ -66,6 +67,72 @@ def test_numpy_device_part_equals_torch(
     assert a_np.shape == (20, trained.width)
     np.testing.assert_allclose(a_np, a_torch, rtol=0, atol=1e-5)
     assert (a_np > 0).any() and (a_np == 0).any()  # relu really active and really cutting
+    # the device's single-window runner (preallocated buffers) gives the same activations
+    run = dev.layer.runner()
+    first = run(x[0])
+    for i in range(len(x)):
+        out = run(x[i])
+        np.testing.assert_allclose(out, a_torch[i], rtol=0, atol=1e-5)
+        assert out.dtype == np.float32 and np.shares_memory(out, first)  # no new array
+    # a pooled layer stays factored on the device: the small matrix, not C*T columns
+    assert dev.layer.pool == trained.first.pool
+    assert dev.layer.rank_inputs == dev.n_channels * (dev.window_samples // dev.layer.pool)
+    assert dev.layer.n_inputs == dev.n_channels * dev.window_samples
+    # the equivalent dense weight (audits use it) is the map torch computes
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    dense = flat @ dev.layer.dense_weight.T.astype(np.float64) + dev.layer.bias
+    with torch.no_grad():
+        pre = trained.first.preactivation(torch.as_tensor(x)).numpy()
+    np.testing.assert_allclose(dense, pre, rtol=0, atol=1e-5)
+
+
+def test_format_1_bundles_still_load(
+    trained: TrainedModel, fingers: tuple[WindowSet, WindowSet], tmp_path: Path
+) -> None:
+    """A bundle as format 1 wrote it (dense weight; a noisy low-rank layer also stored its
+    ``A`` as ``noise_mix``) loads and computes the same activations; format 3 is refused."""
+    import hashlib
+    import io
+    import zipfile
+
+    path, old = tmp_path / "new.dsb", tmp_path / "old.dsb"
+    trained.save(path)
+    new = load_device_bundle(path)
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    manifest = json.loads(members["manifest.json"])
+    assert manifest["format"] == 2 and manifest["first_layer_pool"] == trained.first.pool
+    arrays = dict(np.load(io.BytesIO(members["device.npz"])))
+    assert ("factor" in arrays) == (trained.first.rank is not None)
+    arrays["weight"] = new.layer.dense_weight
+    if "factor" in arrays:
+        arrays["noise_mix"] = arrays.pop("factor")
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    members["device.npz"] = buf.getvalue()
+    manifest["format"] = 1
+    del manifest["first_layer_pool"]
+    manifest["sha256"] = hashlib.sha256(members["device.npz"] + members["head.pt"]).hexdigest()
+
+    def write() -> None:
+        members["manifest.json"] = json.dumps(manifest).encode()
+        with zipfile.ZipFile(old, "w") as zf:
+            for name, data in members.items():
+                zf.writestr(name, data)
+
+    write()
+    b = load_device_bundle(old)
+    assert b.layer.pool == 1
+    if trained.first.rank is not None:  # read back into its factored form
+        assert b.layer.factor.shape == (trained.width, trained.first.rank)
+        assert b.layer.weight.shape == (trained.first.rank, new.layer.n_inputs)
+    _, te = fingers
+    x = trained.prepare(te.X[:10])
+    np.testing.assert_allclose(b.layer.forward(x), new.layer.forward(x), rtol=0, atol=1e-5)
+    manifest["format"] = 3
+    write()
+    with pytest.raises(BundleError, match="format 3 is not supported.*upgrade dropstream"):
+        load_device_bundle(old)
 
 
 def test_server_head_from_bundle_matches_trained_head(

@@ -73,12 +73,20 @@ def test_low_rank_noisy_layer_exports_exactly_and_noise_is_calibrated() -> None:
     first(x)  # running statistics of the standardised projections
     first.eval()
     layer = first.to_numpy()
-    assert np.linalg.matrix_rank(layer.weight) == 2
+    # exported factored: pooling, B (2 x 3*20, standardisation folded in), then A (24 x 2)
+    assert layer.weight.shape == (2, 60) and layer.factor.shape == (24, 2) and layer.pool == 2
+    assert np.linalg.matrix_rank(layer.dense_weight) == 2
     assert layer.noise == 0.5 and layer.noise_mix.shape == (24, 2)
     with torch.no_grad():
         z_torch = first.preactivation(x).numpy()
+        a_torch = first.act(first.preactivation(x)).numpy()
     xn = x.numpy()
-    np.testing.assert_allclose(xn.reshape(64, -1) @ layer.weight.T + layer.bias, z_torch, atol=1e-5)
+    np.testing.assert_allclose(
+        xn.reshape(64, -1) @ layer.dense_weight.T + layer.bias, z_torch, atol=1e-5
+    )
+    np.testing.assert_allclose(layer.forward(xn), a_torch, atol=1e-5)
+    runner = layer.runner()  # the device's allocation-free path computes the same
+    np.testing.assert_allclose(np.stack([runner(w).copy() for w in xn]), a_torch, atol=1e-5)
     # noise: noise * A e with e ~ N(0, I_2), whatever the window
     draws = layer.draw_noise(np.random.default_rng(1), (20000,))
     cov = np.cov(draws.T)

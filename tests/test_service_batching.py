@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import struct
+
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dropstream.broker.wire import (
-    TAG_BYTES,
+    TAG_BYTES_V3,
     ActivationMessage,
     WireFormatError,
     decode_activation,
@@ -79,7 +83,7 @@ def test_rejects_carry_the_reference_reason_and_keep_the_rest():
 def test_non_finite_and_unsorted_arrays_are_rejected_in_batch():
     m = message(2, keep=4, width=8)
     raw = bytearray(encode_activation(m, "float32"))
-    end = len(raw) - TAG_BYTES  # the values end before the authentication tag
+    end = len(raw) - TAG_BYTES_V3  # the values end before the authentication tag
     nan = bytearray(raw)
     nan[end - 4 : end] = np.float32(np.nan).tobytes()
     unsorted = bytearray(raw)
@@ -91,16 +95,19 @@ def test_non_finite_and_unsorted_arrays_are_rejected_in_batch():
     assert "strictly increasing" in out.rejected[1][1]
 
 
-def test_versions_1_and_2_decode_alike_in_one_batch():
+def test_versions_1_2_and_3_decode_alike_in_one_batch():
     m = message(3)
-    v1, v2 = encode_activation(m, version=1), encode_activation(m)
+    v1, v2, v3 = (encode_activation(m, version=v) for v in (1, 2, 3))
     bad = bytearray(v2)
     bad[61:69] = np.float64(-1.0).tobytes()  # negative unencoded signal
-    out = decode_batch([v1, v2, bytes(bad)])
+    out = decode_batch([v1, v2, bytes(bad), v3])
     assert [r for r, _ in out.rejected] == [2] and "unencoded signal" in out.rejected[0][1]
-    (group,) = out.groups
+    (group,) = out.groups  # one layout: the version does not split the batch
+    assert len(group) == 3
     np.testing.assert_array_equal(group.values[0], group.values[1])
-    assert group.sequence.tolist() == [m.sequence, m.sequence]
+    np.testing.assert_array_equal(group.values[0], group.values[2])
+    np.testing.assert_array_equal(group.indices[0], group.indices[2])
+    assert group.sequence.tolist() == [m.sequence] * 3
 
 
 def test_scatter_dense():
@@ -160,11 +167,13 @@ def test_layouts_of_one_model_merge_in_batch_order():
         )
 
 
-def test_wall_times_and_recording_offsets_match_the_reference_decoder():
+@pytest.mark.parametrize("version", [2, 3])
+def test_wall_times_and_recording_offsets_match_the_reference_decoder(version: int):
     msgs = [message(i, recording_time=(3.5 + i if i % 2 else None)) for i in range(6)]
-    good = encode_activation(message(9, recording_time=1.0))  # ... time (8 bytes), tag (32)
-    bad = good[:-40] + b"\x00" * 7 + b"\xff" + good[-32:]  # the time is NaN
-    raw = [encode_activation(m) for m in msgs] + [bad]
+    good = encode_activation(message(9, recording_time=1.0), version=version)
+    at = good.index(struct.pack("<d", 1.0))  # v2: before the tag; v3: after the times
+    bad = good[:at] + struct.pack("<d", math.nan) + good[at + 8 :]
+    raw = [encode_activation(m, version=version) for m in msgs] + [bad]
     out = decode_batch(raw)
     assert [row for row, _ in out.rejected] == [6]  # NaN recording time
     (g,) = out.groups

@@ -179,4 +179,6 @@ def test_kill_a_serve_process_mid_event_and_restart(kafka_config, tmp_path):
     # the killed process's open events were re-emitted under the same ids by their new owner
     assert any(n > 1 for n in counts.values())
     survivors = [p for i, p in enumerate(procs) if i != victim]
-    assert all(p.returncode == 0 for p in survivors), [log.read_text()[-2000:] for log in logs]
+    assert all(p.returncode == 0 for p in survivors), [
+        (p.returncode, log.read_text()[-1500:]) for p, log in zip(procs, logs, strict=True)
+    ]

@@ -98,6 +98,7 @@ def test_a_fuzz_corpus_never_stops_the_service_even_replayed(kafka_config, recor
     rng = np.random.default_rng(15)
     now = time.time()
     first, last = decode_activation(good[0]), decode_activation(good[-1])
+    assert good[5][4] == 3 and good[5][5] & 0x08 == 0  # version 3, float32 sample rate
 
     def patched(raw, offset, fmt, value):
         out = bytearray(raw)
@@ -109,7 +110,8 @@ def test_a_fuzz_corpus_never_stops_the_service_even_replayed(kafka_config, recor
 
     garbage = bytes(rng.integers(0, 256, 1_048_000, dtype=np.uint8))
     hostile = [  # (key, value, dead-letter kind)
-        (b"sim-0", patched(good[5], 34, "<d", 5e-324), "malformed"),  # crash-looped serve
+        # a denormal sample rate (v2's float64 at 34 crash-looped serve; v3's float32 at 22)
+        (b"sim-0", patched(good[5], 22, "<f", 1e-45), "malformed"),
         (b"sim-0", garbage, "malformed"),  # could not be dead-lettered: serve exited
         (b"sim-0", None, "malformed"),
         (b"sim-0", good[3][:-7], "malformed"),
@@ -298,9 +300,7 @@ def test_forged_windows_never_touch_a_stream_and_alerts_are_signed(kafka_config,
     forged = [raw for _, raw in encode_recording(bundle, samples * 50, "sim-0", seed=9, key=thief)]
     attack = [forged[i] for i in (9, 10, 11, 12)] + [
         thief.sign(
-            encode_activation(
-                dataclasses.replace(decode_activation(forged[9]), sequence=4005), version=2
-            )
+            encode_activation(dataclasses.replace(decode_activation(forged[9]), sequence=4005))
         )
     ]
     signer = AlertSigner.create(tmp_path / "alert.key")

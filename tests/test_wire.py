@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import struct
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,11 +17,13 @@ from dropstream.broker.wire import (
     HEADER_BYTES_V2,
     MAX_MESSAGE_BYTES,
     MAX_SPAN_S,
+    SCHEMA_VERSION,
     TAG_BYTES,
     ActivationMessage,
     WireFormatError,
     decode_activation,
     encode_activation,
+    kept_units_from_seed,
 )
 
 ident = st.text(
@@ -56,6 +60,7 @@ def messages(draw: st.DrawFn) -> ActivationMessage:
         indices=idx,
         values=values,
         unencoded_s=draw(st.floats(0, 1e9)),
+        recording_time=draw(st.none() | st.floats(0, 1e9)),
     )
 
 
@@ -73,6 +78,7 @@ def _fields(m: ActivationMessage) -> tuple:
         m.hop_samples,
         m.width,
         m.unencoded_s,
+        m.recording_time,
     )
 
 
@@ -97,14 +103,15 @@ def _example(**changes: object) -> ActivationMessage:
 
 
 @settings(max_examples=300, deadline=None)
-@given(messages(), st.sampled_from(["float16", "float32"]))
-def test_round_trip(msg: ActivationMessage, dtype: str) -> None:
-    data = encode_activation(msg, value_dtype=dtype)
+@given(messages(), st.sampled_from(["float16", "float32"]), st.sampled_from([2, 3]))
+def test_round_trip(msg: ActivationMessage, dtype: str, version: int) -> None:
+    data = encode_activation(msg, value_dtype=dtype, version=version)
+    assert data[4] == version
     back = decode_activation(data)
     assert _fields(back) == _fields(msg)
     np.testing.assert_array_equal(back.indices, msg.indices)
     np.testing.assert_array_equal(back.values, msg.values.astype(dtype))
-    assert encode_activation(back, value_dtype=dtype) == data  # canonical bytes
+    assert encode_activation(back, value_dtype=dtype, version=version) == data  # canonical
 
 
 def test_version_1_is_still_read() -> None:
@@ -119,7 +126,7 @@ def test_version_1_is_still_read() -> None:
 
 def test_default_message_size_and_dense() -> None:
     msg = _example()
-    data = encode_activation(msg)
+    data = encode_activation(msg, version=2)
     # 64 kept of 256: 64 uint16 indices + 64 float16 values = 256 bytes of payload, then the tag
     ids = len("eeg-anomaly") + len("clinic-7/cap-3") + 8
     assert len(data) == HEADER_BYTES_V2 + ids + 256 + TAG_BYTES
@@ -142,7 +149,15 @@ def test_random_bytes_only_raise_wire_format_error(data: bytes) -> None:
 def test_mutated_bytes_only_raise_wire_format_error(
     msg: ActivationMessage, data: st.DataObject
 ) -> None:
-    raw = bytearray(encode_activation(msg))
+    seeded = data.draw(st.booleans()) and msg.width <= 4096
+    if seeded:
+        seed = data.draw(st.integers(0, 2**64 - 1))
+        msg = replace(msg, seed=seed, indices=kept_units_from_seed(seed, msg.width, msg.keep))
+    version = 3 if seeded else data.draw(st.sampled_from([1, 2, 3]))
+    if version == 1:
+        msg = replace(msg, unencoded_s=0.0)
+    dtype = data.draw(st.sampled_from(["float16", "uint8"] if version == 3 else ["float16"]))
+    raw = bytearray(encode_activation(msg, dtype, version=version))
     for _ in range(data.draw(st.integers(1, 4))):
         pos = data.draw(st.integers(0, len(raw) - 1))
         raw[pos] = data.draw(st.integers(0, 255))
@@ -163,7 +178,7 @@ def _patch(data: bytes, offset: int, fmt: str, value: object) -> bytes:
     return bytes(raw)
 
 
-GOOD = encode_activation(_example())
+GOOD = encode_activation(_example(), version=2)  # the fixed-offset v2 layout, still decoded
 
 
 @pytest.mark.parametrize(
@@ -174,7 +189,7 @@ GOOD = encode_activation(_example())
         (GOOD[:-1], "does not match"),
         (GOOD + b"\x00", "does not match"),
         (b"XXXX" + GOOD[4:], "bad magic"),
-        (_patch(GOOD, 4, "<B", 3), "version 3 is not supported"),
+        (_patch(GOOD, 4, "<B", 4), "version 4 is not supported"),
         (_patch(GOOD, 4, "<B", 1), "does not match"),
         (_patch(GOOD, 61, "<d", -1.0), "unencoded signal"),
         (_patch(GOOD, 61, "<d", float("nan")), "unencoded signal"),
@@ -237,9 +252,9 @@ def test_one_header_definition_names_every_struct_field():
 
 
 def test_recording_time_travels_only_when_set_and_old_readers_see_an_unknown_flag() -> None:
-    replayed = encode_activation(_example(recording_time=9.25))  # v2: time, then the tag
+    replayed = encode_activation(_example(recording_time=9.25), version=2)  # time, then the tag
     assert decode_activation(replayed).recording_time == 9.25
-    assert decode_activation(encode_activation(_example())).recording_time is None
+    assert decode_activation(encode_activation(_example(), version=2)).recording_time is None
     live = encode_activation(_example(), version=1)  # v1: nothing after the values
     replayed = encode_activation(_example(recording_time=9.25), version=1)
     assert decode_activation(live).recording_time is None
@@ -278,3 +293,120 @@ def test_both_decoders_refuse_fields_out_of_range(offset, fmt, value, reason) ->
     batch = decode_batch([GOOD, bad])
     assert batch.n_windows == 1 and [r for r, _ in batch.rejected] == [1]
     assert reason in batch.rejected[0][1]
+
+
+# --- version 3: varint header, seed-derived kept units, 8-bit values ---------------------------
+
+
+def test_kept_units_from_seed_known_answer() -> None:
+    """The derivation is pinned (SplitMix64 keys, K smallest): any numpy version, any language
+    must give these sets, or devices and servers would disagree on the kept units."""
+    np.testing.assert_array_equal(kept_units_from_seed(1, 16, 4), [8, 10, 14, 15])
+    np.testing.assert_array_equal(kept_units_from_seed(2, 16, 4), [4, 8, 10, 15])
+    got = kept_units_from_seed(np.array([1, 2, 2**64 - 1], np.uint64), 16, 4)
+    assert got.shape == (3, 4) and got[0].tolist() == [8, 10, 14, 15]
+    # the first SplitMix64 output for seed 0 is the published test value 0xE220A8397B1DCDAF
+    first = kept_units_from_seed(0, 1, 1)
+    assert first.tolist() == [0]
+    z = np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    assert int(z) == 0xE220A8397B1DCDAF
+
+
+def test_seed_derived_sets_are_uniform() -> None:
+    """Each unit is kept with probability K/m (chi-square over 4,000 seeds)."""
+    seeds = np.arange(4000, dtype=np.uint64) * np.uint64(0x5851F42D4C957F2D)
+    sets = kept_units_from_seed(seeds, 64, 16)
+    assert all(len(set(row)) == 16 for row in sets.tolist())
+    counts = np.bincount(sets.ravel(), minlength=64)
+    expected = 4000 * 16 / 64
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 110  # 63 degrees of freedom: p < 1e-4 above ~110
+
+
+def test_version_3_is_the_default_and_smaller() -> None:
+    assert SCHEMA_VERSION == 3
+    seed = 0x1234_5678_9ABC_DEF0
+    msg = _example(seed=seed, indices=kept_units_from_seed(seed, 256, 64))
+    v3 = encode_activation(msg)
+    v2 = encode_activation(replace(msg, seed=None), version=2)
+    assert v3[4] == 3
+    # the 64 uint16 indices (128 B) become an 8-byte seed; header 69 B -> 6 + 16 + 4 + varints
+    assert len(v2) - len(v3) >= 128 - 8 + 30
+    back = decode_activation(v3)
+    assert back.seed == seed
+    np.testing.assert_array_equal(back.indices, msg.indices)
+    with pytest.raises(WireFormatError, match="seed derives"):
+        encode_activation(replace(msg, indices=np.arange(0, 256, 4)))
+    with pytest.raises(WireFormatError, match="needs schema version 3"):
+        encode_activation(msg, version=2)
+
+
+@settings(max_examples=200, deadline=None)
+@given(messages(), st.integers(0, 2**64 - 1))
+def test_uint8_values_round_to_within_half_a_step(msg: ActivationMessage, seed: int) -> None:
+    back = decode_activation(encode_activation(msg, "uint8"))
+    v = msg.values.astype(np.float32)
+    step = (float(v.max()) - float(v.min())) / 255
+    np.testing.assert_allclose(back.values, v, rtol=0, atol=step / 2 * 1.01 + 1e-6 * abs(v).max())
+    np.testing.assert_array_equal(back.indices, msg.indices)
+
+
+@settings(max_examples=150, deadline=None)
+@given(messages(), st.sampled_from(["float16", "float32", "uint8"]), st.booleans())
+def test_batch_decoder_equals_reference_on_version_3(
+    msg: ActivationMessage, dtype: str, seeded: bool
+) -> None:
+    from dropstream.inference.batching import decode_batch
+
+    if seeded and msg.width <= 4096:
+        msg = replace(msg, seed=7, indices=kept_units_from_seed(7, msg.width, msg.keep))
+    data = encode_activation(msg, dtype)
+    ref = decode_activation(data)
+    batch = decode_batch([data, data[:-1]])
+    assert [r for r, _ in batch.rejected] == [1]
+    (group,) = batch.groups
+    np.testing.assert_array_equal(group.indices[0], ref.indices)
+    np.testing.assert_array_equal(group.values[0], ref.values.astype(np.float32))
+    assert group.sequence[0] == ref.sequence and group.stream_id[0] == ref.stream_id
+    rec = math.nan if ref.recording_time is None else ref.recording_time - ref.lsl_time
+    np.testing.assert_array_equal(group.recording_offset[0], rec)
+
+
+V3 = encode_activation(_example())
+
+
+def test_version_3_carries_the_recording_time_under_the_tag() -> None:
+    """Flag 0x20: the float64 recording time follows the per-window fields (the tag covers
+    it, like every byte); absent for a live stream, refused when not finite and >= 0."""
+    live = encode_activation(_example())
+    replayed = encode_activation(_example(recording_time=9.25))
+    assert replayed[5] & 0x20 and not live[5] & 0x20 and len(replayed) == len(live) + 8
+    assert decode_activation(replayed).recording_time == 9.25
+    assert decode_activation(live).recording_time is None
+    at = replayed.index(struct.pack("<d", 9.25))
+    assert at == 26  # magic, version, flags, LSL and wall time, float32 rate; then the time
+    for value, reason in ((-1.0, "recording time"), (math.inf, "recording time")):
+        with pytest.raises(WireFormatError, match=reason):
+            decode_activation(_patch(replayed, at, "<d", value))
+    with pytest.raises(WireFormatError, match="recording time"):
+        encode_activation(_example(recording_time=math.nan))
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (V3[:-1], "does not match"),
+        (V3 + b"\x00", "does not match"),
+        (_patch(V3, 5, "<B", 0x80), "unknown flags"),
+        (_patch(V3, 5, "<B", 0x03), "unknown flags"),
+        (V3[:30], "truncated|varint|ids"),
+        (V3[:26] + b"\xff" * 12, "varint"),
+    ],
+)
+def test_malformed_version_3_names_the_problem(bad: bytes, reason: str) -> None:
+    with pytest.raises(WireFormatError, match=reason):
+        decode_activation(bad)

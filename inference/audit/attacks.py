@@ -271,7 +271,7 @@ class WindowAttack:
     ) -> None:
         self.layer = layer
         self.use_bounds = use_bounds
-        w = np.asarray(layer.weight, np.float64)
+        w = np.asarray(layer.dense_weight, np.float64)
         self.bias = np.asarray(layer.bias, np.float64)
         self.mu = prior.flat_mean()
         self.sw = prior.times_weights(w)  # (n, m) = Sigma W'
@@ -352,7 +352,7 @@ def naive_attack(layer: FirstLayer, messages: Messages, n_channels: int) -> np.n
     dense, _ = messages.dense(fill=0.0)
     lo, hi, var = preactivation_bounds(dense, layer, messages.value_dtype)
     z = np.where(lo == hi, lo, np.where(np.isfinite(hi), hi, lo))
-    w = np.asarray(layer.weight, np.float64)
+    w = np.asarray(layer.dense_weight, np.float64)
     target = z - np.asarray(layer.bias, np.float64)[None, :]
     x, *_ = np.linalg.lstsq(w, target.T, rcond=1e-6)
     return x.T.reshape(len(messages), n_channels, -1).astype(np.float32)
@@ -381,7 +381,7 @@ def joint_attack(
     numpy.ndarray, shape (C, L)
         The reconstructed stream; samples no window covers stay 0.
     """
-    w = np.asarray(layer.weight, np.float64)
+    w = np.asarray(layer.dense_weight, np.float64)
     b = np.asarray(layer.bias, np.float64)
     t = layer.n_inputs // n_channels
     starts = window_starts(n_samples, t, hop)

@@ -113,7 +113,7 @@ def train_decoder(
     x = np.asarray(train_windows, np.float32)
     n, c, t = x.shape
     flat = x.reshape(n, c * t)
-    z = flat @ layer.weight.T + layer.bias  # noise-free pre-activations
+    z = flat @ layer.dense_weight.T + layer.bias  # noise-free pre-activations
 
     def device_values() -> np.ndarray:
         """What the device sends: a fresh draw of its privacy noise, activation, rounding."""

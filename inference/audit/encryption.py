@@ -100,7 +100,7 @@ def measure_encrypted(layer: FirstLayer, window: np.ndarray, repeats: int = 1) -
     public = ctx.copy()
     public.make_context_public()
     setup_bytes = len(public.serialize(save_galois_keys=True))
-    w_t = np.asarray(layer.weight, np.float64).T.tolist()
+    w_t = np.asarray(layer.dense_weight, np.float64).T.tolist()
     bias = np.asarray(layer.bias, np.float64).tolist()
     enc_s, srv_s, dec_s = [], [], []
     up = down = 0
@@ -120,7 +120,7 @@ def measure_encrypted(layer: FirstLayer, window: np.ndarray, repeats: int = 1) -
         z = np.asarray(ts.ckks_vector_from(ctx, blob_down).decrypt())
         layer.activate(z)
         dec_s.append(time.perf_counter() - t0)
-        ref = np.asarray(layer.weight, np.float64) @ x + np.asarray(layer.bias, np.float64)
+        ref = np.asarray(layer.dense_weight, np.float64) @ x + np.asarray(layer.bias, np.float64)
         err = max(err, float(np.max(np.abs(z - ref))))
     return Cost(
         method="CKKS (TenSEAL)",

@@ -228,9 +228,11 @@ def effective_layer(layer: FirstLayer, n_channels: int, demean: bool) -> FirstLa
     """
     if not demean:
         return layer
-    w = layer.weight.reshape(layer.width, n_channels, -1)
+    rows = layer.dense_input_map.shape[0]  # demean the input map; a low-rank factor stays
+    w = layer.dense_input_map.reshape(rows, n_channels, -1)
     w = w - w.mean(axis=-1, keepdims=True)
-    return replace(layer, weight=w.reshape(layer.width, -1).astype(np.float32))
+    dense = w.reshape(rows, -1).astype(np.float32)
+    return replace(layer, weight=dense, pool=1, n_samples=0)
 
 
 def run_audit(
@@ -301,7 +303,7 @@ def run_audit(
         f"{len(x_eval)} held-out windows of {c} ch x {t} samples (C*T={c * t}), "
         f"m={layer.width}, activation={layer.activation}, wire dtype {value_dtype}; "
         f"attacker data: {0 if x_att is None else len(x_att)} windows; "
-        f"defences: noise={layer.noise:g}, rank(W)={np.linalg.matrix_rank(layer.weight)}"
+        f"defences: noise={layer.noise:g}, rank(W)={np.linalg.matrix_rank(layer.dense_weight)}"
     )
     if "label" in attacks:
         result.notes.append(

@@ -33,7 +33,7 @@ class TrainConfig:
     conv_filters, conv_kernel, conv_stride : int
         Settings of a ``conv`` first layer (kernel and stride in samples).
     pool : int or None
-        Average-pool factor in time before a ``dense`` first layer (exported exactly as dense);
+        Average-pool factor in time before a ``dense`` first layer (exported as pooling + matrix);
         ``None`` picks :func:`default_pool` (about 64 averaged samples per channel).
     level_gain : float or None
         A ``dense`` classifier's first layer is trained in level/shape coordinates
