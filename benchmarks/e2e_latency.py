@@ -92,6 +92,8 @@ def run_once(
     broker_pid: int | None = None,
     profile: str | None = None,
     linger_ms: float = 0.0,
+    processes: int = 1,
+    partitions: int = 6,
 ) -> dict:
     from dropstream.broker.alert_message import decode_alert
     from dropstream.broker.auth import DeviceKeys
@@ -113,7 +115,7 @@ def run_once(
         activations_topic=f"lat.{tag}.activations",
         alerts_topic=f"lat.{tag}.alerts",
         dead_letter_topic=f"lat.{tag}.dead",
-        partitions=6,
+        partitions=partitions,
         group_id=f"lat-{tag}",
         session_timeout_ms=6000,
     )
@@ -134,7 +136,7 @@ def run_once(
         devices.append(msgs)
         keys.append(DeviceKeys.provision(dev, store))
 
-    log = tmp / "serve.log"
+    logs = [tmp / f"serve-{i}.log" for i in range(processes)]
     python = [sys.executable, *(["-m", "cProfile", "-o", profile] if profile else [])]
     cmd = [
         *python, "-m", "dropstream", "serve", "--bundle", str(DEMO_BUNDLE),
@@ -144,7 +146,7 @@ def run_once(
         "--group-id", config.group_id, "--max-wait-ms", str(max_wait_ms), "--log-interval-s", "5",
         *[f"--{k.replace('_', '-')}={v}" for k, v in DEMO_ALERTS.items()], *serve_args,
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    procs = [subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT) for log in logs]
     received: list[tuple[float, float]] = []  # (detection latency, delivered latency), s
     stop = threading.Event()
     consumer = make_topic_reader(config, config.alerts_topic, fetch_max_wait_ms=10)
@@ -166,16 +168,18 @@ def run_once(
     # windows of different devices (a real device sends its own at once); counted in latency
     producer = make_producer(config, linger_ms=linger_ms)
     try:
-        # wait for the service to join: it logs its assignment
-        deadline = time.monotonic() + 60
-        while "assigned partitions" not in log.read_text():
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"serve did not start:\n{log.read_text()[-3000:]}")
+        # wait for every serve process to join: each logs its assignment
+        deadline = time.monotonic() + 60 + 10 * processes
+        while not all("assigned partitions" in log.read_text() for log in logs):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"serve did not start:\n{logs[0].read_text()[-3000:]}")
             time.sleep(0.1)
+        time.sleep(1.0 + 2.0 * (processes > 1))  # the group settles
         time.sleep(1.0)
         start, frames = _stamp_and_sign(devices, keys, hop_s, window_s)
         sent_late = np.empty(len(frames))
-        cpu0 = (os.times(), time.thread_time(), _cpu_s(proc.pid), _cpu_s(broker_pid))
+        serve_cpu = lambda: sum(_cpu_s(p.pid) for p in procs)  # noqa: E731
+        cpu0 = (os.times(), time.thread_time(), serve_cpu(), _cpu_s(broker_pid))
         for j, (due, key, value) in enumerate(frames):
             delay = due - time.monotonic()
             if delay > 0:
@@ -188,7 +192,7 @@ def run_once(
         cpu = {
             "generator": t1.user + t1.system - cpu0[0].user - cpu0[0].system,
             "generator_send_thread": time.thread_time() - cpu0[1],
-            "serve": _cpu_s(proc.pid) - cpu0[2],
+            "serve": serve_cpu() - cpu0[2],
             "broker": _cpu_s(broker_pid) - cpu0[3],
         }
         time.sleep(3.0)
@@ -197,8 +201,10 @@ def run_once(
         follower.join(5)
         producer.close()
         consumer.close()
-        proc.terminate()
-        proc.wait(20)
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(20)
         delete_topics(config, topic_names(config))
     det = np.array([r[0] for r in received])
     rec = np.array([r[1] for r in received])
@@ -226,7 +232,9 @@ def run_once(
         "cpu_cores": {k: round(v / elapsed, 3) for k, v in cpu.items()},
         "detection_latency": pct(det),
         "delivered_to_consumer": pct(rec),
-        "serve_log_tail": log.read_text().strip().splitlines()[-2:],
+        "serve_processes": processes,
+        "partitions": partitions,
+        "serve_log_tail": logs[0].read_text().strip().splitlines()[-2:],
     }
     shutil.rmtree(tmp, ignore_errors=True)  # the log and the throw-away keys
     return result
@@ -242,6 +250,8 @@ def main() -> None:
     parser.add_argument(
         "--linger-ms", type=float, default=0.0, help="the load generator's producer linger"
     )
+    parser.add_argument("--processes", type=int, default=1, help="serve processes in the group")
+    parser.add_argument("--partitions", type=int, default=6, help="of the activations topic")
     parser.add_argument("--profile-serve", help="run serve under cProfile, stats to this file")
     parser.add_argument(
         "--serve-args", default="", help="extra 'dropstream serve' flags, e.g. '--device cuda'"
@@ -262,6 +272,8 @@ def main() -> None:
                 broker_pid=getattr(broker, "pid", None),
                 profile=args.profile_serve,
                 linger_ms=args.linger_ms,
+                processes=args.processes,
+                partitions=args.partitions,
             )
             result |= {
                 "cpus": os.cpu_count(),
