@@ -292,7 +292,8 @@ def main() -> None:
         "## On-device encoder (issues 5, 14)",
         "",
         "Command: `python benchmarks/encoder_speed.py --data ../shared/data "
-        f"--connect-seconds {args.connect_seconds:g} --out docs/bench/encoder.md`; 1-minute load "
+        f"--repeats {args.repeats} --connect-seconds {args.connect_seconds:g} "
+        "--out docs/bench/encoder.md`; 1-minute load "
         f"average at the start {load0:.1f}, at the end {os.getloadavg()[0]:.1f} (2 cores).",
         "",
         f"Machine: {platform.processor() or platform.machine()}, Python "
@@ -315,18 +316,19 @@ def main() -> None:
         )
     lines += [
         "",
-        "*encode*: first layer + activation + fresh keep mask + message + float16 "
-        "serialisation. *device path*: adds causal filtering, ring buffer and normalisation, "
-        "fed in 10 ms chunks. *message bytes*: Kafka value plus the key (device id, 17 B "
-        "here); Kafka's own record and batch overhead is not counted. The dense-form row is "
+        "*encode*: first layer + activation + fresh keep mask (a seed from the OS CSPRNG) + "
+        "message + wire-v3 serialisation with 8-bit values. *device path*: adds causal "
+        "filtering, ring buffer and normalisation, fed in 10 ms chunks. *message bytes*: "
+        "Kafka value plus the key (device id, 17 B here); Kafka's own record and batch "
+        "overhead is not counted. The dense-form row is "
         "the same layer exported as before (C*T columns), measured in the same run: the ratio "
-        "of the two rows is the gain of computing pooling then the small matrix. Goals: 64-ch "
+        "of the rows is the gain of computing pooling, then B, then A. Goals: 64-ch "
         "device path <= 0.3 ms per window (issue 14), <= 1/50 of the raw bytes.",
         "",
     ]
     if connect:
         lines += [
-            f"`dropstream connect` with the pooled 64-ch bundle, {args.connect_seconds:g} s on "
+            f"`dropstream connect` with the factored 64-ch bundle, {args.connect_seconds:g} s on "
             "the EDF replayed over LSL (`dropstream replay --loop`) into an embedded broker: "
             f"peak RSS (VmHWM) **{connect['peak_rss_mib']:.0f} MiB**, {connect['windows']} "
             f"windows sent, {connect['cpu_s']:.2f} s CPU in all (mostly start-up: imports, "

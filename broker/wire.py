@@ -210,6 +210,24 @@ class ActivationMessage:
         return out
 
 
+#: Fields an :class:`ActivationMessage` and its :class:`WireHeader` share, name for name.
+_SHARED_FIELDS = (
+    "model_version",
+    "sequence",
+    "lsl_time",
+    "wall_time",
+    "sfreq",
+    "window_samples",
+    "hop_samples",
+)
+
+
+def _shared_fields(source: ActivationMessage | WireHeader) -> dict:
+    """The shared fields of a message or header, to build the other from it (the one
+    place the encoder and the decoder copy them)."""
+    return {name: getattr(source, name) for name in _SHARED_FIELDS}
+
+
 def _index_dtype(width: int) -> np.dtype:
     return np.dtype("<u2") if width <= 65536 else np.dtype("<u4")
 
@@ -367,13 +385,7 @@ def encode_activation(
         version=version,
         flags=(FLAG_FLOAT32 if value_dtype == "float32" else 0)
         | (0 if msg.recording_time is None else FLAG_RECORDING_TIME),
-        model_version=msg.model_version,
-        sequence=msg.sequence,
-        lsl_time=msg.lsl_time,
-        wall_time=msg.wall_time,
-        sfreq=msg.sfreq,
-        window_samples=msg.window_samples,
-        hop_samples=msg.hop_samples,
+        **_shared_fields(msg),
         width=msg.width,
         keep=indices.size,
         n_model=n_model,
@@ -464,15 +476,9 @@ def decode_activation(data: bytes) -> ActivationMessage:
         check_recording_time(recording_time)
     return ActivationMessage(
         model_id=model_id,
-        model_version=h.model_version,
         device_id=device_id,
         stream_id=stream_id,
-        sequence=h.sequence,
-        lsl_time=h.lsl_time,
-        wall_time=h.wall_time,
-        sfreq=h.sfreq,
-        window_samples=h.window_samples,
-        hop_samples=h.hop_samples,
+        **_shared_fields(h),
         width=width,
         indices=indices,
         values=values,
@@ -534,10 +540,19 @@ def kept_units_from_seed(seeds: np.ndarray | int, width: int, keep: int) -> np.n
     for a uniform seed; only unsigned 64-bit integer arithmetic, so every numpy version and any
     other language derives the same set (a known-answer test pins it).
     """
+    global _last_set
+    scalar = isinstance(seeds, (int, np.integer))
+    if scalar and _last_set is not None and _last_set[0] == (int(seeds), width, keep):
+        return _last_set[1]  # the encoder derives a set, then encode_activation checks it
     s = np.asarray(seeds, dtype=np.uint64)
-    units = np.arange(1, width + 1, dtype=np.uint64)
+    steps = _unit_steps.get(width)
+    if steps is None:
+        with np.errstate(over="ignore"):
+            steps = np.arange(1, width + 1, dtype=np.uint64) * _GAMMA
+        if len(_unit_steps) < 64:
+            _unit_steps[width] = steps
     with np.errstate(over="ignore"):
-        z = s[..., None] + units * _GAMMA
+        z = s[..., None] + steps
         z = (z ^ (z >> np.uint64(30))) * _MIX1
         z = (z ^ (z >> np.uint64(27))) * _MIX2
         z ^= z >> np.uint64(31)
@@ -547,7 +562,16 @@ def kept_units_from_seed(seeds: np.ndarray | int, width: int, keep: int) -> np.n
         order = np.argpartition(z, keep - 1, axis=-1)[..., :keep]
     else:
         order = np.broadcast_to(np.arange(width), z.shape)
-    return np.sort(order, axis=-1).astype(_index_dtype(width))
+    out = np.sort(order, axis=-1).astype(_index_dtype(width))
+    if scalar:
+        out.setflags(write=False)  # shared with the next call for the same seed
+        _last_set = ((int(seeds), width, keep), out)
+    return out
+
+
+#: ``(u + 1) * 0x9E3779B97F4A7C15`` per layer width, and the last scalar derivation.
+_unit_steps: dict[int, np.ndarray] = {}
+_last_set: tuple[tuple[int, int, int], np.ndarray] | None = None
 
 
 def draw_seed() -> int:

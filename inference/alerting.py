@@ -17,7 +17,9 @@ that stream in sequence order:
     the event is **closed** at its last active window and a **refractory** period of
     ``refractory_windows`` follows in which no new event can start.
 
-Sequence gaps (lost windows) count as windows below threshold. A stream that falls silent is
+Sequence gaps (lost windows) count as windows below threshold, and so does signal the device
+reports it did not encode (``unencoded_windows`` of :meth:`EventDetector.update`: windows that
+would have been cut from it, on top of any sequence gap). A stream that falls silent is
 *expired* by the service after a while (:meth:`EventDetector.expire`): an open event is closed at
 its last active window. An alert is emitted twice under
 one id (:func:`dropstream.broker.alert_message.make_alert_id` of device, stream and onset sequence):
@@ -182,7 +184,11 @@ class EventDetector:
     active_sequence: int = field(default=0, init=False)
     active_time: float = field(default=0.0, init=False)
     peak: float = field(default=0.0, init=False)
-    refractory_until: int = field(default=-1, init=False)
+    refractory_until: int = field(default=-1, init=False)  # a position (see update)
+    # positions count every window, encoded or not: sequence + windows reported unencoded so far
+    _unencoded: int = field(default=0, init=False, repr=False)
+    _last_at: int = field(default=-1, init=False, repr=False)
+    _active_at: int = field(default=0, init=False, repr=False)
     _adapt: list[float] = field(default_factory=list, init=False, repr=False)
     _windows: tuple[int, int, int] | None = field(default=None, init=False, repr=False)
 
@@ -196,7 +202,7 @@ class EventDetector:
         replaying from the next window with a fresh detector gives the same alerts."""
         return (
             self.state == "idle"
-            and (self.last_sequence is None or self.last_sequence >= self.refractory_until)
+            and (self.last_sequence is None or self._last_at >= self.refractory_until)
             and not (0 < len(self._adapt) < self.policy.adapt_windows)
         )
 
@@ -228,10 +234,16 @@ class EventDetector:
             )
         )
         self.state = "idle"
-        self.refractory_until = self.active_sequence + 1 + refractory
+        self.refractory_until = self._active_at + 1 + refractory
 
     def update(
-        self, sequence: int, score: float, window_start: float, window_end: float, hop_s: float
+        self,
+        sequence: int,
+        score: float,
+        window_start: float,
+        window_end: float,
+        hop_s: float,
+        unencoded_windows: int = 0,
     ) -> list[AlertEvent]:
         """Feed one window (in sequence order); returns the alert updates it causes.
 
@@ -245,6 +257,10 @@ class EventDetector:
             LSL-clock times of its first and last sample, seconds.
         hop_s : float
             Hop between windows, seconds.
+        unencoded_windows : int
+            Windows missing just before this one that its sequence number does not show: the
+            device did not encode that signal (``unencoded_s`` of the message, in hops). They
+            count exactly like lost windows of a sequence gap.
         """
         min_w, gap_w, _ = self._timing(hop_s)
         out: list[AlertEvent] = []
@@ -256,35 +272,38 @@ class EventDetector:
                 if own > self.high:
                     ratio = self.low / self.high if self.high > 0 else 1.0
                     self.high, self.low = own, own * ratio
-        lost = self.last_sequence is not None and sequence > self.last_sequence + 1
-        self.last_sequence = sequence
+        self._unencoded += unencoded_windows
+        at = sequence + self._unencoded  # the window's position: gaps of both kinds counted
+        lost = self.last_sequence is not None and at > self._last_at + 1
+        self.last_sequence, self._last_at = sequence, at
         if self.state == "open":
-            if sequence - self.active_sequence - 1 > gap_w:
+            if at - self._active_at - 1 > gap_w:
                 self._close(out, window_end)  # lost or quiet windows used up the merge gap
-            elif (sequence == self.active_sequence + 1 and score >= self.low) or (
-                score >= self.high
-            ):
+            elif (at == self._active_at + 1 and score >= self.low) or (score >= self.high):
                 self.active_sequence, self.active_time = sequence, window_end
+                self._active_at = at
                 self.peak = max(self.peak, score)
                 return out
             else:
-                if sequence - self.active_sequence > gap_w:
+                if at - self._active_at > gap_w:
                     self._close(out, window_end)
                 return out  # a quiet window: inside the merge gap, or the one that closed it
         if self.state == "candidate":
             if not lost and score >= self.low:
                 self.run_windows += 1
                 self.active_sequence, self.active_time = sequence, window_end
+                self._active_at = at
                 self.peak = max(self.peak, score)
                 if self.run_windows >= min_w:
                     self._open(out, window_end)
                 return out
             self.state = "idle"
-        if self.state == "idle" and sequence >= self.refractory_until and score >= self.high:
+        if self.state == "idle" and at >= self.refractory_until and score >= self.high:
             self.state = "candidate"
             self.onset_sequence, self.onset_time = sequence, window_start
             self.run_windows = 1
             self.active_sequence, self.active_time = sequence, window_end
+            self._active_at = at
             self.peak = score
             if min_w <= 1:
                 self._open(out, window_end)

@@ -89,6 +89,9 @@ class WindowGroup:
         Hop between windows, seconds.
     recording_offset : numpy.ndarray of float64, shape (n,)
         Seconds into the replayed recording minus LSL time, NaN for live streams.
+    unencoded_s : numpy.ndarray of float64, shape (n,)
+        Seconds of signal just before each window that its device did not encode (agent down,
+        stream break; 0 in version 1): a gap in the stream.
     indices : numpy.ndarray of int64, shape (n, K)
     values : numpy.ndarray of float32, shape (n, K)
     """
@@ -106,6 +109,7 @@ class WindowGroup:
     wall_time: np.ndarray
     hop_s: np.ndarray
     recording_offset: np.ndarray
+    unencoded_s: np.ndarray
     indices: np.ndarray = field(repr=False)
     values: np.ndarray = field(repr=False)
 
@@ -129,6 +133,7 @@ class WindowGroup:
             wall_time=self.wall_time[pick],
             hop_s=self.hop_s[pick],
             recording_offset=self.recording_offset[pick],
+            unencoded_s=self.unencoded_s[pick],
             indices=self.indices[pick],
             values=self.values[pick],
         )
@@ -158,6 +163,7 @@ class WindowGroup:
             wall_time=np.concatenate([g.wall_time for g in groups])[order],
             hop_s=np.concatenate([g.hop_s for g in groups])[order],
             recording_offset=np.concatenate([g.recording_offset for g in groups])[order],
+            unencoded_s=np.concatenate([g.unencoded_s for g in groups])[order],
             indices=np.concatenate([g.indices for g in groups])[order],
             values=np.concatenate([g.values for g in groups])[order],
         )
@@ -275,10 +281,11 @@ class BatchDecoder:
             if end != pos + keep * (isz + vsz):
                 rejected.append((row, _reason(data)))
                 continue
-            recording = math.nan
+            recording, unencoded = math.nan, 0.0
             try:  # the reference decoder's own checks of the optional fields, in its order
                 if version == 2:
-                    check_unencoded(unpack_unencoded(data, HEADER_BYTES)[0])
+                    (unencoded,) = unpack_unencoded(data, HEADER_BYTES)
+                    check_unencoded(unencoded)
                 if timed:
                     (recording,) = RECORDING_TIME.unpack_from(data, end)
                     check_recording_time(recording)
@@ -303,6 +310,7 @@ class BatchDecoder:
                     data[split:end],
                     h[_FWALL],
                     recording - lsl,
+                    unencoded,
                 )
             )
         groups = []
@@ -365,6 +373,7 @@ class BatchDecoder:
                 data[split:end],
                 p.wall_time,
                 recording - p.lsl_time,
+                p.unencoded_s,
             )
         )
 
@@ -431,6 +440,7 @@ def _build_group(
         wall_time=np.fromiter((it[8] for it in sel), np.float64, len(sel)),
         hop_s=np.fromiter((it[4] for it in sel), np.float64, len(sel)),
         recording_offset=np.fromiter((it[9] for it in sel), np.float64, len(sel)),
+        unencoded_s=np.fromiter((it[10] for it in sel), np.float64, len(sel)),
         indices=idx[keepers],
         values=val[keepers].astype(np.float32),
     )

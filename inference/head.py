@@ -56,6 +56,9 @@ def build_head(head_config: Mapping[str, Any]) -> nn.Module:
             bias=bool(head_config.get("bias", True)),
             rescale=bool(head_config.get("rescale", True)),
             fill=str(head_config.get("fill", "zero")) if head_format >= 2 else "zero",
+            rank=head_config.get("rank"),
+            activation=str(head_config.get("activation", "relu")),
+            negative_slope=float(head_config.get("negative_slope", 0.01)),
         )
     except (KeyError, TypeError, ValueError, ModelConfigError) as exc:
         raise BundleError(f"head_config is incomplete or invalid: {exc!r}") from exc

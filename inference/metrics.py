@@ -70,6 +70,7 @@ class ServiceMetrics:
     duplicates: int = 0
     late: int = 0
     lost: int = 0
+    unencoded_s: float = 0.0
     restarts: int = 0
     dead_letters: int = 0
     alerts: int = 0
@@ -89,6 +90,9 @@ class ServiceMetrics:
         self.c_dup = Counter(p + "duplicates", "duplicate windows skipped", registry=r)
         self.c_late = Counter(p + "late", "late windows", registry=r)
         self.c_lost = Counter(p + "lost_windows", "windows missing from gaps", registry=r)
+        self.c_unencoded = Counter(
+            p + "unencoded_seconds", "signal devices report they did not encode", registry=r
+        )
         self.c_restart = Counter(
             p + "stream_restarts", "streams whose sequence restarted", registry=r
         )
@@ -150,6 +154,12 @@ class ServiceMetrics:
     def lost_windows(self, n: int) -> None:
         self.lost += n
         self.c_lost.inc(n)
+
+    def unencoded(self, seconds: float) -> None:
+        """Devices reported ``seconds`` of signal they did not encode (counted as lost
+        windows too, see :meth:`lost_windows`)."""
+        self.unencoded_s += seconds
+        self.c_unencoded.inc(seconds)
 
     def restart(self) -> None:
         self.restarts += 1

@@ -320,10 +320,33 @@ def random_keep_mask(
 #: Version of the head's inputs and ``state_dict`` layout, stored as ``head_config["format"]``.
 #: 1: zeros at dropped units, rescaled by ``m/K`` (bundles without the key). 2: ``fill`` is
 #: ``"learned"`` or ``"zero"``, and dropped units arrive as NaN (or with an explicit mask).
-HEAD_FORMAT = 2
+#: 3: also ``fill="decode"`` (with ``rank``, ``activation``, ``negative_slope``).
+HEAD_FORMAT = 3
 
 #: How a head treats dropped units (see :class:`Head`).
-FILLS = ("zero", "learned")
+FILLS = ("zero", "learned", "decode")
+
+#: Ridge of the decoding head's normal equations, relative to their mean diagonal (at least 1):
+#: negligible once ``rank`` units are known, and ``u = 0`` (the mean) when none is.
+DECODE_RIDGE = 1e-5
+
+
+def invert_activation(
+    a: torch.Tensor, kept: torch.Tensor, activation: str, negative_slope: float = 0.01
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pre-activations ``z`` of kept activations ``a`` and where they are known exactly
+    (``relu``: only positive values; ``tanh`` / ``sigmoid``: inside the open range)."""
+    if activation == "relu":
+        return a, kept & (a > 0)
+    if activation == "leaky_relu":
+        return torch.where(a >= 0, a, a / negative_slope), kept
+    if activation == "tanh":
+        valid = kept & (a.abs() < 1 - 1e-6)
+        return torch.atanh(torch.where(valid, a, torch.zeros_like(a))), valid
+    if activation == "sigmoid":
+        valid = kept & (a > 1e-6) & (a < 1 - 1e-6)
+        return torch.logit(torch.where(valid, a, torch.full_like(a, 0.5))), valid
+    raise ModelConfigError(f"unknown activation {activation!r}; choose one of {ACTIVATIONS}")
 
 
 class Head(nn.Module):
@@ -349,11 +372,27 @@ class Head(nn.Module):
         Whether linear layers have a bias (a Deep SVDD novelty head uses ``False``).
     rescale : bool
         ``fill="zero"`` only: multiply the input by ``m / K`` (inverted-dropout scaling).
-    fill : {"zero", "learned"}
+    fill : {"zero", "learned", "decode"}
         ``"zero"``: dropped units are zero (the head cannot tell a dropped unit from a kept unit
         at zero). ``"learned"``: a dropped unit takes a learned value (``fill_base``, the mean
         training activation, plus the learned ``fill_offset``) and the keep mask joins the
         input, so the MLP sees ``2 m`` numbers and knows which units were measured.
+        ``"decode"`` (low-rank first layers ``z = A u + b``): the head solves the kept units
+        whose pre-activation the activation reveals (ReLU: the positive ones) for the ``rank``
+        projections ``u`` by least squares with the layer's ``A`` and ``b``
+        (:meth:`set_units`; ``unit_weight``, ``unit_bias`` in the ``state_dict``) and feeds
+        ``u`` to the MLP. ``rank`` known units give ``u`` exactly, so the head sees what the
+        undropped layer sends, whichever units were kept. It learns nothing an attacker who
+        knows the layer does not already get.
+    rank : int, optional
+        ``fill="decode"``: the first layer's rank ``r``.
+    activation : str
+        ``fill="decode"``: the first layer's activation (inverted on the kept units).
+    negative_slope : float
+        ``fill="decode"`` with ``leaky_relu``.
+    decode_noise : float
+        ``fill="decode"``: standard deviation of Gaussian noise added to the decoded
+        projections while training (server-side augmentation; none in eval mode).
     """
 
     def __init__(
@@ -366,19 +405,36 @@ class Head(nn.Module):
         bias: bool = True,
         rescale: bool = True,
         fill: str = "zero",
+        rank: int | None = None,
+        activation: str = "relu",
+        negative_slope: float = 0.01,
+        decode_noise: float = 0.0,
     ) -> None:
         super().__init__()
+        self.decode_noise = float(decode_noise)
         if fill not in FILLS:
             raise ModelConfigError(f"head fill must be one of {FILLS}, not {fill!r}")
         self.width = int(width)
         self.keep = int(keep)
         self.rescale = bool(rescale)
         self.fill = fill
+        self.activation = activation
+        self.negative_slope = float(negative_slope)
+        prev = self.width
         if fill == "learned":
             self.register_buffer("fill_base", torch.zeros(self.width))
             self.fill_offset = nn.Parameter(torch.zeros(self.width))
+            prev = 2 * self.width
+        elif fill == "decode":
+            if rank is None or not 1 <= int(rank) < self.width or activation not in ACTIVATIONS:
+                raise ModelConfigError(
+                    f"a decoding head needs the first layer's rank (1 <= rank < {self.width}, "
+                    f"got {rank!r}) and activation (one of {ACTIVATIONS}, got {activation!r})"
+                )
+            self.register_buffer("unit_weight", torch.zeros(self.width, int(rank)))
+            self.register_buffer("unit_bias", torch.zeros(self.width))
+            prev = int(rank)
         layers: list[nn.Module] = []
-        prev = self.width * (2 if fill == "learned" else 1)
         for h in hidden:
             layers += [nn.Linear(prev, int(h), bias=bias), nn.ReLU()]
             if dropout > 0:
@@ -393,10 +449,34 @@ class Head(nn.Module):
         if self.fill == "learned":
             self.fill_base.copy_(activations.mean(0))
 
+    @torch.no_grad()
+    def set_units(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """``fill="decode"``: the first layer's ``A (m, r)`` and ``b (m,)`` (``z = A u + b``)."""
+        self.unit_weight.copy_(weight)
+        self.unit_bias.copy_(bias)
+
+    def decode(self, dense: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        """Least-squares projections ``u (N, r)`` from the kept units' revealed
+        pre-activations (``fill="decode"``); no revealed unit gives ``u = 0`` (the mean)."""
+        a = torch.where(kept, dense, torch.zeros((), dtype=dense.dtype, device=dense.device))
+        z, known = invert_activation(a, kept, self.activation, self.negative_slope)
+        w = known.to(dense.dtype)
+        A = self.unit_weight.to(dense.dtype)
+        gram = torch.einsum("nm,mr,ms->nrs", w, A, A)
+        scale = gram.diagonal(dim1=1, dim2=2).mean(1).clamp(min=1.0)[:, None, None]
+        gram = gram + DECODE_RIDGE * scale * torch.eye(A.shape[1], dtype=A.dtype, device=A.device)
+        rhs = (w * (z - self.unit_bias.to(dense.dtype))) @ A
+        return torch.linalg.solve(gram, rhs)
+
     def forward(self, dense: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Outputs for activations ``(N, m)``: NaN at dropped units, or ``mask`` (bool, True =
         kept) given."""
         kept = ~torch.isnan(dense) if mask is None else mask.bool()
+        if self.fill == "decode":
+            u = self.decode(dense, kept)
+            if self.training and self.decode_noise > 0:
+                u = u + self.decode_noise * torch.randn_like(u)
+            return self.mlp(u)
         if self.fill == "zero":
             x = torch.where(kept, dense, torch.zeros((), dtype=dense.dtype, device=dense.device))
             if self.rescale:

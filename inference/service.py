@@ -189,6 +189,12 @@ class InferenceService:
         self._marks: dict[str, str] = {}  # partition -> marks text, saved in state_dir
         self._marks_at = -1e9
         self._to_restore: list[TopicPartition] = []
+        self._revoked: set[TopicPartition] = set()  # settled once the assignment is known
+        self._rebalanced = False  # an assignment arrived: settle the revoked partitions
+        # the broker may have restarted (coordinator lost, a delivery failed): check that the
+        # group still has our commits before serving anything more
+        self._suspect = False
+        self._was_reset: set[TopicPartition] = set()
         self._pending: list[Any] = []
         self._committed_at = -1e9  # monotonic time of the last flush and commit
         self._tps: dict[int, TopicPartition] = {}  # partition number -> its TopicPartition
@@ -213,8 +219,10 @@ class InferenceService:
 
             def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
                 log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
-                # read their marks from the main loop: no client calls inside this callback
+                # settle revocations and read marks from the main loop: no client calls inside
+                # this callback
                 service._to_restore.extend(assigned)
+                service._rebalanced = True
                 service.ready.set()
 
         self._consumer.unsubscribe()  # subscribe again, with the rebalance listener
@@ -226,6 +234,52 @@ class InferenceService:
             return None
         name = f"marks-{self.config.group_id}-{self.config.activations_topic}.json"
         return Path(d) / "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+    def _settle_partitions(self) -> None:
+        """After a rebalance (from the main loop, before any record of it is processed):
+        forget the partitions revoked for good, keep the state of those taken back from a
+        reset broker, then restore the saved marks of the assigned ones.
+
+        A partition revoked and assigned again at once whose offsets this process had
+        committed but the group no longer has was *reset* under it (a broker with memory
+        storage restarted empty: it lost the log and the commits, nobody can replay them), so
+        its streams and their events in progress are kept (the documented reset policy: the
+        devices' next windows continue them; forgetting them would lose the updates of open
+        events); the consumer reads the new log from its start (no commit: ``earliest``).
+        Otherwise the partition is forgotten and replayed from its last commit, as before.
+        """
+        revoked, self._revoked, self._rebalanced = self._revoked, set(), False
+        assigned = set(self._to_restore)
+        gone: set[TopicPartition] = set()
+        for tp in revoked:
+            if tp in self._was_reset and tp in assigned:
+                self.offsets.reset(tp)  # found reset before the group was: read from the start
+            elif tp in assigned and self.offsets.committed.get(tp) and self._lost_commit(tp):
+                # the consumer itself starts it at ``earliest`` (the group has no commit)
+                self._reset_partition(tp, "lost the offsets this service committed", seek=False)
+            else:
+                gone.add(tp)
+        self._was_reset.clear()
+        if gone:
+            self.streams.forget(gone)
+            self.offsets.revoke(gone)
+        self._restore_marks()
+
+    def _lost_commit(self, tp: TopicPartition) -> bool:
+        """Whether the group has no committed offset for ``tp`` (``False`` if unknown)."""
+        try:
+            return self._group_offset(tp) is None
+        except (KafkaError, AssertionError) as exc:
+            log.warning("cannot read the committed offset of %s[%d]: %r", *tp, exc)
+            return False
+
+    def _group_offset(self, tp: TopicPartition) -> int | None:
+        """The group's committed offset of ``tp`` (``None``: none); raises ``KafkaError``
+        while the broker cannot tell."""
+        try:
+            return self._consumer.committed(tp, timeout_ms=2000)
+        except TypeError:  # kafka-python before 3.0 has no timeout here
+            return self._consumer.committed(tp)
 
     def _restore_marks(self) -> None:
         """Seed the high-water marks saved for each newly assigned partition (replay
@@ -270,8 +324,10 @@ class InferenceService:
         self._marks_at = now
 
     def _revoke(self, revoked: set[TopicPartition]) -> None:
-        """Forget everything about revoked partitions: their next owner replays from the last
-        committed clean point (everything processed so far is already committed)."""
+        """Drop the pending records of revoked partitions; their state is forgotten by
+        :meth:`_settle_partitions` (their next owner replays from the last committed clean
+        point: everything processed so far is already committed) unless they come straight
+        back from a reset broker."""
         if not revoked:
             return
         log.info("partitions revoked %s", sorted(tp.partition for tp in revoked))
@@ -279,8 +335,7 @@ class InferenceService:
         self._pending = [
             r for r in self._pending if TopicPartition(r.topic, r.partition) not in revoked
         ]
-        self.streams.forget(revoked)
-        self.offsets.revoke(revoked)
+        self._revoked |= revoked
         for tp in revoked:
             self._marks.pop(str(tp.partition), None)
 
@@ -346,10 +401,13 @@ class InferenceService:
                 polled = self._consumer.poll(
                     timeout_ms=int(wait * 1000), max_records=s.max_batch - len(self._pending)
                 )
-                if self._to_restore:
-                    self._restore_marks()
+                if self._rebalanced:
+                    self._settle_partitions()
                 for records in polled.values():
                     self._pending.extend(records)
+                self._suspect = self._suspect or self._coordinator_lost()
+                if self._suspect and self._pending and not self._commits_checked():
+                    continue  # the broker is not answering yet: serve nothing meanwhile
                 now = time.monotonic()
                 if self._pending and first_at is None:
                     first_at = now
@@ -389,8 +447,9 @@ class InferenceService:
 
     def _housekeeping(self, now: float) -> None:
         """Once a second: lag, reset logs, silent streams, idle state."""
-        self._check_resets()
-        self.metrics.set_lag(self.offsets.lag(self._consumer.highwater))
+        if not self._revoked:  # mid-rebalance the revoked partitions' ends are not ours to ask
+            self._check_resets()
+            self.metrics.set_lag(self.offsets.lag(self._consumer.highwater))
         self._expire_stale(now)
         s = self.settings
         self.streams.forget_idle(now, s.idle_forget_s, s.max_streams)
@@ -408,20 +467,52 @@ class InferenceService:
             hw = self._consumer.highwater(tp)
             if hw is None or hw >= nxt:
                 continue
-            log.warning(
-                "partition %s[%d] ends at offset %d but %d were already consumed: its log was "
-                "reset (a restarted in-memory broker?); reading it again from its start",
-                tp.topic,
-                tp.partition,
-                hw,
-                nxt,
-            )
-            self.metrics.offset_reset()
-            self.offsets.reset(tp)
+            self._reset_partition(tp, f"ends at offset {hw} but {nxt} were already consumed")
+
+    def _reset_partition(self, tp: TopicPartition, why: str, seek: bool = True) -> None:
+        """The documented reset policy for a partition whose log was reset under the service:
+        keep its streams (devices keep numbering their windows, so whatever the new log holds
+        is recognised as duplicates or scored as new), forget its offsets, drop what was
+        fetched from it at old offsets and read it again from its start."""
+        log.warning(
+            "partition %s[%d] %s: its log was reset (a restarted in-memory broker?); keeping "
+            "its streams and reading it again from its start",
+            tp.topic,
+            tp.partition,
+            why,
+        )
+        self.metrics.offset_reset()
+        self.offsets.reset(tp)
+        self._was_reset.add(tp)
+        self._pending = [r for r in self._pending if _partition(r) != tp]
+        if seek:
             try:
                 self._consumer.seek_to_beginning(tp)
             except (KafkaError, AssertionError) as exc:  # not assigned any more
                 log.warning("cannot rewind %s[%d]: %r", tp.topic, tp.partition, exc)
+
+    def _coordinator_lost(self) -> bool:
+        """Whether the consumer lost its group coordinator (e.g. the broker went away)."""
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        try:
+            return bool(coordinator is not None and coordinator.coordinator_unknown())
+        except Exception:  # noqa: BLE001 - a client without it: rely on the other checks
+            return False
+
+    def _commits_checked(self) -> bool:
+        """After the broker may have restarted, before serving what was fetched since: every
+        partition whose offsets this process committed must still have a commit in the group;
+        one without was reset under us (the fetch position is stale: the new log's first
+        windows would be skipped, issue 15's 52 windows). False while the broker cannot tell."""
+        try:
+            for tp in [tp for tp, off in self.offsets.committed.items() if off]:
+                if self._group_offset(tp) is None:
+                    self._reset_partition(tp, "lost the offsets this service committed")
+        except KafkaError as exc:
+            log.info("cannot check the committed offsets yet (%r); waiting", exc)
+            return False
+        self._suspect = False
+        return True
 
     # ------------------------------------------------------------------ one batch
     def process(self, records: list[Any]) -> None:
@@ -586,15 +677,27 @@ class InferenceService:
                     )
         s = self.settings
         if s.freshness_s is not None:
+            # an old window is served only above its stream's high-water mark (a window spooled
+            # through a long outage); at or below it, or with no mark known, it may be a replay
             now = time.time()
             wall = group.wall_time
             for i in np.flatnonzero(ok & (wall < now - s.freshness_s)).tolist():
+                seq = int(group.sequence[i])
+                mark = self.streams.high_water((group.device_id[i], group.stream_id[i]))
+                if mark is not None and seq > mark:
+                    continue
                 ok[i] = False
+                known = (
+                    "no high-water mark is known for its stream (start serve with --state-dir "
+                    "to keep them across restarts)"
+                    if mark is None
+                    else f"its sequence {seq} is not above its stream's high-water mark {mark}"
+                )
                 outbox.dead_letter(
                     batch[rows[i]],
                     "stale",
-                    f"window started {now - wall[i]:.0f} s ago, over the freshness window of "
-                    f"{s.freshness_s:g} s (a replay, or spooled through a long outage)",
+                    f"window started {now - wall[i]:.0f} s ago, over the freshness bound of "
+                    f"{s.freshness_s:g} s, and {known}: refused as a possible replay",
                 )
         if s.max_clock_skew_s is not None:
             now = time.time()
@@ -635,8 +738,8 @@ class InferenceService:
         """Close the events of streams that went silent, then commit past them."""
         after = self.settings.stale_after_s
         for partition, key in self.offsets.dirty_streams():
-            if not self.streams.silent(key, now, after):
-                continue
+            if partition in self._revoked or not self.streams.silent(key, now, after):
+                continue  # (a revoked partition's state waits for the new assignment)
             log.info("stream %s/%s silent for over %.0f s: expiring its event state", *key, after)
             for update in self.streams.expire(key):
                 self.outbox.alert(update)
@@ -685,6 +788,7 @@ class InferenceService:
                 give_up = give_up or now + self.settings.delivery_timeout_s
                 if now >= give_up:
                     raise exc if isinstance(exc, KafkaError) else KafkaError(str(exc)) from exc
+                self._suspect = True  # a broker restart? check the commits before serving on
                 log.warning(
                     "delivering %d alert updates / dead letters failed (%r); recreating the "
                     "producer and delivering them again",
@@ -726,6 +830,8 @@ class InferenceService:
     def _commit(self) -> None:
         """Commit the safe offsets (then save the high-water marks they cover)."""
         offsets = self.offsets.to_commit()
+        if self._revoked:  # mid-rebalance: not ours to commit any more
+            offsets = {tp: off for tp, off in offsets.items() if tp not in self._revoked}
         if not offsets:
             return
         try:

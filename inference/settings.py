@@ -45,9 +45,12 @@ class ServiceSettings:
         last active window, and its partition can commit past it again.
     freshness_s : float or None
         Windows whose wall-clock start is older than this many seconds are refused (dead
-        letter ``stale``): a replay of captured windows cannot reopen old alerts, and a stream
-        forgotten after ``idle_forget_s`` cannot be replayed. ``None``: no freshness check.
-        Windows a device spooled through a longer outage are dead-lettered, not lost.
+        letter ``stale``) *unless their sequence number is above their stream's high-water
+        mark*: such a window was never seen, so it is served whatever its age (a device's spool
+        draining after a long outage); the mark is what refuses replays. The bound thus applies
+        where no mark is known: a stream this process never saw and that no saved mark
+        (``state_dir``) covers, where an old window may be a replay of captured ones. ``None``:
+        no bound (then replays of streams with no mark are not refused).
     max_clock_skew_s : float
         Windows whose wall-clock start is more than this ahead of the server's clock are
         refused (dead letter ``from-the-future``).
@@ -56,7 +59,8 @@ class ServiceSettings:
         many hops later on the wall clock, give or take this many seconds; otherwise it is
         refused (``implausible-sequence``) without touching the stream (``None``: no check).
     idle_forget_s : float
-        Streams with nothing in progress and silent this long are forgotten (memory).
+        Streams with nothing in progress and silent this long are forgotten (memory); their
+        high-water marks are kept (at most ``max_streams`` of them).
     max_streams : int
         Most streams held; above it the least recently seen idle ones are forgotten.
     max_gaps, max_gaps_total : int

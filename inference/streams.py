@@ -14,6 +14,11 @@ Per stream:
   ``dedup_windows`` back, at most ``max_gaps`` ranges per stream, ``max_gaps_total`` in all: the
   oldest range goes first); a window filling one later is *late*: scored, counted, but not fed
   to the detector, which has moved on; gaps count as lost windows;
+* **unencoded signal** - a window whose device reports ``unencoded_s`` seconds of signal before
+  it that it never encoded (its agent was down, the stream broke: the sequence numbers run on)
+  is a gap too: ``ceil(unencoded_s / hop)`` lost windows, counted and fed to the detector exactly
+  like a sequence gap of that many windows (a candidate is dropped; an open event whose merge
+  gap the missing windows use up is closed at its last active window);
 * **implausible jumps** - a window 2..``dedup_windows`` ahead of the newest must have a
   wall-clock start that many hops later (``jump_tolerance_s`` of slack); otherwise it is refused
   without touching the stream, so a forged or bogus sequence number cannot make the genuine
@@ -31,7 +36,9 @@ Per stream:
   drift ends (then a fresh detector starts).
 
 Memory is bounded: :meth:`StreamTracker.forget_idle` drops clean streams silent for a while and,
-above ``max_streams``, the least recently seen clean ones.
+above ``max_streams``, the least recently seen clean ones. A stream forgotten that way keeps its
+high-water mark (one integer, at most ``max_streams`` of them, the oldest go first): a stream
+that comes back after a long silence (a long outage) still has one (:meth:`high_water`).
 
 Replay protection across restarts: :meth:`StreamTracker.marks` renders a partition's per-stream
 high-water marks as text the service saves with its committed offsets (``state_dir``);
@@ -46,6 +53,7 @@ import logging
 import math
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import NamedTuple
 
 import numpy as np
@@ -76,6 +84,7 @@ class ScoredBatch(NamedTuple):
     wall_offsets: list[float] | None = None  # device wall clock minus its LSL clock, seconds
     recording_offsets: list[float] | None = None  # recording time minus LSL time (NaN: live)
     drifts: list[float] | None = None  # drift statistic of each window (NaN: no reference)
+    unencoded: list[float] | None = None  # signal not encoded before each window, seconds
 
 
 class Fed(NamedTuple):
@@ -173,6 +182,17 @@ class StreamTracker:
         self.jump_tolerance_s = jump_tolerance_s
         self.streams: dict[StreamKey, _Stream] = {}
         self.n_gaps = 0  # gap ranges over all streams
+        # high-water marks of streams forgotten while idle: stream -> (partition, newest sequence)
+        self.retired: dict[StreamKey, tuple[Hashable, int]] = {}
+
+    def high_water(self, key: StreamKey) -> int | None:
+        """The newest sequence number seen of stream ``key`` (restored from saved marks, or kept
+        after the stream was forgotten while idle); ``None``: none known."""
+        st = self.streams.get(key)
+        if st is not None:
+            return st.seen_max if st.seen_max >= 0 else None
+        retired = self.retired.get(key)
+        return None if retired is None else retired[1]
 
     def admit(
         self,
@@ -214,6 +234,10 @@ class StreamTracker:
                     EventDetector(key[0], key[1], self.policy), partition_of(i), last_seen=now
                 )
                 st.drift = DriftMonitor(self.drift) if self.drift is not None else None
+                if self.retired:
+                    retired = self.retired.pop(key, None)
+                    if retired is not None:  # back after a long silence: its mark still holds
+                        st.seen_max = retired[1]
             seen = st.seen_max
             if 0 <= seq < seen - limit:
                 # far behind everything seen: the device restarted its sequence numbers (e.g. a
@@ -336,8 +360,9 @@ class StreamTracker:
         walls = batch.wall_offsets or [0.0] * n
         recs = batch.recording_offsets or [math.nan] * n
         drifts = batch.drifts or [math.nan] * n
-        columns = (*batch[1:8], walls, recs, drifts)
-        for i, (key, seq, score, start, end, hop, top, wall, rec, drift) in enumerate(
+        unencoded = batch.unencoded or [0.0] * n
+        columns = (*batch[1:8], walls, recs, drifts, unencoded)
+        for i, (key, seq, score, start, end, hop, top, wall, rec, drift, gap_s) in enumerate(
             zip(*columns, strict=True)
         ):
             st = streams[key]
@@ -345,8 +370,10 @@ class StreamTracker:
             if seq <= st.highest:
                 clean.append(st.clean)  # late: scored, but the detector has moved past it
                 continue
-            if st.highest >= 0 and seq > st.highest + 1:
-                self.metrics.lost_windows(seq - st.highest - 1)
+            lost = seq - st.highest - 1 if st.highest >= 0 else 0
+            skipped = self._unencoded_windows(key, seq, gap_s, hop) if gap_s > 0.0 else 0
+            if lost + skipped:
+                self.metrics.lost_windows(lost + skipped)
             st.highest = seq
             st.last_seen = now
             st.wall_offset, st.recording_offset, st.last_end = wall, rec, end
@@ -358,7 +385,7 @@ class StreamTracker:
                     continue
                 det = st.detector
             try:
-                new = det.update(seq, score, start, end, hop)
+                new = det.update(seq, score, start, end, hop, skipped)
             except Exception as exc:  # noqa: BLE001 - one window must not stop the others
                 log.exception("the event detector of %s/%s failed", *key)
                 failed.append((i, f"event detector failed: {exc!r}"))
@@ -373,6 +400,21 @@ class StreamTracker:
                 out.append(StreamUpdate(ev, label, wall, rec))
             clean.append(st.clean)
         return Fed(clean, failed)
+
+    def _unencoded_windows(self, key: StreamKey, seq: int, gap_s: float, hop_s: float) -> int:
+        """The windows that would have been cut from ``gap_s`` seconds of unencoded signal
+        (the windows due in it: a fraction of a hop still displaced one)."""
+        n = max(1, math.ceil(gap_s / max(hop_s, 1e-9) - 1e-6))
+        self.metrics.unencoded(gap_s)
+        log.warning(
+            "stream %s/%s: its device did not encode %.3f s of signal before window %d (agent "
+            "down or stream broken): a gap of %d windows",
+            *key,
+            gap_s,
+            seq,
+            n,
+        )
+        return n
 
     def drift_statistic(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Drift statistic of windows ``(N, K)`` (NaN without a drift reference)."""
@@ -397,6 +439,7 @@ class StreamTracker:
             (group.wall_time - group.window_start_lsl).tolist(),
             group.recording_offset.tolist(),
             self.drift_statistic(group.indices, group.values).tolist(),
+            group.unencoded_s.tolist(),
         )
 
     def _watch_drift(
@@ -473,22 +516,33 @@ class StreamTracker:
         gone = set(partitions)
         for key in [k for k, s in self.streams.items() if s.partition in gone]:
             self._drop(key)
+        for key in [k for k, (p, _) in self.retired.items() if p in gone]:
+            del self.retired[key]
 
-    def _drop(self, key: StreamKey) -> None:
+    def _drop(self, key: StreamKey) -> _Stream:
         st = self.streams.pop(key)
         self.n_gaps -= len(st.missing)
+        return st
+
+    def _retire(self, key: StreamKey) -> None:
+        """Forget stream ``key`` but keep its high-water mark."""
+        st = self._drop(key)
+        if st.seen_max >= 0:
+            self.retired.pop(key, None)
+            self.retired[key] = (st.partition, st.seen_max)
 
     def forget_idle(self, now: float, idle_s: float, max_streams: int) -> int:
         """Forget clean streams silent for ``idle_s`` seconds and, while more than
         ``max_streams`` remain, the least recently seen clean ones; returns how many.
 
-        A forgotten stream that comes back starts afresh: windows it sent before are no longer
-        recognised as duplicates (the service's freshness window refuses old ones).
+        A forgotten stream that comes back starts afresh with a fresh detector, but its
+        high-water mark is kept (at most ``max_streams`` marks, the oldest go first): windows at
+        or below it are still duplicates, and :meth:`high_water` still knows it.
         """
         streams = self.streams
         idle = [k for k, st in streams.items() if now - st.last_seen >= idle_s and st.clean]
         for key in idle:
-            self._drop(key)
+            self._retire(key)
         n = len(idle)
         excess = len(streams) - max_streams
         if excess > 0:
@@ -496,8 +550,10 @@ class StreamTracker:
             # down to 90 % of the limit, so that a full tracker does not sort on every batch
             excess += max_streams // 10
             for _, key in clean[:excess]:
-                self._drop(key)
+                self._retire(key)
             n += min(excess, len(clean))
+        for key in list(islice(self.retired, max(0, len(self.retired) - max_streams))):
+            del self.retired[key]  # the oldest marks (insertion order)
         if n:
             self.metrics.forgot_streams(n)
         self.metrics.set_tracked(len(streams), self.n_gaps)
@@ -512,6 +568,9 @@ class StreamTracker:
         for (dev, stm), st in self.streams.items():
             if st.partition in wanted and st.seen_max >= 0:
                 by_partition[st.partition].append((st.last_seen, f"{dev}\x1f{stm}", st.seen_max))
+        for (dev, stm), (partition, seq) in self.retired.items():  # after every live stream
+            if partition in wanted:
+                by_partition[partition].append((-math.inf, f"{dev}\x1f{stm}", seq))
         out = {}
         for p, rows in by_partition.items():
             rows.sort(reverse=True)
@@ -543,6 +602,7 @@ class StreamTracker:
                 st = self.streams[key] = _Stream(
                     EventDetector(key[0], key[1], self.policy), partition, last_seen=now
                 )
+                st.seen_max = self.retired.pop(key, (None, -1))[1]
             if seq > st.seen_max:
                 st.seen_max = seq
                 n += 1

@@ -33,6 +33,7 @@ def encode_recording(
     channel_names: Sequence[str] | None = None,
     recording_clock: Callable[[float], float | None] | None = None,
     key: DeviceKey | None = None,
+    wall_start: float | None = None,
 ) -> list[tuple[ActivationMessage, bytes]]:
     """Encode a whole recording as the device does.
 
@@ -59,6 +60,11 @@ def encode_recording(
         Sign every message with this device key, as the agent does (its id must be
         ``device_id``); without it the messages carry a zeroed tag, which a service that
         authenticates refuses.
+    wall_start : float, optional
+        Wall-clock time (Unix seconds) of the first sample; each window's wall-clock start is
+        ``wall_start`` plus its start's offset into the recording (``start + hop * i`` for
+        window ``i`` of an unbroken stream), as a device stamps it. Default: the recording
+        ends now (it was just captured), so every window lies in the past.
 
     Returns
     -------
@@ -73,9 +79,11 @@ def encode_recording(
     names = bundle.channel_names if channel_names is None else channel_names
     windows = WindowBuffer(bundle, names, rate).push(samples.T, stamps)
     encoder = WindowEncoder(bundle, device_id, stream_id, seed, recording_clock)
+    if wall_start is None:
+        wall_start = time.time() - samples.shape[1] / rate
     out = []
     for seq, window in enumerate(windows):
-        msg = encoder.encode(window, seq, time.time())
+        msg = encoder.encode(window, seq, wall_start + (window.lsl_time - lsl_start))
         raw = encoder.to_bytes(msg)
         out.append((msg, raw if key is None else key.sign(raw)))
     return out

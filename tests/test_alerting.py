@@ -137,3 +137,34 @@ def test_expire_closes_an_open_event_at_its_last_active_window():
     assert (closed.status, closed.onset_sequence, closed.offset_sequence) == ("closed", 1, 2)
     assert closed.offset_time == 2 * HOP + 1.0
     assert det.clean and det.expire() == []
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_unencoded_windows_count_exactly_like_a_sequence_gap(seed):
+    """Issue 15: signal the device did not encode (its agent was down; the sequence numbers run
+    on) is a gap. A detector told of k unencoded windows before a window gives the same events,
+    and is clean at the same points, as one that sees k sequence numbers missing there."""
+    rng = np.random.default_rng(seed)
+    p = policy(min_duration_s=0.5, merge_gap_s=0.75, refractory_s=1.0)
+    scores = rng.choice([0.1, 0.7, 1.5], size=300, p=[0.5, 0.2, 0.3])
+    gaps = {int(i): int(rng.integers(1, 8)) for i in rng.choice(300, 25, replace=False)}
+    by_number, by_report, plain = (EventDetector("dev", "stm", p) for _ in range(3))
+    got_number, got_report, got_plain = [], [], []
+    index_of, shift = {}, 0  # by_number's sequence number -> window index
+    for i, score in enumerate(scores.tolist()):
+        k = gaps.get(i, 0)
+        shift += k
+        index_of[i + shift] = i
+        t = i * HOP
+        got_number += by_number.update(i + shift, score, t, t + 1.0, HOP)
+        got_report += by_report.update(i, score, t, t + 1.0, HOP, unencoded_windows=k)
+        got_plain += plain.update(i, score, t, t + 1.0, HOP)
+        assert by_report.clean == by_number.clean
+
+    def rows(events, index):
+        return [(e.status, index(e.onset_sequence), e.offset_sequence and index(e.offset_sequence))
+                for e in events]  # fmt: skip
+
+    expected = rows(got_number, index_of.__getitem__)
+    assert rows(got_report, int) == expected
+    assert rows(got_plain, int) != expected  # the gaps matter: ignoring them gives other events

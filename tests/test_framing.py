@@ -77,3 +77,23 @@ def test_simulated_device_sends_what_the_device_would(ecg):
         np.testing.assert_array_equal(msg.indices, kept)
         np.testing.assert_allclose(msg.values, a[kept], rtol=1e-4, atol=1e-4)
         assert raw and len(raw) < 4 * bundle.keep + 200
+
+
+def test_simulated_device_stamps_wall_times_that_follow_the_recording(ecg):
+    """Window i starts ``wall_start + hop * i`` on the wall clock (it once stamped the time of
+    encoding: every window of a recording the same instant, so a real gap looked forged)."""
+    import time
+
+    bundle, samples = ecg
+    hop_s = bundle.hop_samples / bundle.sfreq
+    sent = [m for m, _ in encode_recording(bundle, samples, "sim", lsl_start=5.0, wall_start=1.7e9)]
+    walls = np.array([m.wall_time for m in sent])
+    np.testing.assert_allclose(walls, 1.7e9 + hop_s * np.arange(len(sent)), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(walls - [m.lsl_time for m in sent], 1.7e9 - 5.0, rtol=0, atol=1e-6)
+    # default: the recording was just captured, it ends now (every window lies in the past)
+    before = time.time()
+    sent = [m for m, _ in encode_recording(bundle, samples, "sim")]
+    duration = samples.shape[1] / bundle.sfreq
+    assert before - duration - 0.5 <= sent[0].wall_time <= time.time() - duration
+    assert sent[-1].wall_time - sent[0].wall_time == pytest.approx(hop_s * (len(sent) - 1))
+    assert sent[-1].wall_time + bundle.window_samples / bundle.sfreq <= time.time()

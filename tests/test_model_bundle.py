@@ -13,7 +13,7 @@ import torch
 
 from dropstream.inference.datasets import WindowSet, load_uea
 from dropstream.inference.head import ServerModel, load_model
-from dropstream.inference.model import TorchFirstLayer, validate_keep
+from dropstream.inference.model import ModelConfigError, TorchFirstLayer, validate_keep
 from dropstream.inference.training import TrainConfig, TrainedModel, train_classifier
 from dropstream.local_encoder.bundle import BundleError, load_device_bundle
 from dropstream.local_encoder.first_layer import PrivacyGuardError, draw_kept_units
@@ -288,7 +288,7 @@ def test_bundles_from_before_head_format_2_load_and_newer_ones_fail_clearly(
     import dataclasses
     import io
 
-    from dropstream.inference.model import Head
+    from dropstream.inference.model import HEAD_FORMAT, Head
     from dropstream.local_encoder.bundle import write_bundle
 
     dev = trained.device_bundle()
@@ -313,7 +313,43 @@ def test_bundles_from_before_head_format_2_load_and_newer_ones_fail_clearly(
     # the shipped demo bundle predates format 2 and still loads
     demo = ServerModel.load(Path(__file__).parents[1] / "inference/demo_data/ecg_novelty.dsb")
     assert "format" not in demo.bundle.head_config and demo.kind == "novelty"
-    newer = dict(dev.head_config, format=3)
+    # a format-2 head (learned fill, before the decoding head) loads as it was written
+    if dev.head_config["fill"] == "learned":
+        v2 = dict(dev.head_config, format=2)
+        path2 = tmp_path / "v2.dsb"
+        write_bundle(path2, dataclasses.replace(dev, head_config=v2), trained.head_state_bytes())
+        dense = torch.from_numpy(np.where(zeros != 0, zeros, np.nan))
+        with torch.no_grad():
+            expected = torch.softmax(trained.head.eval()(dense), 1).numpy()
+        np.testing.assert_allclose(ServerModel.load(path2).predict_proba(idx, vals), expected,
+                                   atol=1e-6)  # fmt: skip
+    newer = dict(dev.head_config, format=HEAD_FORMAT + 1)
     write_bundle(tmp_path / "new.dsb", dataclasses.replace(dev, head_config=newer), b"")
-    with pytest.raises(BundleError, match="head formats 1 to 2.*upgrade"):
+    with pytest.raises(BundleError, match=f"head formats 1 to {HEAD_FORMAT}.*upgrade"):
         ServerModel.load(tmp_path / "new.dsb")
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "tanh"])
+def test_decoding_head_reads_the_projections_back_from_any_kept_units(activation: str) -> None:
+    from dropstream.inference.model import Head
+
+    torch.manual_seed(0)
+    layer = TorchFirstLayer(3, 64, width=48, pool=4, rank=2, activation=activation).eval()
+    head = Head(48, 12, hidden=(8,), fill="decode", rank=2, activation=activation).eval()
+    head.set_units(layer.linear.weight, layer.linear.bias)
+    x = torch.randn(40, 3, 64)
+    dev = layer.to_numpy()  # what the device sends: the numpy layer's activations
+    acts = torch.from_numpy(dev.forward(x.numpy()))
+    rng = np.random.default_rng(1)
+    with torch.no_grad():
+        u = layer.noise_space(x)
+        outs = []
+        for _ in range(3):  # three different kept sets per window: the same projections
+            kept = torch.from_numpy(
+                np.stack([np.isin(np.arange(48), draw_kept_units(rng, 48, 12)) for _ in x])
+            )
+            np.testing.assert_allclose(head.decode(acts, kept), u, atol=1e-3)
+            outs.append(head(torch.where(kept, acts, torch.tensor(float("nan")))))
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-4, rtol=0)
+    with pytest.raises(ModelConfigError, match="rank"):
+        Head(48, 12, fill="decode")

@@ -25,6 +25,7 @@ from dropstream.inference.training import (
     train_classifier,
     train_novelty,
 )
+from dropstream.inference.training.discriminants import discriminant_directions
 from dropstream.local_encoder.bundle import load_device_bundle
 from dropstream.local_encoder.first_layer import draw_kept_units
 from dropstream.local_encoder.preprocessing import filter_signal
@@ -40,7 +41,7 @@ def test_classifier_beats_chance_on_real_eeg(data_dir: Path) -> None:
     acc = float(np.mean(model.predict(te.X) == te.y))
     assert acc > 0.75, acc
     assert model.keep == 32 and model.width == 128 and len(model.history) == 30
-    assert model.head_config["fill"] == "learned" and model.head_config["format"] == 2
+    assert model.head_config["fill"] == "decode" and model.head_config["format"] == 3
 
 
 def test_validation_split_picks_epochs_then_refits(data_dir: Path) -> None:
@@ -287,3 +288,54 @@ def test_cli_trains_any_uea_problem_with_its_rate(
     assert json.loads(capsys.readouterr().out)["sfreq"] == 255.0  # from the .ts header
     bundle = load_device_bundle(out)
     assert (bundle.sfreq, bundle.window_samples, bundle.n_channels) == (255.0, 510, 4)
+
+
+def test_discriminant_directions_find_the_separating_projection() -> None:
+    # two classes apart along e0, hidden under strongly correlated noise along e0 + e1: the mean
+    # difference points along e0, the discriminant along e0 - e1 (where the noise cancels)
+    rng = np.random.default_rng(0)
+    n, d = 400, 10
+    codes = np.repeat([0, 1], n // 2)
+    common = rng.normal(size=(n, 1)) * 3.0
+    x = rng.normal(size=(n, d)) * 0.3
+    x[:, :2] += common
+    x[:, 0] += 1.0 * codes
+    dirs = discriminant_directions(x, codes, rng)
+    assert dirs.shape == (1, d)
+    assert np.isclose(np.linalg.norm(dirs[0]), 1.0)
+    truth = np.r_[1.0, -1.0, np.zeros(d - 2)] / np.sqrt(2)
+    assert abs(dirs[0] @ truth) > 0.95
+
+    def separation(w: np.ndarray) -> float:
+        z = x @ w
+        return abs(z[codes == 1].mean() - z[codes == 0].mean()) / z.std()
+
+    assert separation(dirs[0]) > 2 * separation(np.eye(d)[0])
+
+
+@pytest.mark.parametrize("init", ["lda", "lda-pls"])
+def test_lda_init_starts_the_low_rank_projection_at_the_discriminant(
+    data_dir: Path, init: str
+) -> None:
+    tr, _ = load_uea("SelfRegulationSCP1", data_dir / "uea")
+    pick = np.random.default_rng(0).permutation(len(tr.y))[:80]
+    x, y = tr.X[pick], tr.y[pick]
+    # projection_lr=0 keeps B where the initialisation put it (AdamW's decay scales with lr too)
+    cfg = TrainConfig(width=32, keep=8, hidden=(16,), epochs=2, rank=2, init=init,
+                      projection_lr=0.0, seed=0, progress=False)  # fmt: skip
+    model = train_classifier(x, y, cfg, sfreq=tr.sfreq)
+    feats = torch.nn.functional.avg_pool1d(
+        torch.as_tensor(model.prepare(x)), model.first.pool
+    ).flatten(1)
+    codes = np.searchsorted(np.asarray(model.classes), y)
+    want = discriminant_directions(feats.double().numpy(), codes, np.random.default_rng(0), 2)
+    got = model.first.down.weight.detach().double().numpy()
+    got /= np.linalg.norm(got, axis=1, keepdims=True)
+    assert abs(got[0] @ want[0]) > 0.999  # the discriminant
+    assert abs(got[0] @ want[1]) < 0.1  # the PLS direction is orthogonal to it
+    if init == "lda-pls":
+        assert abs(got[1] @ want[1]) > 0.999
+    else:
+        assert abs(got[1] @ want[1]) < 0.5  # the second row stays random
+    with pytest.raises(TrainingError, match="init"):
+        train_classifier(x, y, TrainConfig(init="pca", epochs=1, progress=False), sfreq=tr.sfreq)

@@ -45,3 +45,29 @@ def test_layers_import_under_the_namespace_only(tmp_path: Path) -> None:
         [sys.executable, "-I", "-c", probe], cwd=tmp_path, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_two_checkouts_are_never_mixed(tmp_path: Path) -> None:
+    """The flake "unexpected keyword argument 'signer'": ``python -m dropstream serve`` (or
+    pytest) run in one checkout with another checkout's editable install took ``dropstream``
+    (the CLI) from the current folder and ``dropstream.inference`` from the install, so a new
+    CLI called an old service. Importing such a mix now fails at once, saying what to do."""
+    import shutil
+
+    shutil.copytree(ROOT / "dropstream", tmp_path / "dropstream")  # another checkout's CLI
+    mixed = subprocess.run(
+        [sys.executable, "-c", "import dropstream.inference"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert mixed.returncode != 0
+    last = mixed.stderr.strip().splitlines()[-1]
+    assert "would mix two checkouts" in last and str(tmp_path) in last and "pip install -e" in last
+    alone = subprocess.run(  # from elsewhere, the install alone: one checkout
+        [sys.executable, "-c", "import dropstream.inference, dropstream.commands.serve"],
+        cwd=tmp_path / "dropstream",
+        capture_output=True,
+        text=True,
+    )
+    assert alone.returncode == 0, alone.stderr

@@ -110,6 +110,16 @@ def test_versions_1_2_and_3_decode_alike_in_one_batch():
     assert group.sequence.tolist() == [m.sequence] * 3
 
 
+@pytest.mark.parametrize("version", [2, 3])
+def test_the_unencoded_signal_travels_with_the_window(version):
+    """What the device reports it did not encode reaches the service's window group (v1: 0)."""
+    after_a_restart = encode_activation(message(4, unencoded_s=2.75), version=version)
+    raw = [encode_activation(message(3), version=1), after_a_restart, encode_activation(message(5))]
+    (group,) = decode_batch(raw).groups
+    assert group.unencoded_s.tolist() == [0.0, 2.75, 0.0]
+    assert group.take(np.array([False, True, True])).unencoded_s.tolist() == [2.75, 0.0]
+
+
 def test_scatter_dense():
     idx = np.array([[0, 2], [1, 3]])
     val = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)

@@ -260,6 +260,25 @@ def test_idle_and_excess_streams_are_forgotten_but_not_ones_in_progress():
 
 
 @pytest.mark.slow
+def test_a_stream_forgotten_while_idle_keeps_its_high_water_mark():
+    """The mark is what lets the service serve windows spooled through a long outage (and
+    refuse replays): forgetting an idle stream's detector must not forget it."""
+    t = tracker()
+    admit(t, [0, 1, 2])
+    assert t.forget_idle(100.0, idle_s=10.0, max_streams=10) == 1 and KEY not in t.streams
+    assert t.high_water(KEY) == 2 and t.high_water(("dev", "other")) is None
+    assert json.loads(t.marks(["p0"], 1000)["p0"]) == {"dev\x1fstm": 2}
+    adm, _ = admit(t, [1, 3])  # back: a replay of 1 is a duplicate, 3 is new
+    assert adm.fresh.tolist() == [False, True] and t.high_water(KEY) == 3 and not t.retired
+    # at most max_streams marks are kept, the oldest go first; revoking forgets them
+    for d in range(20):
+        admit(t, [5], key=(f"dev-{d}", "stm"))
+        t.forget_idle(200.0 + d, idle_s=0.0, max_streams=5)
+    assert list(t.retired) == [(f"dev-{d}", "stm") for d in range(15, 20)]
+    t.forget(["p0"])
+    assert not t.retired and not t.streams
+
+
 def test_100k_device_ids_leave_memory_flat():
     """Issue 15: 4,000 device ids each jumping 4,096 sequence numbers cost 1 GB. Now 100,000
     ids each jumping 4,096 hold at most max_streams streams and one gap range each."""

@@ -57,7 +57,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--freshness-s",
         type=float,
         default=unset,
-        help="refuse windows whose wall-clock start is older than this (replays, long outages)",
+        help="seconds: an older window is refused (a possible replay) unless it is above its "
+        "stream's high-water mark, e.g. spooled through a long outage (default 900)",
     )
     r.add_argument(
         "--device-rate",

@@ -15,18 +15,24 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
-from dropstream.inference.defences import make_penalty
+from dropstream.inference.defences import make_penalty, pooled
 from dropstream.inference.model import Head, SplitNet, TorchFirstLayer, validate_keep
 from dropstream.inference.torch_device import torch_device
 from dropstream.inference.training.config import TrainConfig, TrainingError, default_pool
+from dropstream.inference.training.discriminants import discriminant_directions
 from dropstream.local_encoder.preprocessing import (
     complete_preprocessing,
     filter_windows,
     fit_normalisation,
     prepare_window,
 )
+
+#: Starts of a low-rank layer's projections (``TrainConfig.init``): random, shrinkage LDA then
+#: random, shrinkage LDA then PLS (see :func:`init_projections`).
+INITS = (None, "lda", "lda-pls")
 
 #: A training loss: network output and target (``None`` for novelty models) -> scalar tensor.
 LossFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -118,6 +124,7 @@ def build(config: TrainConfig, run: Run, n_out: int, novelty: bool) -> SplitNet:
     )
     keep = config.resolve_keep(first.width)
     validate_keep(keep, first.width, run.channels, run.samples, run.hop, pool=first.pool)
+    fill = "zero" if novelty else config.resolve_fill(first.rank)
     head = Head(
         first.width,
         keep,
@@ -125,8 +132,17 @@ def build(config: TrainConfig, run: Run, n_out: int, novelty: bool) -> SplitNet:
         n_outputs=n_out,
         dropout=0.0 if novelty else config.head_dropout,
         bias=not novelty,
-        fill="zero" if novelty else config.head_fill,
+        fill=fill,
+        rank=first.rank,
+        activation=first.activation_name,
+        negative_slope=first.negative_slope,
+        decode_noise=config.decode_noise,
     )
+    if fill == "decode":
+        # A and b only spread the r projections over the m units; the head reads u back with
+        # them, so they stay at their random start (and the head keeps a copy)
+        first.linear.requires_grad_(False)
+        head.set_units(first.linear.weight, first.linear.bias)
     return SplitNet(first, head, keep)
 
 
@@ -203,11 +219,39 @@ def fit(
     with cpu_threads(config.threads if xt.device.type == "cpu" else None):
         fit_x = xt[torch.as_tensor(fit_idx, device=xt.device)]
         net.first.fit_input_scale(fit_x)
+        if config.init not in INITS:
+            raise TrainingError(f"init must be one of {INITS}, not {config.init!r}")
+        if config.init is not None and yt is not None:
+            codes = yt[torch.as_tensor(fit_idx, device=xt.device)]
+            init_projections(net.first, fit_x, codes, config.seed, pls=config.init == "lda-pls")
         if isinstance(net.head, Head):  # a learned fill starts at the mean training activation
             net.eval()
             with torch.no_grad():
                 net.head.set_fill_base(net.first(fit_x))
         return _fit_loop(net, xt, yt, fit_idx, val_idx, config, loss_fn, desc)
+
+
+@torch.no_grad()
+def init_projections(
+    first: TorchFirstLayer, fit_x: torch.Tensor, codes: torch.Tensor, seed: int, pls: bool
+) -> None:
+    """Start a low-rank layer's projections ``B`` at task-shaped directions of the pooled
+    training windows (:mod:`.discriminants`): the ``n_classes - 1`` shrinkage linear
+    discriminants, then PLS directions (``pls``) or the rows' random start. Each row keeps its
+    initial norm: the standardisation after ``B`` removes the scale, and the norm sets how far
+    AdamW's steps move the row. A no-op for full-rank or level/shape layers.
+    """
+    down = first.down
+    if down is None or parametrize.is_parametrized(down, "weight"):
+        return
+    feats = pooled(first, fit_x).flatten(1).cpu().double().numpy()
+    w = down.weight
+    n = w.shape[0] if pls else None
+    dirs = discriminant_directions(feats, codes.cpu().numpy(), np.random.default_rng(seed), n)
+    n = min(len(dirs), w.shape[0])
+    w[:n] = torch.as_tensor(dirs[:n], dtype=w.dtype, device=w.device) * w[:n].norm(
+        dim=1, keepdim=True
+    )
 
 
 def _fit_loop(
@@ -222,12 +266,19 @@ def _fit_loop(
 ) -> list[dict[str, float]]:
     dev = xt.device
     params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    # the low-rank projections B may learn at their own rate (config.projection_lr)
+    proj = {id(p) for p in net.first.down.parameters()} if net.first.down is not None else set()
+    groups = [
+        {"params": [p for p in params if id(p) not in proj], "lr": config.lr},
+        {"params": [p for p in params if id(p) in proj], "lr": config.lr * config.projection_lr},
+    ]
+    groups = [g for g in groups if g["params"]]
+    opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * max(1, -(-len(fit_idx) // config.batch_size))
     schedule = config.schedule or ("constant" if yt is None else "onecycle")
     if schedule == "onecycle":  # warm up over 10 % of the steps, then cosine to ~0
         sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=config.lr, total_steps=steps, pct_start=0.1
+            opt, max_lr=[g["lr"] for g in groups], total_steps=steps, pct_start=0.1
         )
     elif schedule == "constant":
         sched = None

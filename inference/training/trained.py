@@ -184,12 +184,18 @@ def finish(
         "dropout": 0.0 if novelty else config.head_dropout,
         "bias": not novelty,
         "rescale": True,
-        "fill": "zero" if novelty else config.head_fill,
+        "fill": "zero" if novelty else net.head.fill,
         "format": HEAD_FORMAT,
         "output": output,
         "first_layer": config.first_layer,
         **(extra or {}),
     }
+    if head_config["fill"] == "decode":
+        head_config.update(
+            rank=net.first.rank,
+            activation=net.first.activation_name,
+            negative_slope=net.first.negative_slope,
+        )
     return TrainedModel(
         kind=kind,
         first=net.first,
