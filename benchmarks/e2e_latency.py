@@ -39,9 +39,29 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pylsl
+
+if TYPE_CHECKING:
+    from dropstream.broker.config import ClientConfig
+
+
+def bench_config(bootstrap: str, prefix: str, partitions: int) -> ClientConfig:
+    """Fresh topics and group (``prefix.<tag>.activations`` ...) on ``bootstrap``."""
+    from dropstream.broker.config import ClientConfig
+
+    tag = uuid.uuid4().hex[:8]
+    return ClientConfig(
+        bootstrap=bootstrap,
+        activations_topic=f"{prefix}.{tag}.activations",
+        alerts_topic=f"{prefix}.{tag}.alerts",
+        dead_letter_topic=f"{prefix}.{tag}.dead",
+        partitions=partitions,
+        group_id=f"{prefix}-{tag}",
+        session_timeout_ms=6000,
+    )
 
 
 def _cpu_s(pid: int | None) -> float:
@@ -98,7 +118,6 @@ def run_once(
     from dropstream.broker.alert_message import decode_alert
     from dropstream.broker.auth import DeviceKeys
     from dropstream.broker.clients import make_producer, make_topic_reader
-    from dropstream.broker.config import ClientConfig
     from dropstream.broker.topics import delete_topics, ensure_topics, topic_names
     from dropstream.inference.demo import (
         DEMO_ALERTS,
@@ -109,16 +128,7 @@ def run_once(
     from dropstream.local_encoder.bundle import load_device_bundle
     from dropstream.local_encoder.simulated import encode_recording
 
-    tag = uuid.uuid4().hex[:8]
-    config = ClientConfig(
-        bootstrap=bootstrap,
-        activations_topic=f"lat.{tag}.activations",
-        alerts_topic=f"lat.{tag}.alerts",
-        dead_letter_topic=f"lat.{tag}.dead",
-        partitions=partitions,
-        group_id=f"lat-{tag}",
-        session_timeout_ms=6000,
-    )
+    config = bench_config(bootstrap, "lat", partitions)
     ensure_topics(config)
     bundle = load_device_bundle(DEMO_BUNDLE)
     samples, _, _ = read_recording(DEMO_RECORDING)

@@ -33,10 +33,9 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
-from e2e_latency import _cpu_s, run_once
+from e2e_latency import _cpu_s, bench_config, run_once
 from serve_throughput import _messages
 
 WINDOWS_PER_DEVICE_S = 4.0  # one window per 0.25 s hop (the demo bundle)
@@ -59,21 +58,11 @@ def backlog(args: argparse.Namespace, bootstrap: str, processes: int) -> dict:
     """Backlog throughput of ``processes`` serve processes (see the module docstring)."""
     from dropstream.broker.auth import DeviceKeys
     from dropstream.broker.clients import make_producer
-    from dropstream.broker.config import ClientConfig
     from dropstream.broker.embedded import free_port
     from dropstream.broker.topics import delete_topics, ensure_topics, topic_names
     from dropstream.inference.demo import DEMO_ALERTS, DEMO_BUNDLE
 
-    tag = uuid.uuid4().hex[:8]
-    config = ClientConfig(
-        bootstrap=bootstrap,
-        activations_topic=f"scale.{tag}.activations",
-        alerts_topic=f"scale.{tag}.alerts",
-        dead_letter_topic=f"scale.{tag}.dead",
-        partitions=args.partitions,
-        group_id=f"scale-{tag}",
-        session_timeout_ms=6000,
-    )
+    config = bench_config(bootstrap, "scale", args.partitions)
     tmp = Path(tempfile.mkdtemp())
     store = tmp / "device-keys.json"
     msgs = _messages(argparse.Namespace(windows=args.windows, devices=args.devices, width=None),

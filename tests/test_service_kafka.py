@@ -185,6 +185,21 @@ def test_service_refuses_a_bundle_without_calibration(tmp_path):
         InferenceService(ClientConfig(), bad)
 
 
+def serve_and_send(kafka_config, settings, key, msgs):
+    """A running service (and its thread) that joined the group, and ``msgs`` sent under
+    ``key``."""
+    service = InferenceService(kafka_config, DEMO_BUNDLE, settings)
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    assert service.ready.wait(20)
+    producer = make_producer(kafka_config)
+    for raw in msgs:
+        producer.send(kafka_config.activations_topic, key=key, value=raw)
+    producer.flush()
+    producer.close()
+    return service, thread
+
+
 def test_alerts_leave_at_once_and_offsets_wait_for_the_commit_interval(
     kafka_config, device_messages
 ):
@@ -198,15 +213,7 @@ def test_alerts_leave_at_once_and_offsets_wait_for_the_commit_interval(
     settings = ServiceSettings(
         max_wait_ms=5, device="cpu", commit_interval_ms=3_600_000, **DEMO_ALERTS
     )
-    service = InferenceService(kafka_config, DEMO_BUNDLE, settings)
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
-    assert service.ready.wait(20)
-    producer = make_producer(kafka_config)
-    for raw in msgs:
-        producer.send(kafka_config.activations_topic, key=b"sim-1", value=raw)
-    producer.flush()
-    producer.close()
+    service, thread = serve_and_send(kafka_config, settings, b"sim-1", msgs)
     alerts = read_all(kafka_config, kafka_config.alerts_topic, lambda r: len(r) >= len(expected))
     assert [(decode_alert(m.value()).alert_id, decode_alert(m.value()).status) for m in alerts] == (
         expected
@@ -231,15 +238,7 @@ def test_a_silent_stream_gets_its_event_closed_and_commits_move_on(kafka_config,
     expected = reference_alerts(DEMO_BUNDLE, msgs, DEMO_ALERTS)
     assert [s for _, s in expected] == ["open"]
     settings = ServiceSettings(max_wait_ms=5, device="cpu", stale_after_s=1.0, **DEMO_ALERTS)
-    service = InferenceService(kafka_config, DEMO_BUNDLE, settings)
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
-    assert service.ready.wait(20)
-    producer = make_producer(kafka_config)
-    for raw in msgs:
-        producer.send(kafka_config.activations_topic, key=b"sim-0", value=raw)
-    producer.flush()
-    producer.close()
+    service, thread = serve_and_send(kafka_config, settings, b"sim-0", msgs)
     alerts = read_all(kafka_config, kafka_config.alerts_topic, lambda r: len(r) >= 2)
     service.stop()
     thread.join(15)
