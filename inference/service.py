@@ -331,27 +331,12 @@ class InferenceService:
         if not revoked:
             return
         log.info("partitions revoked %s", sorted(tp.partition for tp in revoked))
-        self._commit_before_revoke()
         self._pending = [
             r for r in self._pending if TopicPartition(r.topic, r.partition) not in revoked
         ]
         self._revoked |= revoked
         for tp in revoked:
             self._marks.pop(str(tp.partition), None)
-
-    def _commit_before_revoke(self) -> None:
-        """Inside the rebalance callback (the consumer still owns the partitions): deliver the
-        outbox once and commit, so the next owner replays as little as possible. Best effort:
-        if the broker does not acknowledge within seconds, nothing is committed and the next
-        owner replays from the last commit (same alert ids)."""
-        if self._producer is None or self._consumer is None:
-            return
-        try:
-            self.outbox.deliver(self._producer, timeout_s=5.0)
-        except (KafkaError, KafkaClientError) as exc:
-            log.warning("cannot deliver before the rebalance (%r): not committing", exc)
-            return
-        self._commit()
 
     def _close(self) -> None:
         if self._producer is not None:

@@ -75,7 +75,9 @@ class ServiceSettings:
         Alerts and dead letters are handed to the producer after every batch; every this
         many milliseconds the service waits for their acknowledgements and then commits the
         safe offsets (0: after every batch). Longer means fewer round trips per window and a
-        longer replay (same alert ids) after a crash.
+        longer replay (same alert ids) after a crash or a rebalance (no commit is made inside
+        the rebalance callback: kafka-python 3 runs it on its I/O thread, where a blocking
+        commit raises).
     dead_letter_inline_bytes : int
         A refused record whose key and value exceed this is dead-lettered by reference (topic,
         partition, offset, size, SHA-256 in headers), without its value.
@@ -122,7 +124,7 @@ class ServiceSettings:
     max_gaps_total: int = 200_000
     device_rate: float | None = 50.0
     device_burst: float = 3000.0
-    commit_interval_ms: float = 100.0
+    commit_interval_ms: float = 0.0
     dead_letter_inline_bytes: int = 256 * 1024
     delivery_timeout_s: float = 300.0
     state_dir: str | None = None
