@@ -5,7 +5,9 @@ recording encoded with the shipped ECG bundle, or random messages of a chosen wi
 fresh topic on the embedded broker, then measures, each on the full backlog:
 
 1. **kafka-python alone**: a consumer with the service's settings that only reads the messages
-   (``poll`` + touch ``value``) - the client's own cost, the ceiling for the service;
+   (``poll`` + touch ``value``) - the client's own cost, the ceiling for the service (its rate,
+   and its CPU per message: ``serve_to_read_cpu`` = that CPU / serve's CPU per window, a ratio
+   less sensitive than the rates to what other jobs on the machine do meanwhile);
 2. **serve**: one :class:`~dropstream.inference.service.InferenceService` (consumer group, batch
    decoding,
    per-stream duplicate/gap checks, scoring, event detectors, offset commits after every batch)
@@ -154,15 +156,16 @@ def main() -> None:
         # 1. kafka-python alone
         consumer = KafkaConsumer(**config.consumer_kwargs(f"raw-{tag}"), consumer_timeout_ms=5000)
         consumer.subscribe([config.activations_topic])
-        got, t0 = 0, None
+        got, t0, raw_cpu0 = 0, None, 0.0
         while got < n:
             for recs in consumer.poll(timeout_ms=500, max_records=2000).values():
                 if t0 is None:
-                    t0 = time.perf_counter()
+                    t0, raw_cpu0 = time.perf_counter(), time.process_time()
                 for r in recs:
                     _ = r.value
                 got += len(recs)
         raw_rate = n / (time.perf_counter() - t0)  # type: ignore[operator]
+        raw_cpu = time.process_time() - raw_cpu0
         consumer.close()
 
         # 2. the service
@@ -204,6 +207,9 @@ def main() -> None:
             "kafka_python_read_msgs_per_s": round(raw_rate),
             "serve_windows_per_s": round(serve_rate),
             "serve_cpu_s_per_window_us": round(1e6 * cpu_s / max(n - first, 1), 1),
+            "kafka_python_cpu_s_per_msg_us": round(1e6 * raw_cpu / n, 1),
+            "serve_to_read_rate": round(serve_rate / raw_rate, 3),
+            "serve_to_read_cpu": round(raw_cpu / n / (cpu_s / max(n - first, 1)), 3),
             "alerts": service.metrics.alerts,
             "cpus": os.cpu_count(),
             "load_avg_1min": round(os.getloadavg()[0], 2),

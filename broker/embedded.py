@@ -130,6 +130,11 @@ class EmbeddedBroker:
         return f"{self.host}:{self.port}"
 
     @property
+    def pid(self) -> int | None:
+        """Process id of the broker (``None`` when not running), e.g. to read its CPU time."""
+        return self._proc.pid if self.running else None  # type: ignore[union-attr]
+
+    @property
     def running(self) -> bool:
         """Whether the broker process is alive."""
         return self._proc is not None and self._proc.poll() is None

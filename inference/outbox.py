@@ -3,8 +3,10 @@
 Everything the service produces for one batch goes through one :class:`Outbox`: alert updates
 (rendered to :class:`dropstream.broker.alert_message.AlertMessage`, id computed once per update)
 and dead letters (the original key and value, with the reason and source topic in headers).
-:meth:`Outbox.deliver` sends them all, flushes and checks every acknowledgement before the
-service commits any offset; records leave the outbox only once acknowledged.
+:meth:`Outbox.send` hands them to the producer at once (the service does so after every batch,
+so an alert goes out without waiting for the next commit); :meth:`Outbox.deliver` sends what is
+left, flushes and checks every acknowledgement before the service commits any offset; records
+leave the outbox only once acknowledged.
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ class Outbox:
         self.model_version = model_version
         self.kind = kind
         self.clock = clock
-        self.pending: list[OutgoingRecord] = []
+        self.pending: list[OutgoingRecord] = []  # until acknowledged
+        self._futures: list[Any] = []  # of pending[:len(_futures)], handed to the producer
 
     def __len__(self) -> int:
         return len(self.pending)
@@ -205,27 +208,47 @@ class Outbox:
         )
         return msg
 
+    def send(self, producer: Any) -> None:
+        """Hand every record not sent yet to ``producer`` (a kafka-python ``KafkaProducer``)
+        without waiting for acknowledgements; they stay in the outbox until :meth:`deliver`
+        saw them acknowledged. On a client error nothing counts as sent any more (the next
+        :meth:`deliver` sends everything again: resending repeats ids)."""
+        futures = self._futures
+        try:
+            for i in range(len(futures), len(self.pending)):
+                r = self.pending[i]
+                try:
+                    fut = producer.send(r.topic, key=r.key, value=r.value, headers=r.headers)
+                except (ValueError, TypeError, AssertionError) as exc:
+                    # the client refuses this record itself (not the broker): send why instead
+                    log.error("record for %s refused by the Kafka client: %r", r.topic, exc)
+                    self.metrics.dead_letter("undeliverable")
+                    note = json.dumps({"undeliverable_to": r.topic, "error": repr(exc)[:500]})
+                    self.pending[i] = OutgoingRecord(
+                        self.dead_letter_topic, None, note.encode(), None
+                    )
+                    fut = producer.send(self.dead_letter_topic, value=note.encode())
+                futures.append(fut)
+        except Exception:
+            self._futures = []
+            raise
+
     def deliver(self, producer: Any, timeout_s: float = 30.0) -> None:
-        """Produce every pending record with ``producer`` (a kafka-python ``KafkaProducer``),
-        flush and wait for each acknowledgement. Raises the first failure, leaving every record
-        in the outbox (nothing is committed after a failure; resending repeats ids)."""
+        """Send what is not sent yet (:meth:`send`), flush ``producer`` and wait for every
+        acknowledgement. Raises the first failure, leaving every record in the outbox (nothing
+        is committed after a failure; resending repeats ids)."""
         if not self.pending:
             return
-        futures = []
-        for i, r in enumerate(self.pending):
-            try:
-                futures.append(producer.send(r.topic, key=r.key, value=r.value, headers=r.headers))
-            except (ValueError, TypeError, AssertionError) as exc:
-                # the client refuses this record itself (not the broker): send why instead
-                log.error("record for %s refused by the Kafka client: %r", r.topic, exc)
-                self.metrics.dead_letter("undeliverable")
-                note = json.dumps({"undeliverable_to": r.topic, "error": repr(exc)[:500]})
-                self.pending[i] = OutgoingRecord(self.dead_letter_topic, None, note.encode(), None)
-                futures.append(producer.send(self.dead_letter_topic, value=note.encode()))
-        producer.flush(timeout=timeout_s)
-        for fut in futures:
-            fut.get(timeout=timeout_s)  # raises if a record was not acknowledged
+        self.send(producer)
+        try:
+            producer.flush(timeout=timeout_s)
+            for fut in self._futures:
+                fut.get(timeout=timeout_s)  # raises if a record was not acknowledged
+        except Exception:
+            self._futures = []  # all of them are sent again, to the next producer
+            raise
         self.pending.clear()
+        self._futures = []
 
 
 def _reference(record: Any, digest: str) -> bytes:

@@ -12,8 +12,9 @@ Loop::
          -> per stream: drop duplicate windows, note gaps and late windows
          -> score all new windows in one forward pass (CUDA when present, else CPU)
          -> event detectors (dropstream.inference.alerting) -> alert updates
-         -> produce alerts and dead letters, flush (acks=all)        # first
-         -> commit offsets up to the last *clean* point per partition  # after
+         -> hand alerts and dead letters to the producer (sent at once, not waited for)
+         -> every ``commit_interval_ms``: flush, check every acknowledgement (acks=all)  # first
+            then commit offsets up to the last *clean* point per partition               # after
 
 Delivery is at-least-once and alerts are never lost: offsets are committed only after the
 alerts those windows caused are acknowledged by the broker, and only up to a point where every
@@ -195,6 +196,8 @@ class InferenceService:
         self._suspect = False
         self._was_reset: set[TopicPartition] = set()
         self._pending: list[Any] = []
+        self._committed_at = -1e9  # monotonic time of the last flush and commit
+        self._tps: dict[int, TopicPartition] = {}  # partition number -> its TopicPartition
         self._stop = threading.Event()
         self._consumer: Any = None
         self._producer: Any = None
@@ -400,6 +403,7 @@ class InferenceService:
                     self.process(batch)
                 if not self._pending:
                     first_at = None
+                self._maybe_commit(now)
                 if now - last_lag >= 1.0:
                     try:
                         self._housekeeping(now)
@@ -412,6 +416,7 @@ class InferenceService:
             if self._pending:
                 batch, self._pending = self._pending, []
                 self.process(batch)
+            self._maybe_commit(time.monotonic(), force=True)
         except KafkaError as exc:
             raise ServiceError(
                 f"Kafka failed ({exc!r}; deliveries are retried for {s.delivery_timeout_s:g} s "
@@ -515,9 +520,8 @@ class InferenceService:
                     "internal-error",
                     f"internal error while processing this record's batch: {exc!r}"[:2000],
                 )
-            self.offsets.walk([_partition(r) for r in records], [r.offset for r in records], {})
-            self._deliver()
-            self._commit()
+            self.offsets.walk(self._partitions(records), [r.offset for r in records], {})
+            self._maybe_commit(time.monotonic(), force=True)
 
     def _process(self, records: list[Any]) -> None:
         outbox = self.outbox
@@ -556,18 +560,26 @@ class InferenceService:
             for i, reason in fed.failed:
                 outbox.dead_letter(records[rows[i]], "internal-error", reason)
         # clean points per partition, in consumption order
-        self.offsets.walk(
-            [TopicPartition(r.topic, r.partition) for r in records],
-            [r.offset for r in records],
-            marks,
-        )
+        self.offsets.walk(self._partitions(records), [r.offset for r in records], marks)
         for update in updates:
             outbox.alert(update)
-        self._deliver()
-        self._commit()
+        self._send()
+        self._maybe_commit(time.monotonic())
         if len(self.streams.streams) > self.settings.max_streams:
             s = self.settings
             self.streams.forget_idle(time.monotonic(), s.idle_forget_s, s.max_streams)
+
+    def _partitions(self, records: list[Any]) -> list[TopicPartition]:
+        """The TopicPartition of each record, one object per partition (not one per record)."""
+        tps, topic, out = self._tps, self.config.activations_topic, []
+        for r in records:
+            tp = tps.get(r.partition) if r.topic == topic else None
+            if tp is None:
+                tp = _partition(r)
+                if r.topic == topic:
+                    tps[r.partition] = tp
+            out.append(tp)
+        return out
 
     def _admit_records(self, records: list[Any]) -> list[int] | None:
         """Authenticate, then rate-limit each record, before anything decodes it; the rows
@@ -718,6 +730,26 @@ class InferenceService:
                 self.outbox.alert(update)
             self.offsets.release(partition, key)
         self.offsets.settle()
+        self._send()
+        self._maybe_commit(now)
+
+    def _send(self) -> None:
+        """Hand the outbox to the producer now, without waiting (a failure is left to the next
+        :meth:`_deliver`, which recreates the producer and sends everything again)."""
+        if not len(self.outbox) or self._producer is None:
+            return
+        try:
+            self.outbox.send(self._producer)
+        except (KafkaError, KafkaClientError) as exc:
+            log.warning("sending %d records failed (%r); retrying at the next commit",
+                        len(self.outbox), exc)  # fmt: skip
+
+    def _maybe_commit(self, now: float, force: bool = False) -> None:
+        """Every ``commit_interval_ms`` (or when ``force``): deliver the outbox (flush, every
+        acknowledgement checked), then commit the safe offsets."""
+        if not force and now - self._committed_at < self.settings.commit_interval_ms / 1000.0:
+            return
+        self._committed_at = now
         self._deliver()
         self._commit()
 

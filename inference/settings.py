@@ -71,6 +71,13 @@ class ServiceSettings:
         starve the others.
     device_burst : float
         Windows a device may send at once above its rate (a spool catching up).
+    commit_interval_ms : float
+        Alerts and dead letters are handed to the producer after every batch; every this
+        many milliseconds the service waits for their acknowledgements and then commits the
+        safe offsets (0: after every batch). Longer means fewer round trips per window and a
+        longer replay (same alert ids) after a crash or a rebalance (no commit is made inside
+        the rebalance callback: kafka-python 3 runs it on its I/O thread, where a blocking
+        commit raises).
     dead_letter_inline_bytes : int
         A refused record whose key and value exceed this is dead-lettered by reference (topic,
         partition, offset, size, SHA-256 in headers), without its value.
@@ -117,6 +124,7 @@ class ServiceSettings:
     max_gaps_total: int = 200_000
     device_rate: float | None = 50.0
     device_burst: float = 3000.0
+    commit_interval_ms: float = 0.0
     dead_letter_inline_bytes: int = 256 * 1024
     delivery_timeout_s: float = 300.0
     state_dir: str | None = None
@@ -126,8 +134,8 @@ class ServiceSettings:
     torch_threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1 or self.max_wait_ms < 0:
-            raise ServiceError("max_batch must be >= 1 and max_wait_ms >= 0")
+        if self.max_batch < 1 or self.max_wait_ms < 0 or self.commit_interval_ms < 0:
+            raise ServiceError("max_batch must be >= 1, max_wait_ms and commit_interval_ms >= 0")
         if self.max_streams < 1 or self.max_gaps < 1 or self.max_gaps_total < 1:
             raise ServiceError("max_streams, max_gaps and max_gaps_total must be >= 1")
         if self.device_rate is not None and (self.device_rate <= 0 or self.device_burst < 1):

@@ -185,6 +185,52 @@ def test_service_refuses_a_bundle_without_calibration(tmp_path):
         InferenceService(ClientConfig(), bad)
 
 
+def serve_and_send(kafka_config, settings, key, msgs):
+    """A running service (and its thread) that joined the group, and ``msgs`` sent under
+    ``key``."""
+    service = InferenceService(kafka_config, DEMO_BUNDLE, settings)
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    assert service.ready.wait(20)
+    producer = make_producer(kafka_config)
+    for raw in msgs:
+        producer.send(kafka_config.activations_topic, key=key, value=raw)
+    producer.flush()
+    producer.close()
+    return service, thread
+
+
+def test_alerts_leave_at_once_and_offsets_wait_for_the_commit_interval(
+    kafka_config, device_messages
+):
+    """Alerts are sent after their batch; offsets are committed only every
+    commit_interval_ms (here: not before the stop), after every alert was acknowledged."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    msgs = device_messages["sim-1"][:60]
+    expected = reference_alerts(DEMO_BUNDLE, msgs, DEMO_ALERTS)
+    assert expected
+    settings = ServiceSettings(
+        max_wait_ms=5, device="cpu", commit_interval_ms=3_600_000, **DEMO_ALERTS
+    )
+    service, thread = serve_and_send(kafka_config, settings, b"sim-1", msgs)
+    alerts = read_all(kafka_config, kafka_config.alerts_topic, lambda r: len(r) >= len(expected))
+    assert [(decode_alert(m.value()).alert_id, decode_alert(m.value()).status) for m in alerts] == (
+        expected
+    )
+    parts = [TopicPartition(kafka_config.activations_topic, p) for p in range(4)]
+    probe = KafkaConsumer(**kafka_config.consumer_kwargs())
+    try:
+        assert [probe.committed(tp) for tp in parts] == [None] * 4  # nothing committed yet
+        service.stop()
+        thread.join(15)
+        committed = sum(probe.committed(tp) or 0 for tp in parts)
+    finally:
+        probe.close()
+    # committed at the stop, up to the stream's last clean point (its event is still open)
+    assert 0 < committed <= len(msgs) and not len(service.outbox)
+
+
 def test_a_silent_stream_gets_its_event_closed_and_commits_move_on(kafka_config, device_messages):
     from kafka import KafkaConsumer, TopicPartition
 
@@ -192,15 +238,7 @@ def test_a_silent_stream_gets_its_event_closed_and_commits_move_on(kafka_config,
     expected = reference_alerts(DEMO_BUNDLE, msgs, DEMO_ALERTS)
     assert [s for _, s in expected] == ["open"]
     settings = ServiceSettings(max_wait_ms=5, device="cpu", stale_after_s=1.0, **DEMO_ALERTS)
-    service = InferenceService(kafka_config, DEMO_BUNDLE, settings)
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
-    assert service.ready.wait(20)
-    producer = make_producer(kafka_config)
-    for raw in msgs:
-        producer.send(kafka_config.activations_topic, key=b"sim-0", value=raw)
-    producer.flush()
-    producer.close()
+    service, thread = serve_and_send(kafka_config, settings, b"sim-0", msgs)
     alerts = read_all(kafka_config, kafka_config.alerts_topic, lambda r: len(r) >= 2)
     service.stop()
     thread.join(15)

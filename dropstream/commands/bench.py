@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 
 HELP = (
-    "run a benchmark from benchmarks/ (serve, latency, encoder, lsl, accuracy, audit, auth, "
-    "broker-memory, gpu)"
+    "run a benchmark from benchmarks/ (serve, latency, scale-out, encoder, lsl, accuracy, audit, "
+    "auth, broker-memory, gpu)"
 )
 
 #: Benchmark name -> script in ``benchmarks/`` (what it measures is in each script's docstring).
 BENCHMARKS: dict[str, str] = {
     "serve": "serve_throughput.py",
     "latency": "e2e_latency.py",
+    "scale-out": "scale_out.py",
     "encoder": "encoder_speed.py",
     "lsl": "lsl_throughput.py",
     "accuracy": "accuracy_vs_dropping.py",

@@ -38,6 +38,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--max-wait-ms", type=float, default=unset, help="latency cap of a batch, milliseconds"
     )
+    g.add_argument(
+        "--commit-interval-ms",
+        type=float,
+        default=unset,
+        help="wait for alert acknowledgements and commit offsets this often (0: every batch)",
+    )
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=unset)
     g.add_argument(
         "--torch-threads",
