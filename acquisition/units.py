@@ -22,9 +22,10 @@ Channels of a voltage type (:data:`VOLTAGE_TYPES`: EEG, ECG, EMG, EOG, ...) must
   (:class:`UnitError`), unless the user states the unit (``--units``);
 * an empty unit is read as microvolts (the most common LSL practice) and flagged as assumed;
 * the amplitude is checked against the channel type (:func:`check_amplitude`): EEG whose typical
-  2-s range exceeds 20 mV (beyond +-10 mV) or is below 0.05 uV cannot be EEG in microvolts, so
-  the stream is refused with the unit that would fit (for example volts sent as microvolts,
-  or a GDF file whose microvolt header MNE read as volts, 10^6 too large).
+  2-s range exceeds 20 mV (beyond +-10 mV) or is below 2 uV (less than an EEG amplifier's own
+  noise) cannot be EEG in microvolts, so the stream is refused with the unit that would fit (for
+  example volts sent as microvolts, or a GDF file whose microvolt header MNE read as volts,
+  10^6 too large), or, when no unit fits, with what to check and how to state the unit.
 
 Channels of other types (PPG, accelerometer, markers) keep their values and their unit.
 """
@@ -62,14 +63,27 @@ _TO_MICROVOLTS: dict[str, float] = {
 }
 
 #: Plausible (lowest, usual, highest) typical range in microvolts of a voltage channel, per
-#: type: the median over 2-s blocks of the 0.5-99.5 percentile spread. The bounds are wide on
-#: purpose: they catch a wrong power of ten, not an unusual recording (the shipped PLUX EEG spans
-#: 0.1-70 uV, PhysioNet EEG ~200 uV, MIT-BIH ECG ~1.4 mV). The usual value picks the unit to
-#: suggest when several would fit.
+#: type: the median over 2-s blocks of the 0.5-99.5 percentile spread. The upper bounds are wide
+#: on purpose: they catch a wrong power of ten, not an unusual recording (the shipped PLUX EEG
+#: spans 20-25 uV, PhysioNet EEG ~200 uV, MIT-BIH ECG ~1.4 mV). The lower bounds are what the
+#: body and the amplifier cannot go below:
+#:
+#: * EEG 2 uV: scalp EEG is 10-100 uV, and the IFCN standard for digital EEG (Nuwer et al.,
+#:   1998) allows an amplifier 2 uV peak-to-peak of noise (0.16-100 Hz) - a 2-s range below
+#:   that holds no brain signal, only a wrong scale or gain;
+#: * ECG 50 uV: a tenth of the "low QRS voltage" criterion (QRS < 0.5 mV in every limb lead, a
+#:   pathological finding), room for chest-worn leads (the shipped PLUX ECG spans ~220 uV);
+#: * EMG 1 uV: a resting muscle's surface EMG is the amplifier's noise floor, ~1-2 uV RMS
+#:   (SENIAM recommendations, Hermens et al., 2000), whose 0.5-99.5 % spread is several uV;
+#: * PPG and other channels without a voltage unit (AU, fraction of the ADC range) have no
+#:   absolute scale to check: their scale is compared with the training data's by the drift
+#:   guard (:mod:`dropstream.inference.drift`), as is every channel's.
+#:
+#: The usual value picks the unit to suggest when several would fit.
 PLAUSIBLE_RANGE_UV: dict[str, tuple[float, float, float]] = {
-    "EEG": (0.05, 50.0, 20_000.0),
-    "ECG": (10.0, 1_500.0, 50_000.0),
-    "EMG": (0.05, 200.0, 50_000.0),
+    "EEG": (2.0, 50.0, 20_000.0),
+    "ECG": (50.0, 1_500.0, 50_000.0),
+    "EMG": (1.0, 200.0, 50_000.0),
     "EOG": (0.5, 300.0, 50_000.0),
 }
 _DEFAULT_RANGE_UV = (0.01, 100.0, 100_000.0)
@@ -307,14 +321,22 @@ def check_amplitude(
         said = ""
         if declared is not None:
             said = f" (declared {sorted({declared[i] or '(none)' for i in cols})})"
-        guess = (
-            f"the values look like {fits[0][1]}: pass --units {fits[0][1]}"
-            if fits
-            else "check the sensor and the file, then pass --units with the right unit"
-        )
+        if fits:
+            guess = f"the values look like {fits[0][1]}: pass --units {fits[0][1]}"
+        elif typical < lo:
+            now = (declared[cols[0]] if declared is not None else "") or "uV"
+            guess = (
+                "no unit makes it plausible: check the sensor's gain, its placement and the "
+                "file's conversion to volts; to use it anyway, state its unit "
+                f"(--units {now}; it is then kept with a warning, and the drift guard still "
+                "compares its scale with the training data's)"
+            )
+        else:
+            guess = "check the sensor and the file, then pass --units with the right unit"
+        below = "below" if typical < lo else "above"
         message = (
             f"{source}: {ctype} channels span {typical:.3g} uV (typical 2-s range) after unit "
-            f"conversion{said}, outside the {lo:g}-{hi:g} uV an {ctype} signal can have; {guess}"
+            f"conversion{said}, {below} the {lo:g}-{hi:g} uV an {ctype} signal can have; {guess}"
         )
         if not stated:
             raise UnitError(message)

@@ -474,16 +474,30 @@ def decode_activation(data: bytes) -> ActivationMessage:
     if has_recording:
         (recording_time,) = RECORDING_TIME.unpack_from(data, values_end)
         check_recording_time(recording_time)
-    return ActivationMessage(
-        model_id=model_id,
-        device_id=device_id,
-        stream_id=stream_id,
-        **_shared_fields(h),
-        width=width,
-        indices=indices,
-        values=values,
+    return _message(
+        h,
+        (model_id, device_id, stream_id),
+        indices,
+        values,
         unencoded_s=unencoded_s,
         recording_time=recording_time,
+    )
+
+
+def _message(
+    h: WireHeader, ids: tuple[str, ...], indices: np.ndarray, values: np.ndarray, **optional
+) -> ActivationMessage:
+    """The :class:`ActivationMessage` of a checked header, its ids (model, device, stream), its
+    arrays and the optional fields (both decoders' last step)."""
+    return ActivationMessage(
+        model_id=ids[0],
+        device_id=ids[1],
+        stream_id=ids[2],
+        **_shared_fields(h),
+        width=h.width,
+        indices=indices,
+        values=values,
+        **optional,
     )
 
 
@@ -821,20 +835,11 @@ def _decode_v3(data: bytes) -> ActivationMessage:
     else:
         values = np.frombuffer(data, "<f2" if code == V3_FLOAT16 else "<f4", keep, pos)
     _check_arrays(indices, values, width)
-    return ActivationMessage(
-        model_id=ids[0],
-        model_version=h.model_version,
-        device_id=ids[1],
-        stream_id=ids[2],
-        sequence=h.sequence,
-        lsl_time=h.lsl_time,
-        wall_time=h.wall_time,
-        sfreq=h.sfreq,
-        window_samples=h.window_samples,
-        hop_samples=h.hop_samples,
-        width=width,
-        indices=indices,
-        values=values,
+    return _message(
+        h,
+        tuple(ids),
+        indices,
+        values,
         unencoded_s=p.unencoded_s,
         seed=seed,
         recording_time=p.recording_time,

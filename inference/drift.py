@@ -7,10 +7,20 @@ the server computes the **drift statistic**: the mean over the kept units of the
 standardised activation, ``mean_i ((v_i - mu_i) / sd_i)^2`` - about 1 for windows like the
 training data, orders of magnitude more for another device, another body site, a wrong unit.
 
-An anomaly is short; drift lasts. :class:`DriftMonitor` keeps the median of the statistic over
-the last ``windows`` windows of a stream (robust to artefacts shorter than half of that span) and
-reports drift while that median is above the bundle's ``level`` (the largest rolling median seen
-on the held-out training windows, times a margin), until it falls below half of it. While a
+The squared z-scores cannot see a stream that is much *smaller* than the training data (a wrong
+gain, a detached electrode, microvolts read as millivolts): its activations fall to about zero,
+where ``((0 - mu_i) / sd_i)^2`` stays of order one. So the statistic has a second, **scale**
+term: with ``p_i`` the mean squared activation of unit ``i`` on normal windows and
+``s = log(sum_kept v_i^2 / sum_kept p_i)`` (about 0 for windows like the training data; a
+stream ``c`` times smaller in amplitude gives ``s = -2 log c`` for a bias-free layer), it adds
+``level * (s / SCALE_LOG)^2``: a scale :data:`SCALE_FACTOR` times off, either way, reaches the
+drift level by itself. Bundles without ``power`` (made before) have no scale term.
+
+An anomaly is short; drift lasts. :class:`DriftMonitor` keeps the lower quartile of the statistic
+over the last ``windows`` windows of a stream (artefacts covering up to three quarters of that
+span cannot raise it; a median was raised by two 3-s artefacts in the first 10 s of a stream) and
+reports drift while that quartile is above the bundle's ``level`` (the largest rolling quartile
+seen on the held-out training windows, times a margin), until it falls below half of it. While a
 stream drifts, its anomaly scores mean nothing: the service publishes one ``kind: "drift"`` event
 instead of an endless anomaly (:mod:`dropstream.inference.streams`).
 """
@@ -23,10 +33,17 @@ from typing import Any
 
 import numpy as np
 
-#: Windows whose median drift statistic decides (at a 0.25 s hop: 20 s).
+#: Windows whose drift statistics decide (at a 0.25 s hop: 20 s).
 DEFAULT_WINDOWS = 80
-#: Factor between the largest rolling median on held-out normal windows and the drift level.
+#: Factor between the largest rolling quartile on held-out normal windows and the drift level.
 MARGIN = 3.0
+#: Quantile of the last windows' statistics that decides (the lower quartile: artefacts covering
+#: up to three quarters of the span cannot raise it; a lasting change raises every window's).
+QUANTILE = 0.25
+#: Amplitude ratio (stream / training data, either way) that alone reaches the drift level.
+SCALE_FACTOR = 10.0
+#: ``|s|`` of a stream :data:`SCALE_FACTOR` times off in amplitude (energy goes with its square).
+SCALE_LOG = 2.0 * float(np.log(SCALE_FACTOR))
 
 
 @dataclass(frozen=True)
@@ -38,50 +55,79 @@ class DriftReference:
     mean, std : numpy.ndarray, shape (m,)
         Mean and standard deviation of each first-layer unit's activation on normal windows.
     level : float
-        Rolling median of the statistic above which a stream drifts.
+        Rolling quartile of the statistic above which a stream drifts.
     windows : int
-        Windows in the rolling median.
+        Windows in the rolling quartile.
+    power : numpy.ndarray or None, shape (m,)
+        Mean squared activation of each unit on normal windows (the scale term); ``None`` for
+        bundles made before it.
     """
 
     mean: np.ndarray
     std: np.ndarray
     level: float
     windows: int = DEFAULT_WINDOWS
+    power: np.ndarray | None = None
 
     @classmethod
     def fit(
         cls, fitted: np.ndarray, held_out: np.ndarray, windows: int = DEFAULT_WINDOWS
     ) -> DriftReference:
         """Statistics from the activations ``(N, m)`` of the fitted normal windows; the level
-        from the held-out ones (in time order): ``MARGIN`` x their largest rolling median."""
+        from the held-out ones (in time order): ``MARGIN`` x their largest rolling
+        :data:`QUANTILE` of the squared z-scores (the scale term is scaled to that level)."""
         a = np.asarray(fitted, dtype=np.float64)
         mean = a.mean(axis=0)
         std = np.maximum(a.std(axis=0), 1e-3 * (float(a.std()) or 1.0))
+        power = np.maximum((a * a).mean(axis=0), 1e-12 * (float((a * a).mean()) or 1.0))
         ref = cls(mean, std, 1.0, int(windows))
         stats = ref.statistic_dense(np.asarray(held_out, dtype=np.float64))
         n = min(len(stats), ref.windows)
-        medians = [np.median(stats[i : i + n]) for i in range(0, max(1, len(stats) - n + 1))]
-        return cls(mean, std, MARGIN * max(1.0, float(max(medians))), int(windows))
+        quartiles = [
+            np.quantile(stats[i : i + n], QUANTILE) for i in range(0, max(1, len(stats) - n + 1))
+        ]
+        level = MARGIN * max(1.0, float(max(quartiles)))
+        return cls(mean, std, level, int(windows), power)
 
     def statistic(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Drift statistic of windows given their kept units ``(N, K)`` and values ``(N, K)``."""
         idx = np.asarray(indices, dtype=np.int64)
-        z = (np.asarray(values, dtype=np.float64) - self.mean[idx]) / self.std[idx]
-        return np.mean(z * z, axis=1)
+        v = np.asarray(values, dtype=np.float64)
+        z = (v - self.mean[idx]) / self.std[idx]
+        return np.mean(z * z, axis=1) + self._scale_term(idx, v)
 
     def statistic_dense(self, activations: np.ndarray) -> np.ndarray:
         """Drift statistic over all ``m`` units of ``(N, m)`` activations."""
-        z = (activations - self.mean) / self.std
-        return np.mean(z * z, axis=1)
+        a = np.asarray(activations, dtype=np.float64)
+        z = (a - self.mean) / self.std
+        idx = np.broadcast_to(np.arange(a.shape[1]), a.shape)
+        return np.mean(z * z, axis=1) + self._scale_term(idx, a)
+
+    def scale(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """``s = log(sum v_i^2 / sum p_i)`` over each window's kept units: 0 at the training
+        data's scale, ``-2 log c`` for a stream ``c`` times smaller (NaN without ``power``)."""
+        if self.power is None:
+            return np.full(len(values), np.nan)
+        v = np.asarray(values, dtype=np.float64)
+        expected = self.power[np.asarray(indices, dtype=np.int64)].sum(axis=1)
+        return np.log(((v * v).sum(axis=1) + 1e-30 * expected) / expected)
+
+    def _scale_term(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray | float:
+        if self.power is None:
+            return 0.0
+        return self.level * (self.scale(indices, values) / SCALE_LOG) ** 2
 
     def to_config(self) -> dict[str, Any]:
         """JSON-able form stored in the bundle's ``head_config["drift"]``."""
-        return {
+        out = {
             "mean": self.mean.astype(np.float32).tolist(),
             "std": self.std.astype(np.float32).tolist(),
             "level": float(self.level),
             "windows": int(self.windows),
         }
+        if self.power is not None:
+            out["power"] = self.power.astype(np.float32).tolist()
+        return out
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | None) -> DriftReference | None:
@@ -93,11 +139,12 @@ class DriftReference:
             np.asarray(config["std"], dtype=np.float64),
             float(config["level"]),
             int(config.get("windows", DEFAULT_WINDOWS)),
+            None if config.get("power") is None else np.asarray(config["power"], np.float64),
         )
 
 
 class DriftMonitor:
-    """Drift state of one stream: rolling median of the statistic against the level.
+    """Drift state of one stream: rolling lower quartile of the statistic against the level.
 
     Parameters
     ----------
@@ -109,23 +156,23 @@ class DriftMonitor:
         self._recent: deque[float] = deque(maxlen=reference.windows)
         #: True while the stream drifts.
         self.active = False
-        #: Median statistic of the last windows (``nan`` before any).
-        self.median = float("nan")
+        #: :data:`QUANTILE` of the statistic over the last windows (``nan`` before any).
+        self.value = float("nan")
 
     def update(self, statistic: float) -> str | None:
         """Feed one window's statistic; ``"start"`` or ``"end"`` when the state changes.
 
-        Drift starts only once ``windows // 2`` windows were seen (a stream's first seconds
-        cannot outvote a short artefact) and ends when the median falls below half the level.
+        Drift starts only once ``windows // 2`` windows were seen and ends when the quartile
+        falls below half the level.
         """
         self._recent.append(float(statistic))
         if len(self._recent) < max(1, self.reference.windows // 2):
             return None
-        self.median = float(np.median(self._recent))
-        if not self.active and self.median > self.reference.level:
+        self.value = float(np.quantile(self._recent, QUANTILE))
+        if not self.active and self.value > self.reference.level:
             self.active = True
             return "start"
-        if self.active and self.median < self.reference.level / 2:
+        if self.active and self.value < self.reference.level / 2:
             self.active = False
             return "end"
         return None

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from dropstream.inference.batching import scatter_dense
+from dropstream.inference.energy import EnergyScorer
 from dropstream.inference.model import HEAD_FORMAT, Head, ModelConfigError, NoveltyScorer
 from dropstream.local_encoder.bundle import BundleError, DeviceBundle, load_bundle
 
@@ -63,6 +64,8 @@ def build_head(head_config: Mapping[str, Any]) -> nn.Module:
     except (KeyError, TypeError, ValueError, ModelConfigError) as exc:
         raise BundleError(f"head_config is incomplete or invalid: {exc!r}") from exc
     kind = head_config.get("type", "classifier")
+    if kind == "novelty" and head_config.get("scorer") == "energy":
+        return EnergyScorer(head.width, head.keep)
     if kind == "novelty":
         return NoveltyScorer(head, torch.zeros(int(head_config["n_outputs"])))
     if kind != "classifier":

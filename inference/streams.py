@@ -463,12 +463,12 @@ class StreamTracker:
                 "level %.3g): anomaly alerts paused until it does - check the sensor, its "
                 "placement and units, or train a model for this device",
                 *key,
-                mon.median,
+                mon.value,
                 level,
             )
             out.extend(self._expire_detector(st))
             st.drift_onset = (seq, start)
-            ev = AlertEvent("open", *key, seq, start, None, None, mon.median, level, end)
+            ev = AlertEvent("open", *key, seq, start, None, None, mon.value, level, end)
             out.append(self._drift_update(ev, st))
         elif change == "end":
             out.append(self._drift_closed(key, st, seq, end))
@@ -480,7 +480,7 @@ class StreamTracker:
         assert mon is not None
         onset_seq, onset_time = st.drift_onset
         level = mon.reference.level
-        ev = AlertEvent("closed", *key, onset_seq, onset_time, seq, end, mon.median, level, end)
+        ev = AlertEvent("closed", *key, onset_seq, onset_time, seq, end, mon.value, level, end)
         return self._drift_update(ev, st)
 
     def _drift_update(self, ev: AlertEvent, st: _Stream) -> StreamUpdate:

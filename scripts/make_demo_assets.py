@@ -9,8 +9,11 @@ Reads real recordings from ``../shared/data/body`` (biosignalsplux, MIT licence)
     a real EMG burst (``emg_fatigue.fif``) and a real movement artefact
     (``eeg_movement_artefacts_1.fif``). Their spans are stored as ``anomaly`` annotations.
 ``inference/demo_data/ecg_novelty.dsb``
-    A novelty bundle (Deep SVDD on dropped first-layer activations) trained on clean ECG only
-    (``ecg_5min.fif`` seconds 0-180), in microvolts, exactly as the device's inlet delivers them.
+    A novelty bundle (the default ``energy`` novelty model: whitened random projections on the
+    device, the kept activations' log-energy on the server) trained on clean ECG only
+    (``ecg_5min.fif`` seconds 0-180), in microvolts, exactly as the device's inlet delivers them,
+    with its privacy label (quick audit: earlier half of the training windows as the attacker's
+    data, the later half attacked).
 
 Run from the repository root::
 
@@ -72,11 +75,12 @@ def build_recording(data: Path, out: Path) -> list[tuple[float, float]]:
     return spans
 
 
-def train_bundle(data: Path, out: Path, overrides: dict | None = None) -> Any:
+def train_bundle(data: Path, out: Path, overrides: dict | None = None, label: bool = False) -> Any:
     """Train the novelty bundle on clean ECG and write it; returns the trained model.
 
     ``overrides`` replaces settings of the recipe's :class:`TrainConfig` (e.g. the privacy
-    defences, for ``benchmarks/privacy_frontier.py``).
+    defences, for ``benchmarks/privacy_frontier.py``); ``label`` measures and stores the privacy
+    label (as ``dropstream train`` does; ~30 s).
     """
     from dropstream.inference.training import TrainConfig, train_novelty
     from dropstream.local_encoder.framing import stream_windows
@@ -110,6 +114,19 @@ def train_bundle(data: Path, out: Path, overrides: dict | None = None) -> Any:
         hop_samples=hop,
         prefiltered=True,
     )
+    if label:
+        from dropstream.inference.audit.label import privacy_label, windows_recording
+
+        x = model.prepare(windows, prefiltered=True)
+        half = len(x) // 2
+        model.privacy_label = privacy_label(
+            model.device_bundle(),
+            [windows_recording("later", x[half:], None, hop)],
+            [windows_recording("earlier", x[:half], None, hop)],
+            attacker_note="earlier half of the training windows; the later half attacked; "
+            "decoder 20 s",
+            seed=config.seed,
+        )
     model.save(out, model_id="demo-ecg-novelty", model_version=1)
     return model
 
@@ -123,8 +140,14 @@ def main() -> None:
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     spans = build_recording(data, out / "ecg_artefacts.fif")
-    cal = train_bundle(data, out / "ecg_novelty.dsb").head_config["calibration"]
-    print(json.dumps({"anomalies_s": spans, "calibration": cal}, indent=1))
+    model = train_bundle(data, out / "ecg_novelty.dsb", label=True)
+    cal = model.head_config["calibration"]
+    print(
+        json.dumps(
+            {"anomalies_s": spans, "calibration": cal, "privacy_label": model.privacy_label},
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

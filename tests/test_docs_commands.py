@@ -30,8 +30,8 @@ def documented_commands(prefix: str) -> list[tuple[str, str]]:
             text = re.sub(r"\\\n\s*", " ", block)
             for line in text.splitlines():
                 line = line.strip().removeprefix("$ ")
-                if not line.startswith(prefix):
-                    continue
+                if not line.startswith(prefix) or line.split()[1].endswith(":"):
+                    continue  # not a command, or program output (may hold a lone quote)
                 words = shlex.split(line, comments=True)
                 if words and words[-1] == "&":
                     words = words[:-1]

@@ -14,8 +14,8 @@ import pytest
 from dropstream.acquisition.recording import load_tracks
 from dropstream.broker.alert_message import decode_alert
 from dropstream.broker.clients import make_producer
-from dropstream.inference.datasets import windows_from_recordings
-from dropstream.inference.drift import DriftMonitor, DriftReference
+from dropstream.inference.datasets import WindowSet, windows_from_recordings
+from dropstream.inference.drift import SCALE_LOG, DriftMonitor, DriftReference
 from dropstream.inference.evaluation import evaluate_recording
 from dropstream.inference.service import InferenceService, ServiceSettings
 from dropstream.inference.training import TrainConfig, train_novelty
@@ -31,7 +31,9 @@ def test_statistic_and_monitor_on_known_data() -> None:
     assert ref.statistic_dense(held).mean() == pytest.approx(1.0, rel=0.1)
     idx = np.sort(rng.choice(64, (5, 16)), axis=1)
     vals = np.take_along_axis(held[:5], idx, axis=1)
-    np.testing.assert_allclose(ref.statistic(idx, vals), np.mean(((vals - 2) / 3) ** 2, 1), 0.1)
+    scale_term = ref.level * (ref.scale(idx, vals) / SCALE_LOG) ** 2
+    expected = np.mean(((vals - 2) / 3) ** 2, 1) + scale_term
+    np.testing.assert_allclose(ref.statistic(idx, vals), expected, 0.1)
     assert DriftReference.from_config(ref.to_config()).level == pytest.approx(ref.level)
     mon = DriftMonitor(ref)
     changes = [mon.update(1.0) for _ in range(30)]
@@ -43,22 +45,47 @@ def test_statistic_and_monitor_on_known_data() -> None:
     assert changes.count("end") == 1 and not mon.active
 
 
+def test_a_stream_far_smaller_or_larger_than_the_training_data_drifts() -> None:
+    """relu activations of a 60x smaller signal sit near 0, where the squared z-scores stay of
+    order one: the scale term must carry the drift."""
+    rng = np.random.default_rng(1)
+    acts = np.maximum(rng.normal(0.0, 1.0, (3000, 64)) @ rng.normal(size=(64, 64)), 0.0)
+    ref = DriftReference.fit(acts[:2500], acts[2500:], windows=20)
+    idx = np.sort(np.argsort(rng.random((500, 64)), axis=1)[:, :16], axis=1)
+    normal = np.take_along_axis(acts[2500:], idx, axis=1)
+    assert np.median(ref.statistic(idx, normal)) < ref.level / 2
+    assert abs(np.median(ref.scale(idx, normal))) < 0.5
+    for factor in (1 / 60, 60.0):
+        stat = ref.statistic(idx, normal * factor)
+        assert np.median(stat) > ref.level, factor
+        shift = ref.scale(idx, normal * factor) - ref.scale(idx, normal)
+        np.testing.assert_allclose(shift, 2 * np.log(factor), rtol=1e-6)
+    small = normal / 60
+    z_only = np.mean(((small - ref.mean[idx]) / ref.std[idx]) ** 2, axis=1)
+    assert np.median(z_only) < ref.level  # what the guard saw before the scale term
+    assert DriftReference.from_config(ref.to_config()).power is not None
+
+
 @pytest.fixture(scope="module")
 def ecg_bundle(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     ecg = windows_from_recordings([data_dir / "body" / "ecg_5min.fif"], 1.0, 0.5, {})
     cfg = TrainConfig(width=64, keep=16, pool=8, hidden=(64,), epochs=8, progress=False)
+    return _save_novelty(ecg, ecg.X[:500], cfg, tmp_path_factory.mktemp("drift") / "ecg.dsb")
+
+
+def _save_novelty(ws: WindowSet, X: np.ndarray, cfg: TrainConfig, path: Path) -> Path:
+    """Train a novelty bundle on windows ``X`` of ``ws`` and write it to ``path``."""
     model = train_novelty(
-        ecg.X[:500],
+        X,
         cfg,
-        sfreq=ecg.sfreq,
-        channel_names=ecg.channel_names,
-        channel_types=ecg.channel_types,
-        hop_samples=ecg.hop_samples,
+        sfreq=ws.sfreq,
+        channel_names=ws.channel_names,
+        channel_types=ws.channel_types,
+        hop_samples=ws.hop_samples,
         prefiltered=True,
     )
     assert "drift" in model.head_config
-    path = tmp_path_factory.mktemp("drift") / "ecg.dsb"
-    model.save(path, model_id="ecg-drift")
+    model.save(path, model_id=path.stem)
     return path
 
 
@@ -87,7 +114,28 @@ def test_a_drifting_stream_gets_drift_status_not_anomaly_alerts(
     onset = drift[0].recording_onset
     assert onset is not None and onset < 40
     assert not [m for m in ev.alerts if m.kind == "anomaly" and m.recording_onset >= onset]
-    assert drift[0].score > drift[0].threshold  # the rolling median of the statistic
+    assert drift[0].score > drift[0].threshold  # the rolling quartile of the statistic
+
+
+def test_real_eeg_at_an_implausible_scale_drifts_on_a_real_eeg_bundle(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """eeg_em_noise.fif spans 0.14 uV, 60x less than the PLUX EEG a bundle learned from: once
+    its unit is stated (the amplitude check refuses it otherwise) the stream drifts."""
+    body = data_dir / "body"
+    eeg = windows_from_recordings(
+        [body / "eeg_movement_artefacts_1.fif"], 1.0, 0.25, {"l_freq": 1.0, "h_freq": 40.0}
+    )
+    cfg = TrainConfig(width=64, keep=16, progress=False, preprocessing=eeg.preprocessing)
+    path = _save_novelty(eeg, eeg.X, cfg, tmp_path / "eeg.dsb")
+    other = evaluate_recording(path, body / "eeg_movement_artefacts_2.fif")  # same device
+    assert not [m for m in other.alerts if m.kind == "drift"]
+    ev = evaluate_recording(path, body / "eeg_em_noise.fif", units="V")
+    drift = [m for m in ev.alerts if m.kind == "drift"]
+    assert len(drift) == 1 and drift[0].score > drift[0].threshold
+    onset = drift[0].recording_onset
+    assert onset is not None and onset < 15
+    assert not [m for m in ev.alerts if m.kind == "anomaly" and m.recording_onset >= onset]
 
 
 def test_the_service_publishes_drift_on_the_alert_topic(

@@ -310,9 +310,26 @@ def test_bundles_from_before_head_format_2_load_and_newer_ones_fail_clearly(
         scaled = torch.from_numpy(zeros) * (dev.layer.width / dev.keep)
         expected = torch.softmax(old_head.mlp(scaled), 1).numpy()
     np.testing.assert_allclose(server.predict_proba(idx, vals), expected, atol=1e-6)
-    # the shipped demo bundle predates format 2 and still loads
+    # a format-1 Deep SVDD novelty bundle (as the demo shipped before) still loads and scores
+    from dropstream.inference.model import NoveltyScorer
+
+    nov_config = dict(old_config, type="novelty", hidden=[64, 32], n_outputs=4, bias=False)
+    nov_head = NoveltyScorer(
+        Head(dev.layer.width, dev.keep, hidden=(64, 32), n_outputs=4, bias=False),
+        torch.full((4,), 0.1),
+    ).eval()
+    buf = io.BytesIO()
+    torch.save(nov_head.state_dict(), buf)
+    write_bundle(
+        tmp_path / "nov.dsb", dataclasses.replace(dev, head_config=nov_config), buf.getvalue()
+    )
+    with torch.no_grad():
+        expected = ((nov_head.head.mlp(scaled) - 0.1) ** 2).sum(1).numpy()
+    np.testing.assert_allclose(
+        ServerModel.load(tmp_path / "nov.dsb").score(idx, vals), expected, rtol=1e-5
+    )
     demo = ServerModel.load(Path(__file__).parents[1] / "inference/demo_data/ecg_novelty.dsb")
-    assert "format" not in demo.bundle.head_config and demo.kind == "novelty"
+    assert demo.kind == "novelty" and demo.bundle.head_config["scorer"] == "energy"
     # a format-2 head (learned fill, before the decoding head) loads as it was written
     if dev.head_config["fill"] == "learned":
         v2 = dict(dev.head_config, format=2)

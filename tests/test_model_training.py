@@ -81,7 +81,10 @@ def test_bad_training_input_is_a_clear_error(data_dir: Path) -> None:
         train_classifier(bad, tr.y[:10], TrainConfig(progress=False), sfreq=100.0)
 
 
-def test_novelty_flags_other_signals_and_round_trips(data_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("novelty", ["energy", "svdd"])
+def test_novelty_flags_other_signals_and_round_trips(
+    data_dir: Path, tmp_path: Path, novelty: str
+) -> None:
     body = data_dir / "body"
     pre = {"l_freq": 0.5, "h_freq": 40.0}
     ecg = windows_from_recordings([body / "ecg_5min.fif"], 1.0, 0.5, pre)
@@ -89,7 +92,14 @@ def test_novelty_flags_other_signals_and_round_trips(data_dir: Path, tmp_path: P
     assert ecg.filtered and ecg.X.shape[1:] == (1, 1000)
     normal, held_out = ecg.X[:400], ecg.X[402:]  # 200 s to learn from; no shared samples
     cfg = TrainConfig(
-        width=128, keep=32, pool=1, hidden=(256, 128), epochs=15, seed=0, progress=False
+        width=128,
+        keep=32,
+        pool=1,
+        hidden=(256, 128),
+        epochs=15,
+        seed=0,
+        progress=False,
+        novelty_model=novelty,
     )
     model = train_novelty(
         normal, cfg, sfreq=ecg.sfreq, hop_samples=ecg.hop_samples, prefiltered=True
@@ -97,15 +107,22 @@ def test_novelty_flags_other_signals_and_round_trips(data_dir: Path, tmp_path: P
     cal = model.head_config["calibration"]
     assert model.head_config["type"] == "novelty"
     assert cal["quantiles"] == sorted(cal["quantiles"])
-    # held out: the last 20 % of the windows in time, none sharing samples with fitted ones
-    assert cal["n_windows"] == 80
+    if novelty == "svdd":
+        # held out: the last 20 % of the windows in time, none sharing samples with fitted ones
+        assert cal["n_windows"] == 80
+    else:  # every window, scored by a model fitted on the other four blocks
+        assert cal["n_windows"] == 400 and "blocks" in cal["holdout"]
+        assert model.head_config["scorer"] == "energy" and model.history == []
     lo, hi = cal["threshold_ci95"]
     assert lo <= cal["threshold"] <= hi
     thr = cal["threshold"]
     normal_scores = model.score(held_out, prefiltered=True)
     emg_scores = model.score(emg.X, prefiltered=True)
     assert np.mean(normal_scores > thr) < 0.1
-    assert np.mean(emg_scores > thr) > 0.8  # the fatigue protocol has quiet rests too
+    # the fatigue protocol has quiet rests too; the energy score is one number per window, and
+    # many EMG windows have an ECG-like whitened energy (docs/anomalies.md: a whole other signal
+    # is the drift guard's case)
+    assert np.mean(emg_scores > thr) > (0.8 if novelty == "svdd" else 0.1)
     assert np.median(emg_scores) > 5 * np.median(normal_scores)
 
     path = tmp_path / "ecg.dsb"
@@ -118,7 +135,13 @@ def test_novelty_flags_other_signals_and_round_trips(data_dir: Path, tmp_path: P
     idx = np.stack([draw_kept_units(rng, dev.layer.width, dev.keep) for _ in range(8)])
     vals = np.take_along_axis(a, idx.astype(np.int64), axis=1)
     scores = server.score(idx, vals)
-    assert scores.shape == (8,) and np.mean(scores > server.threshold(0.99)) > 0.5
+    dense = np.full((8, dev.layer.width), np.nan, dtype=np.float32)
+    np.put_along_axis(dense, idx.astype(np.int64), vals, axis=1)
+    with torch.no_grad():  # the bundle's head scores as the trained one
+        np.testing.assert_allclose(scores, model.head(torch.as_tensor(dense)).numpy(), rtol=1e-4)
+    assert scores.shape == (8,) and np.mean(scores > server.threshold(0.99)) > (
+        0.5 if novelty == "svdd" else 0.1
+    )
 
 
 def test_load_ts_parses_official_split(data_dir: Path, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ def test_novelty_scores_match_the_bundle_head():
     rng = np.random.default_rng(0)
     idx = np.sort(rng.random((5, 128)).argsort(axis=1)[:, :32], axis=1)
     val = rng.random((5, 32)).astype(np.float32)
-    dense = np.zeros((5, 128), np.float32)
+    dense = np.full((5, 128), np.nan, np.float32)  # NaN at dropped units, as scatter_dense
     np.put_along_axis(dense, idx, val, axis=1)
     scores, classes = Scorer(model, torch.device("cpu"))(dense)
     assert classes is None

@@ -92,6 +92,7 @@ def test_real_recordings_over_lsl_arrive_in_microvolts_or_are_refused(data_dir: 
         "wrong-scale": (_track(uv * 1e-6, 1000, "EEG", "microvolts", "g"), None, "--units V"),
         "wrong-fixed": (_track(uv * 1e-6, 1000, "EEG", "microvolts", "h"), "V", uv),
         "too-large": (_track(uv * 1e6, 1000, "EEG", "uV", "i"), None, "--units nV"),
+        "too-small": (_track(uv * 1e-3, 1000, "EEG", "uV", "j"), None, "--units mV"),
     }
     with Publisher([c[0] for c in cases.values()], speed=4.0, wait_for_consumers=15) as pub:
         inlets = {
@@ -142,11 +143,33 @@ def test_file_read_a_million_times_too_large_is_refused_in_replay_and_train(
     assert not (tmp_path / "m.dsb").exists()
 
 
+TOO_SMALL = "eeg_em_noise.fif"  # EEG spanning 0.14 uV: below an EEG amplifier's own noise
+
+
 def test_amplitude_check_fits_every_shipped_voltage_recording(data_dir: Path) -> None:
-    """The plausible ranges accept every real recording we have, in the units they declare."""
+    """The plausible ranges accept every real recording we have, in the units they declare,
+    except the one EEG whose scale cannot be EEG (60x smaller than the other PLUX EEG)."""
     for path in sorted((data_dir / "body").glob("*.fif")) + [data_dir / "eeg/eegmmidb_S001R02.edf"]:
+        if path.name == TOO_SMALL:
+            continue
         track = load_tracks(path)[0]  # runs check_amplitude; raises on a misfit
         assert check_amplitude(track.data, track.info.sfreq, track.info.channel_types) == []
+
+
+def test_implausibly_small_eeg_is_refused_with_how_to_fix_it(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = data_dir / "body" / TOO_SMALL
+    with pytest.raises(UnitError, match="below the 2-20000 uV") as err:
+        load_tracks(path)
+    assert "--units V" in str(err.value) and "\n" not in str(err.value)
+    kept = load_tracks(path, units="V")[0]  # stated: kept, with a warning
+    assert kept.data.shape == (90600, 1)
+    for command in (["replay", str(path), "--duration", "0.1"], ["evaluate", "x.dsb", str(path)]):
+        assert main(command) == 1
+        err_line = capsys.readouterr().err.strip()
+        assert "below the 2-20000 uV" in err_line and "--units V" in err_line, command
+        assert len(err_line.splitlines()) == 1
 
 
 def test_mne_lsl_player_streams_arrive_in_microvolts_or_are_refused(

@@ -128,6 +128,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     mdl.add_argument("--device", default=unset, help="auto (CUDA when present), cpu or cuda")
     mdl.add_argument("--threads", type=int, default=unset, help="torch CPU threads while training")
     mdl.add_argument(
+        "--novelty-model",
+        choices=("energy", "svdd"),
+        default=unset,
+        help="novelty: 'energy' (default: whitened random projections, log-energy score, no "
+        "gradient training) or 'svdd' (a trained Deep SVDD); docs/anomalies.md compares them",
+    )
+    mdl.add_argument(
         "--min-calibration-windows",
         type=int,
         default=unset,

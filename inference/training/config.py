@@ -83,8 +83,14 @@ class TrainConfig:
         ``"auto"`` (CUDA when present, else CPU), ``"cpu"`` or ``"cuda"``.
     progress : bool
         Show a tqdm progress bar over epochs.
+    novelty_model : {"energy", "svdd"}
+        The novelty model: ``"energy"`` (default) is a first layer of random projections of
+        the whitened window and a head scoring the kept activations' log-energy
+        (:mod:`dropstream.inference.energy`; no gradient training, calibrated on every stretch
+        of the baseline; docs/anomalies.md); ``"svdd"`` trains first layer and head as a
+        Deep SVDD (the model before, kept to compare).
     embedding : int
-        Output size of a novelty head.
+        Output size of a Deep SVDD novelty head.
     threads : int or None
         torch CPU threads while training (restored afterwards). 1 is fastest for these small
         networks, above all on a busy machine where more threads stall each other; ``None``
@@ -153,6 +159,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+    novelty_model: str = "energy"
     embedding: int = 32
     threads: int | None = 1
     calibration_fraction: float = 0.2

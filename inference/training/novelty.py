@@ -19,21 +19,27 @@ overlap) is stored beside it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import nn
 
 from dropstream.inference.drift import DriftReference
-from dropstream.inference.model import NoveltyScorer
+from dropstream.inference.energy import EnergyScorer
+from dropstream.inference.model import NoveltyScorer, SplitNet, random_keep_mask
 from dropstream.inference.training.config import TrainConfig, TrainingError
-from dropstream.inference.training.fit import build, check_windows, fit, prepare, start
+from dropstream.inference.training.fit import Run, build, check_windows, fit, prepare, start
 from dropstream.inference.training.trained import TrainedModel, finish
 
 #: Quantile levels of held-out normal scores stored as a novelty model's calibration.
 CALIBRATION_LEVELS = (0.5, 0.8, 0.9, 0.95, 0.975, 0.99, 0.995, 0.999)
 #: Quantile of held-out normal scores used as the threshold.
 THRESHOLD_LEVEL = 0.99
+#: Contiguous blocks of the baseline an energy model's calibration scores one at a time.
+ENERGY_BLOCKS = 5
+#: Shrinkage of the window covariance before whitening (times its largest eigenvalue).
+WHITEN_REG = 1e-3
 
 
 def tail_split(n: int, fraction: float, overlap: int) -> tuple[np.ndarray, np.ndarray]:
@@ -118,6 +124,65 @@ def train_novelty(
             "(the privacy guard wants --keep below channels x hop samples), or lower "
             "--min-calibration-windows knowing the threshold is then little more than a maximum"
         )
+    if config.novelty_model == "svdd":
+        net, history, val_scores, Xn, mean, std = _fit_svdd(
+            X, config, run, sfreq, prefiltered, fit_idx, val_idx
+        )
+        holdout = "last windows in recording order, overlapping ones left out"
+        output = "anomaly score: squared distance of the embedding to the centre of normal; "
+        extra: dict = {}
+    elif config.novelty_model == "energy":
+        net, val_scores, mean, std = _fit_energy(X, config, run, sfreq, prefiltered, overlap)
+        history = []
+        holdout = (
+            f"{ENERGY_BLOCKS} contiguous blocks, each scored by a model fitted on the others "
+            "(windows overlapping the block left out)"
+        )
+        output = "anomaly score: squared z-score of the kept activations' log-energy; "
+        extra = {"scorer": "energy"}
+    else:
+        raise TrainingError(f"novelty model {config.novelty_model!r}: choose 'energy' or 'svdd'")
+    lo, hi = quantile_ci(val_scores, THRESHOLD_LEVEL, block=overlap + 1, seed=config.seed)
+    calibration = {
+        "levels": list(CALIBRATION_LEVELS),
+        "quantiles": [float(np.quantile(val_scores, q)) for q in CALIBRATION_LEVELS],
+        "n_windows": len(val_scores),
+        "threshold": float(np.quantile(val_scores, THRESHOLD_LEVEL)),
+        "threshold_level": THRESHOLD_LEVEL,
+        "threshold_ci95": [lo, hi],
+        "holdout": holdout,
+    }
+    model = finish(
+        "novelty",
+        net,
+        run,
+        config,
+        sfreq=sfreq,
+        norm=(mean, std),
+        classes=("normal", "anomaly"),
+        n_outputs=config.embedding,
+        output=output + "higher = more anomalous",
+        history=history,
+        extra={"calibration": calibration, **extra},
+    )
+    # what the server will see of each window: the device's first layer on prepared windows
+    layer = model.first.to_numpy()
+    acts = layer.forward(model.prepare(X, prefiltered=prefiltered))
+    drift = DriftReference.fit(acts[fit_idx], acts[val_idx])
+    model.head_config["drift"] = drift.to_config()
+    return model
+
+
+def _fit_svdd(
+    X: np.ndarray,
+    config: TrainConfig,
+    run: Run,
+    sfreq: float,
+    prefiltered: bool,
+    fit_idx: np.ndarray,
+    val_idx: np.ndarray,
+) -> tuple[SplitNet, list[dict[str, float]], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Deep SVDD: train first layer and head; scores of the held-out (last) windows."""
     net = build(config, run, config.embedding, novelty=True)
     Xn, mean, std = prepare(X, config, sfreq, prefiltered, fit_idx)
     # a bias would let the network map everything to the centre regardless of input
@@ -142,33 +207,95 @@ def train_novelty(
     with torch.no_grad():
         vgen = torch.Generator(device=dev).manual_seed(config.seed + 11)
         val_scores = net(xt[torch.as_tensor(val_idx, device=dev)], generator=vgen).cpu().numpy()
-    lo, hi = quantile_ci(val_scores, THRESHOLD_LEVEL, block=overlap + 1, seed=config.seed)
-    calibration = {
-        "levels": list(CALIBRATION_LEVELS),
-        "quantiles": [float(np.quantile(val_scores, q)) for q in CALIBRATION_LEVELS],
-        "n_windows": len(val_idx),
-        "threshold": float(np.quantile(val_scores, THRESHOLD_LEVEL)),
-        "threshold_level": THRESHOLD_LEVEL,
-        "threshold_ci95": [lo, hi],
-        "holdout": "last windows in recording order, overlapping ones left out",
-    }
-    model = finish(
-        "novelty",
-        net,
-        run,
-        config,
-        sfreq=sfreq,
-        norm=(mean, std),
-        classes=("normal", "anomaly"),
-        n_outputs=config.embedding,
-        output="anomaly score: squared distance of the embedding to the centre of normal; "
-        "higher = more anomalous",
-        history=history,
-        extra={"calibration": calibration},
-    )
-    # what the server will see of each window: the device's first layer on prepared windows
-    layer = model.first.to_numpy()
-    acts = layer.forward(model.prepare(X, prefiltered=prefiltered))
-    drift = DriftReference.fit(acts[fit_idx], acts[val_idx])
-    model.head_config["drift"] = drift.to_config()
-    return model
+    return net, history, val_scores, Xn, mean, std
+
+
+def whiten_projections(P: np.ndarray, rows: int, seed: int, reg: float = WHITEN_REG) -> np.ndarray:
+    """``rows`` random projections of the whitened input: ``G S^-1/2 / sqrt(d)`` ``(rows, d)``.
+
+    ``S`` is the covariance of the prepared, pooled normal windows ``P`` ``(N, d)``, shrunk
+    towards ``reg`` times its largest eigenvalue (directions normal signal never uses are
+    amplified at most ``1 / sqrt(reg)`` times, not up to the filter's stop-band noise).
+    """
+    cov = np.cov(np.asarray(P, dtype=np.float64), rowvar=False).reshape(P.shape[1], P.shape[1])
+    ev, vec = np.linalg.eigh(cov)
+    ev = np.maximum(ev, 0.0)
+    inv_sqrt = (vec / np.sqrt(ev + reg * max(float(ev.max()), 1e-12))) @ vec.T
+    g = np.random.default_rng(seed).standard_normal((rows, P.shape[1]))
+    return (g @ inv_sqrt) / np.sqrt(P.shape[1])
+
+
+def _energy_net(config: TrainConfig, run: Run, xt: torch.Tensor, seed: int) -> SplitNet:
+    """A fresh first layer of whitened random projections and its fitted energy head."""
+    net = build(config, run, 1, novelty=True)
+    first = net.first
+    dev = xt.device
+    with torch.no_grad():
+        pooled = nn.functional.avg_pool1d(xt, first.pool) if first.pool > 1 else xt
+        flat = pooled.reshape(len(xt), -1)
+        rows = first.input_map.weight.shape[0]
+        w = whiten_projections(flat.cpu().numpy(), rows, seed)
+        first.input_map.weight.copy_(torch.as_tensor(w, dtype=xt.dtype))
+        if first.input_map.bias is not None:
+            first.input_map.bias.zero_()
+        if first.down is not None:  # low rank: units mix the r whitened projections at random
+            a = np.random.default_rng(seed + 1).standard_normal((first.width, rows))
+            first.linear.weight.copy_(torch.as_tensor(a / np.sqrt(rows), dtype=xt.dtype))
+            first.linear.bias.zero_()
+        if first.norm is not None:  # noise: standardise what the noise is added to
+            u = first.input_map(flat)
+            first.norm.running_mean.zero_()
+            first.norm.running_var.copy_((u * u).mean(0))
+        first.eval()
+        gen = torch.Generator(device=dev).manual_seed(seed + 2)
+        acts = first(xt, gen)
+        head = EnergyScorer(first.width, net.keep).to(dev)
+        head.unit_power.copy_((acts * acts).mean(0).clamp_min(1e-12))
+        mask = random_keep_mask(acts.shape[0], acts.shape[1], net.keep, gen, dev).bool()
+        e = head.log_energy(acts, mask)
+        head.center.fill_(float(e.mean()))
+        head.scale.fill_(max(float(e.std()), 1e-6))
+    net.head = head.eval()
+    return net
+
+
+def _energy_scores(net: SplitNet, xt: torch.Tensor, seed: int) -> np.ndarray:
+    """Scores of prepared windows, one fresh keep mask (and noise draw) per window."""
+    with torch.no_grad():
+        gen = torch.Generator(device=xt.device).manual_seed(seed)
+        acts = net.first(xt, gen)
+        mask = random_keep_mask(acts.shape[0], acts.shape[1], net.keep, gen, xt.device)
+        return net.head(acts, mask.bool()).cpu().numpy()
+
+
+def _fit_energy(
+    X: np.ndarray,
+    config: TrainConfig,
+    run: Run,
+    sfreq: float,
+    prefiltered: bool,
+    overlap: int,
+) -> tuple[SplitNet, np.ndarray, np.ndarray, np.ndarray]:
+    """Energy novelty model on all normal windows, and its calibration scores.
+
+    The calibration scores come from :data:`ENERGY_BLOCKS` contiguous blocks of the windows,
+    each scored by a model fitted on the other blocks (leaving out the ``overlap`` windows on
+    each side that share samples with the block): every stretch of the baseline is scored as
+    new data, so the threshold reflects how much a stretch of normal signal differs from the
+    rest of the recording (non-stationarity), not only how the end of it resembles its start.
+    """
+    if config.pool is None:  # whitening is O(d^3): at most ~1024 inputs, else every sample
+        config = replace(config, pool=max(1, int(np.ceil(run.channels * run.samples / 1024))))
+    n = run.n
+    Xn, mean, std = prepare(X, config, sfreq, prefiltered, np.arange(n))
+    xt = torch.as_tensor(Xn, device=run.device)
+    edges = np.linspace(0, n, ENERGY_BLOCKS + 1).astype(int)
+    scores = []
+    for b, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+        rest = np.r_[np.arange(0, max(0, lo - overlap)), np.arange(min(n, hi + overlap), n)]
+        if len(rest) < 10 or hi <= lo:
+            continue
+        net = _energy_net(config, run, xt[torch.as_tensor(rest, device=run.device)], config.seed)
+        scores.append(_energy_scores(net, xt[lo:hi], config.seed + 100 + b))
+    net = _energy_net(config, run, xt, config.seed)
+    return net, np.concatenate(scores), mean, std

@@ -67,7 +67,7 @@ class TrainedModel:
 
     @torch.no_grad()
     def _outputs(self, X: np.ndarray, prefiltered: bool, seed: int) -> torch.Tensor:
-        dev = next(self.head.parameters()).device
+        dev = next(self.first.parameters()).device
         x = torch.as_tensor(self.prepare(X, prefiltered), device=dev)
         gen = torch.Generator(device=dev).manual_seed(int(seed))
         self.first.eval()
