@@ -27,6 +27,8 @@ instead of an endless anomaly (:mod:`dropstream.inference.streams`).
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -154,6 +156,10 @@ class DriftMonitor:
     def __init__(self, reference: DriftReference) -> None:
         self.reference = reference
         self._recent: deque[float] = deque(maxlen=reference.windows)
+        # the same values kept sorted (NaNs counted apart): a quartile per window in O(windows)
+        # memmove instead of np.quantile's ~80 us, which halved serve's throughput
+        self._sorted: list[float] = []
+        self._nans = 0
         #: True while the stream drifts.
         self.active = False
         #: :data:`QUANTILE` of the statistic over the last windows (``nan`` before any).
@@ -165,10 +171,10 @@ class DriftMonitor:
         Drift starts only once ``windows // 2`` windows were seen and ends when the quartile
         falls below half the level.
         """
-        self._recent.append(float(statistic))
+        self._push(float(statistic))
         if len(self._recent) < max(1, self.reference.windows // 2):
             return None
-        self.value = float(np.quantile(self._recent, QUANTILE))
+        self.value = self._quantile()
         if not self.active and self.value > self.reference.level:
             self.active = True
             return "start"
@@ -176,3 +182,26 @@ class DriftMonitor:
             self.active = False
             return "end"
         return None
+
+    def _push(self, x: float) -> None:
+        if len(self._recent) == self._recent.maxlen:
+            old = self._recent[0]
+            if math.isnan(old):
+                self._nans -= 1
+            else:
+                del self._sorted[bisect.bisect_left(self._sorted, old)]
+        self._recent.append(x)
+        if math.isnan(x):
+            self._nans += 1
+        else:
+            bisect.insort(self._sorted, x)
+
+    def _quantile(self) -> float:
+        """:data:`QUANTILE` of the recent statistics, as ``np.quantile`` computes it (linear
+        interpolation; ``nan`` if any is ``nan``)."""
+        if self._nans:
+            return float("nan")
+        pos = QUANTILE * (len(self._sorted) - 1)
+        lo = math.floor(pos)
+        hi = min(lo + 1, len(self._sorted) - 1)
+        return self._sorted[lo] + (self._sorted[hi] - self._sorted[lo]) * (pos - lo)

@@ -168,3 +168,20 @@ def test_the_service_publishes_drift_on_the_alert_topic(
     drift = [a for a in updates if a.kind == "drift"]
     assert [a.status for a in drift] == ["open", "closed"]  # closed when the stream went silent
     assert not [a for a in updates if a.kind == "anomaly" and a.onset_time >= drift[0].onset_time]
+
+
+@pytest.mark.parametrize("windows", [1, 3, 80])
+def test_monitor_quartile_equals_numpy_over_the_rolling_span(windows: int) -> None:
+    # the monitor keeps its span sorted instead of calling np.quantile per window
+    from dropstream.inference.drift import QUANTILE, DriftMonitor, DriftReference
+
+    rng = np.random.default_rng(0)
+    stats = rng.normal(size=600)
+    stats[rng.integers(0, 600, 8)] = np.nan
+    stats[200:230] = 2.0  # ties
+    monitor = DriftMonitor(DriftReference(np.zeros(2), np.ones(2), 1.0, windows, None))
+    for i, x in enumerate(stats):
+        monitor.update(x)
+        span = stats[max(0, i + 1 - windows) : i + 1]
+        if len(span) >= max(1, windows // 2):
+            np.testing.assert_allclose(monitor.value, np.quantile(span, QUANTILE), rtol=1e-12)
