@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dropstream.broker.wire import quantise_uint8
+from dropstream.broker.wire import dequantise_uint8, quantise_uint8
 from dropstream.inference.datasets import load_uea
 from dropstream.inference.model import random_keep_mask
 from dropstream.inference.training import TrainConfig, train_classifier
@@ -34,7 +34,7 @@ def roundtrip(values: np.ndarray, encoding: str) -> np.ndarray:
     if encoding == "float16":
         return values.astype(np.float16).astype(np.float32)
     lo, step, q = quantise_uint8(values)
-    return (np.float32(lo) + q.astype(np.float32) * np.float32(step)).astype(np.float32)
+    return dequantise_uint8(lo, step, q)
 
 
 @torch.no_grad()

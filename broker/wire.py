@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from dropstream.errors import DropstreamError
 
@@ -393,19 +394,18 @@ def encode_activation(
         n_stream=n_stream,
     )
     check_header(header)
-    if version == 3:
-        data = _encode_v3(msg, value_dtype, header, texts)
-        if len(data) > MAX_MESSAGE_BYTES:
-            raise WireFormatError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
-        return data
-    parts = [HEADER.pack(*header), *texts, wire_idx.tobytes(), wire_val.tobytes()]
     if msg.recording_time is not None:
         check_recording_time(msg.recording_time)
-        parts.append(RECORDING_TIME.pack(msg.recording_time))
-    if version == 2:
-        parts.insert(1, UNENCODED.pack(float(msg.unencoded_s)))
-        parts.append(bytes(TAG_BYTES))
-    data = b"".join(parts)
+    if version == 3:
+        data = _encode_v3(msg, value_dtype, header, texts, wire_idx, wire_val)
+    else:
+        parts = [HEADER.pack(*header), *texts, wire_idx.tobytes(), wire_val.tobytes()]
+        if msg.recording_time is not None:
+            parts.append(RECORDING_TIME.pack(msg.recording_time))
+        if version == 2:
+            parts.insert(1, UNENCODED.pack(float(msg.unencoded_s)))
+            parts.append(bytes(TAG_BYTES))
+        data = b"".join(parts)
     if len(data) > MAX_MESSAGE_BYTES:
         raise WireFormatError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
     return data
@@ -634,7 +634,16 @@ def quantise_uint8(values: np.ndarray) -> tuple[float, float, np.ndarray]:
     return float(lo32), float(step), q
 
 
-def _encode_v3(msg: ActivationMessage, value_dtype: str, header: WireHeader, texts) -> bytes:
+def _encode_v3(
+    msg: ActivationMessage,
+    value_dtype: str,
+    header: WireHeader,
+    texts: list[bytes],
+    wire_idx: np.ndarray,
+    wire_val: np.ndarray,
+) -> bytes:
+    """Version-3 bytes from the fields :func:`encode_activation` already checked and cast
+    (``wire_val``: float16 or float32, finite)."""
     flags = _VALUE_CODES[value_dtype]
     if msg.seed is not None:
         flags |= V3_SEED
@@ -645,7 +654,6 @@ def _encode_v3(msg: ActivationMessage, value_dtype: str, header: WireHeader, tex
     if msg.unencoded_s:
         flags |= V3_UNENCODED
     if msg.recording_time is not None:
-        check_recording_time(msg.recording_time)
         flags |= V3_RECORDING_TIME
     # the stream block: what every window of a stream repeats (decoders cache its parse)
     block = b"".join(
@@ -675,15 +683,11 @@ def _encode_v3(msg: ActivationMessage, value_dtype: str, header: WireHeader, tex
             raise WireFormatError("indices are not the set the seed derives")
         parts.append(struct.pack("<Q", int(msg.seed)))
     else:
-        parts.append(np.asarray(msg.indices).astype(_index_dtype(msg.width)).tobytes())
+        parts.append(wire_idx.tobytes())
     if value_dtype == "uint8":
-        lo, step, q = quantise_uint8(msg.values)
+        lo, step, q = quantise_uint8(wire_val)
         parts += [_V3_SCALE.pack(lo, step), q.tobytes()]
     else:
-        with np.errstate(over="ignore", invalid="ignore"):
-            wire_val = np.asarray(msg.values).astype("<f2" if flags & 3 == V3_FLOAT16 else "<f4")
-        if not np.all(np.isfinite(wire_val)):
-            raise WireFormatError("a value overflows float16; encode with value_dtype='float32'")
         parts.append(wire_val.tobytes())
     parts.append(bytes(TAG_BYTES_V3))
     return b"".join(parts)
@@ -783,6 +787,27 @@ def parse_v3_block(block: bytes) -> V3Block:
     return V3Block(*fields, *lens, ids_offset)
 
 
+def checked_v3_header(p: V3Prefix, b: V3Block) -> WireHeader:
+    """The :class:`WireHeader` a version-3 prefix and stream block stand for, range-checked by
+    :func:`check_header` (and the optional unencoded-signal and recording-time fields by their
+    own checks); both decoders use it."""
+    h = WireHeader(
+        MAGIC, 3, p.flags, b.model_version, p.sequence, p.lsl_time, p.wall_time, p.sfreq,
+        b.window_samples, b.hop_samples, b.width, b.keep, b.n_model, b.n_device, b.n_stream,
+    )  # fmt: skip
+    check_header(h)
+    check_unencoded(p.unencoded_s)
+    if p.recording_time is not None:
+        check_recording_time(p.recording_time)
+    return h
+
+
+def dequantise_uint8(lo: ArrayLike, step: ArrayLike, q: np.ndarray) -> np.ndarray:
+    """Values from their 8-bit form (:func:`quantise_uint8`): ``lo + q * step`` in float32;
+    ``lo`` and ``step`` are scalars or broadcast against ``q`` (``(N, 1)`` for a batch)."""
+    return np.asarray(lo, np.float32) + q.astype(np.float32) * np.asarray(step, np.float32)
+
+
 def parse_v3_header(data: bytes) -> tuple[WireHeader, V3Prefix, int, int | None]:
     """Header of a version-3 message, range-checked by :func:`check_header` (and the optional
     unencoded-signal and recording-time fields by their own checks).
@@ -792,14 +817,7 @@ def parse_v3_header(data: bytes) -> tuple[WireHeader, V3Prefix, int, int | None]
     """
     p = parse_v3_prefix(data)
     b = parse_v3_block(data[p.block_start : p.block_end])
-    h = WireHeader(
-        MAGIC, 3, p.flags, b.model_version, p.sequence, p.lsl_time, p.wall_time, p.sfreq,
-        b.window_samples, b.hop_samples, b.width, b.keep, b.n_model, b.n_device, b.n_stream,
-    )  # fmt: skip
-    check_header(h)
-    check_unencoded(p.unencoded_s)
-    if p.recording_time is not None:
-        check_recording_time(p.recording_time)
+    h = checked_v3_header(p, b)
     seed = None
     if p.flags & V3_SEED:
         if len(data) < p.block_end + 8:
@@ -831,7 +849,7 @@ def _decode_v3(data: bytes) -> ActivationMessage:
     if code == V3_UINT8:
         lo, step = _V3_SCALE.unpack_from(data, pos)
         q = np.frombuffer(data, np.uint8, keep, pos + _V3_SCALE.size)
-        values = (np.float32(lo) + q.astype(np.float32) * np.float32(step)).astype(np.float32)
+        values = dequantise_uint8(lo, step, q)
     else:
         values = np.frombuffer(data, "<f2" if code == V3_FLOAT16 else "<f4", keep, pos)
     _check_arrays(indices, values, width)

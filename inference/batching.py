@@ -33,7 +33,6 @@ from dropstream.broker.wire import (
     FLAG_RECORDING_TIME,
     HEADER,
     HEADER_BYTES,
-    MAGIC,
     MAX_MESSAGE_BYTES,
     RECORDING_TIME,
     TAG_BYTES_V3,
@@ -47,7 +46,9 @@ from dropstream.broker.wire import (
     check_header,
     check_recording_time,
     check_unencoded,
+    checked_v3_header,
     decode_activation,
+    dequantise_uint8,
     header_bytes,
     kept_units_from_seed,
     parse_v3_block,
@@ -248,18 +249,15 @@ class BatchDecoder:
         unpack = HEADER.unpack_from
         unpack_unencoded = UNENCODED.unpack_from
         for row, data in enumerate(payloads):
+            if isinstance(data, (bytes, bytearray)) and data[4:5] == b"\x03":
+                self._add_v3(row, data, layouts, rejected)  # checks its own size and magic
+                continue
             if (
                 not isinstance(data, (bytes, bytearray))
                 or len(data) < HEADER_BYTES
                 or len(data) > MAX_MESSAGE_BYTES
             ):
-                if isinstance(data, (bytes, bytearray)) and data[4:5] == b"\x03":
-                    self._add_v3(row, data, layouts, rejected)
-                else:
-                    rejected.append((row, _reason(data)))
-                continue
-            if data[4] == 3:
-                self._add_v3(row, data, layouts, rejected)
+                rejected.append((row, _reason(data)))
                 continue
             h = unpack(data)  # a plain tuple in WireHeader order, read by the _F* indices
             try:
@@ -334,17 +332,8 @@ class BatchDecoder:
             p = parse_v3_prefix(data)
             block = self._blocks.get(bytes(data[p.block_start : p.block_end]))
             b, ids = block
-            h = WireHeader(
-                MAGIC, 3, p.flags, b.model_version, p.sequence, p.lsl_time, p.wall_time,
-                p.sfreq, b.window_samples, b.hop_samples, b.width, b.keep, b.n_model,
-                b.n_device, b.n_stream,
-            )  # fmt: skip
-            check_header(h)
-            check_unencoded(p.unencoded_s)
-            recording = math.nan
-            if p.recording_time is not None:
-                check_recording_time(p.recording_time)
-                recording = p.recording_time
+            checked_v3_header(p, b)
+            recording = math.nan if p.recording_time is None else p.recording_time
             if ids is None:
                 raise WireFormatError("ids")
         except WireFormatError:
@@ -414,7 +403,7 @@ def _build_group(
     if vsz == 1:  # version 3, 8-bit: (lo, step) float32 then K bytes per message
         raw = np.frombuffer(val_raw, np.uint8).reshape(n, 8 + keep)
         scale = raw[:, :8].copy().view("<f4")
-        val = scale[:, :1] + raw[:, 8:].astype(np.float32) * scale[:, 1:]
+        val = dequantise_uint8(scale[:, :1], scale[:, 1:], raw[:, 8:])
     else:
         val = np.frombuffer(val_raw, "<f2" if vsz == 2 else "<f4").reshape(n, keep)
     ok = (idx[:, -1] < width) & np.isfinite(val).all(axis=1)
