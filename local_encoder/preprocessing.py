@@ -196,6 +196,7 @@ class CausalFilter:
         if self.sos is not None:
             self._dc_gain = float(np.prod(self.sos[:, :3].sum(1) / self.sos[:, 3:].sum(1)))
         self._offset: np.ndarray | None = None
+        self._dc_offset: np.ndarray | None = None
 
     def reset(self) -> None:
         """Forget the state; the next chunk starts the filter afresh (e.g. after a gap)."""
@@ -220,9 +221,12 @@ class CausalFilter:
             return self._sections.apply(x.astype(self.dtype, copy=False))
         if self._offset is None:
             self._offset = x[..., :1].copy()
+            # the filter's response to the offset taken off: constant from here on
+            gain = self._dc_gain
+            self._dc_offset = (gain * self._offset).astype(self.dtype) if abs(gain) > 1e-9 else None
         y = self._sections.apply((x - self._offset).astype(self.dtype))
-        if abs(self._dc_gain) > 1e-9:
-            y += (self._dc_gain * self._offset).astype(self.dtype)
+        if self._dc_offset is not None:
+            y += self._dc_offset
         return y
 
 
