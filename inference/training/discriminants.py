@@ -12,6 +12,8 @@ stratified k-fold cross-validation of the LDA rule on the training windows only.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 #: Shrinkage values tried by the cross-validation (0 = plain LDA, 1 = nearest class mean).
@@ -20,7 +22,14 @@ SHRINKAGES = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 
 def _fit(features: np.ndarray, codes: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
     """Class means ``(C, d)`` and discriminant directions ``(d, C - 1)`` (columns, generalized
-    eigenvectors of the between- against the shrunk within-class scatter, best first).
+    eigenvectors of the between- against the shrunk within-class scatter, best first)."""
+    return next(_fits(features, codes, (lam,)))
+
+
+def _fits(
+    features: np.ndarray, codes: np.ndarray, lams: tuple[float, ...]
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """:func:`_fit` for each shrinkage of ``lams``, from one SVD of the rows.
 
     Works from the thin SVD of the centred windows, never a ``d x d`` matrix: the shrunk
     within-class scatter has the data's right singular vectors as eigenvectors (eigenvalues
@@ -36,19 +45,23 @@ def _fit(features: np.ndarray, codes: np.ndarray, lam: float) -> tuple[np.ndarra
     _, sv, vt = np.linalg.svd(centred, full_matrices=False)
     s = sv**2 / max(1, len(features) - len(classes))
     mu = s.sum() / d
-    inv_sqrt_in = 1.0 / np.sqrt(np.maximum((1.0 - lam) * s + lam * mu, 1e-12))
-    inv_sqrt_out = 1.0 / np.sqrt(max(lam * mu, 1e-12))
-
-    def whiten(x: np.ndarray) -> np.ndarray:
-        """``x W^{-1/2}`` for rows ``x`` (``W`` the shrunk within-class scatter, symmetric)."""
-        inside = x @ vt.T
-        return (inside * inv_sqrt_in) @ vt + (x - inside @ vt) * inv_sqrt_out
-
     # between = M^T M with M the count-weighted centred class means: whitened, its top right
     # singular vectors are the eigenvectors of W^{-1/2} between W^{-1/2}
     weighted = (means - means.mean(0)) * np.sqrt(np.bincount(index))[:, None]
-    _, _, top = np.linalg.svd(whiten(weighted), full_matrices=False)
-    return means, whiten(top[: len(classes) - 1]).T
+    for lam in lams:
+        inv_sqrt_in = 1.0 / np.sqrt(np.maximum((1.0 - lam) * s + lam * mu, 1e-12))
+        inv_sqrt_out = 1.0 / np.sqrt(max(lam * mu, 1e-12))
+        _, _, top = np.linalg.svd(
+            _whiten(weighted, vt, inv_sqrt_in, inv_sqrt_out), full_matrices=False
+        )
+        yield means, _whiten(top[: len(classes) - 1], vt, inv_sqrt_in, inv_sqrt_out).T
+
+
+def _whiten(x: np.ndarray, vt: np.ndarray, inside: np.ndarray, outside: float) -> np.ndarray:
+    """``x W^{-1/2}`` for rows ``x``, ``W`` symmetric with eigenvectors ``vt`` (rows) scaled by
+    ``inside`` and ``outside`` on their complement."""
+    proj = x @ vt.T
+    return (proj * inside) @ vt + (x - proj @ vt) * outside
 
 
 def _predict(means: np.ndarray, dirs: np.ndarray, features: np.ndarray) -> np.ndarray:
@@ -66,17 +79,20 @@ def choose_shrinkage(
     for c in np.unique(codes):
         members = rng.permutation(np.flatnonzero(codes == c))
         fold[members] = np.arange(len(members)) % folds
+    hits = dict.fromkeys(SHRINKAGES, 0)
+    n_classes = len(np.unique(codes))
+    for k in range(folds):
+        train, test = fold != k, fold == k
+        classes = np.unique(codes[train])
+        if len(classes) < n_classes:
+            continue
+        fits = _fits(features[train], codes[train], SHRINKAGES)
+        for lam, (means, dirs) in zip(SHRINKAGES, fits, strict=True):
+            pred = classes[_predict(means, dirs, features[test])]
+            hits[lam] += int(np.sum(pred == codes[test]))
     best, best_acc = SHRINKAGES[-1], -1.0
     for lam in SHRINKAGES:
-        hits = 0
-        for k in range(folds):
-            train, test = fold != k, fold == k
-            if len(np.unique(codes[train])) < len(np.unique(codes)):
-                continue
-            means, dirs = _fit(features[train], codes[train], lam)
-            pred = np.unique(codes[train])[_predict(means, dirs, features[test])]
-            hits += int(np.sum(pred == codes[test]))
-        acc = hits / len(codes)
+        acc = hits[lam] / len(codes)
         if acc >= best_acc:
             best, best_acc = lam, acc
     return best
