@@ -260,7 +260,7 @@ DROPSTREAM_ROWS = (
 )
 
 
-def run_task(task: Task, epochs: int, seed: int, svdd: bool = True) -> dict[str, dict[str, Any]]:
+def run_task(task: Task, epochs: int, seed: int) -> dict[str, dict[str, Any]]:
     from dropstream.inference.evaluation import event_metrics
     from dropstream.inference.training import TrainConfig, train_novelty
     from dropstream.inference.training.novelty import tail_split
@@ -282,8 +282,6 @@ def run_task(task: Task, epochs: int, seed: int, svdd: bool = True) -> dict[str,
         results[name]["_threshold"] = cal["threshold"]
 
     for name, novelty, width, keep in DROPSTREAM_ROWS:
-        if novelty == "svdd" and not svdd:
-            continue
         t0 = time.perf_counter()
         cfg = TrainConfig(width=width, keep=keep, epochs=epochs, seed=seed, progress=False,
                           preprocessing=task.preprocessing, novelty_model=novelty)  # fmt: skip

@@ -94,7 +94,6 @@ class SubspaceAttack:
             if r > best[0]:
                 best = (r, h2)
         self.h2 = best[1]
-        self.loo_r = best[0]
 
     @staticmethod
     def applies(layer: FirstLayer, keep: int) -> bool:

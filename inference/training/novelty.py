@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dropstream.inference.defences import pooled
 from dropstream.inference.drift import DriftReference
 from dropstream.inference.energy import EnergyScorer
 from dropstream.inference.model import NoveltyScorer, SplitNet, random_keep_mask
@@ -125,7 +126,7 @@ def train_novelty(
             "--min-calibration-windows knowing the threshold is then little more than a maximum"
         )
     if config.novelty_model == "svdd":
-        net, history, val_scores, Xn, mean, std = _fit_svdd(
+        net, history, val_scores, mean, std = _fit_svdd(
             X, config, run, sfreq, prefiltered, fit_idx, val_idx
         )
         holdout = "last windows in recording order, overlapping ones left out"
@@ -181,7 +182,7 @@ def _fit_svdd(
     prefiltered: bool,
     fit_idx: np.ndarray,
     val_idx: np.ndarray,
-) -> tuple[SplitNet, list[dict[str, float]], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[SplitNet, list[dict[str, float]], np.ndarray, np.ndarray, np.ndarray]:
     """Deep SVDD: train first layer and head; scores of the held-out (last) windows."""
     net = build(config, run, config.embedding, novelty=True)
     Xn, mean, std = prepare(X, config, sfreq, prefiltered, fit_idx)
@@ -207,7 +208,7 @@ def _fit_svdd(
     with torch.no_grad():
         vgen = torch.Generator(device=dev).manual_seed(config.seed + 11)
         val_scores = net(xt[torch.as_tensor(val_idx, device=dev)], generator=vgen).cpu().numpy()
-    return net, history, val_scores, Xn, mean, std
+    return net, history, val_scores, mean, std
 
 
 def whiten_projections(P: np.ndarray, rows: int, seed: int, reg: float = WHITEN_REG) -> np.ndarray:
@@ -231,8 +232,7 @@ def _energy_net(config: TrainConfig, run: Run, xt: torch.Tensor, seed: int) -> S
     first = net.first
     dev = xt.device
     with torch.no_grad():
-        pooled = nn.functional.avg_pool1d(xt, first.pool) if first.pool > 1 else xt
-        flat = pooled.reshape(len(xt), -1)
+        flat = pooled(first, xt).reshape(len(xt), -1)
         rows = first.input_map.weight.shape[0]
         w = whiten_projections(flat.cpu().numpy(), rows, seed)
         first.input_map.weight.copy_(torch.as_tensor(w, dtype=xt.dtype))
