@@ -187,7 +187,6 @@ class EventDetector:
     refractory_until: int = field(default=-1, init=False)  # a position (see update)
     # positions count every window, encoded or not: sequence + windows reported unencoded so far
     _unencoded: int = field(default=0, init=False, repr=False)
-    _last_at: int = field(default=-1, init=False, repr=False)
     _active_at: int = field(default=0, init=False, repr=False)
     _adapt: list[float] = field(default_factory=list, init=False, repr=False)
     _windows: tuple[int, int, int] | None = field(default=None, init=False, repr=False)
@@ -202,9 +201,13 @@ class EventDetector:
         replaying from the next window with a fresh detector gives the same alerts."""
         return (
             self.state == "idle"
-            and (self.last_sequence is None or self._last_at >= self.refractory_until)
+            and ((at := self._position()) is None or at >= self.refractory_until)
             and not (0 < len(self._adapt) < self.policy.adapt_windows)
         )
+
+    def _position(self) -> int | None:
+        """The last window's position (sequence plus the unencoded windows before it)."""
+        return None if self.last_sequence is None else self.last_sequence + self._unencoded
 
     def _timing(self, hop_s: float) -> tuple[int, int, int]:
         if self._windows is None:
@@ -272,10 +275,11 @@ class EventDetector:
                 if own > self.high:
                     ratio = self.low / self.high if self.high > 0 else 1.0
                     self.high, self.low = own, own * ratio
+        last_at = self._position()
         self._unencoded += unencoded_windows
         at = sequence + self._unencoded  # the window's position: gaps of both kinds counted
-        lost = self.last_sequence is not None and at > self._last_at + 1
-        self.last_sequence, self._last_at = sequence, at
+        lost = last_at is not None and at > last_at + 1
+        self.last_sequence = sequence
         if self.state == "open":
             if at - self._active_at - 1 > gap_w:
                 self._close(out, window_end)  # lost or quiet windows used up the merge gap
