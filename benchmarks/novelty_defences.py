@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -66,20 +65,10 @@ def detection(overrides: dict[str, Any], seed: int) -> dict[str, dict[str, Any]]
 
 def leak(overrides: dict[str, Any]) -> dict[str, Any]:
     """Demo AUC and the strongest attack's r on the demo recipe under ``overrides``."""
-    import make_demo_assets as demo
     import privacy_frontier as frontier
 
-    from dropstream.inference.audit.report import load_recording
-    from dropstream.local_encoder.bundle import load_device_bundle
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "ecg.dsb"
-        demo.train_bundle(frontier.DATA, path, overrides)
-        bundle = load_device_bundle(path)
-        auc = frontier.novelty_auc(path)
-    att, held = load_recording(frontier.DATA / "body" / "ecg_5min.fif", bundle).split()
-    r = frontier.attack(bundle, held, att, (*frontier.ATTACKS, "joint"), 150, 20.0)
-    return {"demo_auc": auc, "strongest_attack": r["strongest_attack"],
+    r = frontier.run_ecg(("", overrides, 150, 20.0))
+    return {"demo_auc": r["auc"], "strongest_attack": r["strongest_attack"],
             "strongest_r": r["strongest_r"], "floor_r": r["floor_r"]}  # fmt: skip
 
 
