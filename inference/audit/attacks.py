@@ -481,6 +481,11 @@ class KernelAttack:
 
     NAME = "kernel"
 
+    @staticmethod
+    def applies(layer: FirstLayer, keep: int) -> bool:
+        """Every layer can be attacked with the attacker's own windows."""
+        return True
+
     def __init__(
         self,
         layer: FirstLayer,

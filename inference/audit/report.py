@@ -346,14 +346,14 @@ def run_audit(
             solvers.append(("prior", lambda m: prior.reconstruct(m, c)))
         # the learned attacks are fitted inside their timed solver (the time is the attack's)
         for cls in (KernelAttack, SubspaceAttack):
-            if cls.NAME not in attacks or (cls is SubspaceAttack and not cls.applies(layer, k)):
+            if cls.NAME not in attacks or not cls.applies(layer, k):
                 continue
 
             def fit_and_solve(m: Messages, a: Any = cls, k: int = k) -> np.ndarray:
                 return a(layer, x_att, k, rng, value_dtype).reconstruct(m)
 
             solvers.append((cls.NAME, fit_and_solve))
-        if "subspace" in attacks and not SubspaceAttack.applies(layer, k) and k == keeps[0]:
+        if "subspace" in attacks and k == keeps[0] and "subspace" not in dict(solvers):
             result.notes.append(
                 f"subspace: the layer's rank is above {MAX_SUBSPACE_RANK} or K/2; not run"
             )
