@@ -108,7 +108,7 @@ class DeviceBundle:
         parts = [f"noise {self.layer.noise:g}"]
         if d.get("rank"):
             parts.append(f"rank {d['rank']}")
-        parts += [f"{k} {d[k]:g}" for k in ("nopeek", "adversary") if d.get(k)]
+        parts += [f"{k} {d[k]:g}" for k in ("nopeek", "adversary", "excess") if d.get(k)]
         label = self.privacy.get("label") or {}
         if not label:
             what = "no privacy label (bundle written before labels); run 'dropstream audit'"

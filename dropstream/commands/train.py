@@ -168,6 +168,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="weight of the Gaussian-MAP reconstruction-adversary penalty",
     )
     prv.add_argument(
+        "--excess",
+        type=float,
+        default=unset,
+        help="weight of the same adversary knowing the class: penalises only the leak "
+        "beyond the task floor (classifiers)",
+    )
+    prv.add_argument(
         "--label-seconds",
         type=float,
         default=20.0,

@@ -112,9 +112,11 @@ class TrainConfig:
         layer "auto" means full rank (``None``): a novelty model must notice anything abnormal,
         which a few projections cannot without losing detection (docs/privacy.md, novelty
         models). An integer is used as given (dense layers only).
-    nopeek, adversary : float
+    nopeek, adversary, excess : float
         Weights of the privacy penalties of :mod:`dropstream.inference.defences` (NoPeek
-        distance correlation; Gaussian-MAP reconstruction adversary). 0 = off.
+        distance correlation; Gaussian-MAP reconstruction adversary; the same adversary
+        knowing the class, which penalises only the leak beyond the task floor: classifiers
+        only). 0 = off.
     init : {"lda-pls", "lda", None}
         Start of a low-rank classifier's projections ``B`` (``rank`` set; see
         :func:`~dropstream.inference.training.fit.init_projections`): the shrinkage linear
@@ -169,6 +171,7 @@ class TrainConfig:
     noise: float = 0.0
     nopeek: float = 0.0
     adversary: float = 0.0
+    excess: float = 0.0
     init: str | None = "lda-pls"
     projection_lr: float = 0.1
     decode_noise: float = 0.3
@@ -180,6 +183,7 @@ class TrainConfig:
             "noise": float(self.noise),
             "nopeek": float(self.nopeek),
             "adversary": float(self.adversary),
+            "excess": float(self.excess),
         }
 
     def resolve_rank(self, n_out: int, novelty: bool) -> int | None:
