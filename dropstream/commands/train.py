@@ -165,7 +165,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--adversary",
         type=float,
         default=unset,
-        help="weight of the Gaussian-MAP reconstruction-adversary penalty",
+        help="weight of the Gaussian-MAP reconstruction-adversary penalty (default auto: "
+        "0.5 for a low-rank classifier, else 0)",
     )
     prv.add_argument(
         "--excess",

@@ -294,7 +294,7 @@ def _fit_loop(
         net.first,
         xt[fit_t].detach().cpu().numpy(),
         config.nopeek,
-        config.adversary,
+        config.resolve_adversary(net.first.rank, yt is None),
         config.excess if yt is not None else 0.0,
         None if yt is None else yt[fit_t].cpu().numpy(),
     )
