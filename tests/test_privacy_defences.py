@@ -180,7 +180,8 @@ def test_excess_penalty_charges_only_what_the_layer_reveals_beyond_the_class() -
         first.eval()
         for kind in ("adversary", "excess"):
             penalty = make_penalty(first, x, codes=codes, **{kind: 1.0})
-            cost[name, kind] = float(penalty(torch.as_tensor(x), torch.as_tensor(codes)))
+            with torch.no_grad():
+                cost[name, kind] = float(penalty(torch.as_tensor(x), torch.as_tensor(codes)))
     assert abs(cost["class", "excess"] - cost["nothing", "excess"]) < 0.03
     assert cost["class", "adversary"] > cost["nothing", "adversary"] + 0.2
     assert cost["within", "excess"] > cost["nothing", "excess"] + 0.2
