@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+#: ``kind`` (and ``label``) of the alert messages that report drift.
+DRIFT_KIND = "drift"
 #: Windows whose drift statistics decide (at a 0.25 s hop: 20 s).
 DEFAULT_WINDOWS = 80
 #: Factor between the largest rolling quartile on held-out normal windows and the drift level.

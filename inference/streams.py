@@ -60,7 +60,7 @@ import numpy as np
 
 from dropstream.inference.alerting import AlertEvent, AlertPolicy, EventDetector
 from dropstream.inference.batching import WindowGroup
-from dropstream.inference.drift import DriftMonitor, DriftReference
+from dropstream.inference.drift import DRIFT_KIND, DriftMonitor, DriftReference
 from dropstream.inference.metrics import ServiceMetrics
 
 log = logging.getLogger("dropstream.inference.service")
@@ -484,7 +484,7 @@ class StreamTracker:
         return self._drift_update(ev, st)
 
     def _drift_update(self, ev: AlertEvent, st: _Stream) -> StreamUpdate:
-        return StreamUpdate(ev, "drift", st.wall_offset, st.recording_offset, "drift")
+        return StreamUpdate(ev, DRIFT_KIND, st.wall_offset, st.recording_offset, DRIFT_KIND)
 
     def silent(self, key: StreamKey, now: float, after_s: float) -> bool:
         """Whether stream ``key`` is known and sent nothing for ``after_s`` seconds."""
