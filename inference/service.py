@@ -59,7 +59,7 @@ from dropstream.broker.config import ClientConfig
 from dropstream.inference.batching import BatchDecoder, WindowGroup
 from dropstream.inference.drift import DriftReference
 from dropstream.inference.head import ServerModel
-from dropstream.inference.metrics import ServiceMetrics
+from dropstream.inference.metrics import ServiceMetrics, wall_latency
 from dropstream.inference.offsets import OffsetTracker
 from dropstream.inference.outbox import REASON_HEADER, SOURCE_HEADER, Outbox
 from dropstream.inference.ratelimit import DeviceRateLimiter
@@ -705,7 +705,7 @@ class InferenceService:
         scores, classes = self.scorer(group.dense())
         # wall clocks (NTP), never two machines' LSL clocks
         wall_end = group.wall_time + (group.window_end_lsl - group.window_start_lsl)
-        self.metrics.batch(len(group), time.time() - wall_end)
+        self.metrics.batch(len(group), wall_latency(time.time(), wall_end))
         finite = np.isfinite(scores)
         if not finite.all():
             for i in np.flatnonzero(~finite).tolist():
