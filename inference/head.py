@@ -65,7 +65,8 @@ def build_head(head_config: Mapping[str, Any]) -> nn.Module:
         raise BundleError(f"head_config is incomplete or invalid: {exc!r}") from exc
     kind = head_config.get("type", "classifier")
     if kind == "novelty" and head_config.get("scorer") == "energy":
-        return EnergyScorer(head.width, head.keep)
+        groups = head_config.get("energy_groups")
+        return EnergyScorer(head.width, head.keep, None if groups is None else int(groups))
     if kind == "novelty":
         return NoveltyScorer(head, torch.zeros(int(head_config["n_outputs"])))
     if kind != "classifier":
