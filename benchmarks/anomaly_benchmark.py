@@ -235,14 +235,21 @@ def _calibration(scores_val: np.ndarray) -> dict[str, Any]:
     return {"levels": list(CALIBRATION_LEVELS), "quantiles": q, "threshold": q[5]}
 
 
-def _alerts(scores: np.ndarray, starts: np.ndarray, cal: dict) -> list[tuple[float, float, float]]:
+def _alerts(
+    scores: np.ndarray, starts: np.ndarray, cal: dict, located: np.ndarray | None = None
+) -> list[tuple[float, float, float]]:
+    """Alert spans (onset, offset, decided) of the service's detector on ``scores``; with
+    ``located`` (``(N, 2)`` fractions of each window, as the energy head locates anomalies)
+    events start and end where the head located them, as in ``serve``."""
     from dropstream.inference.alerting import AlertPolicy, EventDetector
 
     det = EventDetector("bench", "s", AlertPolicy.from_calibration(cal))
     spans, opened = [], {}
     events = []
+    length = WINDOW_S - 1 / SFREQ
     for seq, (sc, s) in enumerate(zip(scores, starts, strict=True)):
-        events += det.update(seq, float(sc), s, s + WINDOW_S - 1 / SFREQ, HOP_S)
+        where = None if located is None else tuple(s + located[seq] * length)
+        events += det.update(seq, float(sc), s, s + length, HOP_S, 0, where)
     events += det.expire()
     for e in events:
         if e.status == "open":
@@ -272,9 +279,10 @@ def run_task(task: Task, epochs: int, seed: int) -> dict[str, dict[str, Any]]:
     duration = len(task.test) / SFREQ
     results: dict[str, dict[str, Any]] = {}
 
-    def record(name: str, val: np.ndarray | dict, test: np.ndarray, seconds: float) -> None:
+    def record(name: str, val: np.ndarray | dict, test: np.ndarray, seconds: float,
+               located: np.ndarray | None = None) -> None:  # fmt: skip
         cal = val if isinstance(val, dict) else _calibration(val)
-        alerts = _alerts(test, starts, cal)
+        alerts = _alerts(test, starts, cal, located)
         m = event_metrics(starts, WINDOW_S, test, alerts, task.events, duration)
         m["fit_seconds"] = round(seconds, 1)
         results[name] = m
@@ -287,9 +295,9 @@ def run_task(task: Task, epochs: int, seed: int) -> dict[str, dict[str, Any]]:
                           preprocessing=task.preprocessing, novelty_model=novelty)  # fmt: skip
         model = train_novelty(Xtr, cfg, sfreq=SFREQ, hop_samples=int(HOP_S * SFREQ),
                               prefiltered=True)  # fmt: skip
-        test = np.asarray(model.score(Xte, prefiltered=True, seed=seed + 2))
+        test, located = model.score_located(Xte, prefiltered=True, seed=seed + 2)
         # the bundle's own calibration, as serve and evaluate use it
-        record(name, model.head_config["calibration"], test, time.perf_counter() - t0)
+        record(name, model.head_config["calibration"], test, time.perf_counter() - t0, located)
     ftr, fte = _features(Xtr), _features(Xte)
     mu, sd = ftr[fit_idx].mean(0), ftr[fit_idx].std(0) + 1e-12
     for name, col in (("line-length-z", 0), ("amplitude-z", 1)):

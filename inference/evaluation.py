@@ -165,8 +165,8 @@ def evaluate_recording(
     tracker = StreamTracker(policy, settings.dedup_windows, metrics, classes, drift=drift)
     keys = list(zip(group.device_id, group.stream_id, strict=True))
     tracker.admit(keys, group.sequence.tolist(), lambda i: 0)
-    scores, top = scorer(group.dense())
-    batch = tracker.batch_of(group, scores, top)
+    scores, top, span = scorer(group.dense())
+    batch = tracker.batch_of(group, scores, top, span)
     updates: list[StreamUpdate] = []
     tracker.feed(batch, 0.0, updates)
     if keys:

@@ -137,6 +137,15 @@ class ServerModel:
         x = torch.from_numpy(dense).to(self.torch_device, non_blocking=True)
         return self.head(x)
 
+    def forward_located(self, dense: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`forward` and, for a head that locates anomalies in time (the multi-scale
+        energy head), where in each window: ``(N, 2)`` fractions, else ``None``."""
+        locate = getattr(self.head, "scores_and_spans", None)
+        if locate is None:
+            return self.forward(dense), None
+        x = torch.from_numpy(dense).to(self.torch_device, non_blocking=True)
+        return locate(x)
+
     @torch.inference_mode()
     def outputs(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Raw head outputs for kept indices/values ``(N, K)`` (or one window ``(K,)``)."""

@@ -702,7 +702,7 @@ class InferenceService:
     def _score(self, group: WindowGroup, records: list[Any]) -> ScoredBatch:
         """Score ``group`` in one forward pass: its windows with a finite score; the others go
         to dead letters."""
-        scores, classes = self.scorer(group.dense())
+        scores, classes, span = self.scorer(group.dense())
         # wall clocks (NTP), never two machines' LSL clocks
         wall_end = group.wall_time + (group.window_end_lsl - group.window_start_lsl)
         self.metrics.batch(len(group), wall_latency(time.time(), wall_end))
@@ -717,7 +717,8 @@ class InferenceService:
                 )
             group, scores = group.take(finite), scores[finite]
             classes = None if classes is None else classes[finite]
-        return self.streams.batch_of(group, scores, classes)
+            span = None if span is None else span[finite]
+        return self.streams.batch_of(group, scores, classes, span)
 
     def _expire_stale(self, now: float) -> None:
         """Close the events of streams that went silent, then commit past them."""
