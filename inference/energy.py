@@ -108,7 +108,9 @@ class EnergyScorer(nn.Module):
         count = kept.to(ratio.dtype) @ onehot
         return torch.log((ratio @ onehot) / count.clamp_min(1) + 1e-12), count
 
-    def _z2(self, e: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    def z2(self, e: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """Squared z-scores ``(N, G)`` of group log-energies ``(N, G)`` with kept counts
+        ``(N, G)`` (0 where a group kept no unit)."""
         inv = 1.0 / count.clamp_min(1)
         center = self.center[:, 0] + self.center[:, 1] * inv
         var = (self.variance[:, 0] + self.variance[:, 1] * inv).clamp_min(1e-6)
@@ -117,9 +119,14 @@ class EnergyScorer(nn.Module):
 
     @torch.no_grad()
     def fit(self, acts: torch.Tensor, mask: torch.Tensor) -> None:
+        """Fit ``center`` and ``variance`` on normal windows' activations ``(N, m)`` seen
+        through keep masks ``(N, m)`` (:meth:`fit_energies` of their log-energies)."""
+        self.fit_energies(*self.log_energy(acts, mask))
+
+    @torch.no_grad()
+    def fit_energies(self, e: torch.Tensor, count: torch.Tensor) -> None:
         """Fit ``center`` and ``variance`` (``a + b / n`` in the kept count ``n``, least squares)
-        on normal windows' activations ``(N, m)`` seen through keep masks ``(N, m)``."""
-        e, count = self.log_energy(acts, mask)
+        to group log-energies ``(N, G)`` of normal windows and their kept counts ``(N, G)``."""
         for g in range(self._groups or 0):
             ok = count[:, g] > 0
             x = torch.stack([torch.ones_like(e[ok, g]), 1.0 / count[ok, g]], dim=1)
@@ -141,7 +148,7 @@ class EnergyScorer(nn.Module):
         if self._groups is None or self._groups < 2:
             return self(dense, mask), None
         e, count = self.log_energy(dense, mask)
-        z2 = self._z2(e, count)
+        z2 = self.z2(e, count)
         parts = z2[:, 1:]
         n = parts.shape[1]
         hit = parts >= LOCATE_Z2
@@ -160,4 +167,4 @@ class EnergyScorer(nn.Module):
             z = (self.log_energy(dense, mask) - self.center) / self.scale
             return z * z
         e, count = self.log_energy(dense, mask)
-        return self._z2(e, count).sum(dim=1)
+        return self.z2(e, count).sum(dim=1)
