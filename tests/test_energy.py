@@ -65,3 +65,22 @@ def test_the_head_locates_an_artefact_in_the_quarter_it_fills(ecg) -> None:
     hit_late, hit_early = where_late[s_late > thr], where_early[s_early > thr]
     assert np.median(hit_late[:, 0]) >= 0.5 and np.median(hit_early[:, 1]) <= 0.5
     assert where_norm.shape == (120, 2) and (where_norm[:, 0] < where_norm[:, 1]).all()
+
+
+@pytest.mark.parametrize("defence", [{"rank": 4}, {"noise": 0.5}])
+def test_a_low_rank_or_noisy_energy_layer_is_one_bias_free_group(ecg, defence) -> None:
+    """The offset would vanish in a low-rank or noisy layer's standardisation: such layers keep
+    one group of bias-free relu units, and still flag EMG on an ECG."""
+    ws, _, emg = ecg
+    cfg = TrainConfig(seed=0, progress=False, **defence)
+    model = train_novelty(ws.X[:480], cfg, sfreq=ws.sfreq, hop_samples=ws.hop_samples,
+                          prefiltered=True)  # fmt: skip
+    head = model.head
+    assert head.groups == 1 and not head.offset.any() and not head.unit_group.any()
+    assert model.first.to_numpy().bias is None or not np.any(model.first.to_numpy().bias)
+    thr = model.head_config["calibration"]["threshold"]
+    normal = model.score(ws.X[500:], prefiltered=True, seed=1)
+    loud = np.argsort(emg.X.std(axis=(1, 2)))[-20:]
+    noisy = model.score(ws.X[500:520] + 3 * emg.X[loud], prefiltered=True, seed=1)
+    assert np.mean(normal > thr) < 0.1 and np.mean(noisy > thr) > 0.5
+    assert model.score_located(ws.X[500:510], prefiltered=True)[1] is None

@@ -284,7 +284,8 @@ def _energy_net(config: TrainConfig, run: Run, xt: torch.Tensor, seed: int) -> S
         if multiscale:
             w, group = multiscale_projections(flat.cpu().numpy(), run.channels, rows, seed)
         else:
-            w, group = whiten_projections(flat.cpu().numpy(), rows, seed), np.zeros(rows, int)
+            w = whiten_projections(flat.cpu().numpy(), rows, seed)
+            group = np.zeros(first.width, dtype=np.int64)  # one group of all units
         first.input_map.weight.copy_(torch.as_tensor(w, dtype=xt.dtype))
         if first.input_map.bias is not None:
             first.input_map.bias.zero_()

@@ -80,7 +80,8 @@ class TrainedModel:
                 outs.append(self.head(a, mask.bool()).cpu())
             else:  # scores and spans as one (n, 3) block
                 score, span = locate(a, mask.bool())
-                outs.append(torch.cat([score[:, None], span], dim=1).cpu())
+                parts = [score[:, None]] if span is None else [score[:, None], span]
+                outs.append(torch.cat(parts, dim=1).cpu())
         return torch.cat(outs)
 
     def predict_proba(self, X: np.ndarray, prefiltered: bool = False, seed: int = 0) -> np.ndarray:
@@ -111,7 +112,7 @@ class TrainedModel:
         if locate is None:
             return self._outputs(X, prefiltered, seed).numpy(), None
         out = self._outputs(X, prefiltered, seed, locate)
-        return out[:, 0].numpy(), out[:, 1:].numpy()
+        return out[:, 0].numpy(), out[:, 1:].numpy() if out.shape[1] > 1 else None
 
     def device_bundle(self, model_id: str = "model", model_version: int = 1) -> DeviceBundle:
         """The numpy device part (checksum empty until written)."""
