@@ -84,3 +84,40 @@ def test_a_low_rank_or_noisy_energy_layer_is_one_bias_free_group(ecg, defence) -
     noisy = model.score(ws.X[500:520] + 3 * emg.X[loud], prefiltered=True, seed=1)
     assert np.mean(normal > thr) < 0.1 and np.mean(noisy > thr) > 0.5
     assert model.score_located(ws.X[500:510], prefiltered=True)[1] is None
+
+
+def test_a_single_group_energy_bundle_made_before_loads_and_scores_as_it_did(
+    ecg, tmp_path: Path
+) -> None:
+    """Bundles from before the multi-scale head (no ``energy_groups``, scalar centre and scale,
+    no offset) keep their formula: ``((log mean_kept(a^2 / p) - center) / scale)^2``."""
+    import dataclasses
+    import io
+
+    from dropstream.inference.head import ServerModel
+    from dropstream.local_encoder.bundle import write_bundle
+    from dropstream.local_encoder.first_layer import draw_kept_units
+
+    _, model, _ = ecg
+    dev = model.device_bundle()
+    old_config = {k: v for k, v in dev.head_config.items() if k != "energy_groups"}
+    old = EnergyScorer(dev.layer.width, dev.keep)
+    rng = np.random.default_rng(0)
+    power = rng.uniform(0.5, 2.0, dev.layer.width)
+    old.unit_power.copy_(torch.as_tensor(power))
+    old.center.fill_(0.3)
+    old.scale.fill_(1.7)
+    buf = io.BytesIO()
+    torch.save(old.state_dict(), buf)
+    path = tmp_path / "old.dsb"
+    write_bundle(path, dataclasses.replace(dev, head_config=old_config), buf.getvalue())
+    server = ServerModel.load(path)
+    assert isinstance(server.head, EnergyScorer) and server.head.groups is None
+    idx = np.stack([draw_kept_units(rng, dev.layer.width, dev.keep) for _ in range(5)])
+    vals = rng.random(idx.shape).astype(np.float32)
+    e = np.log(np.mean(vals.astype(np.float64) ** 2 / power[idx.astype(np.int64)], axis=1))
+    np.testing.assert_allclose(server.score(idx, vals), ((e - 0.3) / 1.7) ** 2, rtol=1e-4)
+    dense = np.full((5, dev.layer.width), np.nan, dtype=np.float32)
+    np.put_along_axis(dense, idx.astype(np.int64), vals, axis=1)
+    with torch.no_grad():
+        assert server.forward_located(dense)[1] is None  # no time parts: whole windows
