@@ -20,7 +20,9 @@ kind                   str          ``"anomaly"`` (novelty score), ``"class"`` (
                                     ``"drift"`` (the stream no longer resembles the training data)
 label                  str          class name, or ``"anomaly"``
 onset_time             float        device LSL-clock start of the first window over threshold
+                                    (of its located part, for heads that locate anomalies)
 offset_time            float|null   device LSL-clock end of the last window over threshold
+                                    (of its located part, likewise)
 onset_sequence         int          sequence number of the first window over threshold
 offset_sequence        int|null     sequence number of the last window over threshold
 score                  float        peak score during the event
