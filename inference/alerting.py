@@ -159,6 +159,7 @@ class AlertEvent:
     score: float
     threshold: float
     deciding_window_end: float  # LSL-clock time of the last sample of the deciding window
+    onset_window: float | None = None  # LSL-clock start of the onset window (None: onset_time)
 
 
 @dataclass
@@ -180,6 +181,7 @@ class EventDetector:
     last_sequence: int | None = field(default=None, init=False)
     onset_sequence: int = field(default=0, init=False)
     onset_time: float = field(default=0.0, init=False)
+    onset_window: float = field(default=0.0, init=False)  # the onset window's start
     run_windows: int = field(default=0, init=False)
     active_sequence: int = field(default=0, init=False)
     active_time: float = field(default=0.0, init=False)
@@ -234,6 +236,7 @@ class EventDetector:
                 self.peak,
                 self.high,
                 end_time,
+                self.onset_window,
             )
         )
         self.state = "idle"
@@ -312,6 +315,7 @@ class EventDetector:
         if self.state == "idle" and at >= self.refractory_until and score >= self.high:
             self.state = "candidate"
             self.onset_sequence, self.onset_time = sequence, first
+            self.onset_window = window_start
             self.run_windows = 1
             self.active_sequence, self.active_time = sequence, last
             self._active_at = at
@@ -347,5 +351,6 @@ class EventDetector:
                 self.peak,
                 self.high,
                 window_end,
+                self.onset_window,
             )
         )

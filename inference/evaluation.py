@@ -145,7 +145,9 @@ def evaluate_recording(
     start : float
         Seconds into the recording where the device's first window starts. A device that
         joins a running replay starts where it joined; its first window began at an alert's
-        ``recording_onset - onset_sequence * hop``, and with that ``start`` the alert ids match.
+        ``recording_onset + (onset_window_time - onset_time) - onset_sequence * hop`` (the
+        difference is 0 when ``onset_window_time`` is null), and with that ``start`` the alert
+        ids match.
     """
     settings = settings or ServiceSettings()
     path = Path(recording)

@@ -192,6 +192,7 @@ class Outbox:
             recording_offset=None
             if live or ev.offset_time is None
             else max(0.0, ev.offset_time + rec),
+            onset_window_time=None if ev.onset_window in (None, ev.onset_time) else ev.onset_window,
         )
         self.metrics.alert(ev.status, latency)
         key, value = ev.device_id.encode(), msg.to_json()
