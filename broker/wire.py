@@ -976,3 +976,29 @@ class StreamBlocks:
 UNRESOLVED_REF = "unresolved stream reference"
 #: The stream blocks :func:`decode_activation` has seen in this process (its default).
 SEEN_BLOCKS = StreamBlocks()
+
+
+def full_block(data: bytes | None) -> bytes | None:
+    """The stream block a version-3 message carries in full (unchecked), else ``None``."""
+    if not isinstance(data, (bytes, bytearray)) or data[4:5] != b"\x03" or len(data) < 6:
+        return None
+    if data[5] & V3_BLOCK_REF:
+        return None
+    try:
+        p = parse_v3_prefix(data)
+    except WireFormatError:
+        return None
+    return bytes(data[p.block_start : p.block_end])
+
+
+def wanted_ref(data: bytes | None) -> bytes | None:
+    """The stream reference a version-3 message carries instead of its block, else ``None``."""
+    if not isinstance(data, (bytes, bytearray)) or data[4:5] != b"\x03" or len(data) < 6:
+        return None
+    if not data[5] & V3_BLOCK_REF:
+        return None
+    try:
+        p = parse_v3_prefix(data)
+    except WireFormatError:
+        return None
+    return bytes(data[p.block_start : p.block_end])

@@ -495,6 +495,7 @@ def test_windows_spooled_through_a_long_outage_are_served_and_old_replays_are_no
     again, thread = start(kafka_config, **state)  # the default bound: 900 s
     assert again.settings.freshness_s == 900.0
     wait_for(lambda: again.metrics.windows + again.metrics.dead_letters >= 45)
+    decode_activation(sim0[0])  # its stream block: sim0[30:60] carry only its reference
     expected = reference_alerts(DEMO_BUNDLE, sim0[30:60], DEMO_ALERTS)
     assert [s for _, s in expected] == ["open", "closed"]  # the 9-12 s artefact
     alerts = read_topic(kafka_config, kafka_config.alerts_topic, lambda r: len(r) >= 2)

@@ -162,3 +162,44 @@ def _window(bundle):
 
     data = np.zeros((bundle.n_channels, bundle.window_samples), np.float32)
     return Window(data=data, lsl_time=1.0, index=0)
+
+
+def test_a_restarted_reader_finds_the_block_by_reading_its_partition_back(kafka_config) -> None:
+    """What a restarted service meets: windows 5.. of a stream whose full block (window 0) lies
+    before where it starts reading. BlockLookback reads the partition back, finds it, and the
+    windows decode; a reference no record of the partition has stays refused."""
+    from kafka import TopicPartition
+
+    from dropstream.broker.clients import make_producer, make_topic_reader
+    from dropstream.inference.lookback import BlockLookback
+
+    values = [
+        encode_activation(_seeded(sequence=i), "uint8", by_reference=i % 16 != 0)
+        for i in range(12)
+    ]
+    stranger = encode_activation(_seeded(stream_id="never-sent"), "uint8", by_reference=True)
+    topic = kafka_config.activations_topic
+    producer = make_producer(kafka_config)
+    for v in [values[0], _pair(_seeded(device_id="other"))[0], *values[1:], stranger]:
+        producer.send(topic, key=b"k", value=v, partition=0)
+    producer.flush()
+    producer.close()
+    reader = make_topic_reader(kafka_config, topic, from_beginning=False)
+    tp = TopicPartition(topic, 0)
+    reader.assign([tp])
+    reader.seek(tp, 6)  # windows 5..11 and the stranger
+    records = []
+    while len(records) < 8:
+        records += reader.poll(timeout_ms=2000).get(tp, [])
+    reader.close()
+    decoder = BatchDecoder()
+    out = decoder.decode([r.value for r in records])
+    assert len(out.rejected) == 8
+    lookback = BlockLookback(kafka_config, step=3)  # several steps back
+    try:
+        assert lookback.learn(decoder.stream_blocks, records) == 1
+    finally:
+        lookback.close()
+    out = decoder.decode([r.value for r in records])
+    assert out.n_windows == 7 and [row for row, _ in out.rejected] == [7]
+    assert out.rejected[0][1].startswith(UNRESOLVED_REF)
