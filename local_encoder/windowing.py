@@ -101,7 +101,9 @@ class WindowBuffer:
         self.n_channels = bundle.n_channels
         self._decimator = CausalDecimator(float(sfreq), self.factor, self.n_channels)
         # the device filters and buffers in float32 (half the memory traffic of float64)
-        self._filter = CausalFilter(bundle.sfreq, self.n_channels, bundle.preprocessing)
+        self._filter = CausalFilter(
+            bundle.sfreq, self.n_channels, bundle.preprocessing, sos=bundle.filter_sos
+        )
         self._capacity = max(4 * self.window, self.window + 4096)
         self._buf = np.zeros((self.n_channels, self._capacity), dtype=np.float32)
         self._stamps = np.zeros(self._capacity, dtype=np.float64)
