@@ -377,17 +377,36 @@ def encode_activation(
     values = np.asarray(msg.values)
     if indices.ndim != 1 or values.shape != indices.shape:
         raise WireFormatError("indices and values must be 1-D arrays of the same length")
-    if indices.size and (indices.min() < 0):
+    # the set a valid seed derives is sorted, distinct and < width by construction (the device's
+    # case: the index checks are skipped); any other set is checked
+    derived = (
+        version == 3
+        and msg.seed is not None
+        and 0 <= int(msg.seed) < 1 << 64
+        and 1 <= indices.size <= msg.width <= MAX_WIDTH
+        and np.array_equal(kept_units_from_seed(int(msg.seed), msg.width, indices.size), indices)
+    )
+    if not derived and indices.size and (indices.min() < 0):
         raise WireFormatError("kept indices must be non-negative")
     wire_idx = indices.astype(_index_dtype(msg.width))
     with np.errstate(over="ignore", invalid="ignore"):
         wire_val = values.astype("<f2" if value_dtype == "float16" else "<f4")
-    _check_arrays(wire_idx, values, msg.width)
-    if not np.all(np.isfinite(wire_val)):
+    if derived:
+        if not np.isfinite(values).all():
+            raise WireFormatError("activation values must be finite")
+    else:
+        _check_arrays(wire_idx, values, msg.width)
+    if value_dtype == "float16" and not np.isfinite(wire_val).all():
         raise WireFormatError("a value overflows float16; encode with value_dtype='float32'")
-    texts = [s.encode("utf-8") for s in (msg.model_id, msg.device_id, msg.stream_id)]
-    for name, raw in zip(("model id", "device id", "stream id"), texts, strict=True):
-        _check_text(name, raw)
+    ids = (msg.model_id, msg.device_id, msg.stream_id)
+    texts = _checked_ids.get(ids)
+    if texts is None:
+        texts = [s.encode("utf-8") for s in ids]
+        for name, raw in zip(("model id", "device id", "stream id"), texts, strict=True):
+            _check_text(name, raw)
+        if len(_checked_ids) >= 1024:
+            _checked_ids.clear()
+        _checked_ids[ids] = texts
     n_model, n_device, n_stream = map(len, texts)
     header = WireHeader(
         magic=MAGIC,
@@ -612,6 +631,10 @@ def kept_units_from_seed(seeds: np.ndarray | int, width: int, keep: int) -> np.n
     return out
 
 
+#: Id triples the encoder checked (-> their UTF-8 bytes), and stream blocks it built
+#: (-> the block and its reference); each cleared beyond 1024 entries.
+_checked_ids: dict[tuple[str, str, str], list[bytes]] = {}
+_blocks_made: dict[tuple, tuple[bytes, bytes]] = {}
 #: ``(u + 1) * 0x9E3779B97F4A7C15`` per layer width, and the last scalar derivation.
 _unit_steps: dict[int, np.ndarray] = {}
 _last_set: tuple[tuple[int, int, int], np.ndarray] | None = None
@@ -685,24 +708,26 @@ def _encode_v3(
         flags |= V3_UNENCODED
     if msg.recording_time is not None:
         flags |= V3_RECORDING_TIME
-    # the stream block: what every window of a stream repeats (decoders cache its parse)
-    block = b"".join(
-        _varint(int(v))
-        for v in (
-            header.model_version,
-            header.window_samples,
-            header.hop_samples,
-            header.width,
-            header.keep,
+    # the stream block: what every window of a stream repeats (decoders cache its parse; so
+    # does the encoder, with its reference)
+    fields = (header.model_version, header.window_samples, header.hop_samples, header.width)
+    key = (*fields, header.keep, *texts)
+    cached = _blocks_made.get(key)
+    if cached is None:
+        block = b"".join(_varint(int(v)) for v in (*fields, header.keep)) + b"".join(
+            bytes([len(raw)]) + raw for raw in texts
         )
-    ) + b"".join(bytes([len(raw)]) + raw for raw in texts)
+        if len(_blocks_made) >= 1024:
+            _blocks_made.clear()
+        cached = _blocks_made[key] = (block, stream_ref(block))
+    block, ref = cached
     parts = [
         _V3_FIXED.pack(MAGIC, 3, flags, msg.lsl_time, msg.wall_time),
         sfreq32 if exact32 else struct.pack("<d", msg.sfreq),
         struct.pack("<d", msg.unencoded_s) if msg.unencoded_s else b"",
         b"" if msg.recording_time is None else RECORDING_TIME.pack(msg.recording_time),
         _varint(int(header.sequence)),
-        *((stream_ref(block),) if by_reference else (_varint(len(block)), block)),
+        *((ref,) if by_reference else (_varint(len(block)), block)),
     ]
     if msg.seed is not None:
         if not 0 <= int(msg.seed) < 1 << 64:

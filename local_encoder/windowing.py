@@ -193,6 +193,12 @@ class WindowBuffer:
             breaks = [(held + max(int(i), 0), lost) for i, lost in breaks]
         return self._process(x, t, breaks)
 
+    def seconds_to_next_window(self) -> float:
+        """Seconds of signal (at the nominal rate) still missing before the next window can be
+        cut; 0 when it could be cut now."""
+        have = self._decimator.n_out(self._raw_n) if self.factor > 1 else self._raw_n
+        return max(self._needed() - have, 0) / float(self.bundle.sfreq)
+
     def _needed(self) -> int:
         """Samples (at the bundle's rate) still needed to complete the next window."""
         return self._skip + self.window - (self._end - self._start) - self._pending_n
