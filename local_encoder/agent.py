@@ -454,7 +454,11 @@ class EncoderAgent:
                     self._wake.clear()
                     continue
                 if not acked:
-                    self._wake.wait(0.05)
+                    # woken by a new window (acquisition) or an acknowledgement (the producer's
+                    # callback); the timeout is a safety net, long when there is nothing to do
+                    # (each pass reads the spool: 20 passes a second cost ~ms of CPU)
+                    idle = not inflight and self.spool.depth == 0
+                    self._wake.wait(0.5 if idle else 0.05)
                     self._wake.clear()
         finally:
             if producer is not None:
