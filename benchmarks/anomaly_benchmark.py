@@ -29,9 +29,11 @@ runs them. Every method's scores go through the same event detector
 calibration, as ``serve`` and ``evaluate`` do; the baselines are calibrated on the last 20 % of
 the training windows (their AUC does not depend on it). Methods:
 
-* ``dropstream``: the default novelty model (``energy``: whitened random projections on the
-  device, log-energy of the K kept activations on the server, calibrated on 5 blocks of the
-  baseline), m = 256, the default K = 64 (one fresh mask per window);
+* ``dropstream``: the default novelty model (``energy``: multi-scale whitened random
+  projections on the device - the whole window and each quarter - and the kept activations'
+  log-energy per part on the server, which also locates the anomaly in the window where alerts
+  start and end; calibrated on 5 blocks of the baseline), m = 256, the default K = 64 (one
+  fresh mask per window);
 * ``dropstream-nodrop``: the same without dropping, m = K = 64 (the same 64 values per window
   travel, but always all of them; K = m = 256 is refused by the privacy guard, which would let
   the server solve for the signal from overlapping windows): the cost of dropping;

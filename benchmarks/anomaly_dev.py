@@ -21,8 +21,12 @@ Candidates (``LAYER,POOL,SCORER,SMOOTH,CALIBRATION``):
 * calibration: ``tail`` (fit on the first 80 %, threshold from the last 20 %) or ``blocks``
   (5 contiguous blocks, each scored by a model fitted on the others; the shipped calibration).
 
+``bundle`` runs the shipped default (``train_novelty`` with its own calibration and located
+alerts, the multi-scale energy model) on the dev tasks.
+
 Run::
 
+    nice -n 19 python benchmarks/anomaly_dev.py bundle
     nice -n 19 python benchmarks/anomaly_dev.py white,1,loge2,1,blocks white,1,knn,4,blocks
 """
 
