@@ -37,9 +37,12 @@ from dropstream.broker.wire import (
     RECORDING_TIME,
     TAG_BYTES_V3,
     UNENCODED,
+    UNRESOLVED_REF,
+    V3_BLOCK_REF,
     V3_SEED,
     V3_UINT8,
     V3_VALUES_MASK,
+    StreamBlocks,
     V3Block,
     WireFormatError,
     WireHeader,
@@ -229,11 +232,14 @@ class _IdCache:
 
 
 class BatchDecoder:
-    """Decodes batches of raw activation message values (keeps an id cache across batches)."""
+    """Decodes batches of raw activation message values (keeps an id cache across batches, and
+    the version-3 stream blocks seen in full, to resolve windows that send only their block's
+    reference: :class:`~dropstream.broker.wire.StreamBlocks`)."""
 
     def __init__(self) -> None:
         self._ids = _IdCache()
         self._blocks = _BlockCache(self._ids)
+        self.stream_blocks = StreamBlocks()
 
     def decode(self, payloads: Sequence[bytes | None]) -> DecodedBatch:
         """Validate and decode ``payloads``; see the module docstring.
@@ -315,7 +321,7 @@ class BatchDecoder:
         for (model_id, mver, width, keep, isz, vsz), items in layouts.items():
             group, bad = _build_group(model_id, mver, width, keep, isz, vsz, items)
             for row in bad:
-                rejected.append((row, _reason(payloads[row])))
+                rejected.append((row, _reason(payloads[row], self.stream_blocks)))
             if group is not None:
                 groups.append(group)
         rejected.sort()
@@ -330,14 +336,20 @@ class BatchDecoder:
             if len(data) > MAX_MESSAGE_BYTES:
                 raise WireFormatError("oversized")
             p = parse_v3_prefix(data)
-            block = self._blocks.get(bytes(data[p.block_start : p.block_end]))
-            b, ids = block
+            raw = bytes(data[p.block_start : p.block_end])
+            by_ref = p.flags & V3_BLOCK_REF
+            if by_ref:
+                raw = StreamBlocks.resolve(self.stream_blocks, raw)
+            b, ids = self._blocks.get(raw)
             checked_v3_header(p, b)
             recording = math.nan if p.recording_time is None else p.recording_time
             if ids is None:
                 raise WireFormatError("ids")
-        except WireFormatError:
-            rejected.append((row, _reason(data)))
+            if not by_ref:
+                self.stream_blocks.add(raw)
+        except WireFormatError as exc:
+            unresolved = str(exc).startswith(UNRESOLVED_REF)
+            rejected.append((row, str(exc) if unresolved else _reason(data, self.stream_blocks)))
             return
         width, keep, code = b.width, b.keep, p.flags & V3_VALUES_MASK
         seeded = p.flags & V3_SEED
@@ -436,10 +448,10 @@ def _build_group(
     return group, bad
 
 
-def _reason(data: object) -> str:
+def _reason(data: object, blocks: StreamBlocks | None = None) -> str:
     """Why the reference decoder rejects ``data`` (the fast path found it invalid)."""
     try:
-        decode_activation(data)  # type: ignore[arg-type]
+        decode_activation(data, blocks)  # type: ignore[arg-type]
     except WireFormatError as exc:
         return str(exc)
     # The fast path is stricter than the reference only where it cannot be (defensive).

@@ -56,10 +56,12 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from dropstream.broker.clients import KafkaClientError, make_consumer, make_producer
 from dropstream.broker.config import ClientConfig
+from dropstream.broker.wire import UNRESOLVED_REF
 from dropstream.inference.batching import BatchDecoder, WindowGroup
 from dropstream.inference.drift import DriftReference
 from dropstream.inference.head import ServerModel
-from dropstream.inference.metrics import ServiceMetrics
+from dropstream.inference.lookback import BlockLookback
+from dropstream.inference.metrics import ServiceMetrics, wall_latency
 from dropstream.inference.offsets import OffsetTracker
 from dropstream.inference.outbox import REASON_HEADER, SOURCE_HEADER, Outbox
 from dropstream.inference.ratelimit import DeviceRateLimiter
@@ -158,6 +160,9 @@ class InferenceService:
         self.width = meta.layer.width
         self.keep = meta.keep
         self.decoder = BatchDecoder()
+        #: Reads a partition back for the stream blocks of windows sent by reference whose full
+        #: block went by before this process read the partition (restart, takeover).
+        self.lookback = BlockLookback(config)
         classes = self.scorer.classes if self.model.kind == "classifier" else None
         self.streams = StreamTracker(
             self.policy,
@@ -350,6 +355,7 @@ class InferenceService:
                 self._consumer.close(autocommit=False)
             except KafkaError as exc:  # pragma: no cover
                 log.warning("closing the consumer failed: %r", exc)
+        self.lookback.close()
         self._producer = self._consumer = None
 
     # ------------------------------------------------------------------ main loop
@@ -632,7 +638,11 @@ class InferenceService:
         """Decode ``batch``; everything that cannot be served goes to dead letters. Returns the
         servable windows (rows of ``batch``), or ``None``."""
         outbox = self.outbox
-        decoded = self.decoder.decode([r.value for r in batch])
+        values = [r.value for r in batch]
+        decoded = self.decoder.decode(values)
+        unresolved = [batch[row] for row, why in decoded.rejected if why.startswith(UNRESOLVED_REF)]
+        if unresolved and self.lookback.learn(self.decoder.stream_blocks, unresolved):
+            decoded = self.decoder.decode(values)  # after a restart or a takeover: once more
         for row, reason in decoded.rejected:
             outbox.dead_letter(batch[row], "malformed", f"malformed message: {reason}")
         servable: list[WindowGroup] = []
@@ -702,10 +712,10 @@ class InferenceService:
     def _score(self, group: WindowGroup, records: list[Any]) -> ScoredBatch:
         """Score ``group`` in one forward pass: its windows with a finite score; the others go
         to dead letters."""
-        scores, classes = self.scorer(group.dense())
+        scores, classes, span = self.scorer(group.dense())
         # wall clocks (NTP), never two machines' LSL clocks
         wall_end = group.wall_time + (group.window_end_lsl - group.window_start_lsl)
-        self.metrics.batch(len(group), time.time() - wall_end)
+        self.metrics.batch(len(group), wall_latency(time.time(), wall_end))
         finite = np.isfinite(scores)
         if not finite.all():
             for i in np.flatnonzero(~finite).tolist():
@@ -717,7 +727,8 @@ class InferenceService:
                 )
             group, scores = group.take(finite), scores[finite]
             classes = None if classes is None else classes[finite]
-        return self.streams.batch_of(group, scores, classes)
+            span = None if span is None else span[finite]
+        return self.streams.batch_of(group, scores, classes, span)
 
     def _expire_stale(self, now: float) -> None:
         """Close the events of streams that went silent, then commit past them."""
