@@ -1012,27 +1012,13 @@ UNRESOLVED_REF = "unresolved stream reference"
 SEEN_BLOCKS = StreamBlocks()
 
 
-def full_block(data: bytes | None) -> bytes | None:
-    """The stream block a version-3 message carries in full (unchecked), else ``None``."""
+def block_field(data: bytes | None) -> tuple[bytes, bool] | None:
+    """The stream block a version-3 message carries, or its reference: ``(bytes, by
+    reference)``, unchecked; ``None`` for anything else (the lookback's scan of a partition)."""
     if not isinstance(data, (bytes, bytearray)) or data[4:5] != b"\x03" or len(data) < 6:
-        return None
-    if data[5] & V3_BLOCK_REF:
         return None
     try:
         p = parse_v3_prefix(data)
     except WireFormatError:
         return None
-    return bytes(data[p.block_start : p.block_end])
-
-
-def wanted_ref(data: bytes | None) -> bytes | None:
-    """The stream reference a version-3 message carries instead of its block, else ``None``."""
-    if not isinstance(data, (bytes, bytearray)) or data[4:5] != b"\x03" or len(data) < 6:
-        return None
-    if not data[5] & V3_BLOCK_REF:
-        return None
-    try:
-        p = parse_v3_prefix(data)
-    except WireFormatError:
-        return None
-    return bytes(data[p.block_start : p.block_end])
+    return bytes(data[p.block_start : p.block_end]), bool(p.flags & V3_BLOCK_REF)
