@@ -97,6 +97,23 @@ def _random_messages(args: argparse.Namespace, bundle_path: Path) -> list[tuple[
     return out
 
 
+def _profiled(run, path: str | None):
+    """``run``, or ``run`` under cProfile writing its stats to ``path`` when it returns."""
+    if not path:
+        return run
+
+    def wrapped() -> None:
+        import cProfile
+
+        prof = cProfile.Profile()
+        try:
+            prof.runcall(run)
+        finally:
+            prof.dump_stats(path)
+
+    return wrapped
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--windows", type=int, default=100_000)
@@ -110,6 +127,7 @@ def main() -> None:
     parser.add_argument("--keep", type=int, help="kept units of the random bundle")
     parser.add_argument("--bootstrap", help="use this broker instead of an embedded one")
     parser.add_argument("--json", help="append the result as a JSON line to this file")
+    parser.add_argument("--profile", help="run serve's thread under cProfile, stats to this file")
     args = parser.parse_args()
 
     import torch
@@ -177,7 +195,7 @@ def main() -> None:
             torch_threads=args.torch_threads or None,
         )
         service = InferenceService(config, bundle_path, settings)
-        thread = threading.Thread(target=service.run, daemon=True)
+        thread = threading.Thread(target=_profiled(service.run, args.profile), daemon=True)
         thread.start()
         while service.metrics.windows == 0:
             time.sleep(0.001)

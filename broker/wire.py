@@ -40,6 +40,7 @@ the tag: that needs the device's key (:class:`dropstream.broker.auth.DeviceKeys`
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import struct
@@ -509,10 +510,26 @@ def device_id_bytes(data: bytes) -> bytes:
     WireFormatError
         If ``data`` is too short to hold its header and ids.
     """
-    if len(data) >= 5 and data[:4] == MAGIC and data[4] == 3:
-        _, _, pos, _ = parse_v3_header(data)
-        pos += 1 + data[pos]
-        return bytes(data[pos + 1 : pos + 1 + data[pos]])
+    if len(data) >= 6 and data[:4] == MAGIC and data[4] == 3:
+        # structure only (the decoders range-check the header): skip the per-window fields and
+        # the sequence number's varint; the stream block is parsed once per distinct block
+        pos = _V3_PREFIX_BYTES[data[5] >> 3 & 7]
+        last = min(pos + 9, len(data) - 2)  # a varint has at most 10 bytes
+        while pos < last and data[pos] & 0x80:
+            pos += 1
+        if (
+            pos <= last
+            and data[pos] < 0x80
+            and data[pos + 1] < 0x80  # a one-byte block length
+            and pos + 2 + data[pos + 1] <= len(data)
+        ):
+            block = bytes(data[pos + 2 : pos + 2 + data[pos + 1]])
+        else:  # anything else: the general parse (raises if malformed)
+            p = parse_v3_prefix(data)
+            block = bytes(data[p.block_start : p.block_end])
+        b = cached_v3_block(block)
+        start = b.ids_offset + 2 + b.n_model
+        return block[start : start + b.n_device]
     if len(data) < HEADER_BYTES or data[:4] != MAGIC:
         raise WireFormatError("not a dropstream activation message")
     start = header_bytes(data[4]) + data[58]
@@ -537,6 +554,11 @@ V3_RECORDING_TIME = 0x20
 V3_FLAGS = V3_VALUES_MASK | V3_SEED | V3_SFREQ64 | V3_UNENCODED | V3_RECORDING_TIME
 _V3_FIXED = struct.Struct("<4sBBdd")  # magic, version, flags, lsl_time, wall_time
 _V3_COMMON = struct.Struct("<4sBBddf")  # ... and a float32 sample rate
+#: Bytes before the sequence number, per ``flags >> 3 & 7`` (the optional per-window fields:
+#: float64 sample rate instead of float32, unencoded signal, recording time).
+_V3_PREFIX_BYTES = tuple(
+    _V3_COMMON.size + 4 * (i & 1) + 8 * (i >> 1 & 1) + 8 * (i >> 2) for i in range(8)
+)
 _V3_SCALE = struct.Struct("<ff")  # 8-bit values: lowest value, step
 _VALUE_CODES = {"float16": V3_FLOAT16, "float32": V3_FLOAT32, "uint8": V3_UINT8}
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
@@ -785,6 +807,13 @@ def parse_v3_block(block: bytes) -> V3Block:
     if pos != len(block):
         raise WireFormatError("the stream block's length does not match its ids")
     return V3Block(*fields, *lens, ids_offset)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def cached_v3_block(block: bytes) -> V3Block:
+    """:func:`parse_v3_block`, remembered per raw block (every window of a stream repeats its
+    block; bounded, so a flood of distinct blocks costs parsing, never memory)."""
+    return parse_v3_block(block)
 
 
 def checked_v3_header(p: V3Prefix, b: V3Block) -> WireHeader:
