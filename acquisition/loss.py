@@ -25,7 +25,8 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.signal import lfilter
+
+from dropstream.acquisition.sosfilt import sos_kernel
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class SampleTimeline:
         self.dejitter = dejitter
         self.threshold = 0.5 * self.period + jitter_tolerance
         self.decay = 0.5 ** (self.period / halflife)
+        self._section = np.array([[1.0, 0.0, 0.0, 1.0, -self.decay, 0.0]])
         self.rate_window = rate_window
         self.rate_tolerance = rate_tolerance
         self.total_samples = 0
@@ -156,10 +158,13 @@ class SampleTimeline:
                 self._start_segment(raw[i])
             k = self._k + 1 + np.arange(n - i)
             y = raw[i:] - self._anchor - k * self.period
-            num = lfilter([1.0], [1.0, -self.decay], y, zi=[self.decay * self._num])[0]
-            den = lfilter([1.0], [1.0, -self.decay], np.ones_like(y), zi=[self.decay * self._den])[
-                0
-            ]
+            # num[j] = y[j] + decay * num[j-1] and den alike (ones for y): a first-order
+            # recursion run as one second-order section, the numbers lfilter gives
+            nd = np.empty((2, y.size))
+            nd[0], nd[1] = y, 1.0
+            state = np.array([[[self.decay * self._num, 0.0]], [[self.decay * self._den, 0.0]]])
+            sos_kernel()(self._section, nd, state)
+            num, den = nd
             offset = num / den
             # Prediction for sample j uses the estimate up to sample j-1.
             prev = np.concatenate(([self._num / self._den if self._den > 0 else y[0]], offset[:-1]))

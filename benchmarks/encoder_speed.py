@@ -4,9 +4,11 @@ For each bundle, on one core (BLAS limited to one thread), on real EEG:
 
 * **encode**: first layer + activation + fresh keep mask + message + serialisation
   (:class:`dropstream.local_encoder.encoder.WindowEncoder`), CPU time per window;
-* **device path**: the above plus causal filtering, ring buffer and normalisation
-  (:class:`dropstream.local_encoder.windowing.WindowBuffer`) fed in 10 ms chunks, CPU time per
-  window;
+* **device path**: the above plus causal filtering, ring buffer, normalisation
+  (:class:`dropstream.local_encoder.windowing.WindowBuffer`) and the HMAC tag, CPU time per
+  window, fed in 10 ms chunks (one per poll of an agent polling every 10 ms, as agents did before
+  they polled when the next window is due) and in the chunks the agent polls now
+  (``EncoderAgent``: it waits ``seconds_to_next_window()``, between 10 and 250 ms);
 * **spool put**: durable append to the on-disk spool (SQLite WAL, fsync), wall time per window
   (disk dependent);
 * **bytes**: Kafka key + value of one message against the window's raw samples as float32
@@ -22,7 +24,8 @@ present, the shipped ECG demo bundle.
 
 With ``--connect-seconds S`` it also runs ``dropstream connect`` for S seconds on the 64-ch EEG
 replayed over LSL into an embedded broker, and reports the agent's peak resident memory
-(``VmHWM``) and CPU time per window sent.
+(``VmHWM``) and its CPU time per window sent over the second half of the run (steady state:
+LSL polls, windowing, encoding, spool, Kafka producer; start-up excluded).
 
 Usage::
 
@@ -44,6 +47,7 @@ import signal as signals  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -115,18 +119,26 @@ def measure(bundle: DeviceBundle, signal: np.ndarray, repeats: int) -> dict[str,
         for i, w in enumerate(windows):
             sizes.append(len(enc.to_bytes(enc.encode(w, i, 1.7e9))))
         encode_runs.append((time.process_time() - t0) / len(windows))
-    # device path: 10 ms chunks through filter + ring buffer + normalisation + encode
+    # device path: chunks through filter + ring buffer + normalisation + encode + tag
+    key = DeviceKey.generate("bench-device-0001")
     step = max(1, int(round(sfreq * 0.01)))
-    path_runs = []
+    polled = hasattr(WindowBuffer, "seconds_to_next_window")  # an agent that polls when due
+    path_runs: dict[str, list[float]] = {"10 ms": [], "agent": []}
     for _ in range(repeats):
-        t0 = time.process_time()
-        n = 0
-        buf = WindowBuffer(bundle, names, sfreq)
-        for s in range(0, signal.shape[0], step):
-            for w in buf.push(signal[s : s + step], stamps[s : s + step]):
-                enc.to_bytes(enc.encode(w, n, 1.7e9))
-                n += 1
-        path_runs.append((time.process_time() - t0) / n)
+        for cadence in ("10 ms", "agent") if polled else ("10 ms",):
+            t0 = time.process_time()
+            n = s = 0
+            buf = WindowBuffer(bundle, names, sfreq)
+            while s < signal.shape[0]:
+                if cadence == "10 ms":
+                    k = step
+                else:  # what arrives while the agent waits (10 ms .. 250 ms)
+                    k = max(step, int(round(min(buf.seconds_to_next_window(), 0.25) * sfreq)))
+                for w in buf.push(signal[s : s + k], stamps[s : s + k]):
+                    key.sign(enc.to_bytes(enc.encode(w, n, 1.7e9)))
+                    n += 1
+                s += k
+            path_runs[cadence].append((time.process_time() - t0) / n)
     # spool put (fsync), wall time
     with tempfile.TemporaryDirectory() as tmp, Spool(tmp) as spool:
         value = enc.to_bytes(enc.encode(windows[0], 0, 0.0))
@@ -135,17 +147,22 @@ def measure(bundle: DeviceBundle, signal: np.ndarray, repeats: int) -> dict[str,
         for i in range(k):
             spool.put(b"bench-device-0001", value, "bench", i + 1)
         spool_s = (time.perf_counter() - t0) / k
-    key = len(b"bench-device-0001")
+    key_bytes = len(b"bench-device-0001")
     raw = bundle.n_channels * bundle.window_samples * 4
     raw_hop = bundle.n_channels * bundle.hop_samples * 4
-    msg = float(np.mean(sizes)) + key
+    msg = float(np.mean(sizes)) + key_bytes
+    agent = path_runs["agent"] or [float("nan")]
     return {
         "encode_ms": min(encode_runs) * 1e3,
         "encode_med_ms": float(np.median(encode_runs)) * 1e3,
-        "path_ms": min(path_runs) * 1e3,
-        "path_med_ms": float(np.median(path_runs)) * 1e3,
+        "path_ms": min(path_runs["10 ms"]) * 1e3,
+        "path_med_ms": float(np.median(path_runs["10 ms"])) * 1e3,
+        "agent_ms": min(agent) * 1e3,
+        "agent_med_ms": float(np.median(agent)) * 1e3,
         "spool_ms": spool_s * 1e3,
         "msg_bytes": msg,
+        "msg_min": min(sizes) + key_bytes,
+        "msg_max": max(sizes) + key_bytes,
         "raw_bytes": raw,
         "raw_hop_bytes": raw_hop,
         "ratio": raw / msg,
@@ -218,15 +235,28 @@ def connect_run(
                 text=True,
             )
             procs.append(agent)
-            time.sleep(seconds)
+            lines: list[str] = []
+            reader = threading.Thread(target=lambda: lines.extend(agent.stderr), daemon=True)
+            reader.start()
+
+            def sample() -> tuple[float, int]:  # CPU seconds so far, windows made so far
+                fields = Path(f"/proc/{agent.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                made = [ln.split()[4] for ln in list(lines) if ln.startswith("windows sent")]
+                cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                return cpu, int(made[-1]) if made else 0
+
+            time.sleep(seconds / 2)
+            cpu_mid, made_mid = sample()
+            time.sleep(seconds / 2)
             if agent.poll() is not None:
-                raise RuntimeError(f"dropstream connect exited: {agent.communicate()[1]}")
+                raise RuntimeError(f"dropstream connect exited: {''.join(lines)}")
             status = Path(f"/proc/{agent.pid}/status").read_text()
             hwm_kib = int(next(x for x in status.splitlines() if x.startswith("VmHWM")).split()[1])
-            fields = Path(f"/proc/{agent.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            cpu_s, made_end = sample()
             agent.send_signal(signals.SIGINT)
-            _, err = agent.communicate(timeout=30)
+            agent.wait(timeout=30)
+            reader.join(5)
+            err = "".join(lines)
         finally:
             for p in procs[::-1]:
                 if p.poll() is None:
@@ -237,7 +267,14 @@ def connect_run(
                         p.kill()
     sent = [ln for ln in err.splitlines() if ln.startswith("windows sent")]
     n = int(sent[-1].split()[2]) if sent else 0
-    return {"peak_rss_mib": hwm_kib / 1024, "cpu_s": cpu_s, "windows": n}
+    steady = (cpu_s - cpu_mid) / max(made_end - made_mid, 1) * 1e3
+    return {
+        "peak_rss_mib": hwm_kib / 1024,
+        "cpu_s": cpu_s,
+        "windows": n,
+        "steady_ms": steady,
+        "steady_windows": made_end - made_mid,
+    }
 
 
 def main() -> None:
@@ -301,25 +338,30 @@ def main() -> None:
         "CPU time (`time.process_time`) per window, best and median of the repeats (the "
         "machine was shared; the best is the uncontended cost).",
         "",
-        "| bundle | m | K | encode ms/window best (median) | device path ms/window best "
-        "(median) | spool put ms (fsync) "
-        "| message bytes | raw window bytes (float32) | raw / message | new raw per hop / "
-        "message |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| bundle | m | K | encode ms/window best (median) | device path, 10 ms chunks, "
+        "ms/window best (median) | device path, agent's polls | spool put ms (fsync) "
+        "| message bytes mean (min-max) | raw window bytes (float32) | raw / message | new raw "
+        "per hop / message |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, b, r in rows:
         lines.append(
             f"| {label} | {b.layer.width} | {b.keep} | {r['encode_ms']:.3f} "
             f"({r['encode_med_ms']:.3f}) | {r['path_ms']:.3f} ({r['path_med_ms']:.3f}) "
-            f"| {r['spool_ms']:.2f} | {r['msg_bytes']:.0f} | {r['raw_bytes']} | "
-            f"{r['ratio']:.0f}x | {r['ratio_hop']:.0f}x |"
+            f"| {r['agent_ms']:.3f} ({r['agent_med_ms']:.3f}) "
+            f"| {r['spool_ms']:.2f} | {r['msg_bytes']:.1f} ({r['msg_min']}-{r['msg_max']}) "
+            f"| {r['raw_bytes']} | "
+            f"{r['ratio']:.0f}x | {r['ratio_hop']:.2f}x |"
         )
     lines += [
         "",
         "*encode*: first layer + activation + fresh keep mask (a seed from the OS CSPRNG) + "
         "message + wire-v3 serialisation with 8-bit values. *device path*: adds causal "
-        "filtering, ring buffer and normalisation, fed in 10 ms chunks. *message bytes*: "
-        "Kafka value plus the key (device id, 17 B here); Kafka's own record and batch "
+        "filtering, ring buffer, normalisation and the HMAC tag, fed in 10 ms chunks (an agent "
+        "polling every 10 ms) and in the chunks the agent polls now (when the next window is "
+        "due, 10-250 ms). *message bytes*: Kafka value plus the key (device id, 17 B here), "
+        "the mean over the run: the stream block travels in full every 16th window (the max), "
+        "by reference in the others (the min); Kafka's own record and batch "
         "overhead is not counted. The dense-form row is "
         "the same layer exported as before (C*T columns), measured in the same run: the ratio "
         "of the rows is the gain of computing pooling, then B, then A. Goals: 64-ch "
@@ -332,7 +374,10 @@ def main() -> None:
             "the EDF replayed over LSL (`dropstream replay --loop`) into an embedded broker: "
             f"peak RSS (VmHWM) **{connect['peak_rss_mib']:.0f} MiB**, {connect['windows']} "
             f"windows sent, {connect['cpu_s']:.2f} s CPU in all (mostly start-up: imports, "
-            "stream resolution, Kafka bootstrap; not a per-window cost).",
+            "stream resolution, Kafka bootstrap); over the second half of the run "
+            f"**{connect['steady_ms']:.2f} ms CPU per window** ({connect['steady_windows']} "
+            "windows: LSL polls, windowing, encoding, spool with fsync, Kafka producer; both "
+            "threads).",
             "",
         ]
     text = "\n".join(lines)

@@ -268,7 +268,9 @@ class DeviceKeys:
         """Check one Kafka record; returns the device id.
 
         Checks, in order: it is an activation message; the Kafka key equals the device id
-        inside it; the device has a key (or unauthenticated devices are allowed); a device
+        inside it (a version-3 window that sends its stream block by reference has none: the
+        decoder resolves the block and the service compares its device id with the key); the
+        device has a key (or unauthenticated devices are allowed); a device
         with a key sent version 2 with a tag that matches the key and the value.
 
         Raises
@@ -284,7 +286,7 @@ class DeviceKeys:
             inner = device_id_bytes(value)
         except WireFormatError as exc:
             raise AuthError(str(exc)) from exc
-        if inner != key:
+        if inner is not None and inner != key:  # None: by reference, checked once resolved
             raise AuthError(
                 f"Kafka key {bytes(key)[:64]!r} is not the device id in the message "
                 f"({inner[:64]!r})"

@@ -41,6 +41,7 @@ the tag: that needs the device's key (:class:`dropstream.broker.auth.DeviceKeys`
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
 import struct
@@ -333,7 +334,10 @@ def _check_arrays(indices: np.ndarray, values: np.ndarray, width: int) -> None:
 
 
 def encode_activation(
-    msg: ActivationMessage, value_dtype: str = "float16", version: int = SCHEMA_VERSION
+    msg: ActivationMessage,
+    value_dtype: str = "float16",
+    version: int = SCHEMA_VERSION,
+    by_reference: bool = False,
 ) -> bytes:
     """Serialise an :class:`ActivationMessage`.
 
@@ -349,6 +353,10 @@ def encode_activation(
         ``"uint8"`` (version 3) sends 8-bit scaled values (:func:`quantise_uint8`).
     version : {3, 2, 1}
         Schema version; 1 and 2 only to produce old-format messages (tests, old topics).
+    by_reference : bool
+        Version 3: send the stream block as its 8-byte reference (:func:`stream_ref`) instead
+        of in full; a reader resolves it only if it has seen the block in full
+        (:class:`StreamBlocks`).
 
     Raises
     ------
@@ -364,23 +372,42 @@ def encode_activation(
     check_unencoded(msg.unencoded_s)
     if version == 1 and msg.unencoded_s:
         raise WireFormatError("schema version 1 cannot carry unencoded_s; use version 2")
-    if version < 3 and msg.seed is not None:
-        raise WireFormatError("a kept-unit seed needs schema version 3")
+    if version < 3 and (msg.seed is not None or by_reference):
+        raise WireFormatError("a kept-unit seed or a stream reference needs schema version 3")
     indices = np.asarray(msg.indices)
     values = np.asarray(msg.values)
     if indices.ndim != 1 or values.shape != indices.shape:
         raise WireFormatError("indices and values must be 1-D arrays of the same length")
-    if indices.size and (indices.min() < 0):
+    # the set a valid seed derives is sorted, distinct and < width by construction (the device's
+    # case: the index checks are skipped); any other set is checked
+    derived = (
+        version == 3
+        and msg.seed is not None
+        and 0 <= int(msg.seed) < 1 << 64
+        and 1 <= indices.size <= msg.width <= MAX_WIDTH
+        and np.array_equal(kept_units_from_seed(int(msg.seed), msg.width, indices.size), indices)
+    )
+    if not derived and indices.size and (indices.min() < 0):
         raise WireFormatError("kept indices must be non-negative")
     wire_idx = indices.astype(_index_dtype(msg.width))
     with np.errstate(over="ignore", invalid="ignore"):
         wire_val = values.astype("<f2" if value_dtype == "float16" else "<f4")
-    _check_arrays(wire_idx, values, msg.width)
-    if not np.all(np.isfinite(wire_val)):
+    if derived:
+        if not np.isfinite(values).all():
+            raise WireFormatError("activation values must be finite")
+    else:
+        _check_arrays(wire_idx, values, msg.width)
+    if value_dtype == "float16" and not np.isfinite(wire_val).all():
         raise WireFormatError("a value overflows float16; encode with value_dtype='float32'")
-    texts = [s.encode("utf-8") for s in (msg.model_id, msg.device_id, msg.stream_id)]
-    for name, raw in zip(("model id", "device id", "stream id"), texts, strict=True):
-        _check_text(name, raw)
+    ids = (msg.model_id, msg.device_id, msg.stream_id)
+    texts = _checked_ids.get(ids)
+    if texts is None:
+        texts = [s.encode("utf-8") for s in ids]
+        for name, raw in zip(("model id", "device id", "stream id"), texts, strict=True):
+            _check_text(name, raw)
+        if len(_checked_ids) >= 1024:
+            _checked_ids.clear()
+        _checked_ids[ids] = texts
     n_model, n_device, n_stream = map(len, texts)
     header = WireHeader(
         magic=MAGIC,
@@ -398,7 +425,7 @@ def encode_activation(
     if msg.recording_time is not None:
         check_recording_time(msg.recording_time)
     if version == 3:
-        data = _encode_v3(msg, value_dtype, header, texts, wire_idx, wire_val)
+        data = _encode_v3(msg, value_dtype, header, texts, wire_idx, wire_val, by_reference)
     else:
         parts = [HEADER.pack(*header), *texts, wire_idx.tobytes(), wire_val.tobytes()]
         if msg.recording_time is not None:
@@ -426,11 +453,22 @@ def check_unencoded(unencoded_s: float) -> None:
         )
 
 
-def decode_activation(data: bytes) -> ActivationMessage:
-    """Parse and validate one activation message (version 2, or 1 from old topics).
+def decode_activation(data: bytes, blocks: StreamBlocks | None = None) -> ActivationMessage:
+    """Parse and validate one activation message (version 3, or 2 and 1 from old topics).
 
-    The authentication tag of version 2 is not checked here: call
+    The authentication tag is not checked here: call
     :meth:`dropstream.broker.auth.DeviceKeys.verify` first.
+
+    Parameters
+    ----------
+    data : bytes
+        The Kafka value.
+    blocks : StreamBlocks, optional
+        Version-3 stream blocks seen so far: a message carrying its block in full adds it, one
+        carrying only the block's reference is resolved from it. Default: this process's
+        :data:`SEEN_BLOCKS` (sharing is safe: a reference resolves only to the block it is the
+        hash of); the service's :class:`~dropstream.inference.batching.BatchDecoder` keeps its
+        own.
 
     Raises
     ------
@@ -443,7 +481,7 @@ def decode_activation(data: bytes) -> ActivationMessage:
     if len(data) > MAX_MESSAGE_BYTES:
         raise WireFormatError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
     if len(data) >= 5 and data[:4] == MAGIC and data[4] == 3:
-        return _decode_v3(data)
+        return _decode_v3(data, SEEN_BLOCKS if blocks is None else blocks)
     if len(data) < HEADER_BYTES:
         raise WireFormatError(f"truncated: {len(data)} bytes, the header alone is {HEADER_BYTES}")
     h = unpack_header(data)
@@ -502,8 +540,10 @@ def _message(
     )
 
 
-def device_id_bytes(data: bytes) -> bytes:
-    """The raw device id inside a message of either version (no other validation).
+def device_id_bytes(data: bytes) -> bytes | None:
+    """The raw device id inside a message of any version (no other validation); ``None`` for a
+    version-3 message that carries its stream block by reference (the block it stands for holds
+    the device id: the reader compares it with the Kafka key once resolved).
 
     Raises
     ------
@@ -511,6 +551,8 @@ def device_id_bytes(data: bytes) -> bytes:
         If ``data`` is too short to hold its header and ids.
     """
     if len(data) >= 6 and data[:4] == MAGIC and data[4] == 3:
+        if data[5] & V3_BLOCK_REF and not data[5] & ~V3_FLAGS:
+            return None
         # structure only (the decoders range-check the header): skip the per-window fields and
         # the sequence number's varint; the stream block is parsed once per distinct block
         pos = _V3_PREFIX_BYTES[data[5] >> 3 & 7]
@@ -544,14 +586,20 @@ def device_id_bytes(data: bytes) -> bytes:
 # ---------------------------------------------------------------------------------------------
 
 #: Version-3 flags: value encoding in bits 0-1, seed-derived indices, float64 sample rate,
-#: unencoded-signal field present, recording time present.
+#: unencoded-signal field present, recording time present, stream block by reference.
 V3_VALUES_MASK = 0x03
 V3_FLOAT16, V3_FLOAT32, V3_UINT8 = 0, 1, 2
 V3_SEED = 0x04
 V3_SFREQ64 = 0x08
 V3_UNENCODED = 0x10
 V3_RECORDING_TIME = 0x20
-V3_FLAGS = V3_VALUES_MASK | V3_SEED | V3_SFREQ64 | V3_UNENCODED | V3_RECORDING_TIME
+V3_BLOCK_REF = 0x40
+V3_FLAGS = V3_VALUES_MASK | V3_SEED | V3_SFREQ64 | V3_UNENCODED | V3_RECORDING_TIME | V3_BLOCK_REF
+#: Bytes of a stream reference (:func:`stream_ref`).
+REF_BYTES = 8
+_REF_DOMAIN = b"dropstream.stream-block.v3\x00"
+#: Stream blocks a :class:`StreamBlocks` holds at most (the oldest is forgotten first).
+MAX_STREAM_BLOCKS = 100_000
 _V3_FIXED = struct.Struct("<4sBBdd")  # magic, version, flags, lsl_time, wall_time
 _V3_COMMON = struct.Struct("<4sBBddf")  # ... and a float32 sample rate
 #: Bytes before the sequence number, per ``flags >> 3 & 7`` (the optional per-window fields:
@@ -613,6 +661,10 @@ def kept_units_from_seed(seeds: np.ndarray | int, width: int, keep: int) -> np.n
 #: Keys derived at once for a batch of seeds (a chunk of 256 KiB of uint64 keys, ~1.6x faster
 #: than the whole batch at once for 1,024 seeds of m=128).
 _CHUNK_KEYS = 32_768
+#: Id triples the encoder checked (-> their UTF-8 bytes), and stream blocks it built
+#: (-> the block and its reference); each cleared beyond 1024 entries.
+_checked_ids: dict[tuple[str, str, str], list[bytes]] = {}
+_blocks_made: dict[tuple, tuple[bytes, bytes]] = {}
 #: ``(u + 1) * 0x9E3779B97F4A7C15`` per layer width, and the last scalar derivation.
 _unit_steps: dict[int, np.ndarray] = {}
 _last_set: tuple[tuple[int, int, int], np.ndarray] | None = None
@@ -671,10 +723,11 @@ def _encode_v3(
     texts: list[bytes],
     wire_idx: np.ndarray,
     wire_val: np.ndarray,
+    by_reference: bool = False,
 ) -> bytes:
     """Version-3 bytes from the fields :func:`encode_activation` already checked and cast
-    (``wire_val``: float16 or float32, finite)."""
-    flags = _VALUE_CODES[value_dtype]
+    (``wire_val``: float16 or float32, finite); the stream block in full or by reference."""
+    flags = _VALUE_CODES[value_dtype] | (V3_BLOCK_REF if by_reference else 0)
     if msg.seed is not None:
         flags |= V3_SEED
     sfreq32 = struct.pack("<f", msg.sfreq)
@@ -685,25 +738,26 @@ def _encode_v3(
         flags |= V3_UNENCODED
     if msg.recording_time is not None:
         flags |= V3_RECORDING_TIME
-    # the stream block: what every window of a stream repeats (decoders cache its parse)
-    block = b"".join(
-        _varint(int(v))
-        for v in (
-            header.model_version,
-            header.window_samples,
-            header.hop_samples,
-            header.width,
-            header.keep,
+    # the stream block: what every window of a stream repeats (decoders cache its parse; so
+    # does the encoder, with its reference)
+    fields = (header.model_version, header.window_samples, header.hop_samples, header.width)
+    key = (*fields, header.keep, *texts)
+    cached = _blocks_made.get(key)
+    if cached is None:
+        block = b"".join(_varint(int(v)) for v in (*fields, header.keep)) + b"".join(
+            bytes([len(raw)]) + raw for raw in texts
         )
-    ) + b"".join(bytes([len(raw)]) + raw for raw in texts)
+        if len(_blocks_made) >= 1024:
+            _blocks_made.clear()
+        cached = _blocks_made[key] = (block, stream_ref(block))
+    block, ref = cached
     parts = [
         _V3_FIXED.pack(MAGIC, 3, flags, msg.lsl_time, msg.wall_time),
         sfreq32 if exact32 else struct.pack("<d", msg.sfreq),
         struct.pack("<d", msg.unencoded_s) if msg.unencoded_s else b"",
         b"" if msg.recording_time is None else RECORDING_TIME.pack(msg.recording_time),
         _varint(int(header.sequence)),
-        _varint(len(block)),
-        block,
+        *((ref,) if by_reference else (_varint(len(block)), block)),
     ]
     if msg.seed is not None:
         if not 0 <= int(msg.seed) < 1 << 64:
@@ -764,8 +818,11 @@ def parse_v3_prefix(data: bytes) -> V3Prefix:
         raise WireFormatError(f"unknown flags 0x{flags:02x}")
     pos = _V3_FIXED.size
     if not flags & (V3_SFREQ64 | V3_UNENCODED | V3_RECORDING_TIME):  # the usual case:
-        seq, n = data[26], data[27]  # both varints of one byte?
-        if seq < 0x80 and n < 0x80 and len(data) >= 28 + n:
+        seq, n = data[26], data[27]  # both varints of one byte (or a reference after seq)?
+        if flags & V3_BLOCK_REF:
+            if seq < 0x80 and len(data) >= 27 + REF_BYTES:
+                return V3Prefix(flags, lsl_time, wall_time, sfreq, 0.0, None, seq, 27, 35)
+        elif seq < 0x80 and n < 0x80 and len(data) >= 28 + n:
             return V3Prefix(flags, lsl_time, wall_time, sfreq, 0.0, None, seq, 28, 28 + n)
     if flags & V3_SFREQ64:
         if len(data) < pos + 8:
@@ -790,7 +847,10 @@ def parse_v3_prefix(data: bytes) -> V3Prefix:
         (recording_time,) = RECORDING_TIME.unpack_from(data, pos)
         pos += RECORDING_TIME.size
     sequence, pos = _read_varint(data, pos)
-    n, pos = _read_varint(data, pos)
+    if flags & V3_BLOCK_REF:
+        n = REF_BYTES
+    else:
+        n, pos = _read_varint(data, pos)
     if pos + n > len(data):
         raise WireFormatError("truncated in the stream block")
     return V3Prefix(
@@ -845,31 +905,41 @@ def dequantise_uint8(lo: ArrayLike, step: ArrayLike, q: np.ndarray) -> np.ndarra
     return np.asarray(lo, np.float32) + q.astype(np.float32) * np.asarray(step, np.float32)
 
 
-def parse_v3_header(data: bytes) -> tuple[WireHeader, V3Prefix, int, int | None]:
+def parse_v3_header(
+    data: bytes, blocks: StreamBlocks | None = None
+) -> tuple[WireHeader, V3Prefix, bytes, int, int | None]:
     """Header of a version-3 message, range-checked by :func:`check_header` (and the optional
     unencoded-signal and recording-time fields by their own checks).
 
-    Returns ``(header, prefix, ids start, seed)``; the indices (or seed) start at
-    ``prefix.block_end``.
+    A block sent by reference is resolved from ``blocks`` (:meth:`StreamBlocks.resolve`); one
+    sent in full is added to it.
+
+    Returns ``(header, prefix, stream block, ids start in the block, seed)``; the indices (or
+    seed) start at ``prefix.block_end``.
     """
     p = parse_v3_prefix(data)
-    b = parse_v3_block(data[p.block_start : p.block_end])
+    raw = bytes(data[p.block_start : p.block_end])
+    if p.flags & V3_BLOCK_REF:
+        raw = StreamBlocks.resolve(blocks, raw)
+    b = parse_v3_block(raw)
     h = checked_v3_header(p, b)
+    if blocks is not None and not p.flags & V3_BLOCK_REF:
+        blocks.add(raw)
     seed = None
     if p.flags & V3_SEED:
         if len(data) < p.block_end + 8:
             raise WireFormatError("truncated in the seed")
         (seed,) = struct.unpack_from("<Q", data, p.block_end)
-    return h, p, p.block_start + b.ids_offset, seed
+    return h, p, raw, b.ids_offset, seed
 
 
-def _decode_v3(data: bytes) -> ActivationMessage:
-    h, p, pos, seed = parse_v3_header(data)
+def _decode_v3(data: bytes, blocks: StreamBlocks | None = None) -> ActivationMessage:
+    h, p, raw, pos, seed = parse_v3_header(data, blocks)
     idx_pos = p.block_end
     ids = []
     for name in ("model id", "device id", "stream id"):
-        n = data[pos]
-        ids.append(_check_text(name, data[pos + 1 : pos + 1 + n]))
+        n = raw[pos]
+        ids.append(_check_text(name, raw[pos + 1 : pos + 1 + n]))
         pos += 1 + n
     width, keep, code = h.width, h.keep, h.flags & V3_VALUES_MASK
     idx_dtype = _index_dtype(width)
@@ -899,3 +969,99 @@ def _decode_v3(data: bytes) -> ActivationMessage:
         seed=seed,
         recording_time=p.recording_time,
     )
+
+
+def stream_ref(block: bytes) -> bytes:
+    """The 8-byte reference of a version-3 stream block: the first 8 bytes of
+    SHA-256(``"dropstream.stream-block.v3\\0"`` + block). The block holds the model, its
+    shape and the model, device and stream ids, so equal references mean equal blocks (a
+    second block with a given reference takes about 2^64 tries to find)."""
+    return hashlib.sha256(_REF_DOMAIN + block).digest()[:REF_BYTES]
+
+
+class StreamBlocks:
+    """The version-3 stream blocks a reader has seen in full, by reference (:func:`stream_ref`).
+
+    A device sends its stream block in full in the first window it sends and every so many
+    windows after (:class:`dropstream.local_encoder.encoder.WindowEncoder`'s ``block_every``),
+    and an 8-byte reference in the others. Content-addressed: a reference resolves only to the
+    block it is the hash of, so no message can redirect another stream's reference. Bounded:
+    beyond ``limit`` blocks the oldest is forgotten (its stream's next full block adds it back).
+
+    Parameters
+    ----------
+    limit : int
+        Blocks held at most.
+    """
+
+    def __init__(self, limit: int = MAX_STREAM_BLOCKS) -> None:
+        self.limit = int(limit)
+        self._blocks: dict[bytes, bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def add(self, block: bytes, ref: bytes | None = None) -> bytes:
+        """Remember ``block`` (already parsed and checked by the caller); returns its reference
+        (``ref``: its :func:`stream_ref`, when the caller has it already)."""
+        ref = stream_ref(block) if ref is None else ref
+        if ref not in self._blocks:
+            if len(self._blocks) >= self.limit:
+                del self._blocks[next(iter(self._blocks))]
+            self._blocks[ref] = bytes(block)
+        return ref
+
+    def get(self, ref: bytes) -> bytes | None:
+        """The block of ``ref``, or ``None`` if it was not seen."""
+        return self._blocks.get(bytes(ref))
+
+    @staticmethod
+    def resolve(blocks: StreamBlocks | None, ref: bytes) -> bytes:
+        """The block of ``ref`` from ``blocks``.
+
+        Raises
+        ------
+        WireFormatError
+            If ``blocks`` is ``None`` or has not seen the block: the message cannot be read
+            (one line that says so and what brings the block).
+        """
+        block = None if blocks is None else blocks.get(ref)
+        if block is None:
+            raise WireFormatError(
+                f"{UNRESOLVED_REF}: stream reference {bytes(ref).hex()} names a stream block "
+                "this reader has not seen in full (it restarted or took over the partition "
+                "since); the device resends the block within its block_every windows"
+            )
+        return block
+
+
+#: How the reason of a window whose stream reference cannot be resolved starts.
+UNRESOLVED_REF = "unresolved stream reference"
+#: The stream blocks :func:`decode_activation` has seen in this process (its default).
+SEEN_BLOCKS = StreamBlocks()
+
+
+def full_block(data: bytes | None) -> bytes | None:
+    """The stream block a version-3 message carries in full (unchecked), else ``None``."""
+    if not isinstance(data, (bytes, bytearray)) or data[4:5] != b"\x03" or len(data) < 6:
+        return None
+    if data[5] & V3_BLOCK_REF:
+        return None
+    try:
+        p = parse_v3_prefix(data)
+    except WireFormatError:
+        return None
+    return bytes(data[p.block_start : p.block_end])
+
+
+def wanted_ref(data: bytes | None) -> bytes | None:
+    """The stream reference a version-3 message carries instead of its block, else ``None``."""
+    if not isinstance(data, (bytes, bytearray)) or data[4:5] != b"\x03" or len(data) < 6:
+        return None
+    if not data[5] & V3_BLOCK_REF:
+        return None
+    try:
+        p = parse_v3_prefix(data)
+    except WireFormatError:
+        return None
+    return bytes(data[p.block_start : p.block_end])

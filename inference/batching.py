@@ -48,8 +48,10 @@ from dropstream.broker.wire import (
     MAX_WIDTH,
     MIN_SFREQ,
     RECORDING_TIME,
+    REF_BYTES,
     TAG_BYTES_V3,
     UNENCODED,
+    V3_BLOCK_REF,
     V3_FLAGS,
     V3_RECORDING_TIME,
     V3_SEED,
@@ -57,6 +59,7 @@ from dropstream.broker.wire import (
     V3_UINT8,
     V3_UNENCODED,
     V3_VALUES_MASK,
+    StreamBlocks,
     V3Block,
     WireFormatError,
     WireHeader,
@@ -68,6 +71,7 @@ from dropstream.broker.wire import (
     dequantise_uint8,
     header_bytes,
     kept_units_from_seed,
+    stream_ref,
     trailer_bytes,
 )
 
@@ -241,9 +245,10 @@ class _IdCache:
         self._put(key, value)
         return value
 
-    def block(self, raw: bytes) -> tuple[V3Block, tuple[str, str, str]] | None:
-        """A version-3 stream block and its ids; ``None`` if it is malformed or its ids are
-        invalid, or if its fixed fields are out of range (:func:`check_header`'s rules)."""
+    def block(self, raw: bytes) -> tuple[V3Block, tuple[str, str, str], bytes] | None:
+        """A version-3 stream block, its ids and its reference (:func:`stream_ref`); ``None``
+        if it is malformed, its ids are invalid or its fixed fields are out of range
+        (:func:`check_header`'s rules)."""
         hit = self._cache.get(raw, False)
         if hit is not False:
             return hit  # type: ignore[return-value]
@@ -261,7 +266,7 @@ class _IdCache:
             o, a, d = b.ids_offset, b.n_model, b.n_device
             plain = raw[o + 1 : o + 1 + a] + raw[o + 2 + a : o + 2 + a + d] + raw[o + 3 + a + d :]
             ids = self.get(plain, a, d)
-            value = None if ids is None else (b, ids)
+            value = None if ids is None else (b, ids, stream_ref(raw))
         self._put(raw, value)  # type: ignore[arg-type]
         return value
 
@@ -317,10 +322,13 @@ class _Columns:
 
 
 class BatchDecoder:
-    """Decodes batches of raw activation message values (keeps an id cache across batches)."""
+    """Decodes batches of raw activation message values (keeps an id cache across batches, and
+    the version-3 stream blocks seen in full, to resolve windows that send only their block's
+    reference: :class:`~dropstream.broker.wire.StreamBlocks`)."""
 
     def __init__(self) -> None:
         self._ids = _IdCache()
+        self.stream_blocks = StreamBlocks()
 
     def decode(self, payloads: Sequence[bytes | None]) -> DecodedBatch:
         """Validate and decode ``payloads``; see the module docstring.
@@ -339,14 +347,15 @@ class BatchDecoder:
             v3 = self._decode_others(payloads, set(v3), columns, rejected)
         if v3:
             msgs = payloads if len(v3) == len(payloads) else [payloads[r] for r in v3]
-            bad = self._decode_v3(v3, msgs, columns)  # type: ignore[arg-type]
-            rejected.extend((row, _reason(payloads[row])) for row in bad)
+            bad, unresolved = self._decode_v3(v3, msgs, columns)  # type: ignore[arg-type]
+            rejected.extend((row, _reason(payloads[row], self.stream_blocks)) for row in bad)
+            rejected.extend(unresolved)
         groups = []
         for key, parts in columns.items():
             built = []
             for part in parts:
                 group, bad = _build_group(*key, part)
-                rejected.extend((row, _reason(payloads[row])) for row in bad)
+                rejected.extend((row, _reason(payloads[row], self.stream_blocks)) for row in bad)
                 if group is not None:
                     built.append(group)
             if built:
@@ -379,7 +388,7 @@ class BatchDecoder:
                 or len(data) < HEADER_BYTES
                 or len(data) > MAX_MESSAGE_BYTES
             ):
-                rejected.append((row, _reason(data)))
+                rejected.append((row, _reason(data, self.stream_blocks)))
                 continue
             h = unpack(data)  # a plain tuple in WireHeader order, read by the _F* indices
             try:
@@ -399,7 +408,7 @@ class BatchDecoder:
             if timed:
                 end -= RECORDING_TIME.size
             if end != pos + keep * (isz + vsz):
-                rejected.append((row, _reason(data)))
+                rejected.append((row, _reason(data, self.stream_blocks)))
                 continue
             recording, unencoded = math.nan, 0.0
             try:  # the reference decoder's own checks of the optional fields, in its order
@@ -414,7 +423,7 @@ class BatchDecoder:
                 continue
             ids = self._ids.get(bytes(data[start:pos]), a, b)
             if ids is None:
-                rejected.append((row, _reason(data)))
+                rejected.append((row, _reason(data, self.stream_blocks)))
                 continue
             split = pos + keep * isz
             key = (ids[0], h[_FMVER], width, keep, isz, vsz)
@@ -439,12 +448,14 @@ class BatchDecoder:
 
     def _decode_v3(
         self, rows: list[int], msgs: list[bytes], columns: dict[tuple, list[_Columns]]
-    ) -> list[int]:
+    ) -> tuple[list[int], list[tuple[int, str]]]:
         """Version 3, every message at once: the fixed-size fields and both varints are read
         with numpy from the joined messages, the stream block (model, window, hop, m, K, ids:
-        the same for every window of a stream) is parsed and checked once per distinct block
-        (:class:`_IdCache`), and every check of the reference decoder is one array operation.
-        Adds the windows to ``columns`` by layout; returns the rows it refuses."""
+        the same for every window of a stream; or the reference that stands for it) is parsed
+        and checked once per distinct block (:meth:`_blocks_of`), and every check of the
+        reference decoder is one array operation. Adds the windows to ``columns`` by layout;
+        returns the rows it refuses, and ``(row, reason)`` of those whose stream reference it
+        cannot resolve."""
         n = len(msgs)
         lens = np.fromiter(map(len, msgs), np.int64, n)
         at = np.zeros(n, np.int64)
@@ -473,10 +484,13 @@ class BatchDecoder:
         sequence, size, good = _varints(buf, pos)
         ok &= good
         pos += size
+        by_ref = (flags & V3_BLOCK_REF) != 0  # the block's 8-byte reference, no length
         block_len, size, good = _varints(buf, pos)
-        ok &= good & (block_len <= MAX_MESSAGE_BYTES)
-        block_start = pos + size
-        block_end = block_start + np.where(ok, block_len, 0).astype(np.int64)
+        ok &= by_ref | (good & (block_len <= MAX_MESSAGE_BYTES))
+        block_start = np.where(by_ref, pos, pos + size)
+        block_end = block_start + np.where(
+            by_ref, REF_BYTES, np.where(ok, block_len, 0).astype(np.int64)
+        )
         ok &= block_end <= at + lens
         with np.errstate(invalid="ignore"):  # NaN compares False: refused, as in check_header
             ok &= (
@@ -488,24 +502,11 @@ class BatchDecoder:
                 & (~has_unencoded | ((unencoded > 0.0) & (unencoded <= MAX_UNENCODED_S)))
                 & (~has_recording | (np.isfinite(recording) & (recording >= 0.0)))
             )
-        # the stream blocks: one parse and id check per distinct block (a handful per batch)
-        live = np.flatnonzero(ok)
-        distinct: dict[bytes, int] = {}
-        code = np.full(n, -1, np.int64)
-        code[live] = [
-            distinct.setdefault(joined[s:e], len(distinct))
-            for s, e in zip(block_start[live].tolist(), block_end[live].tolist(), strict=True)
-        ]
-        blocks = [self._ids.block(raw) for raw in distinct]
-        valid = np.array([b is not None for b in blocks] + [False], bool)
-        # window, hop, width, keep per block (+ a row for refused messages); floats compare
-        # with the sample rate as check_header's Python ints do (all below 2**53 once checked)
-        fields = np.array(
-            [[float(v) for v in b[0][1:5]] if b else [1.0] * 4 for b in blocks] + [[1.0] * 4]
+        code, blocks, unresolved = self._blocks_of(
+            joined, block_start, block_end, by_ref, ok, sfreq
         )
-        window, hop, width, keep = (fields[code, i] for i in range(4))
-        ok &= valid[code]
-        ok &= (window - 1 <= MAX_SPAN_S * sfreq) & (hop <= MAX_SPAN_S * sfreq)
+        valid, window, hop, width, keep = _block_fields(blocks, code)
+        ok &= valid & (window - 1 <= MAX_SPAN_S * sfreq) & (hop <= MAX_SPAN_S * sfreq)
         # the length the header implies, to the byte
         value_code = flags & V3_VALUES_MASK
         seeded = (flags & V3_SEED) != 0
@@ -518,7 +519,7 @@ class BatchDecoder:
         keys: dict[tuple, int] = {}
         of_combo = []
         for combo in combos.tolist():
-            b, ids = blocks[combo // 8]  # type: ignore[misc]
+            b, ids, _ = blocks[combo // 8]  # type: ignore[misc]
             isz = 8 if combo & V3_SEED else (2 if b.width <= 65536 else 4)
             vsz = (2, 4, 1)[combo & V3_VALUES_MASK]
             key = (ids[0], b.model_version, b.width, b.keep, isz, vsz)
@@ -547,7 +548,77 @@ class BatchDecoder:
                     val=_gather(buf, start_at + nidx, nval),
                 )
             )
-        return rows_arr[~ok].tolist()
+        ok[unresolved] = True  # refused with their own reason
+        return rows_arr[~ok].tolist(), [
+            (rows[i], _unresolved(joined[s : s + REF_BYTES]))
+            for i, s in zip(unresolved, block_start[unresolved].tolist(), strict=True)
+        ]
+
+    def _blocks_of(
+        self,
+        joined: bytes,
+        start: np.ndarray,
+        end: np.ndarray,
+        by_ref: np.ndarray,
+        ok: np.ndarray,
+        sfreq: np.ndarray,
+    ) -> tuple[np.ndarray, list, list[int]]:
+        """Each message's stream block: ``(code, blocks, unresolved)`` with ``blocks[code[i]]``
+        the ``(block, ids, reference)`` of message ``i`` (``None``: invalid; ``code`` -1: none,
+        for messages not ``ok``), and the messages whose reference names no block known.
+
+        The full blocks of windows that pass their header checks are remembered in
+        :attr:`stream_blocks` first, so a reference resolves from the blocks seen in full
+        before this batch or anywhere in it (content-addressed: the order cannot change what
+        a reference means)."""
+        code = np.full(len(ok), -1, np.int64)
+        distinct: dict[bytes, int] = {}
+        full = np.flatnonzero(ok & ~by_ref)
+        code[full] = [
+            distinct.setdefault(joined[s:e], len(distinct))
+            for s, e in zip(start[full].tolist(), end[full].tolist(), strict=True)
+        ]
+        blocks = [self._ids.block(raw) for raw in distinct]
+        valid, window, hop, _, _ = _block_fields(blocks, code[full])
+        passing = (
+            valid & (window - 1 <= MAX_SPAN_S * sfreq[full]) & (hop <= MAX_SPAN_S * sfreq[full])
+        )
+        if passing.any():
+            raws, add = list(distinct), self.stream_blocks.add
+            for c in dict.fromkeys(code[full[passing]].tolist()):
+                add(raws[c], blocks[c][2])  # type: ignore[index]
+        unresolved: list[int] = []
+        refs = np.flatnonzero(ok & by_ref)
+        if len(refs):
+            get = self.stream_blocks.get
+            for i, s in zip(refs.tolist(), start[refs].tolist(), strict=True):
+                raw = get(joined[s : s + REF_BYTES])
+                if raw is None:
+                    unresolved.append(i)
+                else:
+                    code[i] = distinct.setdefault(raw, len(distinct))
+            blocks += [self._ids.block(raw) for raw in list(distinct)[len(blocks) :]]
+        return code, blocks, unresolved
+
+
+def _block_fields(blocks: list, code: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per message (``blocks[code[i]]``; -1 or ``None``: invalid): valid, then window, hop,
+    width and K as floats (they compare with the sample rate as check_header's Python ints
+    do: every one below 2**53 once the header passed)."""
+    invalid = (0.0, 1.0, 1.0, 1.0, 1.0)
+    table = np.array(
+        [invalid if e is None else (1.0, *(float(v) for v in e[0][1:5])) for e in [*blocks, None]]
+    )[code]
+    return table[:, 0] > 0, table[:, 1], table[:, 2], table[:, 3], table[:, 4]
+
+
+def _unresolved(ref: bytes) -> str:
+    """The one-line reason of a window whose stream reference names no known block."""
+    try:
+        StreamBlocks.resolve(None, ref)
+    except WireFormatError as exc:
+        return str(exc)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 #: Zero bytes after the joined version-3 messages: every fixed-position read of a (possibly
@@ -622,10 +693,11 @@ def _build_group(
     return group, bad
 
 
-def _reason(data: object) -> str:
-    """Why the reference decoder rejects ``data`` (the fast path found it invalid)."""
+def _reason(data: object, blocks: StreamBlocks) -> str:
+    """Why the reference decoder (with the stream blocks ``blocks``) rejects ``data`` (the fast
+    path found it invalid)."""
     try:
-        decode_activation(data)  # type: ignore[arg-type]
+        decode_activation(data, blocks)  # type: ignore[arg-type]
     except WireFormatError as exc:
         return str(exc)
     # The fast path is stricter than the reference only where it cannot be (defensive).

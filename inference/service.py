@@ -56,9 +56,11 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from dropstream.broker.clients import KafkaClientError, make_consumer, make_producer
 from dropstream.broker.config import ClientConfig
+from dropstream.broker.wire import UNRESOLVED_REF
 from dropstream.inference.batching import BatchDecoder, WindowGroup
 from dropstream.inference.drift import DriftReference
 from dropstream.inference.head import ServerModel
+from dropstream.inference.lookback import BlockLookback
 from dropstream.inference.metrics import ServiceMetrics
 from dropstream.inference.offsets import OffsetTracker
 from dropstream.inference.outbox import REASON_HEADER, SOURCE_HEADER, Outbox
@@ -158,6 +160,9 @@ class InferenceService:
         self.width = meta.layer.width
         self.keep = meta.keep
         self.decoder = BatchDecoder()
+        #: Reads a partition back for the stream blocks of windows sent by reference whose full
+        #: block went by before this process read the partition (restart, takeover).
+        self.lookback = BlockLookback(config)
         classes = self.scorer.classes if self.model.kind == "classifier" else None
         self.streams = StreamTracker(
             self.policy,
@@ -350,6 +355,7 @@ class InferenceService:
                 self._consumer.close(autocommit=False)
             except KafkaError as exc:  # pragma: no cover
                 log.warning("closing the consumer failed: %r", exc)
+        self.lookback.close()
         self._producer = self._consumer = None
 
     # ------------------------------------------------------------------ main loop
@@ -632,7 +638,11 @@ class InferenceService:
         """Decode ``batch``; everything that cannot be served goes to dead letters. Returns the
         servable windows (rows of ``batch``), or ``None``."""
         outbox = self.outbox
-        decoded = self.decoder.decode([r.value for r in batch])
+        values = [r.value for r in batch]
+        decoded = self.decoder.decode(values)
+        unresolved = [batch[row] for row, why in decoded.rejected if why.startswith(UNRESOLVED_REF)]
+        if unresolved and self.lookback.learn(self.decoder.stream_blocks, unresolved):
+            decoded = self.decoder.decode(values)  # after a restart or a takeover: once more
         for row, reason in decoded.rejected:
             outbox.dead_letter(batch[row], "malformed", f"malformed message: {reason}")
         servable: list[WindowGroup] = []

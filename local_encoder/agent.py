@@ -141,7 +141,13 @@ class EncoderAgent:
         This device's id (the Kafka key of every message) and secret; every message is signed
         with it (:meth:`~dropstream.broker.auth.DeviceKey.sign`).
     poll_interval : float
-        Seconds between inlet polls.
+        Shortest wait between inlet polls, seconds. After a poll the acquisition thread
+        sleeps until the next window can be complete (its missing samples at the nominal
+        rate), between ``poll_interval`` and ``max_poll_interval``: a 1 s hop costs about one
+        poll per window instead of one per ``poll_interval``, and a window is still cut within
+        ``poll_interval`` of its last sample's arrival.
+    max_poll_interval : float
+        Longest wait between inlet polls, seconds (stream-loss detection and status).
     max_in_flight : int
         Messages handed to the producer and not yet acknowledged, at most.
     seed : int | None
@@ -168,6 +174,7 @@ class EncoderAgent:
         device_key: DeviceKey,
         *,
         poll_interval: float = 0.01,
+        max_poll_interval: float = 0.25,
         max_in_flight: int = 256,
         seed: int | None = None,
         producer_overrides: dict[str, Any] | None = None,
@@ -195,6 +202,7 @@ class EncoderAgent:
             bundle, device_id, self.stream_id, seed, getattr(inlet, "recording_time", None)
         )
         self.poll_interval = float(poll_interval)
+        self.max_poll_interval = max(float(max_poll_interval), self.poll_interval)
         self.max_in_flight = int(max_in_flight)
         # short bootstrap/metadata waits keep the sender responsive (and stop() quick) while the
         # broker is away; topics are created explicitly (dropstream broker / serve), never here
@@ -356,7 +364,8 @@ class EncoderAgent:
     def _acquire_loop(self) -> None:
         while not self._stop_acq.is_set():
             self.poll_once()
-            self._stop_acq.wait(self.poll_interval)
+            due = self.buffer.seconds_to_next_window()
+            self._stop_acq.wait(min(max(due, self.poll_interval), self.max_poll_interval))
         self.poll_once()  # what arrived until the stop
 
     def _make_producer(self) -> Any:
@@ -445,7 +454,11 @@ class EncoderAgent:
                     self._wake.clear()
                     continue
                 if not acked:
-                    self._wake.wait(0.05)
+                    # woken by a new window (acquisition) or an acknowledgement (the producer's
+                    # callback); the timeout is a safety net, long when there is nothing to do
+                    # (each pass reads the spool: 20 passes a second cost ~ms of CPU)
+                    idle = not inflight and self.spool.depth == 0
+                    self._wake.wait(0.5 if idle else 0.05)
                     self._wake.clear()
         finally:
             if producer is not None:

@@ -78,6 +78,12 @@ class DeviceBundle:
         :mod:`dropstream.inference.audit.label`). Empty in bundles written before the label.
     checksum : str
         SHA-256 over the device and head members, as stored in the manifest.
+    filter_sos : numpy.ndarray of shape (n_sections, 6), or None
+        The causal filter's second-order sections as :func:`~dropstream.local_encoder.
+        preprocessing.design_filter` gives them for ``preprocessing`` (no sections: no
+        filter), stored in the manifest by :func:`write_bundle` so that the device runs them
+        without designing (importing :mod:`scipy.signal`); ``None`` (bundles written before,
+        bundles built in memory): designed from ``preprocessing`` when needed.
     """
 
     model_id: str
@@ -96,6 +102,7 @@ class DeviceBundle:
     head_config: dict[str, Any] = field(default_factory=dict)
     privacy: dict[str, Any] = field(default_factory=dict)
     checksum: str = ""
+    filter_sos: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_channels(self) -> int:
@@ -200,6 +207,16 @@ def _sha256(*chunks: bytes) -> str:
     return h.hexdigest()
 
 
+def _filter_sos(device: DeviceBundle) -> np.ndarray:
+    """The bundle's filter sections, ``(n_sections, 6)`` float64 (zero rows: no filter)."""
+    if device.filter_sos is not None:
+        return np.asarray(device.filter_sos, np.float64).reshape(-1, 6)
+    from dropstream.local_encoder.preprocessing import design_filter
+
+    sos = design_filter(device.sfreq, device.preprocessing)
+    return np.zeros((0, 6)) if sos is None else sos
+
+
 def write_bundle(path: str | Path, device: DeviceBundle, head_state: bytes) -> str:
     """Write a bundle file and return its checksum.
 
@@ -243,6 +260,7 @@ def write_bundle(path: str | Path, device: DeviceBundle, head_state: bytes) -> s
         "classes": list(device.classes),
         "head_config": device.head_config,
         "privacy": device.privacy,
+        "filter_sos": _filter_sos(device).tolist(),
         "sha256": checksum,
     }
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -336,6 +354,11 @@ def load_bundle(path: str | Path) -> tuple[DeviceBundle, bytes]:
             head_config=dict(m.get("head_config", {})),
             privacy=dict(m.get("privacy") or {}),
             checksum=str(m["sha256"]),
+            filter_sos=(
+                np.asarray(m["filter_sos"], np.float64).reshape(-1, 6)
+                if "filter_sos" in m
+                else None
+            ),
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise BundleError(f"bundle {path} is incomplete: {exc!r}") from exc

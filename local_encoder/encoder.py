@@ -28,6 +28,10 @@ from dropstream.broker.wire import (
 from dropstream.local_encoder.bundle import DeviceBundle
 from dropstream.local_encoder.windowing import Window
 
+#: Default ``block_every``: the stream block travels in full once every 16 windows (4 s for the
+#: ECG demo's 0.25 s hop); the other windows carry an 8-byte reference instead.
+BLOCK_EVERY = 16
+
 
 class WindowEncoder:
     """First layer, activation and dropping for the windows of one stream.
@@ -50,6 +54,12 @@ class WindowEncoder:
         Encoding of the kept values on the wire: 8-bit scaled (the default; on
         SelfRegulationSCP1 the same accuracy as float32, ``benchmarks/value_precision.py``) or
         float16 (float32 when a value overflows float16).
+    block_every : int
+        The stream block (model, shape and the model, device and stream ids) travels in full in
+        this encoder's first message and in every message whose sequence number is a multiple
+        of ``block_every``; the others carry its 8-byte reference
+        (:func:`dropstream.broker.wire.stream_ref`). A service that has not seen the block (it
+        restarted) refuses the windows until the next full one. ``1``: always in full.
 
     Raises
     ------
@@ -65,10 +75,15 @@ class WindowEncoder:
         seed: int | None = None,
         recording_clock: Callable[[float], float | None] | None = None,
         values: str = "uint8",
+        block_every: int = BLOCK_EVERY,
     ) -> None:
         if values not in ("uint8", "float16"):
             raise WireFormatError(f"values must be 'uint8' or 'float16', not {values!r}")
+        if int(block_every) < 1:
+            raise WireFormatError(f"block_every must be >= 1 window, not {block_every}")
         self.values = values
+        self.block_every = int(block_every)
+        self._block_sent = False
         bundle.check_privacy()
         self.recording_clock = recording_clock
         self.bundle = bundle
@@ -128,10 +143,15 @@ class WindowEncoder:
         )
 
     def to_bytes(self, message: ActivationMessage) -> bytes:
-        """Serialise (wire version 3) with 8-bit values, or float16 (float32 on overflow)."""
+        """Serialise (wire version 3) with 8-bit values, or float16 (float32 on overflow); the
+        stream block in full or by reference (see ``block_every``)."""
+        ref = self._block_sent and message.sequence % self.block_every != 0
         if self.values == "uint8":
-            return encode_activation(message, "uint8")
-        try:
-            return encode_activation(message, "float16")
-        except WireFormatError:
-            return encode_activation(message, "float32")
+            data = encode_activation(message, "uint8", by_reference=ref)
+        else:
+            try:
+                data = encode_activation(message, "float16", by_reference=ref)
+            except WireFormatError:
+                data = encode_activation(message, "float32", by_reference=ref)
+        self._block_sent = True
+        return data

@@ -2,7 +2,11 @@
 
 The same code runs in :mod:`dropstream.inference.training` (on whole recordings) and on the device
 (chunk by chunk as samples arrive), so what the model was trained on is exactly what it is served.
-Only numpy and scipy are used; torch is never imported here.
+Only numpy and scipy are used; torch is never imported here. The device does not import
+:mod:`scipy.signal` (about 75 MiB of resident memory it would never use): it runs scipy's compiled
+second-order-section kernel (what :func:`scipy.signal.sosfilt` calls) loaded on its own, and a
+bundle carries its designed sections (``filter_sos``), so only designing a filter (training, or
+a bundle written before the sections were stored) imports :mod:`scipy.signal`.
 
 The preprocessing of a model is a plain dict stored in the bundle's manifest
 (:attr:`dropstream.local_encoder.bundle.DeviceBundle.preprocessing`)::
@@ -30,8 +34,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from scipy import signal
 
+from dropstream.acquisition.sosfilt import sos_kernel
 from dropstream.errors import DropstreamError
 
 #: Keys a preprocessing dict may hold, with their defaults (no filtering, no demeaning).
@@ -101,6 +105,10 @@ def design_filter(sfreq: float, preprocessing: Mapping[str, Any] | None) -> np.n
         raise PreprocessingError(f"l_freq={l_freq} Hz must be below h_freq={h_freq} Hz")
     if order < 1:
         raise PreprocessingError(f"filter order must be >= 1, got {order}")
+    if l_freq is None and h_freq is None and notch is None:
+        return None
+    from scipy import signal  # design only (training, bundle export): never on the device path
+
     sections = []
     if l_freq is not None and h_freq is not None:
         sections.append(
@@ -118,12 +126,29 @@ def design_filter(sfreq: float, preprocessing: Mapping[str, Any] | None) -> np.n
     return np.concatenate(sections, axis=0)
 
 
+def sosfilt_zi(sos: np.ndarray) -> np.ndarray:
+    """Steady-state initial conditions ``(n_sections, 2)`` of a unit step, as
+    :func:`scipy.signal.sosfilt_zi` (the same computation: per section ``(I - A^T) z = b[1:] -
+    a[1:] b[0]`` solved with :func:`numpy.linalg.solve`, scaled by the DC gain of the sections
+    before it), in numpy alone."""
+    sos = np.asarray(sos, np.float64)
+    zi = np.empty((sos.shape[0], 2))
+    scale = 1.0
+    for s, (b, a) in enumerate(zip(sos[:, :3], sos[:, 3:], strict=True)):
+        b, a = b / a[0], a / a[0]
+        companion_t = np.array([[-a[1], 1.0], [-a[2], 0.0]])  # transpose of the companion
+        zi[s] = scale * np.linalg.solve(np.eye(2) - companion_t, b[1:] - a[1:] * b[0])
+        scale *= b.sum() / a.sum()
+    return zi
+
+
 class SosFilterState:
     """Second-order sections applied chunk after chunk, with the filter state carried over.
 
     The state starts as the steady state of a signal that has been constant at its first
     sample, so a DC offset does not ring. Shared by :class:`CausalFilter` and
-    :class:`dropstream.local_encoder.resampling.CausalDecimator`.
+    :class:`dropstream.local_encoder.resampling.CausalDecimator`. Runs
+    :func:`dropstream.acquisition.sosfilt.sos_kernel`: the numbers of :func:`scipy.signal.sosfilt`.
 
     Parameters
     ----------
@@ -135,23 +160,34 @@ class SosFilterState:
     """
 
     def __init__(self, sos: np.ndarray | None, dtype: type = np.float64) -> None:
-        self.sos = None if sos is None else np.asarray(sos, dtype)
-        self._zi_unit = None if sos is None else signal.sosfilt_zi(sos).astype(dtype)
-        self._state: np.ndarray | None = None
+        if sos is not None and len(sos) == 0:
+            sos = None
+        self.sos = None if sos is None else np.ascontiguousarray(sos, dtype)
+        self._zi_unit = None if sos is None else sosfilt_zi(sos).astype(dtype)
+        self._kernel = None if sos is None else sos_kernel()
+        self._state: np.ndarray | None = None  # (signals, sections, 2), the kernel's layout
 
     def reset(self) -> None:
         """Forget the state: the next chunk starts a new signal."""
         self._state = None
 
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        """Filter the next chunk ``(..., n)`` (of the filter's dtype) along its last axis."""
+    def apply(self, x: np.ndarray, overwrite: bool = False) -> np.ndarray:
+        """Filter the next chunk ``(..., n)`` (of the filter's dtype) along its last axis.
+
+        ``overwrite``: ``x`` is a temporary the caller gives up; filtered in place when it is
+        C-contiguous and of the filter's dtype (no copy).
+        """
         if self.sos is None or x.shape[-1] == 0:
             return x.copy()
+        n = x.shape[-1]
+        if overwrite and x.dtype == self.sos.dtype and x.flags.c_contiguous:
+            y = x.reshape(-1, n)
+        else:
+            y = np.array(x.reshape(-1, n), dtype=self.sos.dtype, order="C")
         if self._state is None:
-            zi = self._zi_unit.reshape(len(self.sos), *(1,) * (x.ndim - 1), 2)
-            self._state = zi * x[None, ..., 0:1]
-        y, self._state = signal.sosfilt(self.sos, x, axis=-1, zi=self._state)
-        return y
+            self._state = self._zi_unit[None, :, :] * y[:, :1, None]
+        self._kernel(self.sos, y, self._state)
+        return y.reshape(x.shape)
 
 
 class CausalFilter:
@@ -169,6 +205,10 @@ class CausalFilter:
         Precision of the filter and of its output: float32 (the default: device and training
         alike, so training sees exactly what the device computes) or float64 (about 1e-4 of a
         channel's spread apart at most on real EEG, see ``tests/test_encoder_windowing.py``).
+    sos : numpy.ndarray of shape (n_sections, 6), optional
+        The sections :func:`design_filter` gives for ``preprocessing`` (a bundle stores them:
+        :attr:`dropstream.local_encoder.bundle.DeviceBundle.filter_sos`), so that the device
+        need not design (import :mod:`scipy.signal`); zero sections: no filter.
 
     Examples
     --------
@@ -182,11 +222,15 @@ class CausalFilter:
         n_channels: int,
         preprocessing: Mapping[str, Any] | None = None,
         dtype: type = np.float32,
+        sos: np.ndarray | None = None,
     ) -> None:
         self.sfreq = float(sfreq)
         self.n_channels = int(n_channels)
         self.dtype = np.dtype(dtype)
-        self.sos = design_filter(self.sfreq, preprocessing)
+        if sos is None:
+            self.sos = design_filter(self.sfreq, preprocessing)
+        else:  # designed already (a bundle's filter_sos); no sections: no filter
+            self.sos = np.asarray(sos, np.float64).reshape(-1, 6) if len(sos) else None
         self._sections = SosFilterState(self.sos, self.dtype.type)
         # below float64, the first sample of each channel is taken off (in float64) before the
         # cast, so a large electrode offset does not eat float32's precision; the filter's DC
@@ -224,7 +268,7 @@ class CausalFilter:
             # the filter's response to the offset taken off: constant from here on
             gain = self._dc_gain
             self._dc_offset = (gain * self._offset).astype(self.dtype) if abs(gain) > 1e-9 else None
-        y = self._sections.apply((x - self._offset).astype(self.dtype))
+        y = self._sections.apply((x - self._offset).astype(self.dtype), overwrite=True)
         if self._dc_offset is not None:
             y += self._dc_offset
         return y

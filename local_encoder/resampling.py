@@ -22,7 +22,6 @@ numpy and scipy are used; torch is never imported here.
 from __future__ import annotations
 
 import numpy as np
-from scipy import signal
 
 from dropstream.errors import DropstreamError
 from dropstream.local_encoder.preprocessing import SosFilterState
@@ -100,6 +99,8 @@ def design_antialias(stream_sfreq: float, factor: int) -> np.ndarray:
     if int(factor) < 2:
         raise ResamplingError(f"decimation factor must be >= 2 for a filter; got {factor}")
     edge_hz = ANTIALIAS_EDGE * float(stream_sfreq) / (2.0 * int(factor))
+    from scipy import signal  # design only, when a stream must be decimated
+
     return signal.cheby1(
         ANTIALIAS_ORDER, ANTIALIAS_RIPPLE_DB, edge_hz, fs=float(stream_sfreq), output="sos"
     )

@@ -101,7 +101,9 @@ class WindowBuffer:
         self.n_channels = bundle.n_channels
         self._decimator = CausalDecimator(float(sfreq), self.factor, self.n_channels)
         # the device filters and buffers in float32 (half the memory traffic of float64)
-        self._filter = CausalFilter(bundle.sfreq, self.n_channels, bundle.preprocessing)
+        self._filter = CausalFilter(
+            bundle.sfreq, self.n_channels, bundle.preprocessing, sos=bundle.filter_sos
+        )
         self._capacity = max(4 * self.window, self.window + 4096)
         self._buf = np.zeros((self.n_channels, self._capacity), dtype=np.float32)
         self._stamps = np.zeros(self._capacity, dtype=np.float64)
@@ -190,6 +192,12 @@ class WindowBuffer:
             x, t = np.concatenate([rx, x]), np.concatenate([rt, t])
             breaks = [(held + max(int(i), 0), lost) for i, lost in breaks]
         return self._process(x, t, breaks)
+
+    def seconds_to_next_window(self) -> float:
+        """Seconds of signal (at the nominal rate) still missing before the next window can be
+        cut; 0 when it could be cut now."""
+        have = self._decimator.n_out(self._raw_n) if self.factor > 1 else self._raw_n
+        return max(self._needed() - have, 0) / float(self.bundle.sfreq)
 
     def _needed(self) -> int:
         """Samples (at the bundle's rate) still needed to complete the next window."""

@@ -158,3 +158,19 @@ def test_a_gap_after_held_chunks_breaks_at_the_right_sample(eeg):
     for w, r in zip(got, ref, strict=True):
         np.testing.assert_allclose(w.data, r, rtol=1e-5, atol=1e-5)
     assert got[0].lsl_time == pytest.approx(stamps[137])
+
+
+def test_seconds_to_next_window_says_when_the_agent_polls_next(eeg):
+    """The agent sleeps until the next window can be complete: the missing samples at the
+    bundle's rate, counting samples held before filtering; 0 once a window can be cut."""
+    data, sfreq, names = eeg
+    bundle = make_bundle(data, sfreq, names, window=160, hop=80)
+    buf = WindowBuffer(bundle, names, sfreq)
+    stamps = np.arange(data.shape[0]) / sfreq
+    assert buf.seconds_to_next_window() == pytest.approx(160 / sfreq)
+    assert buf.push(data[:100], stamps[:100]) == []
+    assert buf.seconds_to_next_window() == pytest.approx(60 / sfreq)
+    assert len(buf.push(data[100:160], stamps[100:160])) == 1
+    assert buf.seconds_to_next_window() == pytest.approx(80 / sfreq)  # the hop
+    buf.note_lost(5)  # a break discards the unfinished window
+    assert buf.seconds_to_next_window() == pytest.approx(160 / sfreq)

@@ -17,7 +17,7 @@ from dropstream.inference.model import ModelConfigError, TorchFirstLayer, valida
 from dropstream.inference.training import TrainConfig, TrainedModel, train_classifier
 from dropstream.local_encoder.bundle import BundleError, load_device_bundle
 from dropstream.local_encoder.first_layer import PrivacyGuardError, draw_kept_units
-from dropstream.local_encoder.preprocessing import filter_windows, prepare_window
+from dropstream.local_encoder.preprocessing import design_filter, filter_windows, prepare_window
 
 FAST = {"epochs": 3, "progress": False, "hidden": (64, 32), "n_masks": 2}
 
@@ -236,11 +236,12 @@ from dropstream.local_encoder.first_layer import draw_kept_units
 from dropstream.local_encoder.preprocessing import CausalFilter, prepare_window
 dev = load_device_bundle(sys.argv[1])
 window = np.load(sys.argv[2])
-f = CausalFilter(dev.sfreq, dev.n_channels, dev.preprocessing)
+f = CausalFilter(dev.sfreq, dev.n_channels, dev.preprocessing, sos=dev.filter_sos)
 x = prepare_window(f.process(window), dev.preprocessing, dev.norm_mean, dev.norm_std)
 a = dev.layer.forward(x)
 idx = draw_kept_units(np.random.default_rng(0), dev.layer.width, dev.keep)
 print(json.dumps({"torch_loaded": "torch" in sys.modules,
+                  "scipy_signal_loaded": "scipy.signal" in sys.modules,
                   "indices": idx.tolist(), "values": a[idx.astype(int)].tolist(),
                   "activations": a.tolist()}))
 """
@@ -262,6 +263,10 @@ def test_bundle_encodes_without_torch(
     )
     res = json.loads(out.stdout)
     assert res["torch_loaded"] is False
+    # the bundle carries its designed filter: the device never imports scipy.signal (~75 MiB)
+    assert res["scipy_signal_loaded"] is False
+    stored = load_device_bundle(path).filter_sos
+    np.testing.assert_array_equal(stored, design_filter(trained.sfreq, trained.preprocessing))
     assert len(res["indices"]) == trained.keep == len(set(res["indices"]))
     with torch.no_grad():
         expected = trained.first(torch.as_tensor(trained.prepare(te.X[5:6])))[0].numpy()

@@ -17,6 +17,7 @@ from dropstream.local_encoder.preprocessing import (
     fit_normalisation,
     normalise,
     prepare_window,
+    sosfilt_zi,
 )
 
 PRE = {"l_freq": 1.0, "h_freq": 40.0, "notch": 60.0, "order": 4}
@@ -112,3 +113,29 @@ def test_bad_shapes_are_clear_errors() -> None:
         normalise(np.zeros((3, 10)), np.zeros(2), np.ones(2))
     with pytest.raises(PreprocessingError):
         normalise(np.zeros((3, 10)), np.zeros(3), np.array([1.0, 0.0, 1.0]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_light_filter_kernel_is_scipy_sosfilt_bit_for_bit(dtype: type) -> None:
+    """The device loads scipy's compiled sosfilt loop without scipy.signal; it and the public
+    fallback give scipy.signal.sosfilt's numbers and final state exactly, and sosfilt_zi in
+    numpy gives scipy's steady state."""
+    from scipy import signal
+
+    from dropstream.acquisition.sosfilt import sos_kernel, sosfilt_public
+
+    sos = design_filter(160.0, PRE).astype(dtype)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 500)).astype(dtype)
+    zi0 = rng.standard_normal((3, len(sos), 2)).astype(dtype)
+    want, zf = signal.sosfilt(sos, x, axis=-1, zi=np.moveaxis(zi0, 1, 0))
+    assert sos_kernel() is not sosfilt_public  # this scipy's kernel loads on its own
+    for kernel in (sos_kernel(), sosfilt_public):
+        y, zi = x.copy(), zi0.copy()
+        kernel(sos, y, zi)
+        np.testing.assert_array_equal(y, want)
+        np.testing.assert_array_equal(zi, np.moveaxis(zf, 0, 1))
+    designed = design_filter(160.0, PRE)  # float64, as every filter computes its steady state
+    np.testing.assert_array_equal(sosfilt_zi(designed), signal.sosfilt_zi(designed))
+    f = CausalFilter(160.0, 3, PRE, sos=design_filter(160.0, PRE))
+    np.testing.assert_array_equal(f.process(x), CausalFilter(160.0, 3, PRE).process(x))

@@ -13,7 +13,10 @@ from hypothesis import strategies as st
 
 from dropstream.broker.wire import (
     TAG_BYTES_V3,
+    UNRESOLVED_REF,
+    V3_BLOCK_REF,
     ActivationMessage,
+    StreamBlocks,
     WireFormatError,
     decode_activation,
     encode_activation,
@@ -216,6 +219,9 @@ def _v3_variants() -> list[bytes]:
         encode_activation(message(5, sfreq=250.1, sequence=2**40 + 3, device="dev-2")),
         encode_activation(message(6, sequence=2**64 - 1, window_samples=1, hop_samples=1)),
         encode_activation(wide, "float32"),
+        encode_activation(message(7), by_reference=True),  # the block of message(1)'s stream
+        encode_activation(seeded, "uint8", by_reference=True),
+        encode_activation(message(8, device="dev-9"), by_reference=True),  # never in full
     ]
 
 
@@ -224,10 +230,15 @@ V3_VARIANTS = _v3_variants()
 
 def _assert_same_windows(out, raw: list[bytes]) -> None:
     """Every row is either refused by both decoders or decoded by both to the same window."""
+    blocks = StreamBlocks()  # a reference resolves from the full blocks anywhere in the batch
+    for data in raw:
+        if len(data) > 5 and not data[5] & V3_BLOCK_REF:
+            with contextlib.suppress(WireFormatError):
+                decode_activation(data, blocks)
     refs = {}
     for row, data in enumerate(raw):
         with contextlib.suppress(WireFormatError):
-            refs[row] = decode_activation(data)
+            refs[row] = decode_activation(data, blocks)
     assert sorted(r for r, _ in out.rejected) == sorted(set(range(len(raw))) - set(refs))
     assert out.n_windows == len(refs)
     for g in out.groups:
@@ -254,9 +265,10 @@ def _assert_same_windows(out, raw: list[bytes]) -> None:
 
 
 def test_v3_batch_decodes_every_variant_like_the_reference():
-    raw = V3_VARIANTS * 3
+    raw = V3_VARIANTS[::-1] * 3  # references before their full blocks too
     out = decode_batch(raw)
-    assert not out.rejected
+    assert [row for row, _ in out.rejected] == [0, len(V3_VARIANTS), 2 * len(V3_VARIANTS)]
+    assert all(why.startswith(UNRESOLVED_REF) for _, why in out.rejected)  # "dev-9"
     _assert_same_windows(out, raw)
 
 

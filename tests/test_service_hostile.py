@@ -114,6 +114,7 @@ def test_a_fuzz_corpus_never_stops_the_service_even_replayed(kafka_config, recor
     now = time.time()
     first, last = decode_activation(good[0]), decode_activation(good[-1])
     assert good[5][4] == 3 and good[5][5] & 0x08 == 0  # version 3, float32 sample rate
+    assert good[7][5] & 0x40 and not good[0][5] & 0x40  # stream block by reference / in full
 
     def patched(raw, offset, fmt, value):
         out = bytearray(raw)
@@ -130,7 +131,7 @@ def test_a_fuzz_corpus_never_stops_the_service_even_replayed(kafka_config, recor
         (b"sim-0", garbage, "malformed"),  # could not be dead-lettered: serve exited
         (b"sim-0", None, "malformed"),
         (b"sim-0", good[3][:-7], "malformed"),
-        (b"sim-9", good[7], "key-mismatch"),
+        (b"sim-9", good[7], "key-mismatch"),  # by reference (flag 0x40) to sim-0's block
         # a stream with no high-water mark here: the freshness bound applies
         (b"sim-0", variant(first, stream_id="old", wall_time=now - 10_000), "stale"),
         (b"sim-0", variant(first, sequence=10_001, wall_time=now + 3_600), "from-the-future"),
@@ -494,6 +495,7 @@ def test_windows_spooled_through_a_long_outage_are_served_and_old_replays_are_no
     again, thread = start(kafka_config, **state)  # the default bound: 900 s
     assert again.settings.freshness_s == 900.0
     wait_for(lambda: again.metrics.windows + again.metrics.dead_letters >= 45)
+    decode_activation(sim0[0])  # its stream block: sim0[30:60] carry only its reference
     expected = reference_alerts(DEMO_BUNDLE, sim0[30:60], DEMO_ALERTS)
     assert [s for _, s in expected] == ["open", "closed"]  # the 9-12 s artefact
     alerts = read_topic(kafka_config, kafka_config.alerts_topic, lambda r: len(r) >= 2)
