@@ -123,6 +123,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu or cuda")
     parser.add_argument("--torch-threads", type=int, default=1, help="0: torch's default")
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument(
+        "--commit-interval-ms", type=float, help="serve's (default: ServiceSettings')"
+    )
     parser.add_argument("--width", type=int, help="random bundle of this width (default: demo)")
     parser.add_argument("--keep", type=int, help="kept units of the random bundle")
     parser.add_argument("--bootstrap", help="use this broker instead of an embedded one")
@@ -193,6 +196,11 @@ def main() -> None:
             device=args.device,
             log_interval_s=3600,
             torch_threads=args.torch_threads or None,
+            **(
+                {}
+                if args.commit_interval_ms is None
+                else {"commit_interval_ms": args.commit_interval_ms}
+            ),
         )
         service = InferenceService(config, bundle_path, settings)
         thread = threading.Thread(target=_profiled(service.run, args.profile), daemon=True)
@@ -220,6 +228,7 @@ def main() -> None:
             "torch_device": str(service.torch_device),
             "torch_threads": torch.get_num_threads(),
             "max_batch": args.max_batch,
+            "commit_interval_ms": settings.commit_interval_ms,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "publish_msgs_per_s": round(n / publish_s),
             "kafka_python_read_msgs_per_s": round(raw_rate),

@@ -587,17 +587,17 @@ class BatchDecoder:
             raws, add = list(distinct), self.stream_blocks.add
             for c in dict.fromkeys(code[full[passing]].tolist()):
                 add(raws[c], blocks[c][2])  # type: ignore[index]
-        unresolved: list[int] = []
         refs = np.flatnonzero(ok & by_ref)
-        if len(refs):
-            get = self.stream_blocks.get
-            for i, s in zip(refs.tolist(), start[refs].tolist(), strict=True):
-                raw = get(joined[s : s + REF_BYTES])
-                if raw is None:
-                    unresolved.append(i)
-                else:
-                    code[i] = distinct.setdefault(raw, len(distinct))
-            blocks += [self._ids.block(raw) for raw in list(distinct)[len(blocks) :]]
+        if not len(refs):
+            return code, blocks, []
+        named = [joined[s : s + REF_BYTES] for s in start[refs].tolist()]
+        of_ref = {}  # each distinct reference resolved once: its block's code, -1 if unknown
+        for ref in dict.fromkeys(named):
+            raw = self.stream_blocks.get(ref)
+            of_ref[ref] = -1 if raw is None else distinct.setdefault(raw, len(distinct))
+        code[refs] = [of_ref[ref] for ref in named]
+        blocks += [self._ids.block(raw) for raw in list(distinct)[len(blocks) :]]
+        unresolved = refs[code[refs] < 0].tolist()
         return code, blocks, unresolved
 
 
