@@ -29,9 +29,11 @@ runs them. Every method's scores go through the same event detector
 calibration, as ``serve`` and ``evaluate`` do; the baselines are calibrated on the last 20 % of
 the training windows (their AUC does not depend on it). Methods:
 
-* ``dropstream``: the default novelty model (``energy``: whitened random projections on the
-  device, log-energy of the K kept activations on the server, calibrated on 5 blocks of the
-  baseline), m = 256, the default K = 64 (one fresh mask per window);
+* ``dropstream``: the default novelty model (``energy``: multi-scale whitened random
+  projections on the device - the whole window and each quarter - and the kept activations'
+  log-energy per part on the server, which also locates the anomaly in the window where alerts
+  start and end; calibrated on 5 blocks of the baseline), m = 256, the default K = 64 (one
+  fresh mask per window);
 * ``dropstream-nodrop``: the same without dropping, m = K = 64 (the same 64 values per window
   travel, but always all of them; K = m = 256 is refused by the privacy guard, which would let
   the server solve for the signal from overlapping windows): the cost of dropping;
@@ -235,14 +237,21 @@ def _calibration(scores_val: np.ndarray) -> dict[str, Any]:
     return {"levels": list(CALIBRATION_LEVELS), "quantiles": q, "threshold": q[5]}
 
 
-def _alerts(scores: np.ndarray, starts: np.ndarray, cal: dict) -> list[tuple[float, float, float]]:
+def _alerts(
+    scores: np.ndarray, starts: np.ndarray, cal: dict, located: np.ndarray | None = None
+) -> list[tuple[float, float, float]]:
+    """Alert spans (onset, offset, decided) of the service's detector on ``scores``; with
+    ``located`` (``(N, 2)`` fractions of each window, as the energy head locates anomalies)
+    events start and end where the head located them, as in ``serve``."""
     from dropstream.inference.alerting import AlertPolicy, EventDetector
 
     det = EventDetector("bench", "s", AlertPolicy.from_calibration(cal))
     spans, opened = [], {}
     events = []
+    length = WINDOW_S - 1 / SFREQ
     for seq, (sc, s) in enumerate(zip(scores, starts, strict=True)):
-        events += det.update(seq, float(sc), s, s + WINDOW_S - 1 / SFREQ, HOP_S)
+        where = None if located is None else tuple(s + located[seq] * length)
+        events += det.update(seq, float(sc), s, s + length, HOP_S, 0, where)
     events += det.expire()
     for e in events:
         if e.status == "open":
@@ -272,9 +281,10 @@ def run_task(task: Task, epochs: int, seed: int) -> dict[str, dict[str, Any]]:
     duration = len(task.test) / SFREQ
     results: dict[str, dict[str, Any]] = {}
 
-    def record(name: str, val: np.ndarray | dict, test: np.ndarray, seconds: float) -> None:
+    def record(name: str, val: np.ndarray | dict, test: np.ndarray, seconds: float,
+               located: np.ndarray | None = None) -> None:  # fmt: skip
         cal = val if isinstance(val, dict) else _calibration(val)
-        alerts = _alerts(test, starts, cal)
+        alerts = _alerts(test, starts, cal, located)
         m = event_metrics(starts, WINDOW_S, test, alerts, task.events, duration)
         m["fit_seconds"] = round(seconds, 1)
         results[name] = m
@@ -287,9 +297,9 @@ def run_task(task: Task, epochs: int, seed: int) -> dict[str, dict[str, Any]]:
                           preprocessing=task.preprocessing, novelty_model=novelty)  # fmt: skip
         model = train_novelty(Xtr, cfg, sfreq=SFREQ, hop_samples=int(HOP_S * SFREQ),
                               prefiltered=True)  # fmt: skip
-        test = np.asarray(model.score(Xte, prefiltered=True, seed=seed + 2))
+        test, located = model.score_located(Xte, prefiltered=True, seed=seed + 2)
         # the bundle's own calibration, as serve and evaluate use it
-        record(name, model.head_config["calibration"], test, time.perf_counter() - t0)
+        record(name, model.head_config["calibration"], test, time.perf_counter() - t0, located)
     ftr, fte = _features(Xtr), _features(Xte)
     mu, sd = ftr[fit_idx].mean(0), ftr[fit_idx].std(0) + 1e-12
     for name, col in (("line-length-z", 0), ("amplitude-z", 1)):

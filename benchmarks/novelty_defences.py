@@ -24,8 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -54,8 +52,8 @@ def detection(overrides: dict[str, Any], seed: int) -> dict[str, dict[str, Any]]
         cfg = TrainConfig(progress=False, preprocessing=task.preprocessing, seed=seed, **overrides)
         hop = int(bench.HOP_S * bench.SFREQ)
         model = train_novelty(Xtr, cfg, sfreq=bench.SFREQ, hop_samples=hop, prefiltered=True)
-        scores = np.asarray(model.score(Xte, prefiltered=True, seed=seed + 2))
-        alerts = bench._alerts(scores, starts, model.head_config["calibration"])
+        scores, located = model.score_located(Xte, prefiltered=True, seed=seed + 2)
+        alerts = bench._alerts(scores, starts, model.head_config["calibration"], located)
         duration = len(task.test) / bench.SFREQ
         out[task.name] = event_metrics(
             starts, bench.WINDOW_S, scores, alerts, task.events, duration

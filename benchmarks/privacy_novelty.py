@@ -67,10 +67,10 @@ def run_one(job: tuple[str, str, dict[str, Any], int, int, float, int]) -> dict[
     model = train_novelty(Xtr, cfg, sfreq=ab.SFREQ, hop_samples=int(ab.HOP_S * ab.SFREQ),
                           prefiltered=True)  # fmt: skip
     train_s = time.perf_counter() - t0
-    test = np.asarray(model.score(Xte, prefiltered=True, seed=seed + 2))
+    test, located = model.score_located(Xte, prefiltered=True, seed=seed + 2)
     duration = len(task.test) / ab.SFREQ
     # the bundle's own calibration, as serve, evaluate and the anomaly benchmark use it
-    alerts = ab._alerts(test, starts, model.head_config["calibration"])
+    alerts = ab._alerts(test, starts, model.head_config["calibration"], located)
     m = event_metrics(starts, ab.WINDOW_S, test, alerts, task.events, duration)
     # attacked: the test signal's normal windows (none overlapping a spliced event)
     end = starts + ab.WINDOW_S

@@ -5,8 +5,8 @@ An alert is an *event* with an onset and an offset. It is published twice under 
 ``status="closed"`` when it ends. ``alert_id`` is derived from the device, stream and onset
 sequence number, so a copy produced again after a crash is recognisable as the same alert.
 
-Fields (times in seconds; the last four are optional: producers before them omit them, and
-readers fill ``None``):
+Fields (times in seconds; the last five are optional: producers before them omit them, and
+readers fill ``None``; readers older than a field refuse messages that carry it):
 
 =====================  ===========  ========================================================
 field                  type         meaning
@@ -20,7 +20,9 @@ kind                   str          ``"anomaly"`` (novelty score), ``"class"`` (
                                     ``"drift"`` (the stream no longer resembles the training data)
 label                  str          class name, or ``"anomaly"``
 onset_time             float        device LSL-clock start of the first window over threshold
+                                    (of its located part, for heads that locate anomalies)
 offset_time            float|null   device LSL-clock end of the last window over threshold
+                                    (of its located part, likewise)
 onset_sequence         int          sequence number of the first window over threshold
 offset_sequence        int|null     sequence number of the last window over threshold
 score                  float        peak score during the event
@@ -36,6 +38,11 @@ offset_utc             float|null   ``offset_time`` on the device's wall clock, 
 recording_onset        float|null   ``onset_time`` in seconds into the recording, when the
                                     stream is a ``dropstream replay`` (null for live sensors)
 recording_offset       float|null   ``offset_time`` in seconds into the recording, likewise
+onset_window_time      float|null   device LSL-clock start of the first window over threshold
+                                    (``onset_time`` is where in it the head located the anomaly;
+                                    null: equal to ``onset_time``). With ``onset_sequence`` and
+                                    the hop it gives where the device's first window began
+                                    (``dropstream evaluate --start``)
 =====================  ===========  ========================================================
 """
 
@@ -84,6 +91,7 @@ class AlertMessage:
     offset_utc: float | None = None
     recording_onset: float | None = None
     recording_offset: float | None = None
+    onset_window_time: float | None = None
 
     def to_json(self) -> bytes:
         """Serialise with the schema name and version, as UTF-8 JSON."""
@@ -101,7 +109,13 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _STR = ("alert_id", "status", "device_id", "stream_id", "kind", "label", "model_id")
 _FLOAT = ("onset_time", "score", "threshold", "produced_at", "detection_latency_s")
 #: Fields added after version 1 was first published: optional, ``None`` when absent.
-_OPTIONAL_FLOAT = ("onset_utc", "offset_utc", "recording_onset", "recording_offset")
+_OPTIONAL_FLOAT = (
+    "onset_utc",
+    "offset_utc",
+    "recording_onset",
+    "recording_offset",
+    "onset_window_time",
+)
 
 
 def _number(body: dict[str, Any], name: str, optional: bool = False) -> float | None:

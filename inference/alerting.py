@@ -159,6 +159,7 @@ class AlertEvent:
     score: float
     threshold: float
     deciding_window_end: float  # LSL-clock time of the last sample of the deciding window
+    onset_window: float | None = None  # LSL-clock start of the onset window (None: onset_time)
 
 
 @dataclass
@@ -180,6 +181,7 @@ class EventDetector:
     last_sequence: int | None = field(default=None, init=False)
     onset_sequence: int = field(default=0, init=False)
     onset_time: float = field(default=0.0, init=False)
+    onset_window: float = field(default=0.0, init=False)  # the onset window's start
     run_windows: int = field(default=0, init=False)
     active_sequence: int = field(default=0, init=False)
     active_time: float = field(default=0.0, init=False)
@@ -234,6 +236,7 @@ class EventDetector:
                 self.peak,
                 self.high,
                 end_time,
+                self.onset_window,
             )
         )
         self.state = "idle"
@@ -247,6 +250,7 @@ class EventDetector:
         window_end: float,
         hop_s: float,
         unencoded_windows: int = 0,
+        located: tuple[float, float] | None = None,
     ) -> list[AlertEvent]:
         """Feed one window (in sequence order); returns the alert updates it causes.
 
@@ -264,7 +268,13 @@ class EventDetector:
             Windows missing just before this one that its sequence number does not show: the
             device did not encode that signal (``unencoded_s`` of the message, in hops). They
             count exactly like lost windows of a sequence gap.
+        located : (float, float), optional
+            Where in the window the head located the anomaly (LSL times within
+            ``window_start``..``window_end``; :meth:`dropstream.inference.energy.EnergyScorer.
+            locate`): an event's onset and offset times use it instead of the window's ends
+            (the latency still counts from ``window_end``). ``None``: the whole window.
         """
+        first, last = (window_start, window_end) if located is None else located
         min_w, gap_w, _ = self._timing(hop_s)
         out: list[AlertEvent] = []
         p = self.policy
@@ -284,7 +294,7 @@ class EventDetector:
             if at - self._active_at - 1 > gap_w:
                 self._close(out, window_end)  # lost or quiet windows used up the merge gap
             elif (at == self._active_at + 1 and score >= self.low) or (score >= self.high):
-                self.active_sequence, self.active_time = sequence, window_end
+                self.active_sequence, self.active_time = sequence, last
                 self._active_at = at
                 self.peak = max(self.peak, score)
                 return out
@@ -295,7 +305,7 @@ class EventDetector:
         if self.state == "candidate":
             if not lost and score >= self.low:
                 self.run_windows += 1
-                self.active_sequence, self.active_time = sequence, window_end
+                self.active_sequence, self.active_time = sequence, last
                 self._active_at = at
                 self.peak = max(self.peak, score)
                 if self.run_windows >= min_w:
@@ -304,9 +314,10 @@ class EventDetector:
             self.state = "idle"
         if self.state == "idle" and at >= self.refractory_until and score >= self.high:
             self.state = "candidate"
-            self.onset_sequence, self.onset_time = sequence, window_start
+            self.onset_sequence, self.onset_time = sequence, first
+            self.onset_window = window_start
             self.run_windows = 1
-            self.active_sequence, self.active_time = sequence, window_end
+            self.active_sequence, self.active_time = sequence, last
             self._active_at = at
             self.peak = score
             if min_w <= 1:
@@ -340,5 +351,6 @@ class EventDetector:
                 self.peak,
                 self.high,
                 window_end,
+                self.onset_window,
             )
         )

@@ -12,7 +12,9 @@ gain, a detached electrode, microvolts read as millivolts): its activations fall
 where ``((0 - mu_i) / sd_i)^2`` stays of order one. So the statistic has a second, **scale**
 term: with ``p_i`` the mean squared activation of unit ``i`` on normal windows and
 ``s = log(sum_kept v_i^2 / sum_kept p_i)`` (about 0 for windows like the training data; a
-stream ``c`` times smaller in amplitude gives ``s = -2 log c`` for a bias-free layer), it adds
+stream ``c`` times smaller in amplitude gives ``s = -2 log c`` for a bias-free layer; a layer
+whose units carry a fixed offset, like the multi-scale energy layer, has it subtracted first:
+``offset`` below), it adds
 ``level * (s / SCALE_LOG)^2``: a scale :data:`SCALE_FACTOR` times off, either way, reaches the
 drift level by itself. Bundles without ``power`` (made before) have no scale term.
 
@@ -35,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+#: ``kind`` (and ``label``) of the alert messages that report drift.
+DRIFT_KIND = "drift"
 #: Windows whose drift statistics decide (at a 0.25 s hop: 20 s).
 DEFAULT_WINDOWS = 80
 #: Factor between the largest rolling quartile on held-out normal windows and the drift level.
@@ -61,8 +65,11 @@ class DriftReference:
     windows : int
         Windows in the rolling quartile.
     power : numpy.ndarray or None, shape (m,)
-        Mean squared activation of each unit on normal windows (the scale term); ``None`` for
-        bundles made before it.
+        Mean squared activation (minus ``offset``) of each unit on normal windows (the scale
+        term); ``None`` for bundles made before it.
+    offset : numpy.ndarray or None, shape (m,)
+        Each unit's fixed offset (its bias where a zero signal gives the bias), subtracted
+        before the scale term; ``None``: no offset.
     """
 
     mean: np.ndarray
@@ -70,10 +77,15 @@ class DriftReference:
     level: float
     windows: int = DEFAULT_WINDOWS
     power: np.ndarray | None = None
+    offset: np.ndarray | None = None
 
     @classmethod
     def fit(
-        cls, fitted: np.ndarray, held_out: np.ndarray, windows: int = DEFAULT_WINDOWS
+        cls,
+        fitted: np.ndarray,
+        held_out: np.ndarray,
+        windows: int = DEFAULT_WINDOWS,
+        offset: np.ndarray | None = None,
     ) -> DriftReference:
         """Statistics from the activations ``(N, m)`` of the fitted normal windows; the level
         from the held-out ones (in time order): ``MARGIN`` x their largest rolling
@@ -81,7 +93,9 @@ class DriftReference:
         a = np.asarray(fitted, dtype=np.float64)
         mean = a.mean(axis=0)
         std = np.maximum(a.std(axis=0), 1e-3 * (float(a.std()) or 1.0))
-        power = np.maximum((a * a).mean(axis=0), 1e-12 * (float((a * a).mean()) or 1.0))
+        c = a if offset is None else a - np.asarray(offset, dtype=np.float64)
+        power = np.maximum((c * c).mean(axis=0), 1e-12 * (float((c * c).mean()) or 1.0))
+        offset = None if offset is None else np.asarray(offset, dtype=np.float64)
         ref = cls(mean, std, 1.0, int(windows))
         stats = ref.statistic_dense(np.asarray(held_out, dtype=np.float64))
         n = min(len(stats), ref.windows)
@@ -89,7 +103,7 @@ class DriftReference:
             np.quantile(stats[i : i + n], QUANTILE) for i in range(0, max(1, len(stats) - n + 1))
         ]
         level = MARGIN * max(1.0, float(max(quartiles)))
-        return cls(mean, std, level, int(windows), power)
+        return cls(mean, std, level, int(windows), power, offset)
 
     def statistic(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Drift statistic of windows given their kept units ``(N, K)`` and values ``(N, K)``."""
@@ -110,8 +124,11 @@ class DriftReference:
         data's scale, ``-2 log c`` for a stream ``c`` times smaller (NaN without ``power``)."""
         if self.power is None:
             return np.full(len(values), np.nan)
+        idx = np.asarray(indices, dtype=np.int64)
         v = np.asarray(values, dtype=np.float64)
-        expected = self.power[np.asarray(indices, dtype=np.int64)].sum(axis=1)
+        if self.offset is not None:
+            v = v - self.offset[idx]
+        expected = self.power[idx].sum(axis=1)
         return np.log(((v * v).sum(axis=1) + 1e-30 * expected) / expected)
 
     def _scale_term(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray | float:
@@ -129,6 +146,8 @@ class DriftReference:
         }
         if self.power is not None:
             out["power"] = self.power.astype(np.float32).tolist()
+        if self.offset is not None:
+            out["offset"] = self.offset.astype(np.float32).tolist()
         return out
 
     @classmethod
@@ -142,6 +161,7 @@ class DriftReference:
             float(config["level"]),
             int(config.get("windows", DEFAULT_WINDOWS)),
             None if config.get("power") is None else np.asarray(config["power"], np.float64),
+            None if config.get("offset") is None else np.asarray(config["offset"], np.float64),
         )
 
 

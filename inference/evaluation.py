@@ -33,7 +33,7 @@ from dropstream.acquisition.publish import Annotation, Track
 from dropstream.acquisition.recording import file_stem, load_tracks
 from dropstream.broker.alert_message import AlertMessage
 from dropstream.inference.batching import BatchDecoder
-from dropstream.inference.drift import DriftReference
+from dropstream.inference.drift import DRIFT_KIND, DriftReference
 from dropstream.inference.head import ServerModel
 from dropstream.inference.metrics import ServiceMetrics
 from dropstream.inference.outbox import Outbox
@@ -145,7 +145,9 @@ def evaluate_recording(
     start : float
         Seconds into the recording where the device's first window starts. A device that
         joins a running replay starts where it joined; its first window began at an alert's
-        ``recording_onset - onset_sequence * hop``, and with that ``start`` the alert ids match.
+        ``recording_onset + (onset_window_time - onset_time) - onset_sequence * hop`` (the
+        difference is 0 when ``onset_window_time`` is null), and with that ``start`` the alert
+        ids match.
     """
     settings = settings or ServiceSettings()
     path = Path(recording)
@@ -165,8 +167,8 @@ def evaluate_recording(
     tracker = StreamTracker(policy, settings.dedup_windows, metrics, classes, drift=drift)
     keys = list(zip(group.device_id, group.stream_id, strict=True))
     tracker.admit(keys, group.sequence.tolist(), lambda i: 0)
-    scores, top = scorer(group.dense())
-    batch = tracker.batch_of(group, scores, top)
+    scores, top, span = scorer(group.dense())
+    batch = tracker.batch_of(group, scores, top, span)
     updates: list[StreamUpdate] = []
     tracker.feed(batch, 0.0, updates)
     if keys:
@@ -242,15 +244,26 @@ def _union(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
 def _metrics(
     ev: Evaluation, opened_at: dict[str, float], duration: float
 ) -> dict[str, float | int | None]:
-    """:func:`event_metrics` of an evaluation's alerts against its events."""
+    """:func:`event_metrics` of an evaluation's alerts against its events.
+
+    Drift events (``kind == "drift"``) say the stream stopped resembling the training data, not
+    that an anomaly happened: they are counted apart (``drift_events``, ``drift_s``), never as
+    detections or false alerts.
+    """
     spans = [(a.onset, a.onset + max(a.duration, 1.0 / ev.sfreq)) for a in ev.events]
-    alert_spans = []
+    alert_spans, drift_spans = [], []
     for m in ev.alerts:
         onset = m.recording_onset if m.recording_onset is not None else m.onset_time
         offset = m.recording_offset if m.recording_offset is not None else m.offset_time
         end = offset if offset is not None else duration
-        alert_spans.append((onset, end, opened_at.get(m.alert_id, end)))
-    return event_metrics(ev.starts, ev.window_s, ev.scores, alert_spans, spans, duration)
+        if m.kind == DRIFT_KIND:
+            drift_spans.append((onset, end))
+        else:
+            alert_spans.append((onset, end, opened_at.get(m.alert_id, end)))
+    out = event_metrics(ev.starts, ev.window_s, ev.scores, alert_spans, spans, duration)
+    out["drift_events"] = len(drift_spans)
+    out["drift_s"] = float(sum(b - a for a, b in _union(drift_spans)))
+    return out
 
 
 def event_metrics(
@@ -367,8 +380,8 @@ def write_report(evaluations: Sequence[Evaluation], path: str | Path) -> Path:
                 m.recording_onset if m.recording_onset is not None else m.onset_time,
                 (m.recording_offset if m.recording_offset is not None else m.offset_time)
                 or duration,
-                "#e74c3c",
-                f"alert {m.alert_id} ({m.status}, peak score {m.score:.4g})",
+                "#e67e22" if m.kind == DRIFT_KIND else "#e74c3c",
+                f"{m.kind} {m.alert_id} ({m.status}, peak score {m.score:.4g})",
             )
             for m in ev.alerts
         ]
@@ -384,7 +397,8 @@ def write_report(evaluations: Sequence[Evaluation], path: str | Path) -> Path:
         )
         body += [
             f"<h2>{html.escape(Path(ev.recording).name)} - model {html.escape(ev.model_id)}</h2>",
-            "<p>signal (first model channel; grey: annotations counted as events, red: alerts)</p>",
+            "<p>signal (first model channel; grey: annotations counted as events, red: alerts, "
+            "orange: drift)</p>",
             _svg_trace(t, ev.signal, duration, spans),
             f"<p>score at the end of each window; dashed: threshold {ev.threshold:.4g}</p>",
             _svg_trace(centres, ev.scores, duration, spans, hline=ev.threshold),

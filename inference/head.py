@@ -65,7 +65,8 @@ def build_head(head_config: Mapping[str, Any]) -> nn.Module:
         raise BundleError(f"head_config is incomplete or invalid: {exc!r}") from exc
     kind = head_config.get("type", "classifier")
     if kind == "novelty" and head_config.get("scorer") == "energy":
-        return EnergyScorer(head.width, head.keep)
+        groups = head_config.get("energy_groups")
+        return EnergyScorer(head.width, head.keep, None if groups is None else int(groups))
     if kind == "novelty":
         return NoveltyScorer(head, torch.zeros(int(head_config["n_outputs"])))
     if kind != "classifier":
@@ -135,6 +136,15 @@ class ServerModel:
         with NaN at dropped units (:func:`scatter_dense`); the caller chooses the grad mode."""
         x = torch.from_numpy(dense).to(self.torch_device, non_blocking=True)
         return self.head(x)
+
+    def forward_located(self, dense: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`forward` and, for a head that locates anomalies in time (the multi-scale
+        energy head), where in each window: ``(N, 2)`` fractions, else ``None``."""
+        locate = getattr(self.head, "scores_and_spans", None)
+        if locate is None:
+            return self.forward(dense), None
+        x = torch.from_numpy(dense).to(self.torch_device, non_blocking=True)
+        return locate(x)
 
     @torch.inference_mode()
     def outputs(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -14,7 +14,8 @@ exposes it at ``http://host:P/metrics``. Names (all prefixed ``dropstream_serve_
 ``dead_letters_total{reason}``     counter    messages sent to the dead-letter topic
 ``alerts_total{status}``           counter    alert updates produced (open / closed)
 ``batch_size``                     histogram  windows per micro-batch
-``alert_latency_seconds``          histogram  window's last sample (LSL clock) -> alert produced
+``alert_latency_seconds``          histogram  window's last sample -> alert produced (wall
+                                              clocks, floored at 0: :func:`wall_latency`)
 ``window_latency_seconds``         histogram  window's last sample -> window scored (every window)
 ``consumer_lag``                   gauge      messages behind the end of the assigned partitions
 ``windows_per_second``             gauge      windows scored per second over the last interval
@@ -42,6 +43,20 @@ log = logging.getLogger("dropstream.inference.service")
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+
+def wall_latency(now: float | np.ndarray, sample_wall: float | np.ndarray) -> float | np.ndarray:
+    """Seconds from a sample's time on the device's wall clock to ``now`` on the server's,
+    floored at 0.
+
+    A sample cannot be scored before it was measured, so a negative difference is an artefact of
+    the clocks: a producer that stamps samples ahead of their arrival (mne-lsl's ``PlayerLSL``
+    stamps the last sample of each chunk with the time the *next* chunk is due, ``chunk_size /
+    sfreq`` ahead: -71 ms was seen with a replayed file) or two machines' clocks that NTP does
+    not keep together. The floor keeps such differences out of the histograms and the alerts;
+    the latency measured is then at most that offset too low.
+    """
+    return np.maximum(np.subtract(now, sample_wall), 0.0)
 
 
 def observe_many(histogram: Histogram, values: np.ndarray) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from dropstream.broker.alert_message import AlertMessage, make_alert_id
-from dropstream.inference.metrics import ServiceMetrics
+from dropstream.inference.metrics import ServiceMetrics, wall_latency
 from dropstream.inference.streams import StreamUpdate
 
 log = logging.getLogger("dropstream.inference.service")
@@ -58,7 +58,8 @@ class Outbox:
     clock : callable
         The wall clock, Unix seconds. Alert latency = now - the deciding window's last sample
         on the device's wall clock: two machines' clocks, as close as NTP keeps them (never
-        the difference of two machines' LSL clocks, which is meaningless).
+        the difference of two machines' LSL clocks, which is meaningless), floored at 0
+        (:func:`~dropstream.inference.metrics.wall_latency`: producers that stamp samples ahead).
     inline_bytes : int
         Dead letters whose key and value together exceed this are sent by reference.
     signer : object with ``headers(key, value)``, optional
@@ -166,7 +167,7 @@ class Outbox:
         ev = update.event
         wall, rec = update.wall_offset, update.recording_offset
         now = self.clock()
-        latency = now - (ev.deciding_window_end + wall)
+        latency = float(wall_latency(now, ev.deciding_window_end + wall))
         live = math.isnan(rec)
         msg = AlertMessage(
             alert_id=make_alert_id(ev.device_id, ev.stream_id, ev.onset_sequence),
@@ -191,6 +192,7 @@ class Outbox:
             recording_offset=None
             if live or ev.offset_time is None
             else max(0.0, ev.offset_time + rec),
+            onset_window_time=None if ev.onset_window in (None, ev.onset_time) else ev.onset_window,
         )
         self.metrics.alert(ev.status, latency)
         key, value = ev.device_id.encode(), msg.to_json()

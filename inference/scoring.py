@@ -39,15 +39,19 @@ class Scorer:
             self.normal = self.classes.index("normal")
 
     @torch.inference_mode()
-    def __call__(self, dense: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Scores (higher = more anomalous) and, for a classifier, the top abnormal class."""
-        out = self.model.forward(dense)
+    def __call__(
+        self, dense: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Scores (higher = more anomalous); for a classifier, the top abnormal class; for a
+        head that locates anomalies in time, where in each window (``(N, 2)`` fractions)."""
         if self.kind != "classifier":
-            return out.float().cpu().numpy(), None
+            out, span = self.model.forward_located(dense)
+            return out.float().cpu().numpy(), None, None if span is None else span.cpu().numpy()
+        out = self.model.forward(dense)
         proba = torch.softmax(out.float(), dim=1)
         score = 1.0 - proba[:, self.normal]
         proba[:, self.normal] = -1.0
-        return score.cpu().numpy(), proba.argmax(dim=1).cpu().numpy()
+        return score.cpu().numpy(), proba.argmax(dim=1).cpu().numpy(), None
 
 
 def policy_for(model: ServerModel, settings: ServiceSettings) -> AlertPolicy:

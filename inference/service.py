@@ -61,7 +61,7 @@ from dropstream.inference.batching import BatchDecoder, WindowGroup
 from dropstream.inference.drift import DriftReference
 from dropstream.inference.head import ServerModel
 from dropstream.inference.lookback import BlockLookback
-from dropstream.inference.metrics import ServiceMetrics
+from dropstream.inference.metrics import ServiceMetrics, wall_latency
 from dropstream.inference.offsets import OffsetTracker
 from dropstream.inference.outbox import REASON_HEADER, SOURCE_HEADER, Outbox
 from dropstream.inference.ratelimit import DeviceRateLimiter
@@ -712,10 +712,10 @@ class InferenceService:
     def _score(self, group: WindowGroup, records: list[Any]) -> ScoredBatch:
         """Score ``group`` in one forward pass: its windows with a finite score; the others go
         to dead letters."""
-        scores, classes = self.scorer(group.dense())
+        scores, classes, span = self.scorer(group.dense())
         # wall clocks (NTP), never two machines' LSL clocks
         wall_end = group.wall_time + (group.window_end_lsl - group.window_start_lsl)
-        self.metrics.batch(len(group), time.time() - wall_end)
+        self.metrics.batch(len(group), wall_latency(time.time(), wall_end))
         finite = np.isfinite(scores)
         if not finite.all():
             for i in np.flatnonzero(~finite).tolist():
@@ -727,7 +727,8 @@ class InferenceService:
                 )
             group, scores = group.take(finite), scores[finite]
             classes = None if classes is None else classes[finite]
-        return self.streams.batch_of(group, scores, classes)
+            span = None if span is None else span[finite]
+        return self.streams.batch_of(group, scores, classes, span)
 
     def _expire_stale(self, now: float) -> None:
         """Close the events of streams that went silent, then commit past them."""

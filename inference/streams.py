@@ -60,7 +60,7 @@ import numpy as np
 
 from dropstream.inference.alerting import AlertEvent, AlertPolicy, EventDetector
 from dropstream.inference.batching import WindowGroup
-from dropstream.inference.drift import DriftMonitor, DriftReference
+from dropstream.inference.drift import DRIFT_KIND, DriftMonitor, DriftReference
 from dropstream.inference.metrics import ServiceMetrics
 
 log = logging.getLogger("dropstream.inference.service")
@@ -85,6 +85,7 @@ class ScoredBatch(NamedTuple):
     recording_offsets: list[float] | None = None  # recording time minus LSL time (NaN: live)
     drifts: list[float] | None = None  # drift statistic of each window (NaN: no reference)
     unencoded: list[float] | None = None  # signal not encoded before each window, seconds
+    located: list[tuple[float, float] | None] | None = None  # anomaly within each window (LSL)
 
 
 class Fed(NamedTuple):
@@ -361,8 +362,9 @@ class StreamTracker:
         recs = batch.recording_offsets or [math.nan] * n
         drifts = batch.drifts or [math.nan] * n
         unencoded = batch.unencoded or [0.0] * n
-        columns = (*batch[1:8], walls, recs, drifts, unencoded)
-        for i, (key, seq, score, start, end, hop, top, wall, rec, drift, gap_s) in enumerate(
+        located = batch.located or [None] * n
+        columns = (*batch[1:8], walls, recs, drifts, unencoded, located)
+        for i, (key, seq, score, start, end, hop, top, wall, rec, drift, gap_s, where) in enumerate(
             zip(*columns, strict=True)
         ):
             st = streams[key]
@@ -385,7 +387,7 @@ class StreamTracker:
                     continue
                 det = st.detector
             try:
-                new = det.update(seq, score, start, end, hop, skipped)
+                new = det.update(seq, score, start, end, hop, skipped, where)
             except Exception as exc:  # noqa: BLE001 - one window must not stop the others
                 log.exception("the event detector of %s/%s failed", *key)
                 failed.append((i, f"event detector failed: {exc!r}"))
@@ -423,10 +425,21 @@ class StreamTracker:
         return self.drift.statistic(indices, values)
 
     def batch_of(
-        self, group: WindowGroup, scores: np.ndarray, classes: np.ndarray | None
+        self,
+        group: WindowGroup,
+        scores: np.ndarray,
+        classes: np.ndarray | None,
+        span: np.ndarray | None = None,
     ) -> ScoredBatch:
-        """The :class:`ScoredBatch` of a decoded group and its scores (and top classes), with
-        the clock offsets and drift statistics; python scalars converted once per batch."""
+        """The :class:`ScoredBatch` of a decoded group and its scores (and top classes, and
+        where in each window the head located the anomaly: ``span`` ``(N, 2)`` fractions of the
+        window, :meth:`dropstream.inference.energy.EnergyScorer.locate`), with the clock
+        offsets and drift statistics; python scalars converted once per batch."""
+        located = None
+        if span is not None:
+            length = group.window_end_lsl - group.window_start_lsl
+            at = group.window_start_lsl[:, None] + span * length[:, None]
+            located = list(map(tuple, at.tolist()))
         return ScoredBatch(
             group.rows.tolist(),
             list(zip(group.device_id, group.stream_id, strict=True)),
@@ -440,6 +453,7 @@ class StreamTracker:
             group.recording_offset.tolist(),
             self.drift_statistic(group.indices, group.values).tolist(),
             group.unencoded_s.tolist(),
+            located,
         )
 
     def _watch_drift(
@@ -484,7 +498,7 @@ class StreamTracker:
         return self._drift_update(ev, st)
 
     def _drift_update(self, ev: AlertEvent, st: _Stream) -> StreamUpdate:
-        return StreamUpdate(ev, "drift", st.wall_offset, st.recording_offset, "drift")
+        return StreamUpdate(ev, DRIFT_KIND, st.wall_offset, st.recording_offset, DRIFT_KIND)
 
     def silent(self, key: StreamKey, now: float, after_s: float) -> bool:
         """Whether stream ``key`` is known and sent nothing for ``after_s`` seconds."""

@@ -43,6 +43,11 @@ def test_round_trip_and_schema_fields() -> None:
     assert decode_alert(alert.to_json()) == alert
     opened = _alert(status="open", offset_time=None, offset_sequence=None)
     assert decode_alert(opened.to_json()) == opened
+    located = _alert(onset_time=12.75, onset_window_time=12.5)  # the head located the onset
+    assert decode_alert(located.to_json()).onset_window_time == 12.5
+    body = json.loads(alert.to_json())
+    del body["onset_window_time"]  # producers before the field omit it
+    assert decode_alert(json.dumps(body).encode()).onset_window_time is None
 
 
 def test_alert_id_is_deterministic() -> None:

@@ -168,3 +168,19 @@ def test_unencoded_windows_count_exactly_like_a_sequence_gap(seed):
     expected = rows(got_number, index_of.__getitem__)
     assert rows(got_report, int) == expected
     assert rows(got_plain, int) != expected  # the gaps matter: ignoring them gives other events
+
+
+def test_located_anomalies_set_onset_and_offset_times_not_the_decision():
+    """The head says where in each window the anomaly lies: the event's times use it, while the
+    deciding window's end (latency) and the sequences stay the window's."""
+    det = EventDetector("dev", "stm", policy())
+    out = []
+    for seq, s in enumerate([0, 2, 2, 0]):
+        start = seq * HOP
+        out += det.update(seq, float(s), start, start + 1.0, HOP, 0, (start + 0.75, start + 1.0))
+    opened, closed = out
+    assert (opened.onset_time, opened.deciding_window_end) == (0.25 + 0.75, 0.25 + 1.0)
+    assert (closed.onset_sequence, closed.offset_sequence) == (1, 2)
+    assert closed.offset_time == 0.5 + 1.0 and closed.onset_time == 1.0
+    plain, _ = run([0, 2, 2, 0], policy())
+    assert plain == [("open", 1, None), ("closed", 1, 2)]

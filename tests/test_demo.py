@@ -52,7 +52,10 @@ def test_demo_alerts_line_up_with_the_known_anomalies(tmp_path):
         DEMO_RECORDING,
         device_id=some.device_id,
         stream_id=some.stream_id,
-        start=some.recording_onset - some.onset_sequence * hop_s,
+        # the onset window's start: onset_time is where in it the head located the anomaly
+        start=some.recording_onset
+        + ((some.onset_window_time or some.onset_time) - some.onset_time)
+        - some.onset_sequence * hop_s,
         seed=7,
     )
     offline = {m.alert_id: m for m in ev.alerts}

@@ -4,6 +4,7 @@ stream tracker as the live service (``evaluate_recording``)."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from dropstream.acquisition.recording import load_tracks
 from dropstream.broker.alert_message import decode_alert
 from dropstream.broker.clients import make_producer
+from dropstream.cli import main
 from dropstream.inference.datasets import WindowSet, windows_from_recordings
 from dropstream.inference.drift import SCALE_LOG, DriftMonitor, DriftReference
 from dropstream.inference.evaluation import evaluate_recording
@@ -185,3 +187,17 @@ def test_monitor_quartile_equals_numpy_over_the_rolling_span(windows: int) -> No
         span = stats[max(0, i + 1 - windows) : i + 1]
         if len(span) >= max(1, windows // 2):
             np.testing.assert_allclose(monitor.value, np.quantile(span, QUANTILE), rtol=1e-12)
+
+
+def test_evaluate_lists_drift_as_its_own_kind_and_never_as_a_false_alert(
+    ecg_bundle: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``dropstream evaluate`` JSON: the drift event carries ``kind: drift`` and is counted in
+    ``drift_events``, not in ``false_alerts`` (the recording has no annotated anomaly)."""
+    emg = _as_ecg(data_dir / "body" / "emg_fatigue.fif", tmp_path / "emg.fif", 10, 60)
+    args = ["evaluate", str(ecg_bundle), str(emg), "-o", str(tmp_path / "r.html"), "--seed", "0"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[0])
+    kinds = [a["kind"] for a in result["alerts"]]
+    assert kinds.count("drift") == 1 and result["drift_events"] == 1 and result["drift_s"] > 0
+    assert result["events"] == 0 and result["false_alerts"] == kinds.count("anomaly")

@@ -14,7 +14,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 
 from dropstream.broker.alert_message import decode_alert, make_alert_id
 from dropstream.inference.alerting import AlertPolicy
-from dropstream.inference.metrics import ServiceMetrics
+from dropstream.inference.metrics import ServiceMetrics, wall_latency
 from dropstream.inference.offsets import OffsetTracker
 from dropstream.inference.outbox import REASON_HEADER, SOURCE_HEADER, Outbox
 from dropstream.inference.streams import ScoredBatch, StreamTracker
@@ -357,3 +357,17 @@ def test_a_reset_partition_forgets_offsets_but_keeps_streams_in_progress():
     assert o.dirty == {"p0": {KEY}} and (o.safe, o.next, o.committed) == ({}, {}, {})
     step(o, "p0", 0)  # the new log starts at 0; the stream is still dirty
     assert o.next == {"p0": 1} and o.to_commit() == {}
+
+
+def test_latency_is_floored_at_zero_when_the_producer_stamps_samples_ahead():
+    """mne-lsl's PlayerLSL stamps a chunk's last sample with the time the next chunk is due
+    (chunk_size / sfreq ahead): the deciding window ends after the server's clock says now."""
+    metrics = ServiceMetrics()
+    box = Outbox("alerts", "dead", metrics, "m", 3, "anomaly", clock=lambda: 0.929)
+    t = tracker()
+    admit(t, [0, 1])
+    out = []
+    feed1(t, 0, 2.0, now=0.0, out=out)  # the deciding window ends at 1.0 on the device clock
+    opened = decode_alert(box.alert(out[0]).to_json())
+    assert opened.detection_latency_s == 0.0 and list(metrics.alert_latencies) == [0.0]
+    assert wall_latency(2.5, np.array([1.0, 3.0])).tolist() == [1.5, 0.0]

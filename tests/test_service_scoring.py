@@ -24,7 +24,7 @@ def test_novelty_scores_match_the_bundle_head():
     val = rng.random((5, 32)).astype(np.float32)
     dense = np.full((5, 128), np.nan, np.float32)  # NaN at dropped units, as scatter_dense
     np.put_along_axis(dense, idx, val, axis=1)
-    scores, classes = Scorer(model, torch.device("cpu"))(dense)
+    scores, classes, _ = Scorer(model, torch.device("cpu"))(dense)
     assert classes is None
     np.testing.assert_allclose(scores, model.score(idx, val), rtol=1e-5)
     policy = policy_for(model, ServiceSettings(threshold_level=0.995, hysteresis_level=0.9))
@@ -46,7 +46,7 @@ def test_classifier_score_is_one_minus_p_normal_with_the_top_other_class(tmp_pat
     trained.save(tmp_path / "cls.dsb", model_id="cls")
     model = ServerModel.load(tmp_path / "cls.dsb")
     dense = rng.random((7, 16)).astype(np.float32)
-    scores, classes = Scorer(model, torch.device("cpu"))(dense)
+    scores, classes, _ = Scorer(model, torch.device("cpu"))(dense)
     with torch.no_grad():
         proba = torch.softmax(model.head(torch.from_numpy(dense)), dim=1).numpy()
     normal = list(model.bundle.classes).index("normal")

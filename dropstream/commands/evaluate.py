@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
             "alerts": [
                 {
                     "alert_id": m.alert_id,
+                    "kind": m.kind,
+                    "label": m.label,
                     "recording_onset": m.recording_onset,
                     "recording_offset": m.recording_offset,
                     "score": m.score,

@@ -40,7 +40,14 @@ THRESHOLD_LEVEL = 0.99
 #: Contiguous blocks of the baseline an energy model's calibration scores one at a time.
 ENERGY_BLOCKS = 5
 #: Shrinkage of the window covariance before whitening (times its largest eigenvalue).
-WHITEN_REG = 1e-3
+WHITEN_REG = 1e-5
+#: Time parts (besides the whole window) the multi-scale energy layer whitens on their own.
+ENERGY_PARTS = 4
+#: Offset of each energy unit (its bias) in standard deviations of its projection on normal
+#: windows: the relu clips a normal window's unit with probability ~3e-5 (Gaussian).
+ENERGY_OFFSET = 4.0
+#: Keep masks (and device noise draws) per normal window when the energy head is fitted.
+ENERGY_FIT_MASKS = 4
 
 
 def tail_split(n: int, fraction: float, overlap: int) -> tuple[np.ndarray, np.ndarray]:
@@ -139,8 +146,8 @@ def train_novelty(
             f"{ENERGY_BLOCKS} contiguous blocks, each scored by a model fitted on the others "
             "(windows overlapping the block left out)"
         )
-        output = "anomaly score: squared z-score of the kept activations' log-energy; "
-        extra = {"scorer": "energy"}
+        output = "anomaly score: sum over unit groups of squared z-scores of log-energies; "
+        extra = {"scorer": "energy", "energy_groups": int(net.head.groups or 1)}
     else:
         raise TrainingError(f"novelty model {config.novelty_model!r}: choose 'energy' or 'svdd'")
     lo, hi = quantile_ci(val_scores, THRESHOLD_LEVEL, block=overlap + 1, seed=config.seed)
@@ -169,7 +176,9 @@ def train_novelty(
     # what the server will see of each window: the device's first layer on prepared windows
     layer = model.first.to_numpy()
     acts = layer.forward(model.prepare(X, prefiltered=prefiltered))
-    drift = DriftReference.fit(acts[fit_idx], acts[val_idx])
+    offset = getattr(net.head, "offset", None)
+    offset = None if offset is None else offset.detach().cpu().numpy()
+    drift = DriftReference.fit(acts[fit_idx], acts[val_idx], offset=offset)
     model.head_config["drift"] = drift.to_config()
     return model
 
@@ -226,15 +235,57 @@ def whiten_projections(P: np.ndarray, rows: int, seed: int, reg: float = WHITEN_
     return (g @ inv_sqrt) / np.sqrt(P.shape[1])
 
 
+def multiscale_projections(
+    P: np.ndarray, n_channels: int, width: int, seed: int, reg: float = WHITEN_REG
+) -> tuple[np.ndarray, np.ndarray]:
+    """The multi-scale energy layer: ``(width, d)`` weights and each unit's group ``(width,)``.
+
+    Half of the units (group 0) are :func:`whiten_projections` of the whole pooled window
+    ``P`` ``(N, d)`` (channel-major, ``d = n_channels * positions``); each of the
+    :data:`ENERGY_PARTS` time quarters gets ``width / 8`` units (groups 1-4): projections of
+    that quarter of every channel, whitened with the quarter's own covariance, zero elsewhere.
+    """
+    P = np.asarray(P, dtype=np.float64)
+    positions = P.shape[1] // n_channels
+    cube = P.reshape(len(P), n_channels, positions)
+    per_part = width // (2 * ENERGY_PARTS)
+    full = width - ENERGY_PARTS * per_part
+    weight = np.zeros((width, P.shape[1]))
+    group = np.zeros(width, dtype=np.int64)
+    weight[:full] = whiten_projections(P, full, seed, reg)
+    edges = np.linspace(0, positions, ENERGY_PARTS + 1).astype(int)
+    for k, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+        rows = slice(full + k * per_part, full + (k + 1) * per_part)
+        part = cube[:, :, lo:hi].reshape(len(P), -1)
+        w = np.zeros((per_part, n_channels, positions))
+        w[:, :, lo:hi] = whiten_projections(part, per_part, seed + 1 + k, reg).reshape(
+            per_part, n_channels, hi - lo
+        )
+        weight[rows] = w.reshape(per_part, -1)
+        group[rows] = k + 1
+    return weight, group
+
+
 def _energy_net(config: TrainConfig, run: Run, xt: torch.Tensor, seed: int) -> SplitNet:
-    """A fresh first layer of whitened random projections and its fitted energy head."""
+    """A fresh first layer of whitened random projections and its fitted energy head.
+
+    At full rank without device noise (the default) the layer is multi-scale
+    (:func:`multiscale_projections`) with each unit offset by :data:`ENERGY_OFFSET` times the
+    standard deviation of its projection on normal windows; a low-rank or noisy layer keeps one
+    group of bias-free relu units (the offset would vanish in the standardisation).
+    """
     net = build(config, run, 1, novelty=True)
     first = net.first
     dev = xt.device
+    multiscale = first.down is None and first.norm is None
     with torch.no_grad():
         flat = pooled(first, xt).reshape(len(xt), -1)
         rows = first.input_map.weight.shape[0]
-        w = whiten_projections(flat.cpu().numpy(), rows, seed)
+        if multiscale:
+            w, group = multiscale_projections(flat.cpu().numpy(), run.channels, rows, seed)
+        else:
+            w = whiten_projections(flat.cpu().numpy(), rows, seed)
+            group = np.zeros(first.width, dtype=np.int64)  # one group of all units
         first.input_map.weight.copy_(torch.as_tensor(w, dtype=xt.dtype))
         if first.input_map.bias is not None:
             first.input_map.bias.zero_()
@@ -246,15 +297,19 @@ def _energy_net(config: TrainConfig, run: Run, xt: torch.Tensor, seed: int) -> S
             u = first.input_map(flat)
             first.norm.running_mean.zero_()
             first.norm.running_var.copy_((u * u).mean(0))
+        head = EnergyScorer(first.width, net.keep, int(group.max()) + 1).to(dev)
+        head.unit_group.copy_(torch.as_tensor(group, device=dev))
+        if multiscale:
+            u = first.input_map(flat)
+            offset = ENERGY_OFFSET * u.std(0).clamp_min(1e-12)
+            first.input_map.bias.copy_(offset)
+            head.offset.copy_(offset)
         first.eval()
         gen = torch.Generator(device=dev).manual_seed(seed + 2)
-        acts = first(xt, gen)
-        head = EnergyScorer(first.width, net.keep).to(dev)
-        head.unit_power.copy_((acts * acts).mean(0).clamp_min(1e-12))
+        acts = first(xt, gen, repeats=ENERGY_FIT_MASKS)
+        head.unit_power.copy_(((acts - head.offset) ** 2).mean(0).clamp_min(1e-12))
         mask = random_keep_mask(acts.shape[0], acts.shape[1], net.keep, gen, dev).bool()
-        e = head.log_energy(acts, mask)
-        head.center.fill_(float(e.mean()))
-        head.scale.fill_(max(float(e.std()), 1e-6))
+        head.fit(acts, mask)
     net.head = head.eval()
     return net
 

@@ -66,7 +66,7 @@ class TrainedModel:
         return prepare_window(X, self.preprocessing, self.norm_mean, self.norm_std)
 
     @torch.no_grad()
-    def _outputs(self, X: np.ndarray, prefiltered: bool, seed: int) -> torch.Tensor:
+    def _outputs(self, X: np.ndarray, prefiltered: bool, seed: int, locate=None) -> torch.Tensor:
         dev = next(self.first.parameters()).device
         x = torch.as_tensor(self.prepare(X, prefiltered), device=dev)
         gen = torch.Generator(device=dev).manual_seed(int(seed))
@@ -76,7 +76,12 @@ class TrainedModel:
         for start in range(0, x.shape[0], 512):
             a = self.first(x[start : start + 512], gen)  # with the device's noise
             mask = random_keep_mask(a.shape[0], a.shape[1], self.keep, gen, dev)
-            outs.append(self.head(a, mask.bool()).cpu())
+            if locate is None:
+                outs.append(self.head(a, mask.bool()).cpu())
+            else:  # scores and spans as one (n, 3) block
+                score, span = locate(a, mask.bool())
+                parts = [score[:, None]] if span is None else [score[:, None], span]
+                outs.append(torch.cat(parts, dim=1).cpu())
         return torch.cat(outs)
 
     def predict_proba(self, X: np.ndarray, prefiltered: bool = False, seed: int = 0) -> np.ndarray:
@@ -92,9 +97,22 @@ class TrainedModel:
 
     def score(self, X: np.ndarray, prefiltered: bool = False, seed: int = 0) -> np.ndarray:
         """Anomaly scores ``(N,)`` of a novelty model; higher = more anomalous."""
+        return self.score_located(X, prefiltered, seed)[0]
+
+    def score_located(
+        self, X: np.ndarray, prefiltered: bool = False, seed: int = 0
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`score` and where in each window the head located the anomaly (``(N, 2)``
+        fractions of the window; ``None`` for a head that does not locate), from the same
+        keep masks, as the service computes them
+        (:meth:`dropstream.inference.head.ServerModel.forward_located`)."""
         if self.kind != "novelty":
             raise TrainingError("score() needs a novelty model; use predict() for classifiers")
-        return self._outputs(X, prefiltered, seed).numpy()
+        locate = getattr(self.head, "scores_and_spans", None)
+        if locate is None:
+            return self._outputs(X, prefiltered, seed).numpy(), None
+        out = self._outputs(X, prefiltered, seed, locate)
+        return out[:, 0].numpy(), out[:, 1:].numpy() if out.shape[1] > 1 else None
 
     def device_bundle(self, model_id: str = "model", model_version: int = 1) -> DeviceBundle:
         """The numpy device part (checksum empty until written)."""
