@@ -611,6 +611,7 @@ _V3_SCALE = struct.Struct("<ff")  # 8-bit values: lowest value, step
 _VALUE_CODES = {"float16": V3_FLOAT16, "float32": V3_FLOAT32, "uint8": V3_UINT8}
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
 
 
 def kept_units_from_seed(seeds: np.ndarray | int, width: int, keep: int) -> np.ndarray:
@@ -640,11 +641,17 @@ def kept_units_from_seed(seeds: np.ndarray | int, width: int, keep: int) -> np.n
             steps = np.arange(1, width + 1, dtype=np.uint64) * _GAMMA
         if len(_unit_steps) < 64:
             _unit_steps[width] = steps
-    with np.errstate(over="ignore"):
-        z = s[..., None] + steps
-        z = (z ^ (z >> np.uint64(30))) * _MIX1
-        z = (z ^ (z >> np.uint64(27))) * _MIX2
-        z ^= z >> np.uint64(31)
+    # unsigned integer array arithmetic wraps around (64-bit) without warnings; in place, one
+    # temporary (the device derives a set per window)
+    z = s[..., None] + steps
+    t = z >> _S30
+    z ^= t
+    z *= _MIX1
+    np.right_shift(z, _S27, out=t)
+    z ^= t
+    z *= _MIX2
+    np.right_shift(z, _S31, out=t)
+    z ^= t
     # the keys are distinct (the mixer is a bijection of distinct states): no ties to break,
     # so a partial selection picks the same set as a full sort
     if keep < width:
@@ -708,12 +715,14 @@ def quantise_uint8(values: np.ndarray) -> tuple[float, float, np.ndarray]:
     if not (math.isfinite(lo) and math.isfinite(float(step))):
         raise WireFormatError("activation values must be finite")
     lo32 = np.float32(lo)
-    q = (
-        np.zeros(v.shape, np.uint8)
-        if step == 0
-        else np.clip(np.rint((v - lo32) / step), 0, 255).astype(np.uint8)
-    )
-    return float(lo32), float(step), q
+    if step == 0:
+        return float(lo32), float(step), np.zeros(v.shape, np.uint8)
+    x = np.subtract(v, lo32)  # float32 throughout, in place: rint((v - lo) / step) in 0..255
+    x /= step
+    np.rint(x, out=x)
+    np.maximum(x, 0, out=x)
+    np.minimum(x, 255, out=x)
+    return float(lo32), float(step), x.astype(np.uint8)
 
 
 def _encode_v3(
@@ -1041,27 +1050,13 @@ UNRESOLVED_REF = "unresolved stream reference"
 SEEN_BLOCKS = StreamBlocks()
 
 
-def full_block(data: bytes | None) -> bytes | None:
-    """The stream block a version-3 message carries in full (unchecked), else ``None``."""
+def block_field(data: bytes | None) -> tuple[bytes, bool] | None:
+    """The stream block a version-3 message carries, or its reference: ``(bytes, by
+    reference)``, unchecked; ``None`` for anything else (the lookback's scan of a partition)."""
     if not isinstance(data, (bytes, bytearray)) or data[4:5] != b"\x03" or len(data) < 6:
-        return None
-    if data[5] & V3_BLOCK_REF:
         return None
     try:
         p = parse_v3_prefix(data)
     except WireFormatError:
         return None
-    return bytes(data[p.block_start : p.block_end])
-
-
-def wanted_ref(data: bytes | None) -> bytes | None:
-    """The stream reference a version-3 message carries instead of its block, else ``None``."""
-    if not isinstance(data, (bytes, bytearray)) or data[4:5] != b"\x03" or len(data) < 6:
-        return None
-    if not data[5] & V3_BLOCK_REF:
-        return None
-    try:
-        p = parse_v3_prefix(data)
-    except WireFormatError:
-        return None
-    return bytes(data[p.block_start : p.block_end])
+    return bytes(data[p.block_start : p.block_end]), bool(p.flags & V3_BLOCK_REF)

@@ -22,7 +22,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from dropstream.broker.config import ClientConfig
-from dropstream.broker.wire import StreamBlocks, full_block, stream_ref, wanted_ref
+from dropstream.broker.wire import StreamBlocks, block_field, stream_ref
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,10 @@ class BlockLookback:
         whose stream reference ``blocks`` could not resolve) stand for; returns how many."""
         wanted: dict[tuple[str, int], tuple[int, set[bytes]]] = {}
         for r in records:
-            ref = wanted_ref(r.value)
-            if ref is None:
+            field = block_field(r.value)
+            if field is None or not field[1]:
                 continue
+            ref = field[0]
             first, refs = wanted.get((r.topic, r.partition), (r.offset, set()))
             refs.add(ref)
             wanted[(r.topic, r.partition)] = (min(first, r.offset), refs)
@@ -89,10 +90,13 @@ class BlockLookback:
                     pos = rec.offset + 1
                     if rec.offset >= end:
                         break
-                    block = full_block(rec.value)
-                    if block is not None and stream_ref(block) in refs:
-                        blocks.add(block)
-                        refs.discard(stream_ref(block))
+                    field = block_field(rec.value)
+                    if field is None or field[1]:
+                        continue
+                    ref = stream_ref(field[0])
+                    if ref in refs:
+                        blocks.add(field[0])
+                        refs.discard(ref)
                         learned += 1
                 read += len(batch)
             end = start

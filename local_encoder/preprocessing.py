@@ -268,7 +268,8 @@ class CausalFilter:
             # the filter's response to the offset taken off: constant from here on
             gain = self._dc_gain
             self._dc_offset = (gain * self._offset).astype(self.dtype) if abs(gain) > 1e-9 else None
-        y = self._sections.apply((x - self._offset).astype(self.dtype), overwrite=True)
+        centred = np.subtract(x, self._offset, order="C")  # C order even for a transposed x
+        y = self._sections.apply(centred.astype(self.dtype), overwrite=True)
         if self._dc_offset is not None:
             y += self._dc_offset
         return y

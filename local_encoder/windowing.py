@@ -95,6 +95,15 @@ class WindowBuffer:
         self.bundle = bundle
         picks, self.factor = bundle.stream_plan(stream_channels, sfreq)
         self.channel_index = np.asarray(picks, dtype=np.intp)
+        # the stream's channels are the model's, in order: no per-chunk pick (copy) needed
+        self._all_channels = np.array_equal(self.channel_index, np.arange(len(stream_channels)))
+        # per-channel normalisation (the bundle's, checked once here) as float32 columns
+        from dropstream.local_encoder.preprocessing import complete_preprocessing, normalise
+
+        normalise(np.zeros((bundle.n_channels, 1), np.float32), bundle.norm_mean, bundle.norm_std)
+        self._demean = bool(complete_preprocessing(bundle.preprocessing)["window_demean"])
+        self._mean = np.asarray(bundle.norm_mean, np.float32)[:, None]
+        self._std = np.asarray(bundle.norm_std, np.float32)[:, None]
         self.n_stream_channels = len(stream_channels)
         self.window = int(bundle.window_samples)
         self.hop = int(bundle.hop_samples)
@@ -220,10 +229,13 @@ class WindowBuffer:
         self, x: np.ndarray, t: np.ndarray, breaks: Sequence[tuple[int, int]]
     ) -> list[Window]:
         """Check, split at breaks, filter and cut a run of received samples."""
-        x = x[:, self.channel_index]
-        finite = np.isfinite(x)
-        if not breaks and finite.all():
+        if not self._all_channels:
+            x = x[:, self.channel_index]
+        # a finite sum means every sample is finite (NaN and infinities propagate; an overflow
+        # to infinity only sends the chunk to the exact check below)
+        if not breaks and np.isfinite(np.add.reduce(x, axis=None)):
             return self._push_clean(x, t) if x.shape[0] else []
+        finite = np.isfinite(x)
         # split points: inlet gaps and non-finite samples
         cuts: dict[int, int] = {}
         for index, lost in breaks:
@@ -282,9 +294,13 @@ class WindowBuffer:
     def _cut(self) -> Window:
         s = self._start
         raw = self._buf[:, s : s + self.window]
-        data = prepare_window(
-            raw, self.bundle.preprocessing, self.bundle.norm_mean, self.bundle.norm_std
-        )
+        if self._demean:
+            data = prepare_window(
+                raw, self.bundle.preprocessing, self.bundle.norm_mean, self.bundle.norm_std
+            )
+        else:  # normalise()'s arithmetic (float32, subtract then divide) on checked columns
+            data = np.subtract(raw, self._mean)
+            data /= self._std
         w = Window(data=data, lsl_time=float(self._stamps[s]), index=self.windows_cut)
         self.windows_cut += 1
         nxt = s + self.hop
