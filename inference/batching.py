@@ -670,27 +670,25 @@ def _build_group(
     bad = cols.rows[~ok].tolist()
     if not ok.any():
         return None, bad
-    keepers = np.flatnonzero(ok) if bad else slice(None)
-    pick = keepers if bad else range(n)
     group = WindowGroup(
-        rows=cols.rows[keepers],
+        rows=cols.rows,
         model_id=model_id,
         model_version=mver,
         width=width,
         keep=keep,
-        device_id=[cols.device[i] for i in pick] if bad else cols.device,
-        stream_id=[cols.stream[i] for i in pick] if bad else cols.stream,
-        sequence=cols.sequence[keepers],
-        window_start_lsl=cols.start[keepers],
-        window_end_lsl=cols.end[keepers],
-        wall_time=cols.wall[keepers],
-        hop_s=cols.hop[keepers],
-        recording_offset=cols.recording_offset[keepers],
-        unencoded_s=cols.unencoded[keepers],
-        indices=idx[keepers],
-        values=val[keepers].astype(np.float32),
+        device_id=cols.device,
+        stream_id=cols.stream,
+        sequence=cols.sequence,
+        window_start_lsl=cols.start,
+        window_end_lsl=cols.end,
+        wall_time=cols.wall,
+        hop_s=cols.hop,
+        recording_offset=cols.recording_offset,
+        unencoded_s=cols.unencoded,
+        indices=idx,
+        values=val.astype(np.float32),
     )
-    return group, bad
+    return (group.take(ok) if bad else group), bad
 
 
 def _reason(data: object, blocks: StreamBlocks) -> str:
