@@ -9,14 +9,16 @@ fresh topic on the embedded broker, then measures, each on the full backlog:
    and its CPU per message: ``serve_to_read_cpu`` = that CPU / serve's CPU per window, a ratio
    less sensitive than the rates to what other jobs on the machine do meanwhile);
 2. **serve**: one :class:`~dropstream.inference.service.InferenceService` (consumer group, batch
-   decoding,
-   per-stream duplicate/gap checks, scoring, event detectors, offset commits after every batch)
-   from joining the group until every window is scored.
+   decoding, per-stream duplicate/gap checks, scoring, event detectors, offset commits every
+   ``--commit-interval-ms``, by default the service's) from its first scored window until every
+   window is scored. There is no device key store here: the messages are not verified (see
+   ``benchmarks/decode_speed.py`` for verification's cost per window).
 
 Usage::
 
     python benchmarks/serve_throughput.py --windows 100000 --devices 100
     python benchmarks/serve_throughput.py --width 1024 --keep 512 --windows 50000  # ~2 KB msgs
+    python benchmarks/serve_throughput.py --windows 50000 --profile serve.prof  # cProfile
 """
 
 from __future__ import annotations
