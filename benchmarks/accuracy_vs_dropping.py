@@ -92,7 +92,7 @@ def run_network(
     tr, te = _data(problem, uea_dir)
     extra: dict[str, Any] = {} if epochs is None else {"epochs": epochs}
     if fraction == UNDEFENDED:
-        extra.update(rank=None, noise=0.0, nopeek=0.0, adversary=0.0)
+        extra.update(rank=None, noise=0.0, nopeek=0.0, adversary=0.0, excess=0.0)
     keep_fraction = 1.0 if fraction == UNDEFENDED else float(fraction)
     cfg = TrainConfig(width=WIDTH, keep_fraction=keep_fraction, seed=seed, progress=False, **extra)
     t0 = time.perf_counter()
@@ -214,6 +214,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "noise",
             "init",
             "projection_lr",
+            "adversary",
+            "excess",
             "epochs",
             "n_masks",
             "head_fill",

@@ -45,7 +45,9 @@ SETTINGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("adversary 1", {"rank": None, "adversary": 1.0}),
     ("rank 8", {"rank": 8}),
     ("rank 4", {"rank": 4}),
-    ("new default (rank auto = 2)", {}),
+    ("rank 2, no penalty (previous default)", {"rank": 2, "adversary": 0.0, "projection_lr": 0.1}),
+    ("new default (rank auto = 2, adversary auto = 0.5)", {}),
+    ("rank 2 + adversary 1", {"rank": 2, "adversary": 1.0}),
     ("rank 1", {"rank": 1}),
     ("rank 2 + noise 0.5", {"rank": 2, "noise": 0.5}),
 )
@@ -237,7 +239,8 @@ def main() -> int:
         "jobs": args.jobs,
         "windows": windows,
         "decoder_seconds": dec_s,
-        "new_default": "TrainConfig() defaults: rank auto (2 for these binary problems), no noise",
+        "new_default": "TrainConfig() defaults: rank auto (2 for these binary problems), no noise, "
+        "adversary auto (0.5 for a low-rank classifier), projection_lr 0.3",
         "rows": rows,
         "ecg": ecg,
         "seconds": time.perf_counter() - t0,

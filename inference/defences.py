@@ -18,6 +18,13 @@ every batch:
     ``r`` (what the audit measures), differentiable in the layer's weights. The audit's prior
     attack is this estimator with the exact dropping and ReLU bounds; the learned decoder of the
     audit is the other adversary, and one the layer was not trained against.
+``excess``
+    The same adversary when it also knows each window's class: its prior is the class-mean
+    window and the within-class covariance, so its estimate starts at the task floor (the
+    audit's ``label`` attack) and the penalty, its Pearson ``r``, only falls when the layer
+    reveals less of the window *beyond* the class. Unlike ``adversary`` it does not fight the
+    class information the classifier needs: a privacy-aware projection that removes the
+    directions that help the attacker but not the task (classifiers only).
 
 Both are computed on the layer's pooled input (what the weights see), batch by batch.
 """
@@ -32,7 +39,8 @@ from torch import nn
 
 from dropstream.inference.model import TorchFirstLayer
 
-Penalty = Callable[[torch.Tensor], torch.Tensor]
+#: A privacy loss term: a batch of normalised windows and its class codes (or ``None``) -> scalar.
+Penalty = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
 def distance_correlation(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
@@ -82,7 +90,8 @@ def map_estimate(
 ) -> torch.Tensor:
     """The Gaussian-prior MAP estimate of pooled windows ``xp (N, C, Tp)`` from the noise space.
 
-    Every unit is observed (no dropping): the worst case over masks.
+    Every unit is observed (no dropping): the worst case over masks. ``mean`` is the prior
+    mean ``(C, Tp)``, or one per window ``(N, C, Tp)`` (the class mean of each window).
     """
     n, c, tp = xp.shape
     g = noise_map(first)
@@ -100,19 +109,36 @@ def map_estimate(
     return mean + (sg @ coef).T.reshape(n, c, tp)
 
 
-def fit_prior(first: TorchFirstLayer, xn: np.ndarray, shrinkage: float = 0.05) -> tuple:
-    """Mean window and full covariance (shrunk to its diagonal) of pooled training windows."""
+def fit_prior(
+    first: TorchFirstLayer,
+    xn: np.ndarray,
+    shrinkage: float = 0.05,
+    codes: np.ndarray | None = None,
+) -> tuple:
+    """Mean window and full covariance (shrunk to its diagonal) of pooled training windows;
+    with class ``codes`` (0..C-1), the class means ``(n_classes, C, Tp)`` and the pooled
+    within-class covariance."""
     with torch.no_grad():
         xp = pooled(first, torch.as_tensor(np.asarray(xn, np.float32))).double()
-    mean = xp.mean(0)
-    flat = (xp - mean).reshape(xp.shape[0], -1)
+    if codes is None:
+        mean = xp.mean(0)
+        flat = (xp - mean).reshape(xp.shape[0], -1)
+    else:
+        idx = torch.as_tensor(np.asarray(codes), dtype=torch.long)
+        mean = torch.stack([xp[idx == c].mean(0) for c in range(int(idx.max()) + 1)])
+        flat = (xp - mean[idx]).reshape(xp.shape[0], -1)
     cov = flat.T @ flat / max(flat.shape[0] - 1, 1)
     cov = (1 - shrinkage) * cov + shrinkage * torch.diag(torch.diagonal(cov))
     return mean.float(), cov.float()
 
 
 def make_penalty(
-    first: TorchFirstLayer, xn: np.ndarray, nopeek: float = 0.0, adversary: float = 0.0
+    first: TorchFirstLayer,
+    xn: np.ndarray,
+    nopeek: float = 0.0,
+    adversary: float = 0.0,
+    excess: float = 0.0,
+    codes: np.ndarray | None = None,
 ) -> Penalty | None:
     """The privacy loss term for a batch of normalised windows, or ``None`` when both are 0.
 
@@ -122,16 +148,23 @@ def make_penalty(
         The layer being trained (its current weights are used at every call).
     xn : numpy.ndarray, shape (N, C, T)
         Normalised training windows, for the adversary's prior.
-    nopeek, adversary : float
-        Weights of the distance-correlation and the MAP-reconstruction penalties.
+    nopeek, adversary, excess : float
+        Weights of the distance-correlation, the MAP-reconstruction and the class-aware
+        MAP-reconstruction (excess leak) penalties.
+    codes : numpy.ndarray, optional
+        Class codes of ``xn`` (0..C-1), needed by ``excess``.
     """
-    if nopeek <= 0 and adversary <= 0:
+    if nopeek <= 0 and adversary <= 0 and excess <= 0:
         return None
-    mean = cov = None
+    mean = cov = class_mean = within = None
     if adversary > 0:
         mean, cov = fit_prior(first, xn)
+    if excess > 0:
+        if codes is None:
+            raise ValueError("the excess-leak penalty needs the windows' classes")
+        class_mean, within = fit_prior(first, xn, codes=codes)
 
-    def penalty(x: torch.Tensor) -> torch.Tensor:
+    def penalty(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         total = x.new_zeros(())
         xp = pooled(first, x)
         if nopeek > 0:
@@ -139,6 +172,11 @@ def make_penalty(
         if adversary > 0:
             m, s = mean.to(x.device), cov.to(x.device)
             total = total + adversary * pearson_rows(map_estimate(first, xp, m, s), xp).mean()
+        if excess > 0:
+            if y is None:
+                raise ValueError("the excess-leak penalty needs the batch's classes")
+            m, s = class_mean.to(x.device)[y], within.to(x.device)
+            total = total + excess * pearson_rows(map_estimate(first, xp, m, s), xp).mean()
         return total
 
     return penalty

@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,7 +116,7 @@ class DeviceBundle:
         parts = [f"noise {self.layer.noise:g}"]
         if d.get("rank"):
             parts.append(f"rank {d['rank']}")
-        parts += [f"{k} {d[k]:g}" for k in ("nopeek", "adversary") if d.get(k)]
+        parts += [f"{k} {d[k]:g}" for k in ("nopeek", "adversary", "excess") if d.get(k)]
         label = self.privacy.get("label") or {}
         if not label:
             what = "no privacy label (bundle written before labels); run 'dropstream audit'"
@@ -282,6 +283,10 @@ def read_bundle_members(path: str | Path) -> tuple[dict[str, Any], bytes, bytes]
     except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError) as exc:
         raise BundleError(
             f"{path} is not a dropstream bundle ({exc}); train one with 'dropstream train'"
+        ) from exc
+    except zlib.error as exc:  # a damaged compressed member: corrupt before any checksum
+        raise BundleError(
+            f"bundle {path} does not decompress ({exc}): the file is corrupt; copy it again"
         ) from exc
     if manifest.get("format") not in READABLE_FORMATS:
         raise BundleError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +173,18 @@ def test_bundle_rejects_other_stream_and_corruption(trained: TrainedModel, tmp_p
     data[len(data) // 2] ^= 0xFF
     bad.write_bytes(bytes(data))
     with pytest.raises(BundleError):
+        load_model(bad)
+    # a damaged compressed member fails to inflate before any checksum: still a BundleError
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("device.npz")
+    assert info.compress_type == zipfile.ZIP_DEFLATED
+    head = info.header_offset  # local header: 30 bytes, then name and extra of stored lengths
+    start = head + 30 + int.from_bytes(data[head + 26 : head + 28], "little")
+    start += int.from_bytes(data[head + 28 : head + 30], "little")
+    data[start : start + 8] = bytes(b ^ 0xFF for b in data[start : start + 8])
+    bad.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="corrupt"):
         load_model(bad)
 
 

@@ -25,6 +25,7 @@ from dropstream.inference.training import (
     train_classifier,
     train_novelty,
 )
+from dropstream.inference.training.config import AUTO_ADVERSARY
 from dropstream.inference.training.discriminants import discriminant_directions
 from dropstream.local_encoder.bundle import load_device_bundle
 from dropstream.local_encoder.first_layer import draw_kept_units
@@ -388,3 +389,18 @@ def test_lda_init_starts_the_low_rank_projection_at_the_discriminant(
         assert abs(got[1] @ want[1]) < 0.5  # the second row stays random
     with pytest.raises(TrainingError, match="init"):
         train_classifier(x, y, TrainConfig(init="pca", epochs=1, progress=False), sfreq=tr.sfreq)
+
+
+def test_auto_adversary_defends_low_rank_classifiers_only(data_dir: Path) -> None:
+    cfg = TrainConfig()
+    assert cfg.resolve_adversary(2, novelty=False) == AUTO_ADVERSARY > 0
+    assert cfg.resolve_adversary(None, novelty=False) == 0.0  # full rank
+    assert cfg.resolve_adversary(2, novelty=True) == 0.0
+    assert TrainConfig(adversary=1.5).resolve_adversary(None, novelty=True) == 1.5
+    with pytest.raises(TrainingError, match="adversary"):
+        TrainConfig(adversary="strong").resolve_adversary(2, novelty=False)
+    # the bundle records the weight that was trained with
+    tr, _ = load_uea("SelfRegulationSCP1", data_dir / "uea")
+    small = TrainConfig(width=32, keep=8, hidden=(16,), epochs=1, seed=0, progress=False)
+    model = train_classifier(tr.X[::8], tr.y[::8], small, sfreq=tr.sfreq)
+    assert model.device_bundle().privacy["defences"]["adversary"] == AUTO_ADVERSARY

@@ -151,3 +151,39 @@ def test_privacy_label_round_trips_and_old_bundles_load(
     dev_old = load_device_bundle(old)
     assert dev_old.privacy == {} and dev_old.layer.noise == 0.0
     assert "no privacy label" in dev_old.privacy_line()
+
+
+def test_excess_penalty_charges_only_what_the_layer_reveals_beyond_the_class() -> None:
+    """Revealing the class costs the class-aware (excess) adversary nothing more than revealing
+    nothing (both sit at the task floor), where the population adversary charges it; revealing
+    within-class variance costs both."""
+    from dropstream.inference.defences import make_penalty
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    n, t = 400, 40
+    codes = np.arange(n) % 2
+    grid = np.linspace(0, 1, t)
+    pattern = np.sin(np.pi * grid)  # the class shape, sign = class
+    wobble = np.cos(3 * np.pi * grid)  # large within-class variation
+    x = (2 * codes - 1)[:, None] * pattern + 1.5 * rng.standard_normal((n, 1)) * wobble
+    x = (x + 0.3 * rng.standard_normal((n, t)))[:, None, :].astype(np.float32)
+    basis = np.linalg.qr(np.stack([pattern, wobble, rng.standard_normal(t)], axis=1))[0]
+    directions = {"class": pattern, "within": wobble, "nothing": basis[:, 2]}
+    cost = {}
+    for name, direction in directions.items():
+        first = TorchFirstLayer(1, t, width=8, rank=1)
+        with torch.no_grad():
+            first.down.weight.copy_(torch.as_tensor(direction[None], dtype=torch.float32))
+        first.train()
+        first(torch.as_tensor(x))  # the projection's running variance
+        first.eval()
+        for kind in ("adversary", "excess"):
+            penalty = make_penalty(first, x, codes=codes, **{kind: 1.0})
+            with torch.no_grad():
+                cost[name, kind] = float(penalty(torch.as_tensor(x), torch.as_tensor(codes)))
+    assert abs(cost["class", "excess"] - cost["nothing", "excess"]) < 0.03
+    assert cost["class", "adversary"] > cost["nothing", "adversary"] + 0.2
+    assert cost["within", "excess"] > cost["nothing", "excess"] + 0.2
+    with pytest.raises(ValueError, match="classes"):
+        make_penalty(first, x, excess=1.0)

@@ -165,7 +165,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--adversary",
         type=float,
         default=unset,
-        help="weight of the Gaussian-MAP reconstruction-adversary penalty",
+        help="weight of the Gaussian-MAP reconstruction-adversary penalty (default auto: "
+        "0.5 for a low-rank classifier, else 0)",
+    )
+    prv.add_argument(
+        "--excess",
+        type=float,
+        default=unset,
+        help="weight of the same adversary knowing the class: penalises only the leak "
+        "beyond the task floor (classifiers)",
     )
     prv.add_argument(
         "--label-seconds",

@@ -291,7 +291,12 @@ def _fit_loop(
     n_masks = max(1, int(config.n_masks))
     # privacy penalties (NoPeek, reconstruction adversary): their prior is fitted on the fit split
     penalty = make_penalty(
-        net.first, xt[fit_t].detach().cpu().numpy(), config.nopeek, config.adversary
+        net.first,
+        xt[fit_t].detach().cpu().numpy(),
+        config.nopeek,
+        config.resolve_adversary(net.first.rank, yt is None),
+        config.excess if yt is not None else 0.0,
+        None if yt is None else yt[fit_t].cpu().numpy(),
     )
     best_key: tuple[float, float] = (-float("inf"), -float("inf"))
     best_state, best_epoch, history = None, -1, []
@@ -313,7 +318,7 @@ def _fit_loop(
             target = None if yt is None else yt[idx].repeat_interleave(n_masks)
             loss = loss_fn(out, target)
             if penalty is not None:
-                loss = loss + penalty(xt[idx])
+                loss = loss + penalty(xt[idx], None if yt is None else yt[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -132,7 +132,7 @@ class TrainedModel:
             classes=self.classes,
             head_config=self.head_config,
             privacy={
-                "defences": {**self.config.defences(), "rank": self.first.rank},
+                "defences": self.config.defences(self.first.rank, self.kind == "novelty"),
                 "label": dict(self.privacy_label),
             },
         )
