@@ -3,7 +3,8 @@
 Each simulated device streams the shipped demo recording (real ECG with two artefacts, looped)
 encoded with the demo bundle: one window every hop (0.25 s), devices spread evenly over the hop.
 Every window is stamped (LSL and wall clock) with the moment its last sample is due on its
-device and signed with the device's key (provisioned in a temporary key store that the
+device, encoded as the device does (the stream block in full every 16th window, its reference
+in the others) and signed with the device's key (provisioned in a temporary key store that the
 service verifies every window against, as in production), all before the run, so that the
 sending loop only sends each window at its due time; a window sent late counts its delay in
 its latency (``sent_late``). Device-side encoding, ~0.1 ms, is measured in
@@ -84,6 +85,7 @@ def _stamp_and_sign(
     order, ``(due, key, value)``. A window the loop sends after its due time counts that delay
     in its latency (``sent_late`` says how much)."""
     from dropstream.broker.wire import encode_activation
+    from dropstream.local_encoder.encoder import BLOCK_EVERY
 
     n_devices, n_windows = len(devices), len(devices[0])
     t0 = time.perf_counter()
@@ -99,7 +101,10 @@ def _stamp_and_sign(
             due = start + i * hop_s + d * hop_s / n_devices  # the window's last sample
             m = msgs[i]
             m.lsl_time, m.wall_time = lsl0 + due - window_s, wall0 + due - window_s
-            frames.append((due, m.device_id.encode(), key.sign(encode_activation(m))))
+            # as the device sends: the stream block in full every BLOCK_EVERY windows (and
+            # first), its 8-byte reference in the others
+            value = encode_activation(m, by_reference=i % BLOCK_EVERY != 0)
+            frames.append((due, m.device_id.encode(), key.sign(value)))
     return start, frames
 
 

@@ -9,14 +9,16 @@ fresh topic on the embedded broker, then measures, each on the full backlog:
    and its CPU per message: ``serve_to_read_cpu`` = that CPU / serve's CPU per window, a ratio
    less sensitive than the rates to what other jobs on the machine do meanwhile);
 2. **serve**: one :class:`~dropstream.inference.service.InferenceService` (consumer group, batch
-   decoding,
-   per-stream duplicate/gap checks, scoring, event detectors, offset commits after every batch)
-   from joining the group until every window is scored.
+   decoding, per-stream duplicate/gap checks, scoring, event detectors, offset commits every
+   ``--commit-interval-ms``, by default the service's) from its first scored window until every
+   window is scored. There is no device key store here: the messages are not verified (see
+   ``benchmarks/decode_speed.py`` for verification's cost per window).
 
 Usage::
 
     python benchmarks/serve_throughput.py --windows 100000 --devices 100
     python benchmarks/serve_throughput.py --width 1024 --keep 512 --windows 50000  # ~2 KB msgs
+    python benchmarks/serve_throughput.py --windows 50000 --profile serve.prof  # cProfile
 """
 
 from __future__ import annotations
@@ -97,6 +99,23 @@ def _random_messages(args: argparse.Namespace, bundle_path: Path) -> list[tuple[
     return out
 
 
+def _profiled(run, path: str | None):
+    """``run``, or ``run`` under cProfile writing its stats to ``path`` when it returns."""
+    if not path:
+        return run
+
+    def wrapped() -> None:
+        import cProfile
+
+        prof = cProfile.Profile()
+        try:
+            prof.runcall(run)
+        finally:
+            prof.dump_stats(path)
+
+    return wrapped
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--windows", type=int, default=100_000)
@@ -106,10 +125,14 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu or cuda")
     parser.add_argument("--torch-threads", type=int, default=1, help="0: torch's default")
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument(
+        "--commit-interval-ms", type=float, help="serve's (default: ServiceSettings')"
+    )
     parser.add_argument("--width", type=int, help="random bundle of this width (default: demo)")
     parser.add_argument("--keep", type=int, help="kept units of the random bundle")
     parser.add_argument("--bootstrap", help="use this broker instead of an embedded one")
     parser.add_argument("--json", help="append the result as a JSON line to this file")
+    parser.add_argument("--profile", help="run serve's thread under cProfile, stats to this file")
     args = parser.parse_args()
 
     import torch
@@ -175,9 +198,14 @@ def main() -> None:
             device=args.device,
             log_interval_s=3600,
             torch_threads=args.torch_threads or None,
+            **(
+                {}
+                if args.commit_interval_ms is None
+                else {"commit_interval_ms": args.commit_interval_ms}
+            ),
         )
         service = InferenceService(config, bundle_path, settings)
-        thread = threading.Thread(target=service.run, daemon=True)
+        thread = threading.Thread(target=_profiled(service.run, args.profile), daemon=True)
         thread.start()
         while service.metrics.windows == 0:
             time.sleep(0.001)
@@ -202,6 +230,7 @@ def main() -> None:
             "torch_device": str(service.torch_device),
             "torch_threads": torch.get_num_threads(),
             "max_batch": args.max_batch,
+            "commit_interval_ms": settings.commit_interval_ms,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "publish_msgs_per_s": round(n / publish_s),
             "kafka_python_read_msgs_per_s": round(raw_rate),

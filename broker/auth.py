@@ -308,11 +308,10 @@ class DeviceKeys:
         n = trailer_bytes(version)
         if len(value) < (HEADER_BYTES_V2 if version == 2 else 6) + n:
             raise AuthError("truncated before the authentication tag")
-        body, tag = bytes(value[:-n]), bytes(value[-n:])
-        if _tag_ok(mac, body, tag):
+        if _tag_ok(mac, value, n):
             return _device_id(key)
         old = self._previous.get(bytes(key))
-        if old is not None and time.time() < old[1] and _tag_ok(old[0], body, tag):
+        if old is not None and time.time() < old[1] and _tag_ok(old[0], value, n):
             return _device_id(key)  # signed before a rotation, within its grace period
         raise AuthError(
             f"authentication tag of device {_device_id(key)!r} does not match: forged, "
@@ -439,12 +438,13 @@ def _primed_mac(device_id: str, secret: bytes) -> hmac.HMAC:
     return h
 
 
-def _tag_ok(mac: hmac.HMAC, body: bytes, tag: bytes) -> bool:
-    """Whether ``tag`` is the (possibly truncated: its length is fixed by the schema version,
-    never by the sender) HMAC of ``body``; compared in constant time."""
+def _tag_ok(mac: hmac.HMAC, value: bytes, n: int) -> bool:
+    """Whether the last ``n`` bytes of ``value`` are the (truncated to ``n`` bytes: fixed by the
+    schema version, never by the sender) HMAC of the bytes before them; compared in constant
+    time."""
     h = mac.copy()
-    h.update(body)
-    return secrets.compare_digest(h.finalize()[: len(tag)], tag)
+    h.update(value[:-n])
+    return secrets.compare_digest(h.finalize()[:n], value[-n:])
 
 
 def _device_id(key: bytes) -> str:

@@ -40,6 +40,7 @@ the tag: that needs the device's key (:class:`dropstream.broker.auth.DeviceKeys`
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -549,12 +550,28 @@ def device_id_bytes(data: bytes) -> bytes | None:
     WireFormatError
         If ``data`` is too short to hold its header and ids.
     """
-    if len(data) >= 5 and data[:4] == MAGIC and data[4] == 3:
-        if len(data) >= 6 and data[5] & V3_BLOCK_REF and not data[5] & ~V3_FLAGS:
+    if len(data) >= 6 and data[:4] == MAGIC and data[4] == 3:
+        if data[5] & V3_BLOCK_REF and not data[5] & ~V3_FLAGS:
             return None
-        _, _, raw, pos, _ = parse_v3_header(data)
-        pos += 1 + raw[pos]
-        return raw[pos + 1 : pos + 1 + raw[pos]]
+        # structure only (the decoders range-check the header): skip the per-window fields and
+        # the sequence number's varint; the stream block is parsed once per distinct block
+        pos = _V3_PREFIX_BYTES[data[5] >> 3 & 7]
+        last = min(pos + 9, len(data) - 2)  # a varint has at most 10 bytes
+        while pos < last and data[pos] & 0x80:
+            pos += 1
+        if (
+            pos <= last
+            and data[pos] < 0x80
+            and data[pos + 1] < 0x80  # a one-byte block length
+            and pos + 2 + data[pos + 1] <= len(data)
+        ):
+            block = bytes(data[pos + 2 : pos + 2 + data[pos + 1]])
+        else:  # anything else: the general parse (raises if malformed)
+            p = parse_v3_prefix(data)
+            block = bytes(data[p.block_start : p.block_end])
+        b = cached_v3_block(block)
+        start = b.ids_offset + 2 + b.n_model
+        return block[start : start + b.n_device]
     if len(data) < HEADER_BYTES or data[:4] != MAGIC:
         raise WireFormatError("not a dropstream activation message")
     start = header_bytes(data[4]) + data[58]
@@ -585,6 +602,11 @@ _REF_DOMAIN = b"dropstream.stream-block.v3\x00"
 MAX_STREAM_BLOCKS = 100_000
 _V3_FIXED = struct.Struct("<4sBBdd")  # magic, version, flags, lsl_time, wall_time
 _V3_COMMON = struct.Struct("<4sBBddf")  # ... and a float32 sample rate
+#: Bytes before the sequence number, per ``flags >> 3 & 7`` (the optional per-window fields:
+#: float64 sample rate instead of float32, unencoded signal, recording time).
+_V3_PREFIX_BYTES = tuple(
+    _V3_COMMON.size + 4 * (i & 1) + 8 * (i >> 1 & 1) + 8 * (i >> 2) for i in range(8)
+)
 _V3_SCALE = struct.Struct("<ff")  # 8-bit values: lowest value, step
 _VALUE_CODES = {"float16": V3_FLOAT16, "float32": V3_FLOAT32, "uint8": V3_UINT8}
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
@@ -608,6 +630,11 @@ def kept_units_from_seed(seeds: np.ndarray | int, width: int, keep: int) -> np.n
     if scalar and _last_set is not None and _last_set[0] == (int(seeds), width, keep):
         return _last_set[1]  # the encoder derives a set, then encode_activation checks it
     s = np.asarray(seeds, dtype=np.uint64)
+    rows = max(1, _CHUNK_KEYS // width)
+    if s.ndim == 1 and s.shape[0] > rows:  # a batch: in chunks whose keys stay in the cache
+        return np.concatenate(
+            [kept_units_from_seed(s[i : i + rows], width, keep) for i in range(0, len(s), rows)]
+        )
     steps = _unit_steps.get(width)
     if steps is None:
         with np.errstate(over="ignore"):
@@ -638,6 +665,9 @@ def kept_units_from_seed(seeds: np.ndarray | int, width: int, keep: int) -> np.n
     return out
 
 
+#: Keys derived at once for a batch of seeds (a chunk of 256 KiB of uint64 keys, ~1.6x faster
+#: than the whole batch at once for 1,024 seeds of m=128).
+_CHUNK_KEYS = 32_768
 #: Id triples the encoder checked (-> their UTF-8 bytes), and stream blocks it built
 #: (-> the block and its reference); each cleared beyond 1024 entries.
 _checked_ids: dict[tuple[str, str, str], list[bytes]] = {}
@@ -856,6 +886,13 @@ def parse_v3_block(block: bytes) -> V3Block:
     return V3Block(*fields, *lens, ids_offset)
 
 
+@functools.lru_cache(maxsize=1 << 14)
+def cached_v3_block(block: bytes) -> V3Block:
+    """:func:`parse_v3_block`, remembered per raw block (every window of a stream repeats its
+    block; bounded, so a flood of distinct blocks costs parsing, never memory)."""
+    return parse_v3_block(block)
+
+
 def checked_v3_header(p: V3Prefix, b: V3Block) -> WireHeader:
     """The :class:`WireHeader` a version-3 prefix and stream block stand for, range-checked by
     :func:`check_header` (and the optional unencoded-signal and recording-time fields by their
@@ -973,9 +1010,10 @@ class StreamBlocks:
     def __len__(self) -> int:
         return len(self._blocks)
 
-    def add(self, block: bytes) -> bytes:
-        """Remember ``block`` (already parsed and checked by the caller); returns its reference."""
-        ref = stream_ref(block)
+    def add(self, block: bytes, ref: bytes | None = None) -> bytes:
+        """Remember ``block`` (already parsed and checked by the caller); returns its reference
+        (``ref``: its :func:`stream_ref`, when the caller has it already)."""
+        ref = stream_ref(block) if ref is None else ref
         if ref not in self._blocks:
             if len(self._blocks) >= self.limit:
                 del self._blocks[next(iter(self._blocks))]

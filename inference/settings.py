@@ -73,9 +73,11 @@ class ServiceSettings:
         Windows a device may send at once above its rate (a spool catching up).
     commit_interval_ms : float
         Alerts and dead letters are handed to the producer after every batch; every this
-        many milliseconds the service waits for their acknowledgements and then commits the
-        safe offsets (0: after every batch). Longer means fewer round trips per window and a
-        longer replay (same alert ids) after a crash or a rebalance (no commit is made inside
+        many milliseconds (default 100; 0: after every batch) the service waits for their
+        acknowledgements and then commits the safe offsets. Longer means fewer broker round
+        trips per window under load (at 4,000 windows/s and 5 ms batches: 10 commits per
+        second instead of ~200) and a longer replay (same alert ids) after a crash or a
+        rebalance (no commit is made inside
         the rebalance callback: kafka-python 3 runs it on its I/O thread, where a blocking
         commit raises).
     dead_letter_inline_bytes : int
@@ -124,7 +126,7 @@ class ServiceSettings:
     max_gaps_total: int = 200_000
     device_rate: float | None = 50.0
     device_burst: float = 3000.0
-    commit_interval_ms: float = 0.0
+    commit_interval_ms: float = 100.0
     dead_letter_inline_bytes: int = 256 * 1024
     delivery_timeout_s: float = 300.0
     state_dir: str | None = None

@@ -280,3 +280,36 @@ def test_the_simulated_device_signs_when_given_a_key() -> None:
     store = DeviceKeys({"sim-1": key.secret})
     assert signed and store.check_batch([b"sim-1"] * len(signed), signed) == []
     assert len(store.check_batch([b"sim-1"] * len(unsigned), unsigned)) == len(unsigned)
+
+
+def test_tampered_real_windows_are_refused_row_by_row() -> None:
+    """Signed windows of the shipped device from two devices: a flipped tag bit, a flipped
+    value bit, a window replayed under the other device's key and one signed with another
+    key are refused; every other row verifies."""
+    from dropstream.inference.demo import DEMO_BUNDLE
+    from dropstream.local_encoder.bundle import load_device_bundle
+    from dropstream.local_encoder.simulated import encode_recording
+
+    bundle = load_device_bundle(DEMO_BUNDLE)
+    samples = np.random.default_rng(2).standard_normal((len(bundle.channel_names), 2000))
+    keys = {d: DeviceKey.generate(d) for d in ("dev-a", "dev-b")}
+    store = DeviceKeys({d: k.secret for d, k in keys.items()})
+    records = [
+        (d.encode(), raw)
+        for d, key in keys.items()
+        for _, raw in encode_recording(bundle, samples, d, key=key)
+    ]
+    keys_col, values = [k for k, _ in records], [v for _, v in records]
+    assert store.check_batch(keys_col, values) == []
+    tag = bytearray(values[3])
+    tag[-1] ^= 0x01
+    body = bytearray(values[5])
+    body[-20] ^= 0x01  # the last value byte before the 16-byte tag
+    values[3], values[5] = bytes(tag), bytes(body)
+    keys_col[0] = b"dev-b"  # its first window carries its stream block (and device id) in full
+    keys_col[7] = b"dev-b"  # a window by reference: its tag does not match dev-b's key
+    values[9] = DeviceKey.generate("dev-a").sign(values[9])
+    out = store.check_batch(keys_col, values)
+    assert [row for row, _ in out] == [0, 3, 5, 7, 9]
+    assert "is not the device id" in out[0][1]
+    assert all("does not match" in why for _, why in out[1:])

@@ -22,6 +22,7 @@ from dropstream.broker.wire import (
     ActivationMessage,
     WireFormatError,
     decode_activation,
+    device_id_bytes,
     encode_activation,
     kept_units_from_seed,
 )
@@ -112,6 +113,29 @@ def test_round_trip(msg: ActivationMessage, dtype: str, version: int) -> None:
     np.testing.assert_array_equal(back.indices, msg.indices)
     np.testing.assert_array_equal(back.values, msg.values.astype(dtype))
     assert encode_activation(back, value_dtype=dtype, version=version) == data  # canonical
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    messages(),
+    st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=3),
+    st.integers(1, 500),
+)
+def test_device_id_bytes_agrees_with_the_decoder(msg, flips, cut) -> None:
+    """The authenticator's structure-only device id lookup finds the id the decoder reads in
+    every message the decoder accepts (every optional field, long sequence varints), and
+    only ever raises WireFormatError on anything else."""
+    data = bytearray(encode_activation(msg))
+    assert device_id_bytes(bytes(data)) == msg.device_id.encode()
+    for pos, byte in flips:
+        data[pos % len(data)] = byte
+    data = data[:cut]
+    try:
+        found = device_id_bytes(bytes(data))
+    except WireFormatError:
+        found = None
+    with contextlib.suppress(WireFormatError):
+        assert found == decode_activation(bytes(data)).device_id.encode()
 
 
 def test_version_1_is_still_read() -> None:

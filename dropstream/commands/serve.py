@@ -42,7 +42,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--commit-interval-ms",
         type=float,
         default=unset,
-        help="wait for alert acknowledgements and commit offsets this often (0: every batch)",
+        help="wait for alert acknowledgements and commit offsets this often (default 100; "
+        "0: every batch)",
     )
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=unset)
     g.add_argument(
