@@ -142,14 +142,14 @@ def run_once(
     n_windows = int(seconds / hop_s)
     loops = -(-n_windows // 116)
     samples = np.tile(samples, (1, loops + 1))
-    devices, keys = [], []
+    devices = []
     tmp = Path(tempfile.mkdtemp())
     store = tmp / "device-keys.json"
-    for d in range(n_devices):
-        dev = f"lat-{d:03d}"
+    ids = [f"lat-{d:03d}" for d in range(n_devices)]
+    keys = DeviceKeys.provision_many(ids, store)  # one write of the store, not one per device
+    for d, dev in enumerate(ids):
         msgs = [m for m, _ in encode_recording(bundle, samples, dev, seed=d)][:n_windows]
         devices.append(msgs)
-        keys.append(DeviceKeys.provision(dev, store))
 
     logs = [tmp / f"serve-{i}.log" for i in range(processes)]
     python = [sys.executable, *(["-m", "cProfile", "-o", profile] if profile else [])]

@@ -392,23 +392,45 @@ class DeviceKeys:
         AuthError
             If the device already has a key and ``replace`` is false.
         """
+        return DeviceKeys.provision_many([device_id], path, replace, grace_s)[0]
+
+    @staticmethod
+    def provision_many(
+        device_ids: Sequence[str],
+        path: str | os.PathLike[str] | None = None,
+        replace: bool = False,
+        grace_s: float = 7 * 86400.0,
+    ) -> list[DeviceKey]:
+        """:meth:`provision` for many devices with one read and one write of the store.
+
+        All or nothing: if any device already has a key (and ``replace`` is false), or an id is
+        repeated, nothing is written. Parameters as :meth:`provision`; returns the keys in the
+        order of ``device_ids``.
+        """
         path = Path(path) if path else default_store_path()
         entries = _read_store(path) if path.exists() else {}
-        if device_id in entries and not replace:
-            raise AuthError(
-                f"device {device_id!r} already has a key in {path}; pass --replace to rotate it"
-            )
-        key = DeviceKey.generate(device_id)
+        if len(set(device_ids)) != len(device_ids):
+            raise AuthError("a device id is repeated; give each device once")
+        for device_id in device_ids:
+            if device_id in entries and not replace:
+                raise AuthError(
+                    f"device {device_id!r} already has a key in {path}; "
+                    "pass --replace to rotate it"
+                )
         now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        entry: dict[str, Any] = {"secret": key.secret.hex(), "created": now}
-        if device_id in entries and grace_s > 0:
-            entry |= {
-                "previous": entries[device_id]["secret"],
-                "previous_until": time.time() + grace_s,
-            }
-        entries[device_id] = entry
+        keys = []
+        for device_id in device_ids:
+            key = DeviceKey.generate(device_id)
+            entry: dict[str, Any] = {"secret": key.secret.hex(), "created": now}
+            if device_id in entries and grace_s > 0:
+                entry |= {
+                    "previous": entries[device_id]["secret"],
+                    "previous_until": time.time() + grace_s,
+                }
+            entries[device_id] = entry
+            keys.append(key)
         _write_store(path, entries)
-        return key
+        return keys
 
     @staticmethod
     def revoke(device_id: str, path: str | os.PathLike[str] | None = None) -> None:

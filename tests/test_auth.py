@@ -313,3 +313,21 @@ def test_tampered_real_windows_are_refused_row_by_row() -> None:
     assert [row for row, _ in out] == [0, 3, 5, 7, 9]
     assert "is not the device id" in out[0][1]
     assert all("does not match" in why for _, why in out[1:])
+
+
+def test_provision_many_writes_the_store_once_and_is_all_or_nothing(tmp_path) -> None:
+    store = tmp_path / "device-keys.json"
+    DeviceKeys.provision("dev-0", store)
+    before = store.read_bytes()
+    with pytest.raises(AuthError, match="already has a key"):
+        DeviceKeys.provision_many(["dev-1", "dev-0"], store)
+    with pytest.raises(AuthError, match="repeated"):
+        DeviceKeys.provision_many(["dev-1", "dev-1"], store)
+    assert store.read_bytes() == before  # nothing half-written
+    ids = [f"dev-{i}" for i in range(1, 6)]
+    keys = DeviceKeys.provision_many(ids, store)
+    assert [k.device_id for k in keys] == ids
+    loaded = DeviceKeys.load(store)
+    assert len(loaded) == 6
+    for k in keys:
+        assert loaded.verify(k.device_id.encode(), k.sign(_message(k.device_id))) == k.device_id
