@@ -14,11 +14,17 @@ alerts it produces carry ``detection_latency_s`` = alert produced - last sample 
 window, on the wall clock of this machine. We also record when the alert reached a consumer here
 (``delivered``).
 
+All devices replay the recording in step by default, so the alerts of all devices fall in the same
+hop (a burst of ``--devices`` alerts: the worst case); ``--stagger`` starts device ``d`` at
+window ``d mod 116`` of the recording instead.
+
 Reported per device count: number of alert updates, p50/p90/p99/max of ``detection_latency_s``
 and of delivered - last sample, and where the CPU went while the windows were sent
 (``cpu_cores``: CPU seconds per second of the load generator - this process: the sending
 thread, the producer's I/O thread and the alert follower -, of the serve process and of the
-embedded broker), with the load average. ``--profile-serve FILE`` runs serve under cProfile.
+embedded broker), with the load average, and serve's per-window stage medians every 5 s
+(``serve_stage_medians``: window end -> sent, producer timestamp -> fetched by serve, window end
+-> scored, window end -> alert produced). ``--profile-serve FILE`` runs serve under cProfile.
 
 Usage::
 
@@ -119,6 +125,7 @@ def run_once(
     linger_ms: float = 0.0,
     processes: int = 1,
     partitions: int = 6,
+    stagger: bool = False,
 ) -> dict:
     from dropstream.broker.alert_message import decode_alert
     from dropstream.broker.auth import DeviceKeys
@@ -148,7 +155,12 @@ def run_once(
     ids = [f"lat-{d:03d}" for d in range(n_devices)]
     keys = DeviceKeys.provision_many(ids, store)  # one write of the store, not one per device
     for d, dev in enumerate(ids):
-        msgs = [m for m, _ in encode_recording(bundle, samples, dev, seed=d)][:n_windows]
+        # --stagger: device d starts at window d mod 116 of the recording (its anomalies at
+        # other moments than its neighbours'); else all replay it in step, so every device's
+        # alert comes in the same hop: a burst of n_devices alerts, the worst case
+        off = (d % 116) * bundle.hop_samples if stagger else 0
+        msgs = [m for m, _ in encode_recording(bundle, samples[:, off:], dev, seed=d)]
+        msgs = msgs[:n_windows]
         devices.append(msgs)
 
     logs = [tmp / f"serve-{i}.log" for i in range(processes)]
@@ -249,7 +261,16 @@ def run_once(
         "delivered_to_consumer": pct(rec),
         "serve_processes": processes,
         "partitions": partitions,
+        "staggered": stagger,
         "serve_log_tail": logs[0].read_text().strip().splitlines()[-2:],
+        # serve's per-window stage medians, every --log-interval-s: sent (window end ->
+        # producer timestamp), fetched (producer timestamp -> polled), scored (window end ->
+        # scored)
+        "serve_stage_medians": [
+            line.split("latency medians (ms): ", 1)[1]
+            for line in logs[0].read_text().splitlines()
+            if "latency medians" in line
+        ],
     }
     shutil.rmtree(tmp, ignore_errors=True)  # the log and the throw-away keys
     return result
@@ -267,6 +288,11 @@ def main() -> None:
     )
     parser.add_argument("--processes", type=int, default=1, help="serve processes in the group")
     parser.add_argument("--partitions", type=int, default=6, help="of the activations topic")
+    parser.add_argument(
+        "--stagger",
+        action="store_true",
+        help="start each device at another window of the recording (anomalies not in step)",
+    )
     parser.add_argument("--profile-serve", help="run serve under cProfile, stats to this file")
     parser.add_argument(
         "--serve-args", default="", help="extra 'dropstream serve' flags, e.g. '--device cuda'"
@@ -289,6 +315,7 @@ def main() -> None:
                 linger_ms=args.linger_ms,
                 processes=args.processes,
                 partitions=args.partitions,
+                stagger=args.stagger,
             )
             result |= {
                 "cpus": os.cpu_count(),

@@ -17,6 +17,8 @@ exposes it at ``http://host:P/metrics``. Names (all prefixed ``dropstream_serve_
 ``alert_latency_seconds``          histogram  window's last sample -> alert produced (wall
                                               clocks, floored at 0: :func:`wall_latency`)
 ``window_latency_seconds``         histogram  window's last sample -> window scored (every window)
+``fetch_latency_seconds``          histogram  record's producer timestamp -> fetched by the service
+                                              (the broker and the consumer's fetch)
 ``consumer_lag``                   gauge      messages behind the end of the assigned partitions
 ``windows_per_second``             gauge      windows scored per second over the last interval
 ``tracked_streams``                gauge      streams the service holds state for
@@ -98,6 +100,10 @@ class ServiceMetrics:
     _last_log: float = field(default_factory=time.monotonic)
     _last_windows: int = 0
     _batches: list[int] = field(default_factory=list)
+    # this interval's per-window stage latencies (s), for the log line's medians
+    _stages: dict[str, list[np.ndarray]] = field(
+        default_factory=lambda: {"sent": [], "fetched": [], "scored": [], "alert": []}
+    )
 
     def __post_init__(self) -> None:
         r, p = self.registry, "dropstream_serve_"
@@ -128,6 +134,12 @@ class ServiceMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.h_fetch = Histogram(
+            p + "fetch_latency_seconds",
+            "record's producer timestamp to fetched by the service",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.g_lag = Gauge(p + "consumer_lag", "messages behind the partition ends", registry=r)
         self.g_rate = Gauge(p + "windows_per_second", "windows scored per second", registry=r)
         self.g_streams = Gauge(p + "tracked_streams", "streams with state", registry=r)
@@ -149,14 +161,31 @@ class ServiceMetrics:
             return str(host), int(bound_port)
         return addr, port  # pragma: no cover - older prometheus-client returns nothing
 
-    def batch(self, n_windows: int, window_latencies: np.ndarray | None = None) -> None:
-        """Record one scored micro-batch."""
+    def batch(
+        self,
+        n_windows: int,
+        window_latencies: np.ndarray | None = None,
+        send_latencies: np.ndarray | None = None,
+    ) -> None:
+        """Record one scored micro-batch: its windows' latencies (s) from their last sample to
+        scored and, where known, to the record's producer timestamp (the device's send)."""
         self.windows += n_windows
         self.c_windows.inc(n_windows)
         self.h_batch.observe(n_windows)
         self._batches.append(n_windows)
         if window_latencies is not None and window_latencies.size:
             observe_many(self.h_window, window_latencies)
+            self._stages["scored"].append(window_latencies)
+        if send_latencies is not None:
+            send_latencies = send_latencies[np.isfinite(send_latencies)]
+            if send_latencies.size:
+                self._stages["sent"].append(send_latencies)
+
+    def fetched(self, latencies: np.ndarray) -> None:
+        """Record the seconds from records' producer timestamps to their fetch by the service."""
+        if latencies.size:
+            observe_many(self.h_fetch, latencies)
+            self._stages["fetched"].append(latencies)
 
     def duplicate(self, n: int = 1) -> None:
         self.duplicates += n
@@ -212,13 +241,15 @@ class ServiceMetrics:
         self.c_alerts.labels(status=status).inc()
         self.h_alert.observe(latency_s)
         self.alert_latencies.append(latency_s)
+        self._stages["alert"].append(np.array([latency_s]))
 
     def set_lag(self, lag: int) -> None:
         self.lag = lag
         self.g_lag.set(lag)
 
     def maybe_log(self, force: bool = False) -> None:
-        """Log throughput, batch sizes, lag and counts once per ``interval_s``."""
+        """Log throughput, batch sizes, lag, counts and per-window stage latency medians once
+        per ``interval_s``."""
         now = time.monotonic()
         dt = now - self._last_log
         if not force and dt < self.interval_s:
@@ -226,9 +257,13 @@ class ServiceMetrics:
         rate = (self.windows - self._last_windows) / max(dt, 1e-9)
         self.g_rate.set(rate)
         sizes = np.asarray(self._batches or [0])
+        # per-window stage medians of the interval (ms): window end -> sent (the producer's
+        # timestamp), sent -> fetched by serve, window end -> scored, -> alert produced
+        medians = {k: np.median(np.concatenate(v)) * 1e3 for k, v in self._stages.items() if v}
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in medians.items())
         log.info(
             "windows/s %.0f | batches %d (mean %.1f, max %d) | lag %d | windows %d, dup %d, "
-            "late %d, lost %d, dead letters %d, alerts %d",
+            "late %d, lost %d, dead letters %d, alerts %d%s",
             rate,
             len(self._batches),
             sizes.mean(),
@@ -240,5 +275,7 @@ class ServiceMetrics:
             self.lost,
             self.dead_letters,
             self.alerts,
+            f" | latency medians (ms): {stages}" if stages else "",
         )
         self._last_log, self._last_windows, self._batches = now, self.windows, []
+        self._stages = {k: [] for k in self._stages}

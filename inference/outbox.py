@@ -89,6 +89,7 @@ class Outbox:
         self.clock = clock
         self.pending: list[OutgoingRecord] = []  # until acknowledged
         self._futures: list[Any] = []  # of pending[:len(_futures)], handed to the producer
+        self._alert_lines: list[str] = []  # logged together by send(): one log record a batch
 
     def __len__(self) -> int:
         return len(self.pending)
@@ -198,23 +199,29 @@ class Outbox:
         key, value = ev.device_id.encode(), msg.to_json()
         headers = self.signer.headers(key, value) if self.signer is not None else None
         self.pending.append(OutgoingRecord(self.alerts_topic, key, value, headers))
-        log.info(
-            "alert %s %s device=%s stream=%s onset_seq=%d score=%.4g latency=%.1f ms",
-            msg.alert_id,
-            msg.status,
-            msg.device_id,
-            msg.stream_id,
-            msg.onset_sequence,
-            msg.score,
-            latency * 1000,
+        self._alert_lines.append(
+            f"alert {msg.alert_id} {msg.status} device={msg.device_id} stream={msg.stream_id} "
+            f"onset_seq={msg.onset_sequence:d} score={msg.score:.4g} "
+            f"latency={latency * 1000:.1f} ms"
         )
+        if len(self._alert_lines) >= 256:
+            self.log_alerts()
         return msg
+
+    def log_alerts(self) -> None:
+        """Log the alert updates queued since the last call, one line each, in one log record
+        (a burst of a thousand alerts costs one trip through the logging handlers, not a
+        thousand)."""
+        if self._alert_lines:
+            lines, self._alert_lines = self._alert_lines, []
+            log.info("%s", "\n".join(lines))
 
     def send(self, producer: Any) -> None:
         """Hand every record not sent yet to ``producer`` (a kafka-python ``KafkaProducer``)
         without waiting for acknowledgements; they stay in the outbox until :meth:`deliver`
         saw them acknowledged. On a client error nothing counts as sent any more (the next
         :meth:`deliver` sends everything again: resending repeats ids)."""
+        self.log_alerts()
         futures = self._futures
         try:
             for i in range(len(futures), len(self.pending)):

@@ -396,6 +396,7 @@ class InferenceService:
                     self._settle_partitions()
                 for records in polled.values():
                     self._pending.extend(records)
+                    self.metrics.fetched(_fetch_latency(records))
                 self._suspect = self._suspect or self._coordinator_lost()
                 if self._suspect and self._pending and not self._commits_checked():
                     continue  # the broker is not answering yet: serve nothing meanwhile
@@ -715,7 +716,10 @@ class InferenceService:
         scores, classes, span = self.scorer(group.dense())
         # wall clocks (NTP), never two machines' LSL clocks
         wall_end = group.wall_time + (group.window_end_lsl - group.window_start_lsl)
-        self.metrics.batch(len(group), wall_latency(time.time(), wall_end))
+        produced = _record_times(records, group.rows)
+        self.metrics.batch(
+            len(group), wall_latency(time.time(), wall_end), wall_latency(produced, wall_end)
+        )
         finite = np.isfinite(scores)
         if not finite.all():
             for i in np.flatnonzero(~finite).tolist():
@@ -849,3 +853,17 @@ class InferenceService:
 
 def _partition(record: Any) -> TopicPartition:
     return TopicPartition(record.topic, record.partition)
+
+
+def _record_times(records: list[Any], rows: np.ndarray) -> np.ndarray:
+    """The producer timestamps (Unix s) of ``records[rows]``; NaN where a record has none."""
+    return np.array(
+        [(getattr(records[i], "timestamp", None) or np.nan) for i in rows.tolist()], float
+    ) / 1000.0
+
+
+def _fetch_latency(records: list[Any]) -> np.ndarray:
+    """Seconds from each record's producer timestamp to now (wall clock), floored at 0; records
+    without a timestamp are left out."""
+    ts = np.array([getattr(r, "timestamp", None) or np.nan for r in records], float) / 1000.0
+    return wall_latency(time.time(), ts[np.isfinite(ts)])

@@ -56,3 +56,18 @@ def test_the_metrics_endpoint_binds_localhost_unless_told_otherwise():
     assert host == "127.0.0.1"
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         assert b"dropstream_serve_tracked_streams" in resp.read()
+
+
+def test_log_line_reports_each_stage_median(caplog):
+    m = ServiceMetrics(interval_s=3600)
+    m.fetched(np.array([0.010, 0.030, 0.020]))
+    m.batch(3, np.array([0.040, 0.050, 0.060]), np.array([0.001, np.nan, 0.003]))
+    m.alert("open", 0.090)
+    with caplog.at_level(logging.INFO, logger="dropstream.inference.service"):
+        m.maybe_log(force=True)
+    line = caplog.records[-1].getMessage()
+    assert line.endswith("sent 2.0, fetched 20.0, scored 50.0, alert 90.0")
+    with caplog.at_level(logging.INFO, logger="dropstream.inference.service"):
+        m.maybe_log(force=True)  # a new interval: nothing measured, no stage line
+    assert "medians" not in caplog.records[-1].getMessage()
+    assert "windows 3" in caplog.records[-1].getMessage()

@@ -7,6 +7,8 @@ tests/test_service_crash.py; here each part is driven directly, case by case.
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import numpy as np
 import pytest
@@ -163,7 +165,7 @@ def record(value=b"raw", key=b"dev", offset=3):
     )
 
 
-def test_the_outbox_renders_alerts_and_dead_letters():
+def test_the_outbox_renders_alerts_and_dead_letters(caplog):
     metrics = ServiceMetrics()
     box = Outbox("alerts", "dead", metrics, "m", 3, "anomaly", clock=lambda: 101.0)
     box.dead_letter(record(), "malformed", "malformed message: truncated")
@@ -172,7 +174,13 @@ def test_the_outbox_renders_alerts_and_dead_letters():
     out = []
     feed1(t, 0, 2.0, now=0.0, out=out)
     feed1(t, 1, 0.0, now=0.0, out=out)
-    msgs = [box.alert(u) for u in out]
+    with caplog.at_level(logging.INFO, logger="dropstream.inference.service"):
+        msgs = [box.alert(u) for u in out]
+        assert not [r for r in caplog.records if "alert " in r.getMessage()]  # not yet
+        box.log_alerts()  # (send() does it first): the batch's alerts in one record
+    logged = [r.getMessage() for r in caplog.records if "alert " in r.getMessage()]
+    assert len(logged) == 1 and len(logged[0].splitlines()) == 2
+    assert re.match(r"alert \S+ open device=dev stream=stm", logged[0].splitlines()[0])
     assert len(box) == 3
     dead, opened, closed = box.pending
     assert (dead.topic, dead.key, dead.value) == ("dead", b"dev", b"raw")
