@@ -469,11 +469,12 @@ class BatchDecoder:
         lsl = _gather(buf, at + 6, 8).view("<f8")[:, 0]
         wall = _gather(buf, at + 14, 8).view("<f8")[:, 0]
         wide = (flags & V3_SFREQ64) != 0
-        sfreq = np.where(
-            wide,
-            _gather(buf, at + 22, 8).view("<f8")[:, 0],
-            _gather(buf, at + 22, 4).view("<f4")[:, 0].astype(np.float64),
-        )
+        with np.errstate(invalid="ignore"):  # a signalling NaN widens to NaN: refused below
+            sfreq = np.where(
+                wide,
+                _gather(buf, at + 22, 8).view("<f8")[:, 0],
+                _gather(buf, at + 22, 4).view("<f4")[:, 0].astype(np.float64),
+            )
         pos = at + 26 + 4 * wide
         has_unencoded = (flags & V3_UNENCODED) != 0
         unencoded = np.where(has_unencoded, _gather(buf, pos, 8).view("<f8")[:, 0], 0.0)
