@@ -90,7 +90,16 @@ class EnergyScorer(nn.Module):
         return self._groups
 
     def _ratios(self, dense: torch.Tensor, mask: torch.Tensor | None) -> tuple:
-        kept = ~torch.isnan(dense) if mask is None else mask.bool()
+        if mask is None:
+            # the service's per-batch case: NaN marks exactly the dropped units, so zeroing the
+            # NaNs after the offset is the masking (torch.where cost ~5x more on a CPU)
+            kept = ~torch.isnan(dense)
+            if self._groups is None:
+                v = torch.nan_to_num(dense)
+            else:
+                v = (dense - self.offset).nan_to_num_()
+            return v * v / self.unit_power, kept
+        kept = mask.bool()
         v = torch.nan_to_num(dense)
         if self._groups is not None:
             v = v - self.offset
