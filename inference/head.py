@@ -134,17 +134,16 @@ class ServerModel:
     def forward(self, dense: np.ndarray) -> torch.Tensor:
         """Raw head outputs (on :attr:`torch_device`) for dense activations ``(N, m)`` float32
         with NaN at dropped units (:func:`scatter_dense`); the caller chooses the grad mode."""
-        x = torch.from_numpy(dense).to(self.torch_device, non_blocking=True)
-        return self.head(x)
+        return self.head(self._tensor(dense))
+
+    def _tensor(self, dense: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(dense).to(self.torch_device, non_blocking=True)
 
     def forward_located(self, dense: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`forward` and, for a head that locates anomalies in time (the multi-scale
         energy head), where in each window: ``(N, 2)`` fractions, else ``None``."""
         locate = getattr(self.head, "scores_and_spans", None)
-        if locate is None:
-            return self.forward(dense), None
-        x = torch.from_numpy(dense).to(self.torch_device, non_blocking=True)
-        return locate(x)
+        return (self.forward(dense), None) if locate is None else locate(self._tensor(dense))
 
     @torch.inference_mode()
     def outputs(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
