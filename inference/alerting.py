@@ -271,8 +271,9 @@ class EventDetector:
         located : (float, float), optional
             Where in the window the head located the anomaly (LSL times within
             ``window_start``..``window_end``; :meth:`dropstream.inference.energy.EnergyScorer.
-            locate`): an event's onset and offset times use it instead of the window's ends
-            (the latency still counts from ``window_end``). ``None``: the whole window.
+            scores_and_spans`): an event's onset and offset times use it instead of the
+            window's ends (the latency still counts from ``window_end``). ``None``: the whole
+            window.
         """
         first, last = (window_start, window_end) if located is None else located
         min_w, gap_w, _ = self._timing(hop_s)
