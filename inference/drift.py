@@ -93,9 +93,9 @@ class DriftReference:
         a = np.asarray(fitted, dtype=np.float64)
         mean = a.mean(axis=0)
         std = np.maximum(a.std(axis=0), 1e-3 * (float(a.std()) or 1.0))
-        c = a if offset is None else a - np.asarray(offset, dtype=np.float64)
-        power = np.maximum((c * c).mean(axis=0), 1e-12 * (float((c * c).mean()) or 1.0))
         offset = None if offset is None else np.asarray(offset, dtype=np.float64)
+        c = a if offset is None else a - offset
+        power = np.maximum((c * c).mean(axis=0), 1e-12 * (float((c * c).mean()) or 1.0))
         ref = cls(mean, std, 1.0, int(windows))
         stats = ref.statistic_dense(np.asarray(held_out, dtype=np.float64))
         n = min(len(stats), ref.windows)
