@@ -156,8 +156,7 @@ class EnergyScorer(nn.Module):
         head without time parts."""
         if self._groups is None or self._groups < 2:
             return self(dense, mask), None
-        e, count = self.log_energy(dense, mask)
-        z2 = self.z2(e, count)
+        z2 = self.z2(*self.log_energy(dense, mask))
         parts = z2[:, 1:]
         n = parts.shape[1]
         hit = parts >= LOCATE_Z2
@@ -175,5 +174,4 @@ class EnergyScorer(nn.Module):
         if self._groups is None:
             z = (self.log_energy(dense, mask) - self.center) / self.scale
             return z * z
-        e, count = self.log_energy(dense, mask)
-        return self.z2(e, count).sum(dim=1)
+        return self.z2(*self.log_energy(dense, mask)).sum(dim=1)
