@@ -76,7 +76,6 @@ class SubspaceAttack:
         from dropstream.inference.audit.metrics import pearson_r
 
         self.layer = layer
-        self.value_dtype = value_dtype
         self.us = layer_subspace(layer)
         x = subsample_windows(windows, max_windows, rng)
         self.shape = x.shape[1:]
