@@ -1037,12 +1037,17 @@ class StreamBlocks:
         """
         block = None if blocks is None else blocks.get(ref)
         if block is None:
-            raise WireFormatError(
-                f"{UNRESOLVED_REF}: stream reference {bytes(ref).hex()} names a stream block "
-                "this reader has not seen in full (it restarted or took over the partition "
-                "since); the device resends the block within its block_every windows"
-            )
+            raise WireFormatError(unresolved_reason(ref))
         return block
+
+
+def unresolved_reason(ref: bytes) -> str:
+    """The one-line reason of a window whose stream reference ``ref`` names no block seen."""
+    return (
+        f"{UNRESOLVED_REF}: stream reference {bytes(ref).hex()} names a stream block "
+        "this reader has not seen in full (it restarted or took over the partition "
+        "since); the device resends the block within its block_every windows"
+    )
 
 
 #: How the reason of a window whose stream reference cannot be resolved starts.
