@@ -433,7 +433,7 @@ class StreamTracker:
     ) -> ScoredBatch:
         """The :class:`ScoredBatch` of a decoded group and its scores (and top classes, and
         where in each window the head located the anomaly: ``span`` ``(N, 2)`` fractions of the
-        window, :meth:`dropstream.inference.energy.EnergyScorer.locate`), with the clock
+        window, :meth:`dropstream.inference.energy.EnergyScorer.scores_and_spans`), with the clock
         offsets and drift statistics; python scalars converted once per batch."""
         located = None
         if span is not None:
