@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dropstream.local_encoder.bundle import DeviceBundle
-from dropstream.local_encoder.preprocessing import CausalFilter, PreprocessingError, prepare_window
+from dropstream.local_encoder.preprocessing import CausalFilter, PreprocessingError
 from dropstream.local_encoder.resampling import CausalDecimator
 
 
@@ -294,13 +294,13 @@ class WindowBuffer:
     def _cut(self) -> Window:
         s = self._start
         raw = self._buf[:, s : s + self.window]
+        # prepare_window()'s arithmetic (float32: demean, subtract, divide) on checked columns
         if self._demean:
-            data = prepare_window(
-                raw, self.bundle.preprocessing, self.bundle.norm_mean, self.bundle.norm_std
-            )
-        else:  # normalise()'s arithmetic (float32, subtract then divide) on checked columns
+            data = raw - raw.mean(axis=-1, keepdims=True)
+            data -= self._mean
+        else:
             data = np.subtract(raw, self._mean)
-            data /= self._std
+        data /= self._std
         w = Window(data=data, lsl_time=float(self._stamps[s]), index=self.windows_cut)
         self.windows_cut += 1
         nxt = s + self.hop
