@@ -194,7 +194,7 @@ class WindowBuffer:
             if have < self._needed():
                 return []
             return self._process(*self._take_raw(), ())
-        x, t = np.asarray(x, dtype=np.float64), np.asarray(t, dtype=np.float64)
+        x, t = self._pick(np.asarray(x, dtype=np.float64)), np.asarray(t, dtype=np.float64)
         if self._raw_n:
             held = self._raw_n
             rx, rt = self._take_raw()
@@ -212,9 +212,16 @@ class WindowBuffer:
         """Samples (at the bundle's rate) still needed to complete the next window."""
         return self._skip + self.window - (self._end - self._start) - self._pending_n
 
+    def _pick(self, x: np.ndarray) -> np.ndarray:
+        """The model's channels of stream samples ``(n, stream channels)`` (a copy when some
+        are left out; ``x`` itself when the stream's channels are the model's, in order)."""
+        return x if self._all_channels else x[:, self.channel_index]
+
     def _take_raw(self) -> tuple[np.ndarray, np.ndarray]:
+        """The held stream samples (the model's channels, copied out of the staging area)."""
         n, self._raw_n = self._raw_n, 0
-        return self._raw_x[:n].copy(), self._raw_t[:n].copy()
+        x = self._raw_x[:n]
+        return (x.copy() if self._all_channels else self._pick(x)), self._raw_t[:n].copy()
 
     def _grow_staging(self, n: int) -> None:
         """Make room for ``n`` held stream samples (a chunk longer than the staging area)."""
@@ -228,9 +235,8 @@ class WindowBuffer:
     def _process(
         self, x: np.ndarray, t: np.ndarray, breaks: Sequence[tuple[int, int]]
     ) -> list[Window]:
-        """Check, split at breaks, filter and cut a run of received samples."""
-        if not self._all_channels:
-            x = x[:, self.channel_index]
+        """Check, split at breaks, filter and cut a run of received samples (the model's
+        channels, :meth:`_pick`)."""
         # a finite sum means every sample is finite (NaN and infinities propagate; an overflow
         # to infinity only sends the chunk to the exact check below)
         if not breaks and np.isfinite(np.add.reduce(x, axis=None)):
