@@ -190,8 +190,7 @@ class WindowBuffer:
             self._raw_x[self._raw_n : end] = x  # casts to float64
             self._raw_t[self._raw_n : end] = t
             self._raw_n = end
-            have = end if self.factor == 1 else self._decimator.n_out(end)
-            if have < self._needed():
+            if self._missing() > 0:
                 return []
             return self._process(*self._take_raw(), ())
         x, t = self._pick(np.asarray(x, dtype=np.float64)), np.asarray(t, dtype=np.float64)
@@ -205,12 +204,16 @@ class WindowBuffer:
     def seconds_to_next_window(self) -> float:
         """Seconds of signal (at the nominal rate) still missing before the next window can be
         cut; 0 when it could be cut now."""
-        have = self._decimator.n_out(self._raw_n) if self.factor > 1 else self._raw_n
-        return max(self._needed() - have, 0) / float(self.bundle.sfreq)
+        return max(self._missing(), 0) / float(self.bundle.sfreq)
 
     def _needed(self) -> int:
         """Samples (at the bundle's rate) still needed to complete the next window."""
         return self._skip + self.window - (self._end - self._start) - self._pending_n
+
+    def _missing(self) -> int:
+        """:meth:`_needed` less what the held (staged, unchecked) samples will give."""
+        held = self._raw_n if self.factor == 1 else self._decimator.n_out(self._raw_n)
+        return self._needed() - held
 
     def _pick(self, x: np.ndarray) -> np.ndarray:
         """The model's channels of stream samples ``(n, stream channels)`` (a copy when some
