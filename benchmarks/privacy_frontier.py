@@ -64,17 +64,23 @@ ATTACKS = ("label", "prior", "kernel", "subspace", "decoder")
 
 
 def attack(
-    bundle: Any, held: Any, att: Any, attacks: tuple[str, ...], windows: int, decoder_s: float
+    bundle: Any,
+    held: Any,
+    attackers: list,
+    attacks: tuple[str, ...],
+    windows: int,
+    decoder_s: float,
 ) -> dict[str, Any]:
-    """Every attack at the bundle's K: each attack's r and seconds, the summary (floor,
-    strongest, excess) and the audit's wall time."""
+    """Every attack at the bundle's K, the attacker learning on the ``attackers`` recordings:
+    each attack's r and seconds, the summary (floor, strongest, excess) and the audit's wall
+    time."""
     from dropstream.inference.audit.report import run_audit
 
     t0 = time.perf_counter()
     res = run_audit(
         bundle,
         [held],
-        att if isinstance(att, list) else [att],
+        attackers,
         [bundle.keep],
         attacks,
         decoder_seconds=decoder_s,
@@ -130,7 +136,7 @@ def run_setting(job: tuple[str, float | None, str, dict[str, Any], int, float, i
         "accuracy_seeds": acc,
         "n_test": len(te.y),
         "train_s": train_s,
-        **attack(bundle, held, att, ATTACKS, windows, decoder_s),
+        **attack(bundle, held, [att], ATTACKS, windows, decoder_s),
     }
     log.info("%s / %s: acc %.3f, r %.3f", problem, name, out["accuracy"], out["strongest_r"])
     rows = [out]
@@ -205,7 +211,7 @@ def run_ecg(job: tuple[str, dict[str, Any] | None, int, float]) -> dict:
         "width": bundle.layer.width,
         "keep": bundle.keep,
         "auc": auc,
-        **attack(bundle, held, att, (*ATTACKS, "joint"), windows, decoder_s),
+        **attack(bundle, held, [att], (*ATTACKS, "joint"), windows, decoder_s),
     }
     log.info("ECG / %s: auc %.3f, r %.3f", name, auc, out["strongest_r"])
     return out

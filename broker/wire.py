@@ -424,6 +424,11 @@ def encode_activation(
     check_header(header)
     if msg.recording_time is not None:
         check_recording_time(msg.recording_time)
+    if version == 3 and msg.seed is not None and not derived:  # derived: checked above
+        if not 0 <= int(msg.seed) < 1 << 64:
+            raise WireFormatError("seed must be an unsigned 64-bit integer")
+        if not np.array_equal(kept_units_from_seed(int(msg.seed), msg.width, msg.keep), indices):
+            raise WireFormatError("indices are not the set the seed derives")
     if version == 3:
         data = _encode_v3(msg, value_dtype, header, texts, wire_idx, wire_val, by_reference)
     else:
@@ -735,7 +740,8 @@ def _encode_v3(
     by_reference: bool = False,
 ) -> bytes:
     """Version-3 bytes from the fields :func:`encode_activation` already checked and cast
-    (``wire_val``: float16 or float32, finite); the stream block in full or by reference."""
+    (``wire_val``: float16 or float32, finite; a seed: matched with the indices); the stream
+    block in full or by reference."""
     flags = _VALUE_CODES[value_dtype] | (V3_BLOCK_REF if by_reference else 0)
     if msg.seed is not None:
         flags |= V3_SEED
@@ -769,11 +775,6 @@ def _encode_v3(
         *((ref,) if by_reference else (_varint(len(block)), block)),
     ]
     if msg.seed is not None:
-        if not 0 <= int(msg.seed) < 1 << 64:
-            raise WireFormatError("seed must be an unsigned 64-bit integer")
-        derived = kept_units_from_seed(int(msg.seed), msg.width, msg.keep)
-        if not np.array_equal(derived, np.asarray(msg.indices)):
-            raise WireFormatError("indices are not the set the seed derives")
         parts.append(struct.pack("<Q", int(msg.seed)))
     else:
         parts.append(wire_idx.tobytes())
@@ -1036,12 +1037,17 @@ class StreamBlocks:
         """
         block = None if blocks is None else blocks.get(ref)
         if block is None:
-            raise WireFormatError(
-                f"{UNRESOLVED_REF}: stream reference {bytes(ref).hex()} names a stream block "
-                "this reader has not seen in full (it restarted or took over the partition "
-                "since); the device resends the block within its block_every windows"
-            )
+            raise WireFormatError(unresolved_reason(ref))
         return block
+
+
+def unresolved_reason(ref: bytes) -> str:
+    """The one-line reason of a window whose stream reference ``ref`` names no block seen."""
+    return (
+        f"{UNRESOLVED_REF}: stream reference {bytes(ref).hex()} names a stream block "
+        "this reader has not seen in full (it restarted or took over the partition "
+        "since); the device resends the block within its block_every windows"
+    )
 
 
 #: How the reason of a window whose stream reference cannot be resolved starts.

@@ -73,6 +73,7 @@ from dropstream.broker.wire import (
     kept_units_from_seed,
     stream_ref,
     trailer_bytes,
+    unresolved_reason,
 )
 
 _IDS_CACHE_LIMIT = 100_000
@@ -551,7 +552,7 @@ class BatchDecoder:
             )
         ok[unresolved] = True  # refused with their own reason
         return rows_arr[~ok].tolist(), [
-            (rows[i], _unresolved(joined[s : s + REF_BYTES]))
+            (rows[i], unresolved_reason(joined[s : s + REF_BYTES]))
             for i, s in zip(unresolved, block_start[unresolved].tolist(), strict=True)
         ]
 
@@ -611,15 +612,6 @@ def _block_fields(blocks: list, code: np.ndarray) -> tuple[np.ndarray, ...]:
         [invalid if e is None else (1.0, *(float(v) for v in e[0][1:5])) for e in [*blocks, None]]
     )[code]
     return table[:, 0] > 0, table[:, 1], table[:, 2], table[:, 3], table[:, 4]
-
-
-def _unresolved(ref: bytes) -> str:
-    """The one-line reason of a window whose stream reference names no known block."""
-    try:
-        StreamBlocks.resolve(None, ref)
-    except WireFormatError as exc:
-        return str(exc)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 #: Zero bytes after the joined version-3 messages: every fixed-position read of a (possibly

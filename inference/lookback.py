@@ -95,7 +95,7 @@ class BlockLookback:
                         continue
                     ref = stream_ref(field[0])
                     if ref in refs:
-                        blocks.add(field[0])
+                        blocks.add(field[0], ref)
                         refs.discard(ref)
                         learned += 1
                 read += len(batch)

@@ -855,15 +855,15 @@ def _partition(record: Any) -> TopicPartition:
     return TopicPartition(record.topic, record.partition)
 
 
-def _record_times(records: list[Any], rows: np.ndarray) -> np.ndarray:
-    """The producer timestamps (Unix s) of ``records[rows]``; NaN where a record has none."""
-    return np.array(
-        [(getattr(records[i], "timestamp", None) or np.nan) for i in rows.tolist()], float
-    ) / 1000.0
+def _record_times(records: list[Any], rows: np.ndarray | None = None) -> np.ndarray:
+    """The producer timestamps (Unix s) of ``records[rows]`` (all of them: ``rows`` ``None``);
+    NaN where a record has none."""
+    chosen = records if rows is None else [records[i] for i in rows.tolist()]
+    return np.array([getattr(r, "timestamp", None) or np.nan for r in chosen], float) / 1000.0
 
 
 def _fetch_latency(records: list[Any]) -> np.ndarray:
     """Seconds from each record's producer timestamp to now (wall clock), floored at 0; records
     without a timestamp are left out."""
-    ts = np.array([getattr(r, "timestamp", None) or np.nan for r in records], float) / 1000.0
+    ts = _record_times(records)
     return wall_latency(time.time(), ts[np.isfinite(ts)])

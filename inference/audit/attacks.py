@@ -109,6 +109,17 @@ def observe(
     return Messages(indices=idx, values=vals, width=layer.width, value_dtype=value_dtype)
 
 
+def subsample_windows(
+    windows: np.ndarray, max_windows: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``windows`` as float32, at most ``max_windows`` of them (a random subset, in order): the
+    attacker data of the learned attacks (:class:`KernelAttack`, the subspace attack)."""
+    x = np.asarray(windows, np.float32)
+    if len(x) > max_windows:
+        x = x[np.sort(rng.choice(len(x), max_windows, replace=False))]
+    return x
+
+
 def preactivation_bounds(
     values: np.ndarray, layer: FirstLayer, value_dtype: str = "float16"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -497,9 +508,7 @@ class KernelAttack:
     ) -> None:
         from dropstream.inference.audit.metrics import pearson_r
 
-        x = np.asarray(windows, np.float32)
-        if len(x) > max_windows:
-            x = x[np.sort(rng.choice(len(x), max_windows, replace=False))]
+        x = subsample_windows(windows, max_windows, rng)
         self.windows = x
         self.acts = observe(layer, x, layer.width, rng, value_dtype).values  # (N, m), noisy
         q = rng.choice(len(x), min(len(x), 300), replace=False)  # leave-one-out queries

@@ -26,7 +26,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from dropstream.inference.audit.attacks import Messages, observe, preactivation_bounds
+from dropstream.inference.audit.attacks import (
+    Messages,
+    observe,
+    preactivation_bounds,
+    subsample_windows,
+)
 from dropstream.local_encoder.first_layer import FirstLayer
 
 #: Largest layer rank attacked through its subspace (beyond it the regression has too many
@@ -71,11 +76,8 @@ class SubspaceAttack:
         from dropstream.inference.audit.metrics import pearson_r
 
         self.layer = layer
-        self.value_dtype = value_dtype
         self.us = layer_subspace(layer)
-        x = np.asarray(windows, np.float32)
-        if len(x) > max_windows:
-            x = x[np.sort(rng.choice(len(x), max_windows, replace=False))]
+        x = subsample_windows(windows, max_windows, rng)
         self.shape = x.shape[1:]
         reps = np.tile(np.arange(len(x)), max(1, min(draws, max_samples // len(x))))
         q = self.projections(observe(layer, x[reps], keep, rng, value_dtype))

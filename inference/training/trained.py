@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,10 @@ from dropstream.local_encoder.preprocessing import (
     filter_windows,
     prepare_window,
 )
+
+#: A head's ``scores_and_spans``: kept activations and mask -> scores ``(N,)`` and spans
+#: ``(N, 2)`` or ``None``.
+Locate = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
 
 @dataclass
@@ -66,7 +71,9 @@ class TrainedModel:
         return prepare_window(X, self.preprocessing, self.norm_mean, self.norm_std)
 
     @torch.no_grad()
-    def _outputs(self, X: np.ndarray, prefiltered: bool, seed: int, locate=None) -> torch.Tensor:
+    def _outputs(
+        self, X: np.ndarray, prefiltered: bool, seed: int, locate: Locate | None = None
+    ) -> torch.Tensor:
         dev = next(self.first.parameters()).device
         x = torch.as_tensor(self.prepare(X, prefiltered), device=dev)
         gen = torch.Generator(device=dev).manual_seed(int(seed))
