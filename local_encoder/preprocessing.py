@@ -160,8 +160,6 @@ class SosFilterState:
     """
 
     def __init__(self, sos: np.ndarray | None, dtype: type = np.float64) -> None:
-        if sos is not None and len(sos) == 0:
-            sos = None
         self.sos = None if sos is None else np.ascontiguousarray(sos, dtype)
         self._zi_unit = None if sos is None else sosfilt_zi(sos).astype(dtype)
         self._kernel = None if sos is None else sos_kernel()

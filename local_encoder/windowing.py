@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dropstream.local_encoder.bundle import DeviceBundle
-from dropstream.local_encoder.preprocessing import CausalFilter, PreprocessingError, prepare_window
+from dropstream.local_encoder.preprocessing import CausalFilter, PreprocessingError
 from dropstream.local_encoder.resampling import CausalDecimator
 
 
@@ -190,11 +190,10 @@ class WindowBuffer:
             self._raw_x[self._raw_n : end] = x  # casts to float64
             self._raw_t[self._raw_n : end] = t
             self._raw_n = end
-            have = end if self.factor == 1 else self._decimator.n_out(end)
-            if have < self._needed():
+            if self._missing() > 0:
                 return []
             return self._process(*self._take_raw(), ())
-        x, t = np.asarray(x, dtype=np.float64), np.asarray(t, dtype=np.float64)
+        x, t = self._pick(np.asarray(x, dtype=np.float64)), np.asarray(t, dtype=np.float64)
         if self._raw_n:
             held = self._raw_n
             rx, rt = self._take_raw()
@@ -205,16 +204,27 @@ class WindowBuffer:
     def seconds_to_next_window(self) -> float:
         """Seconds of signal (at the nominal rate) still missing before the next window can be
         cut; 0 when it could be cut now."""
-        have = self._decimator.n_out(self._raw_n) if self.factor > 1 else self._raw_n
-        return max(self._needed() - have, 0) / float(self.bundle.sfreq)
+        return max(self._missing(), 0) / float(self.bundle.sfreq)
 
     def _needed(self) -> int:
         """Samples (at the bundle's rate) still needed to complete the next window."""
         return self._skip + self.window - (self._end - self._start) - self._pending_n
 
+    def _missing(self) -> int:
+        """:meth:`_needed` less what the held (staged, unchecked) samples will give."""
+        held = self._raw_n if self.factor == 1 else self._decimator.n_out(self._raw_n)
+        return self._needed() - held
+
+    def _pick(self, x: np.ndarray) -> np.ndarray:
+        """The model's channels of stream samples ``(n, stream channels)`` (a copy when some
+        are left out; ``x`` itself when the stream's channels are the model's, in order)."""
+        return x if self._all_channels else x[:, self.channel_index]
+
     def _take_raw(self) -> tuple[np.ndarray, np.ndarray]:
+        """The held stream samples (the model's channels, copied out of the staging area)."""
         n, self._raw_n = self._raw_n, 0
-        return self._raw_x[:n].copy(), self._raw_t[:n].copy()
+        x = self._raw_x[:n]
+        return (x.copy() if self._all_channels else self._pick(x)), self._raw_t[:n].copy()
 
     def _grow_staging(self, n: int) -> None:
         """Make room for ``n`` held stream samples (a chunk longer than the staging area)."""
@@ -228,9 +238,8 @@ class WindowBuffer:
     def _process(
         self, x: np.ndarray, t: np.ndarray, breaks: Sequence[tuple[int, int]]
     ) -> list[Window]:
-        """Check, split at breaks, filter and cut a run of received samples."""
-        if not self._all_channels:
-            x = x[:, self.channel_index]
+        """Check, split at breaks, filter and cut a run of received samples (the model's
+        channels, :meth:`_pick`)."""
         # a finite sum means every sample is finite (NaN and infinities propagate; an overflow
         # to infinity only sends the chunk to the exact check below)
         if not breaks and np.isfinite(np.add.reduce(x, axis=None)):
@@ -294,13 +303,13 @@ class WindowBuffer:
     def _cut(self) -> Window:
         s = self._start
         raw = self._buf[:, s : s + self.window]
+        # prepare_window()'s arithmetic (float32: demean, subtract, divide) on checked columns
         if self._demean:
-            data = prepare_window(
-                raw, self.bundle.preprocessing, self.bundle.norm_mean, self.bundle.norm_std
-            )
-        else:  # normalise()'s arithmetic (float32, subtract then divide) on checked columns
+            data = raw - raw.mean(axis=-1, keepdims=True)
+            data -= self._mean
+        else:
             data = np.subtract(raw, self._mean)
-            data /= self._std
+        data /= self._std
         w = Window(data=data, lsl_time=float(self._stamps[s]), index=self.windows_cut)
         self.windows_cut += 1
         nxt = s + self.hop
